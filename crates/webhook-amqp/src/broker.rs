@@ -1,0 +1,278 @@
+//! One supervised RabbitMQ connection per process, with a confirm-mode publishing channel.
+//!
+//! A background task connects, declares the topology (if asked), publishes the live [`Link`]
+//! through a `watch` channel, and reconnects with exponential backoff whenever the connection
+//! dies (broker restart, network cut, a channel error from a publish). Callers never block on a
+//! dead broker: [`Broker::publish`] fails fast with [`PublishError::Unavailable`] and the HTTP
+//! layer answers 503, and consumers (the worker) watch [`Broker::links`] to resume consuming.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{Notify, watch};
+
+use crate::topology::{self, Topology};
+
+/// A live connection and its confirm-mode publishing channel.
+pub struct Link {
+    pub connection: Connection,
+    /// Confirm mode; shared by all publishers of the process (confirms are pipelined).
+    pub publisher: Channel,
+    /// Set when a user of the link saw it fail; the supervisor then replaces it.
+    broken: AtomicBool,
+    /// Increments with every new connection (tests and logs use it).
+    pub generation: u64,
+}
+
+impl Link {
+    pub fn is_usable(&self) -> bool {
+        !self.broken.load(Ordering::Relaxed)
+            && self.connection.status().connected()
+            && self.publisher.status().connected()
+    }
+}
+
+/// How the broker should be reached.
+#[derive(Clone)]
+pub struct BrokerConfig {
+    pub url: SecretString,
+    pub topology: Topology,
+    pub declare_topology: bool,
+    pub confirm_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// Shown in the RabbitMQ management UI (`connection_name`).
+    pub connection_name: String,
+}
+
+/// Why a publish did not get a positive confirm. None of these mean the message is queued.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("RabbitMQ is not connected (reconnecting in the background)")]
+    Unavailable,
+    #[error("RabbitMQ returned the message as unroutable ({0}): is the topology declared?")]
+    Returned(String),
+    #[error("RabbitMQ refused the message (nack)")]
+    Nacked,
+    #[error("no publisher confirm within {0:?}")]
+    Timeout(Duration),
+    #[error("RabbitMQ error: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+/// What to publish. `mandatory` is always set: an unroutable message is a failure, never a drop.
+pub struct Outgoing<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub body: &'a [u8],
+    pub properties: BasicProperties,
+}
+
+struct Shared {
+    config: BrokerConfig,
+    link: watch::Sender<Option<Arc<Link>>>,
+    /// Wakes the supervisor when a caller finds the link broken.
+    wake: Notify,
+    shutdown: Notify,
+}
+
+/// Cheap to clone; all clones share one connection.
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+impl Broker {
+    /// Starts the supervisor. Returns at once; use [`Broker::wait_connected`] to wait for the first link.
+    pub fn start(config: BrokerConfig) -> Self {
+        let (link, _) = watch::channel(None);
+        let shared = Arc::new(Shared { config, link, wake: Notify::new(), shutdown: Notify::new() });
+        tokio::spawn(supervise(shared.clone()));
+        Self { shared }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.shared.config.topology
+    }
+
+    /// The current link, if it is usable.
+    pub fn current(&self) -> Option<Arc<Link>> {
+        self.shared.link.borrow().clone().filter(|l| l.is_usable())
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.current().is_some()
+    }
+
+    /// Subscribe to link changes (a new connection, or `None` while reconnecting).
+    pub fn links(&self) -> watch::Receiver<Option<Arc<Link>>> {
+        self.shared.link.subscribe()
+    }
+
+    /// Waits until a link is up, or the deadline passes.
+    pub async fn wait_connected(&self, timeout: Duration) -> Option<Arc<Link>> {
+        let mut rx = self.links();
+        let wait = async {
+            loop {
+                if let Some(link) = self.current() {
+                    return link;
+                }
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok()
+    }
+
+    /// Tells the supervisor that `link` failed, so it reconnects now rather than at the next event.
+    pub fn report_broken(&self, link: &Link) {
+        link.broken.store(true, Ordering::Relaxed);
+        self.shared.wake.notify_one();
+    }
+
+    /// Publishes with `mandatory` and waits for the publisher confirm. `Ok` means the broker has
+    /// the message on disk in every queue it routed to (for quorum queues: a majority).
+    pub async fn publish(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {
+        let link = self.current().ok_or(PublishError::Unavailable)?;
+        let timeout = self.shared.config.confirm_timeout;
+        let attempt = async {
+            let confirm = link
+                .publisher
+                .basic_publish(
+                    msg.exchange.into(),
+                    msg.routing_key.into(),
+                    BasicPublishOptions { mandatory: true, immediate: false },
+                    msg.body,
+                    msg.properties,
+                )
+                .await?
+                .await?;
+            match confirm {
+                Confirmation::Ack(None) => Ok(()),
+                // With mandatory, basic.return comes before the ack: "returned then acked" is a drop.
+                Confirmation::Ack(Some(returned)) => Err(PublishError::Returned(format!(
+                    "{} {}",
+                    returned.reply_code, returned.reply_text
+                ))),
+                Confirmation::Nack(_) => Err(PublishError::Nacked),
+                Confirmation::NotRequested => Err(PublishError::Nacked),
+            }
+        };
+        let result = match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(PublishError::Timeout(timeout)),
+        };
+        if matches!(result, Err(PublishError::Amqp(_) | PublishError::Timeout(_))) {
+            // The channel or connection is suspect: a lost confirm may never arrive. Replace it.
+            self.report_broken(&link);
+        }
+        result
+    }
+
+    /// Closes the connection and stops reconnecting.
+    pub async fn close(&self) {
+        self.shared.shutdown.notify_one();
+        let link = self.shared.link.send_replace(None);
+        if let Some(link) = link {
+            let _ = link.connection.close(200, "shutdown".into()).await;
+        }
+    }
+}
+
+async fn connect(shared: &Shared, generation: u64) -> Result<Link, lapin::Error> {
+    let cfg = &shared.config;
+    let props = ConnectionProperties::default().with_connection_name(cfg.connection_name.clone().into());
+    let connection = Connection::connect(cfg.url.expose_secret(), props).await?;
+    if cfg.declare_topology {
+        let ch = connection.create_channel().await?;
+        topology::declare(&ch, &cfg.topology).await?;
+        let _ = ch.close(200, "topology declared".into()).await;
+    }
+    let publisher = connection.create_channel().await?;
+    publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(Link { connection, publisher, broken: AtomicBool::new(false), generation })
+}
+
+async fn supervise(shared: Arc<Shared>) {
+    let mut generation = 0u64;
+    let backoff = || {
+        ExponentialBuilder::default()
+            .with_min_delay(shared.config.reconnect_min)
+            .with_max_delay(shared.config.reconnect_max)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut delays = backoff();
+    loop {
+        generation += 1;
+        let attempt = tokio::select! {
+            r = connect(&shared, generation) => r,
+            _ = shared.shutdown.notified() => return,
+        };
+        match attempt {
+            Ok(link) => {
+                tracing::info!(generation, "connected to RabbitMQ");
+                let mut events = link.connection.events_listener();
+                let link = Arc::new(link);
+                shared.link.send_replace(Some(link.clone()));
+                delays = backoff();
+                // Wait until the connection reports an error, a user reports it broken, or we stop.
+                loop {
+                    tokio::select! {
+                        ev = events.next() => match ev {
+                            Some(Event::Error(e)) => { tracing::warn!(error = %e, "RabbitMQ connection failed"); break; }
+                            Some(Event::ConnectionBlocked(reason)) => tracing::warn!(%reason, "RabbitMQ blocked publishing (resource alarm)"),
+                            Some(Event::ConnectionUnblocked) => tracing::info!("RabbitMQ unblocked publishing"),
+                            Some(_) => {}
+                            None => break,
+                        },
+                        _ = shared.wake.notified() => {
+                            if !link.is_usable() {
+                                tracing::warn!("RabbitMQ link reported broken; reconnecting");
+                                break;
+                            }
+                        }
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                            if !link.is_usable() {
+                                tracing::warn!("RabbitMQ connection is no longer usable; reconnecting");
+                                break;
+                            }
+                        }
+                        _ = shared.shutdown.notified() => return,
+                    }
+                }
+                shared.link.send_replace(None);
+                let _ = tokio::time::timeout(Duration::from_secs(1), link.connection.close(320, "reconnecting".into())).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect to RabbitMQ; retrying");
+            }
+        }
+        let delay = delays.next().unwrap_or(shared.config.reconnect_max);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shared.shutdown.notified() => return,
+        }
+    }
+}
+
+/// The standard properties of a job message (see `webhook_core::message`).
+pub fn job_properties(message_id: &str, event_type: &str, headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_message_id(message_id.into())
+        .with_type(event_type.into())
+        .with_content_type(webhook_core::message::CONTENT_TYPE_JSON.into())
+        // 2 = persistent: written to disk, survives a broker restart.
+        .with_delivery_mode(2)
+        .with_timestamp(webhook_core::unix_now().max(0) as u64)
+        .with_headers(headers)
+}

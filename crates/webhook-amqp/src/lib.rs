@@ -1,0 +1,30 @@
+//! The RabbitMQ layer: the only crate that speaks AMQP.
+//!
+//! - [`topology`]: names and idempotent declaration of exchanges, queues and bindings.
+//! - [`broker`]: the supervised connection (reconnects by itself) and the confirmed publisher.
+
+pub mod broker;
+pub mod topology;
+
+pub use broker::{Broker, BrokerConfig, Link, Outgoing, PublishError, job_properties};
+pub use lapin;
+pub use topology::{RetryTier, Topology};
+
+use std::time::Duration;
+use webhook_core::Settings;
+
+impl BrokerConfig {
+    /// The broker configuration of a binary from its settings.
+    pub fn from_settings(settings: &Settings, connection_name: &str) -> anyhow::Result<Self> {
+        let delays = settings.worker.retry_delays()?;
+        Ok(Self {
+            url: settings.amqp.url.clone(),
+            topology: Topology::new(&settings.amqp, &delays, &settings.stripe.handled_event_types),
+            declare_topology: settings.amqp.declare_on_start,
+            confirm_timeout: Duration::from_millis(settings.amqp.confirm_timeout_ms),
+            reconnect_min: Duration::from_millis(settings.amqp.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(settings.amqp.reconnect_max_ms),
+            connection_name: connection_name.to_owned(),
+        })
+    }
+}

@@ -1,0 +1,27 @@
+//! Shared core of the Stripe billing webhook pipeline.
+//!
+//! - [`signature`]: `Stripe-Signature` verification; only it can make a [`signature::VerifiedPayload`].
+//! - [`envelope`]: the event envelope and the [`envelope::VerifiedEvent`] the publisher takes.
+//! - [`settings`]: the typed configuration of every binary (defaults in `default.toml`).
+//! - [`message`]: the queue message schema and header names.
+//! - [`error_code`]: the ingest's JSON error contract.
+//! - [`telemetry`]: logging setup.
+
+pub mod envelope;
+pub mod error_code;
+pub mod message;
+pub mod settings;
+pub mod signature;
+pub mod telemetry;
+
+pub use envelope::{Envelope, EnvelopeError, EventId, VerifiedEvent};
+pub use settings::Settings;
+pub use signature::{SignatureError, SignatureVerifier, VerifiedPayload};
+
+/// Current unix time in seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

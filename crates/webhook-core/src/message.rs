@@ -1,0 +1,45 @@
+//! The queue message schema shared by ingest, worker and webhookctl.
+//!
+//! A job is the Stripe event body exactly as Stripe signed it (so the worker, a replay and an
+//! operator all see the same bytes), published with `message_id` = event id, `type` = event type,
+//! `content_type` = `application/json`, persistent delivery, and these headers when relevant.
+
+/// How many broker-level retries the message has been through (our own count: brokers ≥ 3.13
+/// ignore a client-supplied `x-death`, so it cannot carry the count).
+pub const H_RETRY_ATTEMPT: &str = "x-retry-attempt";
+/// Why the last attempt failed (a readable sentence).
+pub const H_ERROR: &str = "x-error";
+/// `transient` or `permanent`.
+pub const H_ERROR_KIND: &str = "x-error-kind";
+/// The step that failed, e.g. `keycloak_lookup`.
+pub const H_FAILED_STEP: &str = "x-failed-step";
+/// RFC 3339 time of the first failure of this event.
+pub const H_FIRST_FAILED_AT: &str = "x-first-failed-at";
+/// Routing key (event type) the message was first published with.
+pub const H_ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
+/// RFC 3339 time the message was dead-lettered.
+pub const H_DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
+
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+/// Whether a failure can be fixed by trying again later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    Transient,
+    Permanent,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Transient => "transient",
+            ErrorKind::Permanent => "permanent",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

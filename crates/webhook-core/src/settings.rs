@@ -1,0 +1,356 @@
+//! Typed settings, loaded once at start: built-in defaults (`default.toml`), then an optional
+//! TOML file, then the environment (the contract's flat names, then `WEBHOOK__SECTION__KEY`).
+//!
+//! Secrets are `secrecy` types, so they never show in `Debug` output, logs or errors. A missing or
+//! malformed setting is an error that names the variable to fix.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("default.toml");
+
+/// The contract's flat environment names and the key each one sets.
+pub const FLAT_ENV: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database.url"),
+    ("AMQP_URL", "amqp.url"),
+    ("STRIPE_WEBHOOK_SECRET", "stripe.webhook_secret"),
+    ("STRIPE_SIGNATURE_TOLERANCE_SECS", "stripe.tolerance_secs"),
+    ("INGEST_BIND", "ingest.bind"),
+    ("WORKER_BIND", "worker.bind"),
+    ("WORKER_CONCURRENCY", "worker.concurrency"),
+    ("WORKER_RETRY_SCHEDULE", "worker.retry_schedule"),
+    ("KEYCLOAK_URL", "keycloak.url"),
+    ("KEYCLOAK_REALM", "keycloak.realm"),
+    ("KEYCLOAK_ADMIN_REALM", "keycloak.admin_realm"),
+    ("KEYCLOAK_CLIENT_ID", "keycloak.client_id"),
+    ("KEYCLOAK_ADMIN_USER", "keycloak.admin_user"),
+    ("KEYCLOAK_ADMIN_PASSWORD", "keycloak.admin_password"),
+    ("KEYCLOAK_CLIENT_SECRET", "keycloak.client_secret"),
+    ("LAGO_API_URL", "lago.api_url"),
+    ("LAGO_API_KEY", "lago.api_key"),
+    ("RUST_LOG", "log.level"),
+    ("LOG_FORMAT", "log.format"),
+];
+
+/// A setting that is missing or malformed. The message names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration could not be loaded: {0}")]
+    Load(String),
+    #[error("{variable} is required{why}")]
+    Missing { variable: &'static str, why: &'static str },
+    #[error("{variable} is invalid: {reason}")]
+    Invalid { variable: &'static str, reason: String },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub stripe: StripeSettings,
+    pub ingest: IngestSettings,
+    pub worker: WorkerSettings,
+    pub keycloak: KeycloakSettings,
+    pub lago: LagoSettings,
+    pub plans: PlanSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct DatabaseSettings {
+    /// May hold a password, hence secret.
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout_secs: u64,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct AmqpSettings {
+    /// Holds the broker password, hence secret.
+    pub url: SecretString,
+    pub name_prefix: String,
+    pub exchange: String,
+    pub work_queue: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    pub declare_on_start: bool,
+    pub confirm_timeout_ms: u64,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct StripeSettings {
+    /// Comma-separated `whsec_…` secrets; see [`StripeSettings::secrets`].
+    pub webhook_secret: SecretString,
+    pub tolerance_secs: u64,
+    pub handled_event_types: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct IngestSettings {
+    pub bind: String,
+    pub body_limit_bytes: usize,
+    pub header_timeout_secs: u64,
+    pub body_timeout_secs: u64,
+    pub shutdown_timeout_secs: u64,
+    pub retry_after_secs: u64,
+    pub workers: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct WorkerSettings {
+    pub bind: String,
+    pub concurrency: u16,
+    /// Raw schedule; see [`WorkerSettings::retry_delays`].
+    pub retry_schedule: String,
+    pub inline_retries: usize,
+    pub inline_retry_min_ms: u64,
+    pub inline_retry_max_ms: u64,
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct KeycloakSettings {
+    pub url: String,
+    pub realm: String,
+    pub admin_realm: String,
+    pub client_id: String,
+    pub admin_user: String,
+    pub admin_password: SecretString,
+    pub client_secret: SecretString,
+    pub tier_attribute: String,
+    pub timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct LagoSettings {
+    pub api_url: String,
+    pub api_key: SecretString,
+    pub timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct PlanSettings {
+    pub default_rule: String,
+    pub default_cycle: String,
+    pub map: HashMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: String,
+}
+
+impl Settings {
+    /// Loads from the process environment; the file comes from `config_path` or `WEBHOOK_CONFIG`.
+    pub fn load(config_path: Option<&Path>) -> Result<Self, SettingsError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::load_from(config_path, &env)
+    }
+
+    /// Loads with an explicit environment map (tests use this to stay independent of the machine).
+    pub fn load_from(config_path: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, SettingsError> {
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        let file = config_path
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("WEBHOOK_CONFIG").filter(|p| !p.is_empty()).map(Into::into));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(SettingsError::Load(format!(
+                    "the config file {} does not exist (check --config or WEBHOOK_CONFIG)",
+                    file.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+        }
+        for (var, key) in FLAT_ENV {
+            if let Some(value) = env.get(*var) {
+                builder = builder
+                    .set_override(*key, value.as_str())
+                    .map_err(|e| SettingsError::Load(e.to_string()))?;
+            }
+        }
+        let nested: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("WEBHOOK__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("WEBHOOK")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(nested)),
+        );
+        let settings: Settings = builder
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| SettingsError::Load(e.to_string()))?;
+        settings.validate_common()?;
+        Ok(settings)
+    }
+
+    fn validate_common(&self) -> Result<(), SettingsError> {
+        if self.database.url.expose_secret().is_empty() {
+            return Err(SettingsError::Missing { variable: "DATABASE_URL", why: "" });
+        }
+        if self.amqp.url.expose_secret().is_empty() {
+            return Err(SettingsError::Missing { variable: "AMQP_URL", why: "" });
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(SettingsError::Invalid {
+                variable: "LOG_FORMAT",
+                reason: format!("{:?} is neither \"text\" nor \"json\"", self.log.format),
+            });
+        }
+        self.worker.retry_delays()?;
+        Ok(())
+    }
+}
+
+impl StripeSettings {
+    /// The configured endpoint secrets. Required for the ingest and for signing test events.
+    pub fn secrets(&self) -> Result<Vec<SecretString>, SettingsError> {
+        let secrets: Vec<SecretString> = self
+            .webhook_secret
+            .expose_secret()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| SecretString::from(s.to_owned()))
+            .collect();
+        if secrets.is_empty() {
+            return Err(SettingsError::Missing {
+                variable: "STRIPE_WEBHOOK_SECRET",
+                why: " (the endpoint's signing secret, whsec_…, from the Stripe dashboard or `stripe listen`)",
+            });
+        }
+        if self.tolerance_secs == 0 {
+            return Err(SettingsError::Invalid {
+                variable: "STRIPE_SIGNATURE_TOLERANCE_SECS",
+                reason: "0 would accept replays of any age; Stripe's libraries use 300".into(),
+            });
+        }
+        Ok(secrets)
+    }
+}
+
+impl WorkerSettings {
+    /// Parses `retry_schedule` ("5s,30s,2m") into delays.
+    pub fn retry_delays(&self) -> Result<Vec<Duration>, SettingsError> {
+        parse_schedule(&self.retry_schedule).map_err(|reason| SettingsError::Invalid {
+            variable: "WORKER_RETRY_SCHEDULE",
+            reason,
+        })
+    }
+}
+
+/// Parses a comma-separated list of durations such as `5s,30s,2m,1h` (milliseconds allowed).
+pub fn parse_schedule(raw: &str) -> Result<Vec<Duration>, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    raw.split(',')
+        .map(|part| {
+            let d = humantime::parse_duration(part.trim())
+                .map_err(|e| format!("{:?} is not a duration like 5s, 2m or 1h ({e})", part.trim()))?;
+            if d.is_zero() || d.subsec_nanos() % 1_000_000 != 0 {
+                return Err(format!("{:?} must be a positive whole number of milliseconds", part.trim()));
+            }
+            Ok(d)
+        })
+        .collect()
+}
+
+/// A compact label for a delay, used in retry queue names: `5s`, `2m`, `1h`, `1500ms`.
+pub fn duration_label(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let s = Settings::load_from(None, &env(&[])).unwrap();
+        assert_eq!(s.database.url.expose_secret(), "postgres://postgres@127.0.0.1:5432/webhooks");
+        assert_eq!(s.amqp.url.expose_secret(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(s.stripe.tolerance_secs, 300);
+        assert_eq!(s.ingest.bind, "0.0.0.0:8084");
+        assert_eq!(s.worker.bind, "0.0.0.0:9091");
+        assert_eq!(s.worker.concurrency, 16);
+        let labels: Vec<_> = s.worker.retry_delays().unwrap().into_iter().map(duration_label).collect();
+        assert_eq!(labels, ["5s", "30s", "2m", "10m", "30m", "1h", "3h", "6h"]);
+        assert_eq!(s.keycloak.admin_realm, "master");
+        assert_eq!(s.keycloak.client_id, "admin-cli");
+    }
+
+    #[test]
+    fn flat_env_and_nested_env_override() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("STRIPE_WEBHOOK_SECRET", "whsec_a, whsec_b"),
+                ("WORKER_CONCURRENCY", "4"),
+                ("WEBHOOK__AMQP__NAME_PREFIX", "t1."),
+                ("WEBHOOK__INGEST__BODY_LIMIT_BYTES", "1024"),
+            ]),
+        )
+        .unwrap();
+        let secrets = s.stripe.secrets().unwrap();
+        assert_eq!(secrets.len(), 2);
+        assert_eq!(secrets[1].expose_secret(), "whsec_b");
+        assert_eq!(s.worker.concurrency, 4);
+        assert_eq!(s.amqp.name_prefix, "t1.");
+        assert_eq!(s.ingest.body_limit_bytes, 1024);
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let s = Settings::load_from(None, &env(&[])).unwrap();
+        assert!(s.stripe.secrets().unwrap_err().to_string().contains("STRIPE_WEBHOOK_SECRET"));
+        let err = Settings::load_from(None, &env(&[("WORKER_RETRY_SCHEDULE", "5s,soon")])).unwrap_err();
+        assert!(err.to_string().contains("WORKER_RETRY_SCHEDULE"), "{err}");
+        let err = Settings::load_from(None, &env(&[("WORKER_CONCURRENCY", "many")])).unwrap_err();
+        assert!(err.to_string().contains("concurrency"), "{err}");
+        let err = Settings::load_from(Some(Path::new("/nonexistent.toml")), &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent.toml"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_leak_through_debug() {
+        let s = Settings::load_from(None, &env(&[("STRIPE_WEBHOOK_SECRET", "whsec_topsecret"), ("LAGO_API_KEY", "lago_key_xyz")]))
+            .unwrap();
+        let dump = format!("{s:?}");
+        assert!(!dump.contains("topsecret") && !dump.contains("lago_key_xyz") && !dump.contains("guest:guest"));
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(duration_label(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(duration_label(Duration::from_secs(90)), "90s");
+        assert_eq!(duration_label(Duration::from_secs(7200)), "2h");
+        assert!(parse_schedule("").unwrap().is_empty());
+        assert!(parse_schedule("0s").is_err());
+    }
+}

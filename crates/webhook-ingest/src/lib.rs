@@ -1,0 +1,111 @@
+//! `webhook-ingest`: receives Stripe webhooks, verifies them, dedupes them on the event id in
+//! Postgres and queues them on RabbitMQ with publisher confirms, in milliseconds.
+//!
+//! - [`Application`]: builds the server from [`Settings`]; `main.rs` only loads settings and runs it.
+//! - [`routes::webhook`]: the webhook endpoint (verify → parse → record + publish → answer).
+//! - [`routes::health`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`metrics`]: the Prometheus metrics.
+
+pub mod metrics;
+pub mod routes;
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use webhook_amqp::{Broker, BrokerConfig};
+use webhook_core::{Settings, SignatureVerifier};
+use webhook_store::Store;
+
+use crate::metrics::Metrics;
+
+/// Header bytes above which a request is refused with a JSON 400 (a real Stripe request has
+/// about 1 KiB). Heads above 128 KiB are cut off earlier by the HTTP layer with a bare 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Shared by all request handlers.
+pub struct AppState {
+    pub verifier: SignatureVerifier,
+    pub store: Store,
+    pub broker: Broker,
+    pub metrics: Metrics,
+    pub handled_event_types: HashSet<String>,
+    pub body_limit: usize,
+    pub body_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub retry_after_secs: u64,
+}
+
+/// A built, bound, not yet running ingest server.
+pub struct Application {
+    port: u16,
+    server: Server,
+    broker: Broker,
+}
+
+impl Application {
+    /// Validates the settings, migrates (if enabled), starts the broker supervisor and binds.
+    /// The broker may still be down when this returns: requests get 503 until it is up.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let secrets = settings.stripe.secrets()?;
+        let verifier = SignatureVerifier::new(secrets, settings.stripe.tolerance_secs);
+        let store = Store::connect_lazy(&settings.database)?;
+        if settings.database.migrate_on_start {
+            store.migrate().await?;
+        }
+        let broker = Broker::start(BrokerConfig::from_settings(&settings, "webhook-ingest")?);
+        let listener = TcpListener::bind(&settings.ingest.bind)
+            .with_context(|| format!("cannot listen on INGEST_BIND={}", settings.ingest.bind))?;
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState {
+            verifier,
+            store,
+            broker: broker.clone(),
+            metrics: Metrics::new(),
+            handled_event_types: settings.stripe.handled_event_types.iter().cloned().collect(),
+            body_limit: settings.ingest.body_limit_bytes,
+            body_timeout: Duration::from_secs(settings.ingest.body_timeout_secs),
+            max_header_bytes: MAX_HEADER_BYTES,
+            retry_after_secs: settings.ingest.retry_after_secs,
+        });
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .route("/webhooks/stripe", web::post().to(routes::webhook::receive))
+                .route("/api/v1/billing/webhooks/stripe/checkout", web::post().to(routes::webhook::receive))
+                .route("/healthz", web::get().to(routes::health::healthz))
+                .route("/readyz", web::get().to(routes::health::readyz))
+                .route("/metrics", web::get().to(routes::health::metrics))
+                .default_service(web::to(routes::webhook::not_found))
+        })
+        // Slow-loris: a client must finish its request head within this time.
+        .client_request_timeout(Duration::from_secs(settings.ingest.header_timeout_secs))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .shutdown_timeout(settings.ingest.shutdown_timeout_secs);
+        if settings.ingest.workers > 0 {
+            server = server.workers(settings.ingest.workers);
+        }
+        let server = server.listen(listener)?.run();
+        Ok(Self { port, server, broker })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle to stop the server gracefully (tests; SIGTERM and Ctrl-C do it in production).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped (SIGTERM, Ctrl-C or the handle): in-flight requests finish first.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.server.await?;
+        self.broker.close().await;
+        tracing::info!("webhook-ingest stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,4 @@
+//! HTTP routes: the webhook endpoint and the operational endpoints.
+
+pub mod health;
+pub mod webhook;

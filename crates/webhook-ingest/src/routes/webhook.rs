@@ -1,0 +1,215 @@
+//! `POST /webhooks/stripe`: verify, dedupe and durably queue one Stripe event.
+//!
+//! The answer is 2xx only once the event is both recorded in Postgres and confirmed by
+//! RabbitMQ; every failure on the way rolls the record back and answers 503 with `Retry-After`,
+//! so Stripe delivers again later.
+
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde_json::json;
+use webhook_amqp::{Outgoing, job_properties};
+use webhook_amqp::lapin::types::FieldTable;
+use webhook_core::error_code::ApiError;
+use webhook_core::{Envelope, VerifiedEvent};
+use webhook_store::events::{self, EventStatus};
+
+use crate::AppState;
+
+/// What happened to an accepted request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    Accepted,
+    Duplicate,
+    Ignored,
+}
+
+impl Disposition {
+    fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Accepted => "accepted",
+            Disposition::Duplicate => "duplicate",
+            Disposition::Ignored => "ignored",
+        }
+    }
+}
+
+/// The facts a log line and a metric need, whatever the outcome.
+#[derive(Default)]
+struct Seen {
+    event_id: Option<String>,
+    event_type: Option<String>,
+}
+
+pub async fn receive(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let started = Instant::now();
+    let mut seen = Seen::default();
+    let result = handle(&req, payload, &state, &mut seen).await;
+    let latency = started.elapsed();
+    let (response, outcome) = match result {
+        Ok(disposition) => {
+            let body = json!({"status": disposition.as_str(), "event_id": seen.event_id});
+            (HttpResponse::Ok().json(body), disposition.as_str())
+        }
+        Err(err) => {
+            let mut builder = HttpResponse::build(
+                actix_web::http::StatusCode::from_u16(err.status).expect("valid status"),
+            );
+            if err.status == 503 {
+                builder.insert_header((header::RETRY_AFTER, state.retry_after_secs.to_string()));
+            }
+            (builder.content_type("application/json").body(err.to_json()), err.code)
+        }
+    };
+    state.metrics.requests.with_label_values(&[outcome]).inc();
+    state.metrics.request_duration.with_label_values(&[outcome]).observe(latency.as_secs_f64());
+    tracing::info!(
+        event_id = seen.event_id.as_deref().unwrap_or("-"),
+        event_type = seen.event_type.as_deref().unwrap_or("-"),
+        outcome,
+        status = response.status().as_u16(),
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        "stripe webhook"
+    );
+    response
+}
+
+async fn handle(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    seen: &mut Seen,
+) -> Result<Disposition, ApiError> {
+    check_headers(req, state)?;
+    let body = read_body(req, payload, state.body_limit, state.body_timeout).await?;
+    let signature = req.headers().get("stripe-signature").map(HeaderValue::to_str);
+    let signature = match signature {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(_)) => {
+            return Err(ApiError::bad_request("malformed_signature", "the Stripe-Signature header is not ASCII"));
+        }
+    };
+    let verified = state
+        .verifier
+        .verify(signature, body, webhook_core::unix_now())
+        .map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+    let event = VerifiedEvent::parse(verified).map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
+    seen.event_id = Some(event.id.to_string());
+    seen.event_type = Some(event.event_type.clone());
+    let handled = state.handled_event_types.contains(&event.event_type);
+    record_and_queue(state, &event, handled).await
+}
+
+/// Content type and header size, checked before the body is read.
+fn check_headers(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if header_bytes > state.max_header_bytes {
+        return Err(ApiError::bad_request(
+            "headers_too_large",
+            format!("the request headers are {header_bytes} bytes, more than the {} allowed", state.max_header_bytes),
+        ));
+    }
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
+        .unwrap_or(false);
+    if !is_json {
+        return Err(ApiError::unsupported_media_type());
+    }
+    Ok(())
+}
+
+/// Reads the whole body, refusing it as soon as it passes the limit, and cutting off clients
+/// that send it too slowly.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let read = async {
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("the body could not be read: {e}")))?;
+            if buf.len() + chunk.len() > limit {
+                return Err(ApiError::payload_too_large(limit));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    };
+    tokio::time::timeout(timeout, read).await.unwrap_or_else(|_| {
+        Err(ApiError::bad_request(
+            "body_timeout",
+            format!("the body did not arrive within {}s", timeout.as_secs()),
+        ))
+    })
+}
+
+/// The dedupe record and the publish, atomically: insert, publish, wait for the confirm,
+/// commit. A failure at any point before the commit leaves nothing behind.
+async fn record_and_queue(state: &AppState, event: &Envelope, handled: bool) -> Result<Disposition, ApiError> {
+    let status = if handled { EventStatus::Queued } else { EventStatus::Ignored };
+    let mut tx = state.store.pool.begin().await.map_err(db_unavailable)?;
+    let inserted = events::insert_if_new(&mut tx, event, status).await.map_err(db_unavailable)?;
+    if !inserted {
+        // Nothing was written; ending the transaction releases the connection either way.
+        let _ = tx.rollback().await;
+        return Ok(Disposition::Duplicate);
+    }
+    if handled {
+        let started = Instant::now();
+        let topology = state.broker.topology();
+        let published = state
+            .broker
+            .publish(Outgoing {
+                exchange: &topology.exchange,
+                routing_key: &event.event_type,
+                body: &event.body,
+                properties: job_properties(event.id.as_str(), &event.event_type, FieldTable::default()),
+            })
+            .await;
+        let result = if published.is_ok() { "ack" } else { "failed" };
+        state.metrics.publish_duration.with_label_values(&[result]).observe(started.elapsed().as_secs_f64());
+        if let Err(e) = published {
+            let _ = tx.rollback().await;
+            tracing::warn!(event_id = %event.id, error = %e, "event not queued; answering 503 so Stripe retries");
+            return Err(ApiError::unavailable(format!(
+                "the event could not be queued ({e}); it was not recorded, retry later"
+            )));
+        }
+    }
+    if let Err(e) = tx.commit().await {
+        // The message may be queued without its record: Stripe's retry then queues it again, and
+        // the worker's ledger makes the second copy harmless.
+        tracing::warn!(event_id = %event.id, error = %e, "commit failed after publish");
+        return Err(db_unavailable(e));
+    }
+    Ok(if handled { Disposition::Accepted } else { Disposition::Ignored })
+}
+
+fn db_unavailable(e: sqlx::Error) -> ApiError {
+    tracing::warn!(error = %e, "database unavailable");
+    ApiError::unavailable("the event store is unavailable; retry later")
+}
+
+/// JSON 404 for every other path.
+pub async fn not_found() -> HttpResponse {
+    let err = ApiError::not_found();
+    HttpResponse::NotFound().content_type("application/json").body(err.to_json())
+}

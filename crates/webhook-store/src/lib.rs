@@ -1,0 +1,70 @@
+//! The Postgres store: connection pool, migrations (`/migrations`), and the queries of each
+//! component, one module per concern.
+//!
+//! - [`events`]: the received events (dedupe on the Stripe event id, history, payload for replay).
+
+pub mod events;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+use webhook_core::settings::DatabaseSettings;
+
+/// The embedded migrations of `/migrations`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// A pool over the configured database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub pool: PgPool,
+}
+
+impl Store {
+    /// Builds the pool without connecting: the binaries start (and report not-ready) while
+    /// Postgres is down, and connections are made on demand.
+    pub fn connect_lazy(db: &DatabaseSettings) -> anyhow::Result<Self> {
+        let options: PgConnectOptions = db
+            .url
+            .expose_secret()
+            .parse()
+            .context("DATABASE_URL is not a valid postgres:// URL")?;
+        let pool = PgPoolOptions::new()
+            .max_connections(db.max_connections)
+            .acquire_timeout(Duration::from_secs(db.acquire_timeout_secs))
+            .connect_lazy_with(options);
+        Ok(Self { pool })
+    }
+
+    /// Applies pending migrations. Idempotent; safe to run from several replicas at once
+    /// (sqlx takes an advisory lock).
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .context("applying database migrations failed (is DATABASE_URL right and Postgres up?)")
+    }
+
+    /// True when Postgres answers a trivial query.
+    pub async fn is_ready(&self) -> bool {
+        tokio_timeout(sqlx::query("SELECT 1").execute(&self.pool)).await
+    }
+}
+
+async fn tokio_timeout<F, T, E>(f: F) -> bool
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    matches!(tokio::time::timeout(Duration::from_secs(2), f).await, Ok(Ok(_)))
+}
+
+/// Creates the database named in `url` if it does not exist yet.
+pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
+    if !Postgres::database_exists(url).await.context("cannot reach Postgres to check the database")? {
+        Postgres::create_database(url).await.context("cannot create the database")?;
+    }
+    Ok(())
+}
