@@ -1,1 +1,193 @@
+//! The integration-test harness: every test gets its own Postgres database and its own
+//! RabbitMQ name prefix, runs the real `Application`s (or binaries) on port 0, and waits by
+//! polling with a deadline.
+//!
+//! Environment: `TEST_DATABASE_URL` (a superuser connection used to create and drop the
+//! per-test databases, default `postgres://postgres@127.0.0.1:5432/postgres`) and
+//! `TEST_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
 
+pub mod ingest;
+pub mod proxy;
+pub mod rabbit;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, PgConnection, PgPool};
+use webhook_core::Settings;
+
+pub use proxy::TcpProxy;
+
+/// The webhook secret every test signs with.
+pub const TEST_SECRET: &str = "whsec_integration_test_secret";
+
+pub fn admin_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// One test's isolated resources.
+pub struct TestContext {
+    pub id: String,
+    pub database_url: String,
+    pub database_name: String,
+    /// Prefix of every exchange and queue of this test.
+    pub prefix: String,
+    pub env: HashMap<String, String>,
+}
+
+impl TestContext {
+    /// Creates a fresh database (migrated) and picks a unique RabbitMQ prefix.
+    pub async fn new() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let database_name = format!("webhooks_test_{id}");
+        let admin = admin_database_url();
+        let mut conn = PgConnection::connect(&admin).await.expect("connect to TEST_DATABASE_URL (make services)");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{database_name}\"")))
+            .execute(&mut conn)
+            .await
+            .expect("create the test database");
+        let database_url = replace_database(&admin, &database_name);
+        let prefix = format!("test.{id}.");
+        let env: HashMap<String, String> = [
+            ("DATABASE_URL", database_url.as_str()),
+            ("AMQP_URL", amqp_url().as_str()),
+            ("STRIPE_WEBHOOK_SECRET", TEST_SECRET),
+            ("INGEST_BIND", "127.0.0.1:0"),
+            ("WORKER_BIND", "127.0.0.1:0"),
+            ("WORKER_RETRY_SCHEDULE", "1s,2s"),
+            ("WEBHOOK__AMQP__NAME_PREFIX", prefix.as_str()),
+            ("WEBHOOK__AMQP__RECONNECT_MIN_MS", "100"),
+            ("WEBHOOK__AMQP__RECONNECT_MAX_MS", "500"),
+            ("WEBHOOK__INGEST__WORKERS", "2"),
+            ("WEBHOOK__DATABASE__MAX_CONNECTIONS", "25"),
+            ("RUST_LOG", "warn"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let ctx = Self { id, database_url, database_name, prefix, env };
+        webhook_store::Store::connect_lazy(&ctx.settings().database).unwrap().migrate().await.unwrap();
+        ctx
+    }
+
+    /// Settings for this test's resources; `extra` overrides (same names as the environment).
+    pub fn settings_with(&self, extra: &[(&str, &str)]) -> Settings {
+        let mut env = self.env.clone();
+        for (k, v) in extra {
+            env.insert(k.to_string(), v.to_string());
+        }
+        Settings::load_from(None, &env).expect("test settings are valid")
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.settings_with(&[])
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPool::connect(&self.database_url).await.expect("connect to the test database")
+    }
+
+    /// Removes this test's queues, exchanges and database.
+    pub async fn cleanup(self) {
+        let settings = self.settings();
+        rabbit::delete_topology(&settings).await;
+        if let Ok(mut conn) = PgConnection::connect(&admin_database_url()).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.database_name
+            )))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+}
+
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match base.rfind('/') {
+        Some(i) if base[..i].contains("://") && base[..i].len() > base.find("://").unwrap() + 2 => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A signed request body and header for a test checkout event.
+pub struct SignedEvent {
+    pub event_id: String,
+    pub body: Vec<u8>,
+    pub signature: String,
+}
+
+/// A checkout event (`event_type`) for `email`, signed now with [`TEST_SECRET`].
+pub fn signed_event(event_type: &str, email: &str) -> SignedEvent {
+    let event_id = webhookctl::test_event::new_event_id();
+    signed_event_with_id(&event_id, event_type, email)
+}
+
+pub fn signed_event_with_id(event_id: &str, event_type: &str, email: &str) -> SignedEvent {
+    let now = webhook_core::unix_now();
+    let spec = webhookctl::test_event::CheckoutSpec {
+        event_id: event_id.to_string(),
+        event_type: event_type.to_string(),
+        email: email.to_string(),
+        tier: "professional".into(),
+        cycle: "monthly".into(),
+        created: now,
+    };
+    let body = serde_json::to_vec(&webhookctl::test_event::checkout_event(&spec)).unwrap();
+    let signature = webhook_core::signature::sign_header(TEST_SECRET, now, &body);
+    SignedEvent { event_id: event_id.to_string(), body, signature }
+}
+
+/// Signs an arbitrary body with [`TEST_SECRET`] at `t`.
+pub fn sign(body: &[u8], t: i64) -> String {
+    webhook_core::signature::sign_header(TEST_SECRET, t, body)
+}
+
+/// Directory of the workspace's built binaries (`target/debug`), for tests that run them.
+pub fn bin_path(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is not built: run `cargo build --bins` first (make test does)", path.display());
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            super::replace_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(super::replace_database("postgres://u@h/db?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+    }
+}

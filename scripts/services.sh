@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Makes sure PostgreSQL and RabbitMQ answer on 127.0.0.1 and the `webhooks` database exists.
+# Idempotent: does nothing when both already run. When one is not answering it is started; when
+# it is not installed and we are root on Debian, it is installed from Debian's packages first.
+set -euo pipefail
+
+PGHOST=${PGHOST:-127.0.0.1}
+PGPORT=${PGPORT:-5432}
+PGUSER=${PGUSER:-postgres}
+AMQP_PORT=${AMQP_PORT:-5672}
+DB_NAME=${DB_NAME:-webhooks}
+
+say() { printf 'services: %s\n' "$*"; }
+die() { printf 'services: %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_port() { # host port name seconds
+  local deadline=$((SECONDS + $4))
+  until port_open "$1" "$2"; do
+    [ "$SECONDS" -lt "$deadline" ] || die "$3 did not start answering on $1:$2 within $4s; see its log (journalctl, /var/log/postgresql or /var/log/rabbitmq)"
+    sleep 1
+  done
+}
+
+can_install() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; }
+
+apt_install() {
+  can_install || die "$1 is not installed. Install it (Debian: sudo apt-get install $*) or run this as root to let it install itself."
+  say "installing $* from Debian's packages"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >/dev/null; then
+    apt-get update >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >/dev/null
+  fi
+}
+
+pg_version() { ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1; }
+
+start_postgres() {
+  local fresh=0
+  if [ -z "$(pg_version)" ]; then
+    apt_install postgresql postgresql-client
+    fresh=1
+  fi
+  local v; v=$(pg_version)
+  if [ "$fresh" = 1 ]; then
+    # A fresh development install: let local TCP clients in without a password, as the default
+    # DATABASE_URL (postgres://postgres@127.0.0.1:5432/webhooks) expects.
+    local hba="/etc/postgresql/$v/main/pg_hba.conf"
+    sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+  fi
+  say "starting PostgreSQL $v"
+  pg_ctlcluster --skip-systemctl-redirect "$v" main start 2>/dev/null || pg_ctlcluster "$v" main start
+}
+
+start_rabbitmq() {
+  command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
+  say "starting RabbitMQ"
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+}
+
+if ! port_open "$PGHOST" "$PGPORT"; then
+  start_postgres
+  wait_port "$PGHOST" "$PGPORT" PostgreSQL 60
+fi
+if ! port_open 127.0.0.1 "$AMQP_PORT"; then
+  start_rabbitmq
+  wait_port 127.0.0.1 "$AMQP_PORT" RabbitMQ 120
+fi
+
+command -v psql >/dev/null 2>&1 || apt_install postgresql-client
+exists=$(psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'") \
+  || die "PostgreSQL answers on $PGHOST:$PGPORT but refuses user $PGUSER; allow it (pg_hba.conf) or set PGUSER"
+if [ "$exists" != 1 ]; then
+  psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -qc "CREATE DATABASE \"$DB_NAME\"" >/dev/null
+  say "created database $DB_NAME"
+fi
+say "PostgreSQL on $PGHOST:$PGPORT and RabbitMQ on 127.0.0.1:$AMQP_PORT are up"

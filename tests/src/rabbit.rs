@@ -1,0 +1,70 @@
+//! RabbitMQ helpers for tests: read queues, count messages, delete a test's topology.
+
+use std::time::Duration;
+
+use webhook_amqp::Topology;
+use webhook_amqp::lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use webhook_amqp::lapin::types::FieldTable;
+use webhook_amqp::lapin::{Channel, Connection, ConnectionProperties, message::BasicGetMessage};
+use webhook_core::Settings;
+
+pub fn topology(settings: &Settings) -> Topology {
+    Topology::new(&settings.amqp, &settings.worker.retry_delays().unwrap(), &settings.stripe.handled_event_types)
+}
+
+pub async fn channel() -> (Connection, Channel) {
+    let conn = Connection::connect(&super::amqp_url(), ConnectionProperties::default()).await.expect("RabbitMQ");
+    let ch = conn.create_channel().await.unwrap();
+    (conn, ch)
+}
+
+/// Takes (acks) every message currently in `queue`.
+pub async fn drain(queue: &str) -> Vec<BasicGetMessage> {
+    let (_conn, ch) = channel().await;
+    let mut out = Vec::new();
+    while let Some(m) = ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+        out.push(m);
+    }
+    out
+}
+
+/// Messages ready in `queue` (passive declare).
+pub async fn depth(queue: &str) -> u32 {
+    let (_conn, ch) = channel().await;
+    ch.queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .map(|q| q.message_count())
+        .unwrap_or(0)
+}
+
+/// Whether `queue` exists.
+pub async fn exists(queue: &str) -> bool {
+    let (_conn, ch) = channel().await;
+    ch.queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .is_ok()
+}
+
+pub async fn delete_topology(settings: &Settings) {
+    let topo = topology(settings);
+    let Ok(conn) = tokio::time::timeout(
+        Duration::from_secs(5),
+        Connection::connect(&super::amqp_url(), ConnectionProperties::default()),
+    )
+    .await
+    else {
+        return;
+    };
+    let Ok(conn) = conn else { return };
+    for q in topo.all_queues() {
+        if let Ok(ch) = conn.create_channel().await {
+            let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
+        }
+    }
+    for x in [&topo.exchange, &topo.dead_letter_exchange] {
+        if let Ok(ch) = conn.create_channel().await {
+            let _ = ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
+        }
+    }
+    let _ = conn.close(200, "test done".into()).await;
+}
