@@ -67,3 +67,66 @@ pub async fn count(pool: &PgPool, event_id: &str) -> Result<i64, sqlx::Error> {
         .await?;
     row.try_get("n")
 }
+
+/// Makes sure the event has a row (a message may reach the worker without passing the ingest:
+/// a replay from an archive, or a publish by hand) and counts a new attempt. Returns the
+/// number of attempts so far, this one included.
+pub async fn start_attempt(pool: &PgPool, event: &Envelope) -> Result<i32, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    insert_if_new(&mut conn, event, EventStatus::Queued).await?;
+    sqlx::query_scalar(
+        "UPDATE webhook_events SET status = 'processing', attempts = attempts + 1, updated_at = now()
+         WHERE event_id = $1 RETURNING attempts",
+    )
+    .bind(event.id.as_str())
+    .fetch_one(&mut *conn)
+    .await
+}
+
+/// Sets the outcome of the latest attempt.
+pub async fn set_status(
+    pool: &PgPool,
+    event_id: &str,
+    status: EventStatus,
+    last_error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let terminal = matches!(status, EventStatus::Succeeded | EventStatus::Skipped | EventStatus::DeadLettered);
+    sqlx::query(
+        "UPDATE webhook_events SET status = $2, last_error = coalesce($3, last_error), updated_at = now(),
+                completed_at = CASE WHEN $4 THEN now() ELSE completed_at END
+         WHERE event_id = $1",
+    )
+    .bind(event_id)
+    .bind(status.as_str())
+    .bind(last_error)
+    .bind(terminal)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// One failed attempt, for the event history.
+pub struct ErrorRecord<'a> {
+    pub event_id: &'a str,
+    pub attempt: i32,
+    pub step: Option<&'a str>,
+    pub kind: &'a str,
+    pub error: &'a str,
+    /// `retry_scheduled` or `dead_lettered`.
+    pub action: &'a str,
+}
+
+pub async fn record_error(pool: &PgPool, e: &ErrorRecord<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO event_errors (event_id, attempt, step, kind, error, action) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(e.event_id)
+    .bind(e.attempt)
+    .bind(e.step)
+    .bind(e.kind)
+    .bind(e.error)
+    .bind(e.action)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

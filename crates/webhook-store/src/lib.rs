@@ -2,8 +2,12 @@
 //! component, one module per concern.
 //!
 //! - [`events`]: the received events (dedupe on the Stripe event id, history, payload for replay).
+//! - [`ledger`]: the worker's step ledger per business action.
+//! - [`audit`]: the audit log.
 
+pub mod audit;
 pub mod events;
+pub mod ledger;
 
 use std::time::Duration;
 

@@ -1,0 +1,228 @@
+//! Keycloak Admin REST client (contracts/README.md §2): admin token (cached until shortly
+//! before it expires, refreshed once on a 401), user search by email, and the
+//! GET-modify-PUT of a full user representation (a partial PUT wipes attributes on ≥ 24.0.4).
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, RequestBuilder, Response};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use webhook_core::settings::KeycloakSettings;
+
+use super::error::DownstreamError;
+use crate::metrics::DownstreamMetrics;
+
+const SERVICE: &str = "keycloak";
+
+/// How the admin token is obtained.
+#[derive(Clone)]
+pub enum Grant {
+    Password { username: String, password: SecretString },
+    ClientCredentials { secret: SecretString },
+}
+
+struct CachedToken {
+    value: SecretString,
+    refresh_at: Instant,
+}
+
+pub struct KeycloakClient {
+    http: reqwest::Client,
+    base: String,
+    realm: String,
+    admin_realm: String,
+    client_id: String,
+    grant: Grant,
+    token: Mutex<Option<CachedToken>>,
+    metrics: Option<DownstreamMetrics>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default = "default_expires_in")]
+    expires_in: u64,
+}
+
+fn default_expires_in() -> u64 {
+    60
+}
+
+impl KeycloakClient {
+    pub fn new(
+        settings: &KeycloakSettings,
+        http: reqwest::Client,
+        metrics: Option<DownstreamMetrics>,
+    ) -> anyhow::Result<Self> {
+        if settings.url.trim().is_empty() {
+            anyhow::bail!("KEYCLOAK_URL is required for the worker (e.g. http://keycloak:8080)");
+        }
+        if settings.realm.trim().is_empty() {
+            anyhow::bail!("KEYCLOAK_REALM is required for the worker (the realm that holds the users)");
+        }
+        let grant = if !settings.client_secret.expose_secret().is_empty() {
+            Grant::ClientCredentials { secret: settings.client_secret.clone() }
+        } else if !settings.admin_user.is_empty() {
+            Grant::Password { username: settings.admin_user.clone(), password: settings.admin_password.clone() }
+        } else {
+            anyhow::bail!(
+                "Keycloak credentials are missing: set KEYCLOAK_CLIENT_SECRET (client_credentials) or \
+                 KEYCLOAK_ADMIN_USER and KEYCLOAK_ADMIN_PASSWORD (password grant)"
+            );
+        };
+        Ok(Self {
+            http,
+            base: settings.url.trim_end_matches('/').to_owned(),
+            realm: settings.realm.clone(),
+            admin_realm: settings.admin_realm.clone(),
+            client_id: settings.client_id.clone(),
+            grant,
+            token: Mutex::new(None),
+            metrics,
+        })
+    }
+
+    /// The cached admin token, or a new one.
+    async fn token(&self) -> Result<SecretString, DownstreamError> {
+        let mut cached = self.token.lock().await;
+        if let Some(t) = cached.as_ref().filter(|t| Instant::now() < t.refresh_at) {
+            return Ok(t.value.clone());
+        }
+        let url = format!("{}/realms/{}/protocol/openid-connect/token", self.base, self.admin_realm);
+        let mut form: Vec<(&str, &str)> = vec![("client_id", &self.client_id)];
+        match &self.grant {
+            Grant::Password { username, password } => {
+                form.extend([("grant_type", "password"), ("username", username), ("password", password.expose_secret())]);
+            }
+            Grant::ClientCredentials { secret } => {
+                form.extend([("grant_type", "client_credentials"), ("client_secret", secret.expose_secret())]);
+            }
+        }
+        let resp = self.observe("token", self.http.post(url).form(&form)).await?;
+        let resp = check(resp, "token").await?;
+        let token: TokenResponse = resp
+            .json()
+            .await
+            .map_err(|e| DownstreamError::from_transport(SERVICE, "token", &e))?;
+        // Refresh a little before expiry: 10 % of the lifetime, at least 5 s (tokens last 60 s by default).
+        let lifetime = Duration::from_secs(token.expires_in);
+        let margin = (lifetime / 10).max(Duration::from_secs(5)).min(lifetime / 2);
+        let value = SecretString::from(token.access_token);
+        *cached = Some(CachedToken { value: value.clone(), refresh_at: Instant::now() + lifetime - margin });
+        Ok(value)
+    }
+
+    async fn forget_token(&self) {
+        *self.token.lock().await = None;
+    }
+
+    async fn observe(&self, operation: &'static str, req: RequestBuilder) -> Result<Response, DownstreamError> {
+        let started = Instant::now();
+        let result = req.send().await;
+        if let Some(m) = &self.metrics {
+            m.observe(SERVICE, operation, result.as_ref().ok().map(|r| r.status().as_u16()), started.elapsed());
+        }
+        result.map_err(|e| DownstreamError::from_transport(SERVICE, operation, &e))
+    }
+
+    /// An admin request; on a 401 the token is refreshed and the request sent once more.
+    async fn admin(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        query: &[(&str, &str)],
+    ) -> Result<Response, DownstreamError> {
+        let url = format!("{}/admin/realms/{}{}", self.base, self.realm, path);
+        for attempt in 0..2 {
+            let token = self.token().await?;
+            let mut req = self.http.request(method.clone(), &url).bearer_auth(token.expose_secret()).query(query);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let resp = self.observe(operation, req).await?;
+            if resp.status() == 401 && attempt == 0 {
+                self.forget_token().await;
+                continue;
+            }
+            return check(resp, operation).await;
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+
+    /// Users whose email is exactly `email` (already lowercased), full representations.
+    pub async fn find_users_by_email(&self, email: &str) -> Result<Vec<Value>, DownstreamError> {
+        let resp = self
+            .admin(
+                "search_users",
+                Method::GET,
+                "/users",
+                None,
+                &[("email", email), ("exact", "true"), ("briefRepresentation", "false"), ("max", "2")],
+            )
+            .await?;
+        resp.json().await.map_err(|e| DownstreamError::from_transport(SERVICE, "search_users", &e))
+    }
+
+    pub async fn get_user(&self, id: &str) -> Result<Value, DownstreamError> {
+        let resp = self.admin("get_user", Method::GET, &format!("/users/{id}"), None, &[]).await?;
+        resp.json().await.map_err(|e| DownstreamError::from_transport(SERVICE, "get_user", &e))
+    }
+
+    /// PUT of a FULL user representation (see the module docs).
+    pub async fn put_user(&self, id: &str, user: &Value) -> Result<(), DownstreamError> {
+        self.admin("put_user", Method::PUT, &format!("/users/{id}"), Some(user), &[]).await?;
+        Ok(())
+    }
+
+    /// Sets one attribute by GET-modify-PUT of the whole user, so that every other attribute,
+    /// the email and the names survive; then reads the user back, because Keycloak ≥ 24 silently
+    /// drops attributes that its user profile does not declare.
+    pub async fn set_attribute(&self, id: &str, key: &str, value: &str) -> Result<(), DownstreamError> {
+        let mut user = self.get_user(id).await?;
+        if !user.get("attributes").is_some_and(Value::is_object) {
+            user["attributes"] = Value::Object(Default::default());
+        }
+        user["attributes"][key] = Value::Array(vec![Value::String(value.to_owned())]);
+        self.put_user(id, &user).await?;
+        let after = self.get_user(id).await?;
+        let stored = after["attributes"][key].get(0).and_then(Value::as_str);
+        if stored != Some(value) {
+            return Err(DownstreamError::permanent(
+                SERVICE,
+                "put_user",
+                format!(
+                    "Keycloak accepted the update but did not store the attribute {key:?}: declare it in the realm's \
+                     user profile (Realm settings > User profile) or allow admins to edit unmanaged attributes"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Turns a non-2xx answer into a classified error.
+async fn check(resp: Response, operation: &'static str) -> Result<Response, DownstreamError> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.text().await.unwrap_or_default();
+    let mut err = DownstreamError::from_status(SERVICE, operation, status, &headers, &body);
+    if status == 401 {
+        err.message = format!(
+            "{} (Keycloak refused the admin credentials or token: check KEYCLOAK_ADMIN_USER/PASSWORD or KEYCLOAK_CLIENT_SECRET)",
+            err.message
+        );
+    } else if status == 403 {
+        err.message = format!(
+            "{} (the admin account lacks permissions: give it realm-management view-users, query-users and manage-users)",
+            err.message
+        );
+    }
+    Err(err)
+}

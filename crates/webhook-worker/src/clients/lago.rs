@@ -1,0 +1,137 @@
+//! Lago API client (contracts/README.md §3): customer upsert, subscription create (idempotent on
+//! `external_id`), get and terminate.
+
+use std::time::Instant;
+
+use reqwest::{Method, Response};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use webhook_core::settings::LagoSettings;
+
+use super::error::DownstreamError;
+use crate::metrics::DownstreamMetrics;
+
+const SERVICE: &str = "lago";
+
+pub struct LagoClient {
+    http: reqwest::Client,
+    base: String,
+    api_key: SecretString,
+    metrics: Option<DownstreamMetrics>,
+}
+
+/// What a new subscription needs.
+pub struct NewSubscription<'a> {
+    pub external_customer_id: &'a str,
+    pub plan_code: &'a str,
+    /// Idempotency key: the Stripe subscription id (else the checkout session id).
+    pub external_id: &'a str,
+    pub name: Option<&'a str>,
+}
+
+impl LagoClient {
+    pub fn new(settings: &LagoSettings, http: reqwest::Client, metrics: Option<DownstreamMetrics>) -> anyhow::Result<Self> {
+        if settings.api_url.trim().is_empty() {
+            anyhow::bail!("LAGO_API_URL is required for the worker (e.g. http://lago-api:3000)");
+        }
+        if settings.api_key.expose_secret().is_empty() {
+            anyhow::bail!("LAGO_API_KEY is required for the worker (Lago > Developers > API keys)");
+        }
+        Ok(Self {
+            http,
+            base: settings.api_url.trim_end_matches('/').trim_end_matches("/api/v1").to_owned(),
+            api_key: settings.api_key.clone(),
+            metrics,
+        })
+    }
+
+    async fn call(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Response, DownstreamError> {
+        let url = format!("{}/api/v1{}", self.base, path);
+        let mut req = self.http.request(method, url).bearer_auth(self.api_key.expose_secret());
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let started = Instant::now();
+        let result = req.send().await;
+        if let Some(m) = &self.metrics {
+            m.observe(SERVICE, operation, result.as_ref().ok().map(|r| r.status().as_u16()), started.elapsed());
+        }
+        let resp = result.map_err(|e| DownstreamError::from_transport(SERVICE, operation, &e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap_or_default();
+        let mut err = DownstreamError::from_status(SERVICE, operation, status, &headers, &text);
+        if status == 401 {
+            err.message = format!("{} (check LAGO_API_KEY)", err.message);
+        }
+        Err(err)
+    }
+
+    async fn json(resp: Response, operation: &'static str, root: &str) -> Result<Value, DownstreamError> {
+        let mut v: Value = resp.json().await.map_err(|e| DownstreamError::from_transport(SERVICE, operation, &e))?;
+        Ok(v.get_mut(root).map(Value::take).unwrap_or(v))
+    }
+
+    /// Creates or updates the customer `external_id` (Lago upserts; only the keys sent change).
+    pub async fn upsert_customer(
+        &self,
+        external_id: &str,
+        email: &str,
+        name: Option<&str>,
+    ) -> Result<Value, DownstreamError> {
+        let mut customer = json!({"external_id": external_id, "email": email});
+        if let Some(n) = name {
+            customer["name"] = json!(n);
+        }
+        let resp = self
+            .call("create_customer", Method::POST, "/customers", Some(&json!({"customer": customer})))
+            .await?;
+        Self::json(resp, "create_customer", "customer").await
+    }
+
+    /// Assigns the plan. Same `external_id` and plan → the existing subscription (idempotent);
+    /// another plan → Lago's upgrade (now) or downgrade (at period end).
+    pub async fn create_subscription(&self, sub: &NewSubscription<'_>) -> Result<Value, DownstreamError> {
+        let mut body = json!({
+            "external_customer_id": sub.external_customer_id,
+            "plan_code": sub.plan_code,
+            "external_id": sub.external_id,
+        });
+        if let Some(n) = sub.name {
+            body["name"] = json!(n);
+        }
+        let resp = self
+            .call("create_subscription", Method::POST, "/subscriptions", Some(&json!({"subscription": body})))
+            .await?;
+        Self::json(resp, "create_subscription", "subscription").await
+    }
+
+    /// The active subscription `external_id`, or `None` when Lago has none.
+    pub async fn get_subscription(&self, external_id: &str) -> Result<Option<Value>, DownstreamError> {
+        match self.call("get_subscription", Method::GET, &format!("/subscriptions/{external_id}"), None).await {
+            Ok(resp) => Self::json(resp, "get_subscription", "subscription").await.map(Some),
+            Err(e) if e.status == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Terminates `external_id`. Lago answers 404 `subscription_not_found` to a second
+    /// termination, so `Ok(None)` means "already terminated (or never existed)".
+    pub async fn terminate_subscription(&self, external_id: &str) -> Result<Option<Value>, DownstreamError> {
+        match self.call("terminate_subscription", Method::DELETE, &format!("/subscriptions/{external_id}"), None).await
+        {
+            Ok(resp) => Self::json(resp, "terminate_subscription", "subscription").await.map(Some),
+            Err(e) if e.status == Some(404) && e.code.as_deref() == Some("subscription_not_found") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The consume loop: manual acks, `concurrency` jobs in flight (prefetch), resumes on every new
+//! broker connection, and on shutdown stops consuming and lets in-flight jobs finish.
+//!
+//! A message is acked only once its outcome is durable: done (ledger and status in Postgres),
+//! re-published to a retry tier with a confirm, or dead-lettered with a confirm.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use webhook_amqp::lapin::message::Delivery;
+use webhook_amqp::lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use webhook_amqp::lapin::types::FieldTable;
+use webhook_store::events::{self, ErrorRecord, EventStatus};
+
+use crate::context::WorkerContext;
+use crate::dispatch::{self, Done};
+use crate::failure::JobError;
+use crate::retry::{self, Next};
+
+/// Consumes until `shutdown` turns true, then waits up to `drain_timeout` for in-flight jobs.
+pub async fn run(ctx: Arc<WorkerContext>, concurrency: u16, mut shutdown: watch::Receiver<bool>, drain_timeout: Duration) {
+    let mut links = ctx.broker.links();
+    let mut jobs = JoinSet::new();
+    'outer: loop {
+        // Wait for a usable connection (or shutdown).
+        let link = loop {
+            if *shutdown.borrow() {
+                break 'outer;
+            }
+            if let Some(link) = ctx.broker.current() {
+                break link;
+            }
+            tokio::select! {
+                _ = links.changed() => {}
+                _ = shutdown.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        };
+        let channel = match link.connection.create_channel().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open a consumer channel");
+                ctx.broker.report_broken(&link);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let consumer = async {
+            channel.basic_qos(concurrency, BasicQosOptions::default()).await?;
+            channel
+                .basic_consume(
+                    ctx.broker.topology().work_queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        }
+        .await;
+        let mut consumer = match consumer {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start consuming; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        tracing::info!(queue = %ctx.broker.topology().work_queue, concurrency, "consuming");
+        loop {
+            tokio::select! {
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+                        jobs.spawn(handle(ctx, delivery, shutdown));
+                    }
+                    Some(Err(e)) => { tracing::warn!(error = %e, "consumer failed; resuming on the next connection"); break; }
+                    None => { tracing::warn!("consumer ended; resuming on the next connection"); break; }
+                },
+                Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        let tag = consumer.tag();
+                        let _ = channel.basic_cancel(tag, BasicCancelOptions::default()).await;
+                        break 'outer;
+                    }
+                }
+            }
+        }
+        ctx.broker.report_broken(&link);
+    }
+    // Let in-flight jobs finish; what does not finish in time is returned to the queue when
+    // the connection closes (unacked messages are redelivered, and the ledger makes that safe).
+    let drained = tokio::time::timeout(drain_timeout, async { while jobs.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(left = jobs.len(), "shutdown timeout: returning unfinished jobs to the queue");
+        jobs.abort_all();
+    }
+}
+
+/// Processes one delivery and settles it.
+async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, mut shutdown: watch::Receiver<bool>) {
+    ctx.metrics.in_flight.inc();
+    let started = Instant::now();
+    let retries = retry::retries_so_far(&delivery);
+    let (event_type, outcome) = loop {
+        let processed = dispatch::process(&ctx, Bytes::copy_from_slice(&delivery.data)).await;
+        let event_type = processed
+            .envelope
+            .as_ref()
+            .map(|e| e.event_type.clone())
+            .or_else(|| delivery.properties.kind().as_ref().map(|t| t.as_str().to_owned()))
+            .unwrap_or_else(|| "unknown".into());
+        if let Err(JobError::Infrastructure(msg)) = &processed.result {
+            // Postgres is down: nothing can be recorded. Keep the message (unacked) and try
+            // again once it is back, so an outage neither loses nor burns through retries.
+            tracing::warn!(error = %msg, "infrastructure unavailable; holding the message until it is back");
+            if !wait_for_store(&ctx, &mut shutdown).await {
+                let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                break (event_type, "requeued");
+            }
+            continue;
+        }
+        let outcome = settle(&ctx, &delivery, &event_type, processed, retries).await;
+        break (event_type, outcome);
+    };
+    ctx.metrics.jobs.with_label_values(&[&event_type, outcome]).inc();
+    ctx.metrics.job_duration.with_label_values(&[&event_type]).observe(started.elapsed().as_secs_f64());
+    ctx.metrics.in_flight.dec();
+}
+
+/// Polls Postgres until it answers; false if shutdown came first.
+async fn wait_for_store(ctx: &WorkerContext, shutdown: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        if *shutdown.borrow() {
+            return false;
+        }
+        if ctx.store.is_ready().await {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+async fn settle(
+    ctx: &WorkerContext,
+    delivery: &Delivery,
+    event_type: &str,
+    processed: dispatch::Processed,
+    retries: u32,
+) -> &'static str {
+    let event_id = processed.envelope.as_ref().map(|e| e.id.to_string());
+    let pool = &ctx.store.pool;
+    let ack = || async {
+        if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+            // The connection died: the broker redelivers, and the ledger makes that harmless.
+            tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+        }
+    };
+    match processed.result {
+        Ok(Done::Succeeded(summary)) => {
+            if let Some(id) = &event_id {
+                log_db(events::set_status(pool, id, EventStatus::Succeeded, None).await);
+            }
+            tracing::info!(event_id = event_id.as_deref().unwrap_or("-"), event_type, outcome = "succeeded",
+                tier = summary["tier"].as_str().unwrap_or(""), plan = summary["plan"].as_str().unwrap_or(""), "job done");
+            ack().await;
+            "succeeded"
+        }
+        Ok(Done::Skipped(reason)) => {
+            if let Some(id) = &event_id {
+                log_db(events::set_status(pool, id, EventStatus::Skipped, Some(&reason)).await);
+            }
+            tracing::info!(event_id = event_id.as_deref().unwrap_or("-"), event_type, outcome = "skipped", %reason, "job skipped");
+            ack().await;
+            "skipped"
+        }
+        Err(JobError::Infrastructure(_)) => unreachable!("handled by the caller"),
+        Err(JobError::Failed(failure)) => {
+            let next = retry::next(ctx, &failure, retries);
+            let (published, outcome, status, action) = match &next {
+                Next::Retry { attempt, queue, .. } => (
+                    retry::schedule(ctx, delivery, event_type, &failure, *attempt, queue).await,
+                    "retry_scheduled",
+                    EventStatus::Retrying,
+                    "retry_scheduled",
+                ),
+                Next::DeadLetter => (
+                    retry::dead_letter(ctx, delivery, event_type, &failure, retries).await,
+                    "dead_lettered",
+                    EventStatus::DeadLettered,
+                    "dead_lettered",
+                ),
+            };
+            if let Err(e) = published {
+                tracing::warn!(error = %e, "could not re-publish the failed message; returning it to the queue");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                return "requeued";
+            }
+            if let Some(id) = &event_id {
+                let record = ErrorRecord {
+                    event_id: id,
+                    attempt: retries as i32 + 1,
+                    step: Some(failure.step),
+                    kind: failure.kind.as_str(),
+                    error: &failure.message,
+                    action,
+                };
+                log_db(events::record_error(pool, &record).await);
+                log_db(events::set_status(pool, id, status, Some(&failure.message)).await);
+            }
+            tracing::warn!(
+                event_id = event_id.as_deref().unwrap_or("-"), event_type, outcome, step = failure.step,
+                kind = failure.kind.as_str(), error = %failure.message, next = ?next, "job failed"
+            );
+            ack().await;
+            outcome
+        }
+    }
+}
+
+fn log_db(r: Result<(), sqlx::Error>) {
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "could not record the event status (history only; the outcome is durable)");
+    }
+}

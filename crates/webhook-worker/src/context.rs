@@ -1,0 +1,24 @@
+//! Everything a job needs, passed explicitly (no global state).
+
+use std::time::Duration;
+
+use webhook_amqp::Broker;
+use webhook_store::Store;
+
+use crate::clients::{InlineRetry, KeycloakClient, LagoClient};
+use crate::domain::PlanMap;
+use crate::metrics::Metrics;
+
+pub struct WorkerContext {
+    pub store: Store,
+    pub broker: Broker,
+    pub keycloak: KeycloakClient,
+    pub lago: LagoClient,
+    pub plans: PlanMap,
+    /// Delay before each broker-level retry; its length is the number of retries.
+    pub retry_delays: Vec<Duration>,
+    pub inline_retry: InlineRetry,
+    pub metrics: Metrics,
+    /// The Keycloak attribute that receives the tier (`subscription_tier`).
+    pub tier_attribute: String,
+}

@@ -1,0 +1,169 @@
+//! `webhook-worker`: consumes `billing.provisioning` and provisions each paid checkout in
+//! Keycloak, Lago and the audit log, exactly once in effect, with retries through broker delay
+//! queues and a dead-letter queue with reasons.
+//!
+//! - [`Application`]: builds everything from [`Settings`]; `main.rs` only loads settings and runs it.
+//! - [`consumer`]: the consume loop (acks, concurrency, reconnects, graceful shutdown).
+//! - [`dispatch`]: one message → its handler → an outcome.
+//! - [`steps`]: the provisioning steps and the ledger that makes them exactly-once.
+//! - [`retry`]: the next retry tier or the dead-letter queue for a failed message.
+//! - [`clients`]: typed Keycloak and Lago clients with error classification.
+//! - [`domain`]: checkout orders, emails, plan codes.
+//! - [`http`], [`metrics`]: health, readiness and Prometheus metrics.
+
+pub mod clients;
+pub mod consumer;
+pub mod context;
+pub mod dispatch;
+pub mod domain;
+pub mod failure;
+pub mod http;
+pub mod metrics;
+pub mod retry;
+pub mod steps;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use tokio::sync::watch;
+use webhook_amqp::{Broker, BrokerConfig};
+use webhook_core::Settings;
+use webhook_store::Store;
+
+use crate::clients::{InlineRetry, KeycloakClient, LagoClient};
+use crate::context::WorkerContext;
+use crate::domain::PlanMap;
+use crate::metrics::Metrics;
+
+/// Stops a running worker gracefully (what SIGTERM does).
+#[derive(Clone)]
+pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    ctx: Arc<WorkerContext>,
+    concurrency: u16,
+    drain_timeout: Duration,
+    shutdown: Arc<watch::Sender<bool>>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let metrics = Metrics::new();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.keycloak.timeout_ms.max(settings.lago.timeout_ms)))
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(usize::from(settings.worker.concurrency).max(4))
+            .build()
+            .context("building the HTTP client")?;
+        let keycloak = KeycloakClient::new(&settings.keycloak, http.clone(), Some(metrics.downstream.clone()))?;
+        let lago = LagoClient::new(&settings.lago, http, Some(metrics.downstream.clone()))?;
+        if settings.worker.concurrency == 0 {
+            anyhow::bail!("WORKER_CONCURRENCY must be at least 1");
+        }
+        let store = Store::connect_lazy(&settings.database)?;
+        if settings.database.migrate_on_start {
+            store.migrate().await?;
+        }
+        let broker = Broker::start(BrokerConfig::from_settings(&settings, "webhook-worker")?);
+        let w = &settings.worker;
+        let ctx = Arc::new(WorkerContext {
+            store,
+            broker,
+            keycloak,
+            lago,
+            plans: PlanMap::new(&settings.plans),
+            retry_delays: w.retry_delays()?,
+            inline_retry: InlineRetry {
+                times: w.inline_retries,
+                min_delay: Duration::from_millis(w.inline_retry_min_ms),
+                max_delay: Duration::from_millis(w.inline_retry_max_ms),
+            },
+            metrics,
+            tier_attribute: settings.keycloak.tier_attribute.clone(),
+        });
+        let listener = TcpListener::bind(&w.bind).with_context(|| format!("cannot listen on WORKER_BIND={}", w.bind))?;
+        let port = listener.local_addr()?.port();
+        let data = web::Data::new(ctx.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/healthz", web::get().to(http::healthz))
+                .route("/readyz", web::get().to(http::readyz))
+                .route("/metrics", web::get().to(http::metrics))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        let (tx, _) = watch::channel(false);
+        Ok(Self {
+            port,
+            server,
+            ctx,
+            concurrency: w.concurrency,
+            drain_timeout: Duration::from_secs(w.shutdown_timeout_secs),
+            shutdown: Arc::new(tx),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// Consumes until SIGTERM, Ctrl-C or the [`ShutdownHandle`]; then stops consuming, lets
+    /// in-flight jobs finish (up to the shutdown timeout) and closes the connection.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let server_handle = self.server.handle();
+        let server = tokio::spawn(self.server);
+        let sampler = tokio::spawn(http::sample_queue_depths(self.ctx.clone(), Duration::from_secs(5)));
+        let consumer = tokio::spawn(consumer::run(
+            self.ctx.clone(),
+            self.concurrency,
+            self.shutdown.subscribe(),
+            self.drain_timeout,
+        ));
+        let mut stop = self.shutdown.subscribe();
+        tokio::select! {
+            _ = shutdown_signal() => tracing::info!("shutdown signal received; finishing in-flight jobs"),
+            _ = stop.wait_for(|s| *s) => tracing::info!("shutdown requested; finishing in-flight jobs"),
+        }
+        self.shutdown.send_replace(true);
+        let _ = consumer.await;
+        sampler.abort();
+        self.ctx.broker.close().await;
+        server_handle.stop(true).await;
+        let _ = server.await;
+        tracing::info!("webhook-worker stopped");
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,158 @@
+//! What happens to a failed message: the next broker delay tier, or the dead-letter queue.
+//! Either way the message is re-published with a confirm BEFORE the original is acked, so a
+//! crash in between leaves a duplicate (harmless, thanks to the ledger), never a loss.
+
+use std::time::Duration;
+
+use webhook_amqp::lapin::message::Delivery;
+use webhook_amqp::lapin::types::{AMQPValue, FieldTable, LongString};
+use webhook_amqp::{Outgoing, PublishError};
+use webhook_core::message::{self, ErrorKind};
+
+use crate::context::WorkerContext;
+use crate::failure::Failure;
+
+/// Where a failed message goes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Wait in `queue` for `delay`, then come back as attempt `attempt`.
+    Retry { attempt: u32, delay: Duration, queue: String },
+    DeadLetter,
+}
+
+/// Transient failures go through the schedule; permanent ones, or the last tier, to the DLQ.
+pub fn next(ctx: &WorkerContext, failure: &Failure, retries_so_far: u32) -> Next {
+    if failure.kind == ErrorKind::Permanent {
+        return Next::DeadLetter;
+    }
+    match ctx.retry_delays.get(retries_so_far as usize) {
+        Some(&delay) => match ctx.broker.topology().retry_queue(delay) {
+            Some(queue) => Next::Retry { attempt: retries_so_far + 1, delay, queue: queue.to_owned() },
+            None => Next::DeadLetter,
+        },
+        None => Next::DeadLetter,
+    }
+}
+
+/// Our retry count (`x-retry-attempt`), 0 for a first delivery.
+pub fn retries_so_far(delivery: &Delivery) -> u32 {
+    header(delivery.properties.headers().as_ref(), message::H_RETRY_ATTEMPT)
+        .and_then(|v| match v {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.trim().parse().ok(),
+            AMQPValue::ShortString(s) => s.as_str().trim().parse().ok(),
+            AMQPValue::ShortShortInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::ShortShortUInt(n) => Some(u32::from(*n)),
+            AMQPValue::ShortInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::ShortUInt(n) => Some(u32::from(*n)),
+            AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
+            AMQPValue::LongUInt(n) => Some(*n),
+            AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+fn header<'a>(headers: Option<&'a FieldTable>, key: &str) -> Option<&'a AMQPValue> {
+    headers?.inner().get(key)
+}
+
+fn header_str(headers: Option<&FieldTable>, key: &str) -> Option<String> {
+    match header(headers, key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+fn s(v: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(v))
+}
+
+/// The headers of a re-published message: our own failure headers, the first failure time and
+/// original routing key carried over, and none of the broker's `x-death` family (brokers ≥ 3.13
+/// own those, and carrying them along could make the broker see a dead-letter cycle).
+pub fn failure_headers(delivery: &Delivery, event_type: &str, failure: &Failure, attempt: u32) -> FieldTable {
+    let incoming = delivery.properties.headers().as_ref();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut h = FieldTable::default();
+    if let Some(incoming) = incoming {
+        for (k, v) in incoming.inner() {
+            let k = k.as_str();
+            if !k.starts_with("x-death") && !k.starts_with("x-first-death") && !k.starts_with("x-last-death") {
+                h.insert(k.into(), v.clone());
+            }
+        }
+    }
+    let first = header_str(incoming, message::H_FIRST_FAILED_AT).unwrap_or_else(|| now.clone());
+    let original = header_str(incoming, message::H_ORIGINAL_ROUTING_KEY).unwrap_or_else(|| event_type.to_owned());
+    h.insert(message::H_RETRY_ATTEMPT.into(), AMQPValue::LongInt(attempt as i32));
+    h.insert(message::H_ERROR.into(), s(&truncate(&failure.message, 1000)));
+    h.insert(message::H_ERROR_KIND.into(), s(failure.kind.as_str()));
+    h.insert(message::H_FAILED_STEP.into(), s(failure.step));
+    h.insert(message::H_FIRST_FAILED_AT.into(), s(&first));
+    h.insert(message::H_ORIGINAL_ROUTING_KEY.into(), s(&original));
+    h
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Publishes the message to the retry queue of the next tier (through the default exchange,
+/// straight to the queue), with a confirm.
+pub async fn schedule(
+    ctx: &WorkerContext,
+    delivery: &Delivery,
+    event_type: &str,
+    failure: &Failure,
+    attempt: u32,
+    queue: &str,
+) -> Result<(), PublishError> {
+    let headers = failure_headers(delivery, event_type, failure, attempt);
+    ctx.broker
+        .publish(Outgoing {
+            exchange: "",
+            routing_key: queue,
+            body: &delivery.data,
+            properties: republished_properties(delivery, event_type, headers),
+        })
+        .await
+}
+
+/// Publishes the message to the dead-letter exchange with the reason headers, with a confirm.
+pub async fn dead_letter(
+    ctx: &WorkerContext,
+    delivery: &Delivery,
+    event_type: &str,
+    failure: &Failure,
+    retries_so_far: u32,
+) -> Result<(), PublishError> {
+    let mut headers = failure_headers(delivery, event_type, failure, retries_so_far);
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    headers.insert(message::H_DEAD_LETTERED_AT.into(), s(&now));
+    let topo = ctx.broker.topology();
+    ctx.broker
+        .publish(Outgoing {
+            exchange: &topo.dead_letter_exchange,
+            routing_key: event_type,
+            body: &delivery.data,
+            properties: republished_properties(delivery, event_type, headers),
+        })
+        .await
+}
+
+fn republished_properties(
+    delivery: &Delivery,
+    event_type: &str,
+    headers: FieldTable,
+) -> webhook_amqp::lapin::BasicProperties {
+    let message_id = delivery.properties.message_id().as_ref().map(|m| m.as_str().to_owned()).unwrap_or_default();
+    webhook_amqp::job_properties(&message_id, event_type, headers)
+}

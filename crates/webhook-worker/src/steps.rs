@@ -1,0 +1,164 @@
+//! The provisioning steps of a paid checkout, each recorded in the ledger once finished:
+//! Keycloak lookup → Lago customer → Lago subscription → Keycloak tier → audit row.
+//!
+//! A redelivered message, or a second event for the same checkout session, finds the finished
+//! steps in the ledger and resumes after the last one. Keycloak and Lago effects are idempotent
+//! (upsert, idempotent `external_id`, setting an attribute), so a step redone after a crash
+//! before its ledger entry changes nothing; the audit row is written in the same transaction as
+//! its ledger entry, so it exists exactly once.
+
+use std::future::Future;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use webhook_core::Envelope;
+use webhook_store::ledger::{self, DoneSteps};
+use webhook_store::audit;
+
+use crate::clients::lago::NewSubscription;
+use crate::context::WorkerContext;
+use crate::domain::CheckoutOrder;
+use crate::failure::{Failure, JobError};
+
+/// Runs a step unless the ledger has it, then records it.
+struct Steps<'a> {
+    ctx: &'a WorkerContext,
+    action_key: String,
+    event_id: &'a str,
+    done: DoneSteps,
+}
+
+impl<'a> Steps<'a> {
+    async fn run<F, Fut>(&mut self, step: &'static str, f: F) -> Result<Value, JobError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Value, Failure>>,
+    {
+        if let Some(result) = self.done.get(step) {
+            return Ok(result.clone());
+        }
+        let started = Instant::now();
+        let result = f().await?;
+        self.ctx.metrics.step_duration.with_label_values(&[step]).observe(started.elapsed().as_secs_f64());
+        ledger::record_step(&self.ctx.store.pool, &self.action_key, step, self.event_id, &result).await?;
+        self.done.insert(step.to_owned(), result.clone());
+        Ok(result)
+    }
+}
+
+/// Provisions one paid checkout. Returns a summary of what was done.
+pub async fn provision_checkout(
+    ctx: &WorkerContext,
+    event: &Envelope,
+    order: &CheckoutOrder,
+) -> Result<Value, JobError> {
+    let action_key = format!("checkout:{}", order.session_id);
+    let done = ledger::begin(&ctx.store.pool, &action_key, event.id.as_str()).await?;
+    let mut steps = Steps { ctx, action_key: action_key.clone(), event_id: event.id.as_str(), done };
+    let email = order.email.as_str();
+
+    let user = steps
+        .run("keycloak_lookup", || async {
+            let users = ctx
+                .inline_retry
+                .run(|| ctx.keycloak.find_users_by_email(email))
+                .await
+                .map_err(|e| Failure::downstream("keycloak_lookup", e))?;
+            // Defensive: a Keycloak older than 11 ignores exact=true and matches substrings.
+            let matching: Vec<&Value> = users
+                .iter()
+                .filter(|u| u["email"].as_str().is_some_and(|e| e.eq_ignore_ascii_case(email)))
+                .collect();
+            match matching.as_slice() {
+                [] => Err(Failure::transient(
+                    "keycloak_lookup",
+                    format!("no Keycloak user has the email {email} (retrying: the account may still be being created)"),
+                )),
+                [u] => Ok(json!({"user_id": u["id"], "username": u["username"]})),
+                many => Err(Failure::permanent(
+                    "keycloak_lookup",
+                    format!(
+                        "{} Keycloak users share the email {email}; merge them or make emails unique in the realm, then requeue",
+                        many.len()
+                    ),
+                )),
+            }
+        })
+        .await?;
+    let user_id = user["user_id"].as_str().unwrap_or_default().to_owned();
+
+    let customer = steps
+        .run("lago_customer", || async {
+            let c = ctx
+                .inline_retry
+                .run(|| ctx.lago.upsert_customer(email, email, order.customer_name.as_deref()))
+                .await
+                .map_err(|e| Failure::downstream("lago_customer", e))?;
+            Ok(json!({"lago_id": c["lago_id"], "external_id": c["external_id"]}))
+        })
+        .await?;
+
+    let plan_code = ctx.plans.plan_code(&order.tier, &order.cycle);
+    let subscription = steps
+        .run("lago_subscription", || async {
+            let new = NewSubscription {
+                external_customer_id: email,
+                plan_code: &plan_code,
+                external_id: &order.subscription_external_id,
+                name: None,
+            };
+            let s = ctx.inline_retry.run(|| ctx.lago.create_subscription(&new)).await.map_err(|e| {
+                let mut f = Failure::downstream("lago_subscription", e.clone());
+                if e.code.as_deref() == Some("plan_not_found") {
+                    f.message = format!(
+                        "Lago has no plan {plan_code:?} (tier {:?}, cycle {:?}): create it in Lago or map it in [plans.map], then requeue",
+                        order.tier, order.cycle
+                    );
+                }
+                f
+            })?;
+            Ok(json!({"lago_id": s["lago_id"], "external_id": s["external_id"], "plan_code": s["plan_code"], "status": s["status"]}))
+        })
+        .await?;
+
+    steps
+        .run("keycloak_tier", || async {
+            ctx.inline_retry
+                .run(|| ctx.keycloak.set_attribute(&user_id, &ctx.tier_attribute, &order.tier))
+                .await
+                .map_err(|e| Failure::downstream("keycloak_tier", e))?;
+            Ok(json!({"attribute": ctx.tier_attribute, "tier": order.tier}))
+        })
+        .await?;
+
+    let details = json!({
+        "stripe_event_id": event.id.as_str(),
+        "stripe_session_id": order.session_id,
+        "stripe_subscription_id": order.subscription_external_id,
+        "stripe_customer_id": order.stripe_customer,
+        "tier": order.tier,
+        "billing_cycle": order.cycle,
+        "plan": plan_code,
+        "lago_subscription_id": subscription["lago_id"],
+        "lago_customer_id": customer["lago_id"],
+        "keycloak_user_id": user_id,
+    });
+    if !steps.done.contains_key("audit") {
+        // The audit row and its ledger entry commit together: exactly one row per checkout, even
+        // when two deliveries race (the second waits on the ledger's key, then inserts nothing).
+        let mut tx = ctx.store.pool.begin().await?;
+        let recorded = ledger::record_step_in(&mut tx, &action_key, "audit", event.id.as_str(), &json!({})).await?;
+        if recorded {
+            let id = audit::insert(&mut tx, "subscription.created", email, &details).await?;
+            sqlx::query("UPDATE provisioning_steps SET result = $3 WHERE action_key = $1 AND step = $2")
+                .bind(&action_key)
+                .bind("audit")
+                .bind(json!({"audit_id": id}))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+    }
+    ledger::finish(&ctx.store.pool, &action_key).await?;
+    Ok(details)
+}
