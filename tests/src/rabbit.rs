@@ -68,3 +68,30 @@ pub async fn delete_topology(settings: &Settings) {
     }
     let _ = conn.close(200, "test done".into()).await;
 }
+
+/// Publishes a message the way the ingest does (persistent, `message_id`), bypassing the ingest.
+pub async fn publish(exchange: &str, routing_key: &str, body: &[u8], message_id: &str) {
+    use webhook_amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let (_conn, ch) = channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let props = webhook_amqp::job_properties(message_id, routing_key, FieldTable::default());
+    let confirm = ch
+        .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions { mandatory: true, ..Default::default() }, body, props)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(matches!(confirm, webhook_amqp::lapin::Confirmation::Ack(None)), "published and routed");
+}
+
+/// A header of a message as text (strings and integers).
+pub fn header(m: &BasicGetMessage, key: &str) -> Option<String> {
+    use webhook_amqp::lapin::types::AMQPValue;
+    match m.delivery.properties.headers().as_ref()?.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::LongInt(n) => Some(n.to_string()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}

@@ -275,7 +275,7 @@ pub fn parse_schedule(raw: &str) -> Result<Vec<Duration>, String> {
 pub fn duration_label(d: Duration) -> String {
     let ms = d.as_millis();
     for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms % size == 0 {
+        if ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }

@@ -28,6 +28,22 @@ pub enum Command {
     /// Sign a realistic checkout.session.completed event with the configured secret and POST it to
     /// the ingest, like `stripe trigger`. Safe: it goes through the normal pipeline.
     SendTestEvent(SendTestEventArgs),
+    /// Event history from Postgres. Read-only: safe at any time.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Status, attempts, steps done with their results, every error with its time, and where
+    /// the event is now (done, retrying, dead-lettered).
+    Show {
+        /// The Stripe event id (evt_…).
+        event_id: String,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args, Clone)]

@@ -6,7 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod test_event;
 
-pub use cli::{Cli, Command};
+pub use cli::{Cli, Command, EventsCommand};
 
 use webhook_core::Settings;
 
@@ -18,5 +18,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => commands::setup::migrate(&settings).await,
         Command::Setup => commands::setup::setup(&settings).await,
         Command::SendTestEvent(args) => commands::send_test_event::run(&settings, args).await,
+        Command::Events(EventsCommand::Show { event_id, json }) => {
+            commands::events::show(&settings, &event_id, json).await
+        }
     }
 }

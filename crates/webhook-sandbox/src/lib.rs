@@ -1,0 +1,107 @@
+//! `webhook-sandbox`: an in-memory stand-in for the Keycloak Admin REST API and the Lago API, for
+//! `make run` and the worker's end-to-end tests, on a machine where neither can run.
+//!
+//! It reproduces the semantics the worker depends on (shared/contracts/README.md §2 and §3), the
+//! pitfalls included: Keycloak's full-replace user PUT and silently dropped unmanaged attributes,
+//! Lago's partial customer upsert, idempotent / upgrading / downgrading subscription create, and
+//! non-idempotent terminate. One base URL serves both APIs, under their real paths.
+//!
+//! Layout:
+//! - [`Sandbox`]: builds and runs the server; `main.rs` only parses flags ([`cli`]) and runs it.
+//! - [`config`]: [`SandboxConfig`] and the seed types, loadable from a JSON seed file.
+//! - [`state`]: [`SandboxState`], all data behind one mutex, and the inspection API for tests.
+//! - `keycloak`: token endpoint and Admin REST users (search, get, full-replace update).
+//! - `lago`: customers, plans and subscriptions under `/api/v1`.
+//! - [`faults`]: injected error responses and latency per [`Route`].
+//! - `control`: `/_sandbox/*` endpoints (state dump, seeding, faults) and `/healthz`.
+
+pub mod cli;
+pub mod config;
+mod control;
+pub mod faults;
+mod keycloak;
+mod lago;
+pub mod state;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+
+pub use config::{SandboxConfig, SeedPlan, SeedUser, UnmanagedPolicy};
+pub use faults::{Fault, Route};
+pub use state::SandboxState;
+
+/// A built, bound, not yet running sandbox.
+pub struct Sandbox {
+    port: u16,
+    url: String,
+    server: Server,
+    state: SandboxState,
+}
+
+impl Sandbox {
+    /// Validates the configuration, loads the seed data and binds `config.bind`.
+    pub async fn build(config: SandboxConfig) -> anyhow::Result<Sandbox> {
+        let bind = config.bind.clone();
+        let state = SandboxState::new(config)?;
+        let listener = TcpListener::bind(&bind).with_context(|| format!("cannot listen on {bind}"))?;
+        let address = listener.local_addr()?;
+        // A wildcard address is reachable through loopback; clients need a concrete host.
+        let host = match address.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        let url = match host {
+            IpAddr::V4(ip) => format!("http://{ip}:{}", address.port()),
+            IpAddr::V6(ip) => format!("http://[{ip}]:{}", address.port()),
+        };
+        let data = web::Data::new(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .configure(keycloak::routes)
+                .configure(lago::routes)
+                .configure(control::routes)
+                .default_service(web::to(control::not_found))
+        })
+        // One worker is plenty: handlers only hold the lock briefly, and injected latency is an
+        // async sleep, so slow requests do not block others.
+        .workers(1)
+        .shutdown_timeout(1)
+        .listen(listener)?
+        .run();
+        Ok(Sandbox {
+            port: address.port(),
+            url,
+            server,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://HOST:PORT`: the base URL of both the Keycloak and the Lago routes.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// The shared state, for in-process inspection and fault injection.
+    pub fn state(&self) -> SandboxState {
+        self.state.clone()
+    }
+
+    /// Stops the server gracefully (tests; SIGTERM and Ctrl-C do it for the binary).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.server.await.context("sandbox server failed")
+    }
+}

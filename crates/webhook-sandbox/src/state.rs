@@ -1,0 +1,189 @@
+//! The sandbox's memory: users, tokens, customers, subscriptions, call counters and faults behind
+//! one mutex, plus the immutable parts of the configuration. [`SandboxState`] is also the
+//! in-process inspection handle for tests.
+//!
+//! One `std::sync::Mutex` for everything: requests are tiny, never hold it across an `.await`, and
+//! a single lock makes every request atomic, as the real servers' transactions are.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use actix_web::HttpResponse;
+use serde_json::{Value, json};
+
+use crate::config::{SandboxConfig, SeedUser};
+use crate::faults::{self, Fault, FaultBook, Route};
+use crate::keycloak::users::{Profile, User, View};
+use crate::lago::customers::Customer;
+use crate::lago::plans::Plan;
+use crate::lago::subscriptions::{self, Subscription};
+
+/// Cheap to clone: all clones share the same sandbox.
+#[derive(Clone)]
+pub struct SandboxState {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: SandboxConfig,
+    pub(crate) profile: Profile,
+    pub(crate) plans: Vec<Plan>,
+    data: Mutex<Data>,
+}
+
+#[derive(Default)]
+pub(crate) struct Data {
+    /// In creation order; searches sort by username like Keycloak.
+    pub(crate) users: Vec<User>,
+    /// Issued access tokens and when they stop being accepted.
+    pub(crate) tokens: HashMap<String, Instant>,
+    pub(crate) customers: Vec<Customer>,
+    /// Every subscription ever created, terminated and canceled ones included: Lago keeps them
+    /// and they stay reachable through `GET …?status=terminated`.
+    pub(crate) subscriptions: Vec<Subscription>,
+    pub(crate) faults: FaultBook,
+    pub(crate) calls: HashMap<Route, u64>,
+}
+
+impl SandboxState {
+    /// Validates the configuration and loads the seed data.
+    pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
+        config.validate()?;
+        let plans = config
+            .plans
+            .iter()
+            .map(Plan::from_seed)
+            .collect::<Option<Vec<_>>>();
+        let plans = plans.ok_or_else(|| anyhow::anyhow!("invalid plan interval"))?;
+        let profile = Profile::new(&config.managed_attributes, config.unmanaged_attribute_policy);
+        let users = config.users.iter().cloned().map(User::from_seed).collect();
+        let data = Data {
+            users,
+            ..Data::default()
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                profile,
+                plans,
+                data: Mutex::new(data),
+            }),
+        })
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    pub(crate) fn config(&self) -> &SandboxConfig {
+        &self.shared.config
+    }
+
+    /// A panic in one handler must not turn every later request into a poison error: the data is
+    /// only ever mutated after validation, so it stays consistent.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Data> {
+        self.shared.data.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Called first by every external route: counts the call, applies the latency, and returns
+    /// the fault response if one is due.
+    pub(crate) async fn enter(&self, route: Route) -> Option<HttpResponse> {
+        let (latency, fault) = {
+            let mut data = self.lock();
+            *data.calls.entry(route).or_default() += 1;
+            (data.faults.latency(route), data.faults.take(route))
+        };
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let fault = fault?;
+        tracing::info!(
+            route = route.as_str(),
+            status = fault.status,
+            "sandbox: injected fault"
+        );
+        Some(faults::response(&fault))
+    }
+
+    /// Adds a Keycloak user as if it were already in the database. Duplicate emails are allowed
+    /// on purpose: realms with "duplicate emails" exist, and the worker must handle 2+ matches.
+    pub fn add_user(&self, user: SeedUser) -> String {
+        let user = User::from_seed(user);
+        let id = user.id.clone();
+        self.lock().users.push(user);
+        id
+    }
+
+    /// The stored user (first match, case-insensitive) as a full UserRepresentation, including
+    /// attributes the admin API would hide under the current unmanaged-attribute policy.
+    pub fn user_by_email(&self, email: &str) -> Option<Value> {
+        let email = email.to_lowercase();
+        let data = self.lock();
+        let user = data
+            .users
+            .iter()
+            .find(|u| u.email.as_deref() == Some(email.as_str()))?;
+        Some(user.representation(&self.shared.profile, View::Stored))
+    }
+
+    /// Makes every issued token invalid, as if they had all expired.
+    pub fn expire_tokens(&self) {
+        self.lock().tokens.clear();
+    }
+
+    pub fn inject_fault(&self, fault: Fault) {
+        self.lock().faults.push(fault);
+    }
+
+    /// Delay before handling; `None` = every route without a latency of its own.
+    pub fn set_latency(&self, route: Option<Route>, latency: Duration) {
+        self.lock().faults.set_latency(route, latency);
+    }
+
+    /// Removes pending faults and every latency.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
+    /// Requests that reached `route`, faulted and unauthorized ones included.
+    pub fn calls(&self, route: Route) -> u64 {
+        self.lock().calls.get(&route).copied().unwrap_or(0)
+    }
+
+    /// Everything stored, as served by `GET /_sandbox/state`.
+    pub fn snapshot(&self) -> Value {
+        let shared = &self.shared;
+        let data = self.lock();
+        let users: Vec<_> = data
+            .users
+            .iter()
+            .map(|u| u.representation(&shared.profile, View::Stored))
+            .collect();
+        let customers: Vec<_> = data.customers.iter().map(Customer::render).collect();
+        let subscriptions: Vec<_> = data
+            .subscriptions
+            .iter()
+            .map(|s| subscriptions::render(s, &data, &shared.plans))
+            .collect();
+        let calls: serde_json::Map<_, _> = Route::ALL
+            .iter()
+            .map(|r| {
+                (
+                    r.as_str().to_owned(),
+                    json!(data.calls.get(r).copied().unwrap_or(0)),
+                )
+            })
+            .collect();
+        let now = Instant::now();
+        json!({
+            "users": users,
+            "customers": customers,
+            "subscriptions": subscriptions,
+            "calls": calls,
+            "plans": shared.plans.iter().map(Plan::render).collect::<Vec<_>>(),
+            "faults": data.faults.snapshot(),
+            "active_tokens": data.tokens.values().filter(|exp| **exp > now).count(),
+        })
+    }
+}
