@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# `make run`: the pipeline on this machine with the local configuration, until Ctrl-C.
-# Migrates, declares the topology, starts the ingest, sends one signed test event and shows
-# where it went.
+# `make run`: the whole pipeline on this machine, until Ctrl-C.
+# Migrates, declares the topology, starts the sandbox (in-memory Keycloak + Lago), the ingest and
+# the worker, sends one signed checkout event and shows what it became.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/debug}
 export WEBHOOK_CONFIG=${WEBHOOK_CONFIG:-deploy/local/webhook.toml}
-export INGEST_BIND=${INGEST_BIND:-127.0.0.1:8084}
+SANDBOX_BIND=${SANDBOX_BIND:-127.0.0.1:8180}
+INGEST=${INGEST:-127.0.0.1:8084}
+WORKER=${WORKER:-127.0.0.1:9091}
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
-
-"$BIN/webhookctl" migrate
-"$BIN/webhookctl" setup
-
-"$BIN/webhook-ingest" &
-pids+=($!)
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 0' INT TERM
 
 # GET a path on host:port with bash alone (no curl needed); true on a 200.
 http_ok() {
@@ -29,20 +29,52 @@ http_ok() {
   ) 2>/dev/null
 }
 
-deadline=$((SECONDS + 30))
-until http_ok "$INGEST_BIND" /readyz; do
-  [ "$SECONDS" -lt "$deadline" ] || { echo "run: the ingest did not become ready within 30s (see its log above)" >&2; exit 1; }
-  sleep 0.3
-done
+wait_ready() { # name host:port path
+  local deadline=$((SECONDS + 30))
+  until http_ok "$2" "$3"; do
+    [ "$SECONDS" -lt "$deadline" ] || { echo "run: $1 did not become ready within 30s (see its log above)" >&2; exit 1; }
+    sleep 0.3
+  done
+}
+
+"$BIN/webhookctl" migrate
+"$BIN/webhookctl" setup
+
+SANDBOX_BIND=$SANDBOX_BIND "$BIN/webhook-sandbox" &
+pids+=($!)
+wait_ready "the sandbox" "$SANDBOX_BIND" /healthz
+"$BIN/webhook-ingest" &
+pids+=($!)
+"$BIN/webhook-worker" &
+pids+=($!)
+wait_ready "the ingest" "$INGEST" /readyz
+wait_ready "the worker" "$WORKER" /readyz
 
 echo
-echo "run: sending one signed checkout.session.completed event"
-"$BIN/webhookctl" send-test-event --url "http://$INGEST_BIND/webhooks/stripe"
-cat <<EOT
+echo "run: sending one signed checkout.session.completed event for example@example.com (tier professional)"
+event_id="evt_local_$(date +%s)_$$"
+"$BIN/webhookctl" send-test-event --url "http://$INGEST/webhooks/stripe" --event-id "$event_id"
 
-run: the ingest listens on http://$INGEST_BIND (POST /webhooks/stripe, /healthz, /readyz, /metrics).
-     Send more:      WEBHOOK_CONFIG=$WEBHOOK_CONFIG $BIN/webhookctl send-test-event [--email E --tier T --event-id ID]
-     Real Stripe:    stripe listen --forward-to localhost:8084/webhooks/stripe  (and put its whsec_ in STRIPE_WEBHOOK_SECRET)
-     Ctrl-C stops everything.
+deadline=$((SECONDS + 30))
+until "$BIN/webhookctl" events show "$event_id" --json 2>/dev/null | grep -q '"status":"succeeded"'; do
+  [ "$SECONDS" -lt "$deadline" ] || { echo "run: the event was not provisioned within 30s:" >&2; "$BIN/webhookctl" events show "$event_id" >&2 || true; exit 1; }
+  sleep 0.3
+done
+echo
+echo "run: what the event became (webhookctl events show $event_id):"
+"$BIN/webhookctl" events show "$event_id"
+echo
+echo "run: the audit row:"
+psql -h 127.0.0.1 -U postgres -d webhooks -c \
+  "SELECT id, event_type, subject, details->>'tier' AS tier, details->>'plan' AS plan, details->>'lago_subscription_id' AS lago_subscription, created_at FROM audit_logs WHERE details->>'stripe_event_id' = '$event_id'"
+cat <<EOT
+run: the pipeline is up:
+     ingest   http://$INGEST   (POST /webhooks/stripe, /healthz, /readyz, /metrics)
+     worker   http://$WORKER   (/healthz, /readyz, /metrics)
+     sandbox  http://$SANDBOX_BIND (Keycloak + Lago stand-in; state: GET /_sandbox/state)
+   Send more:    WEBHOOK_CONFIG=$WEBHOOK_CONFIG $BIN/webhookctl send-test-event [--email E --tier T --cycle C --event-id ID]
+   Real Stripe:  stripe listen --forward-to localhost:8084/webhooks/stripe, and put the whsec_ it prints in
+                 STRIPE_WEBHOOK_SECRET (or [stripe] webhook_secret in a copy of $WEBHOOK_CONFIG)
+   Ctrl-C stops everything.
 EOT
 wait

@@ -18,7 +18,12 @@ impl TestIngest {
         let url = format!("http://127.0.0.1:{}", app.port());
         let handle = app.handle();
         let task = tokio::spawn(app.run_until_stopped());
-        Self { url, handle, client: reqwest::Client::new(), task }
+        Self {
+            url,
+            handle,
+            client: reqwest::Client::new(),
+            task,
+        }
     }
 
     /// Waits until `/readyz` answers 200.
@@ -26,7 +31,15 @@ impl TestIngest {
         let (client, url) = (self.client.clone(), format!("{}/readyz", self.url));
         crate::wait_for("ingest ready", std::time::Duration::from_secs(20), || {
             let (client, url) = (client.clone(), url.clone());
-            async move { client.get(url).send().await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+            async move {
+                client
+                    .get(url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+                    .map(|_| ())
+            }
         })
         .await;
         self

@@ -24,7 +24,8 @@ pub use proxy::TcpProxy;
 pub const TEST_SECRET: &str = "whsec_integration_test_secret";
 
 pub fn admin_database_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 pub fn amqp_url() -> String {
@@ -47,11 +48,15 @@ impl TestContext {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let database_name = format!("webhooks_test_{id}");
         let admin = admin_database_url();
-        let mut conn = PgConnection::connect(&admin).await.expect("connect to TEST_DATABASE_URL (make services)");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{database_name}\"")))
-            .execute(&mut conn)
+        let mut conn = PgConnection::connect(&admin)
             .await
-            .expect("create the test database");
+            .expect("connect to TEST_DATABASE_URL (make services)");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{database_name}\""
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("create the test database");
         let database_url = replace_database(&admin, &database_name);
         let prefix = format!("test.{id}.");
         let env: HashMap<String, String> = [
@@ -71,8 +76,18 @@ impl TestContext {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let ctx = Self { id, database_url, database_name, prefix, env };
-        webhook_store::Store::connect_lazy(&ctx.settings().database).unwrap().migrate().await.unwrap();
+        let ctx = Self {
+            id,
+            database_url,
+            database_name,
+            prefix,
+            env,
+        };
+        webhook_store::Store::connect_lazy(&ctx.settings().database)
+            .unwrap()
+            .migrate()
+            .await
+            .unwrap();
         ctx
     }
 
@@ -90,7 +105,9 @@ impl TestContext {
     }
 
     pub async fn pool(&self) -> PgPool {
-        PgPool::connect(&self.database_url).await.expect("connect to the test database")
+        PgPool::connect(&self.database_url)
+            .await
+            .expect("connect to the test database")
     }
 
     /// Removes this test's queues, exchanges and database.
@@ -134,7 +151,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -164,7 +184,11 @@ pub fn signed_event_with_id(event_id: &str, event_type: &str, email: &str) -> Si
     };
     let body = serde_json::to_vec(&webhookctl::test_event::checkout_event(&spec)).unwrap();
     let signature = webhook_core::signature::sign_header(TEST_SECRET, now, &body);
-    SignedEvent { event_id: event_id.to_string(), body, signature }
+    SignedEvent {
+        event_id: event_id.to_string(),
+        body,
+        signature,
+    }
 }
 
 /// Signs an arbitrary body with [`TEST_SECRET`] at `t`.
@@ -175,9 +199,16 @@ pub fn sign(body: &[u8], t: i64) -> String {
 /// Directory of the workspace's built binaries (`target/debug`), for tests that run them.
 pub fn bin_path(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is not built: run `cargo build --bins` first (make test does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --bins` first (make test does)",
+        path.display()
+    );
     path
 }
 
@@ -189,6 +220,9 @@ mod tests {
             super::replace_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
             "postgres://postgres@127.0.0.1:5432/x"
         );
-        assert_eq!(super::replace_database("postgres://u@h/db?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+        assert_eq!(
+            super::replace_database("postgres://u@h/db?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
     }
 }

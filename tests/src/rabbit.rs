@@ -3,17 +3,25 @@
 use std::time::Duration;
 
 use webhook_amqp::Topology;
-use webhook_amqp::lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use webhook_amqp::lapin::options::{
+    BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use webhook_amqp::lapin::types::FieldTable;
 use webhook_amqp::lapin::{Channel, Connection, ConnectionProperties, message::BasicGetMessage};
 use webhook_core::Settings;
 
 pub fn topology(settings: &Settings) -> Topology {
-    Topology::new(&settings.amqp, &settings.worker.retry_delays().unwrap(), &settings.stripe.handled_event_types)
+    Topology::new(
+        &settings.amqp,
+        &settings.worker.retry_delays().unwrap(),
+        &settings.stripe.handled_event_types,
+    )
 }
 
 pub async fn channel() -> (Connection, Channel) {
-    let conn = Connection::connect(&super::amqp_url(), ConnectionProperties::default()).await.expect("RabbitMQ");
+    let conn = Connection::connect(&super::amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ");
     let ch = conn.create_channel().await.unwrap();
     (conn, ch)
 }
@@ -22,7 +30,11 @@ pub async fn channel() -> (Connection, Channel) {
 pub async fn drain(queue: &str) -> Vec<BasicGetMessage> {
     let (_conn, ch) = channel().await;
     let mut out = Vec::new();
-    while let Some(m) = ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+    while let Some(m) = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
         out.push(m);
     }
     out
@@ -31,18 +43,32 @@ pub async fn drain(queue: &str) -> Vec<BasicGetMessage> {
 /// Messages ready in `queue` (passive declare).
 pub async fn depth(queue: &str) -> u32 {
     let (_conn, ch) = channel().await;
-    ch.queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .map(|q| q.message_count())
-        .unwrap_or(0)
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map(|q| q.message_count())
+    .unwrap_or(0)
 }
 
 /// Whether `queue` exists.
 pub async fn exists(queue: &str) -> bool {
     let (_conn, ch) = channel().await;
-    ch.queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .is_ok()
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .is_ok()
 }
 
 pub async fn delete_topology(settings: &Settings) {
@@ -63,7 +89,9 @@ pub async fn delete_topology(settings: &Settings) {
     }
     for x in [&topo.exchange, &topo.dead_letter_exchange] {
         if let Ok(ch) = conn.create_channel().await {
-            let _ = ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
+            let _ = ch
+                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
         }
     }
     let _ = conn.close(200, "test done".into()).await;
@@ -76,12 +104,24 @@ pub async fn publish(exchange: &str, routing_key: &str, body: &[u8], message_id:
     ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     let props = webhook_amqp::job_properties(message_id, routing_key, FieldTable::default());
     let confirm = ch
-        .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions { mandatory: true, ..Default::default() }, body, props)
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            props,
+        )
         .await
         .unwrap()
         .await
         .unwrap();
-    assert!(matches!(confirm, webhook_amqp::lapin::Confirmation::Ack(None)), "published and routed");
+    assert!(
+        matches!(confirm, webhook_amqp::lapin::Confirmation::Ack(None)),
+        "published and routed"
+    );
 }
 
 /// A header of a message as text (strings and integers).

@@ -78,7 +78,15 @@ impl TestWorker {
         let client = reqwest::Client::new();
         crate::wait_for("worker ready", Duration::from_secs(20), || {
             let (client, url) = (client.clone(), url.clone());
-            async move { client.get(url).send().await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+            async move {
+                client
+                    .get(url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+                    .map(|_| ())
+            }
         })
         .await;
         self
@@ -91,7 +99,11 @@ impl TestWorker {
 }
 
 /// The environment that makes the `webhook-worker` binary use these settings' resources.
-pub fn binary_env(ctx: &crate::TestContext, sandbox: &TestSandbox, extra: &[(&str, &str)]) -> HashMap<String, String> {
+pub fn binary_env(
+    ctx: &crate::TestContext,
+    sandbox: &TestSandbox,
+    extra: &[(&str, &str)],
+) -> HashMap<String, String> {
     let mut env = ctx.env.clone();
     for (k, v) in sandbox.env() {
         env.insert(k.to_string(), v);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use webhook_tests::ingest::TestIngest;
-use webhook_tests::{TestContext, TcpProxy, rabbit, sign, signed_event, wait_for};
+use webhook_tests::{TcpProxy, TestContext, rabbit, sign, signed_event, wait_for};
 
 async fn json(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
@@ -14,7 +14,10 @@ async fn json(resp: reqwest::Response) -> (u16, Value) {
 }
 
 async fn stored(pool: &sqlx::PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM webhook_events").fetch_one(pool).await.unwrap()
+    sqlx::query_scalar("SELECT count(*) FROM webhook_events")
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -35,7 +38,10 @@ async fn accepted_event_is_queued_once_with_routing_key_message_id_and_persisten
     let m = &messages[0];
     assert_eq!(m.delivery.routing_key.as_str(), "checkout.session.completed");
     assert_eq!(m.delivery.exchange.as_str(), topo.exchange);
-    assert_eq!(m.delivery.properties.message_id().as_ref().map(|s| s.as_str()), Some(event.event_id.as_str()));
+    assert_eq!(
+        m.delivery.properties.message_id().as_ref().map(|s| s.as_str()),
+        Some(event.event_id.as_str())
+    );
     assert_eq!(*m.delivery.properties.delivery_mode(), Some(2), "persistent");
     assert_eq!(m.delivery.data, event.body, "the body is queued byte for byte");
 
@@ -68,8 +74,16 @@ async fn the_same_event_twenty_times_concurrently_is_queued_exactly_once() {
         assert_eq!(status, 200, "{body}");
         outcomes.push(body["status"].as_str().unwrap().to_string());
     }
-    assert_eq!(outcomes.iter().filter(|s| *s == "accepted").count(), 1, "{outcomes:?}");
-    assert_eq!(outcomes.iter().filter(|s| *s == "duplicate").count(), 19, "{outcomes:?}");
+    assert_eq!(
+        outcomes.iter().filter(|s| *s == "accepted").count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.iter().filter(|s| *s == "duplicate").count(),
+        19,
+        "{outcomes:?}"
+    );
     assert_eq!(rabbit::drain(&topo.work_queue).await.len(), 1);
     assert_eq!(stored(&ctx.pool().await).await, 1);
 
@@ -91,22 +105,36 @@ async fn broker_unreachable_answers_503_and_keeps_nothing_then_accepts_once_it_i
     let event = signed_event("checkout.session.completed", "buyer@example.com");
     let resp = ingest.post_event(&event).await;
     assert_eq!(resp.status(), 503);
-    let retry_after = resp.headers().get("retry-after").expect("Retry-After on 503").to_str().unwrap();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .expect("Retry-After on 503")
+        .to_str()
+        .unwrap();
     assert!(retry_after.parse::<u64>().unwrap() > 0);
     let (_, body) = json(resp).await;
     assert_eq!(body["error"], "unavailable", "{body}");
     assert_eq!(stored(&pool).await, 0, "no row may survive a failed publish");
 
-    let ready = ingest.client.get(format!("{}/readyz", ingest.url)).send().await.unwrap();
+    let ready = ingest
+        .client
+        .get(format!("{}/readyz", ingest.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
     assert_eq!(json(ready).await.1["rabbitmq"], "down");
 
     // Stripe retries; once the broker is back the ingest has reconnected by itself.
     proxy.restore();
-    let body = wait_for("the event to be accepted after the broker is back", Duration::from_secs(20), || async {
-        let (status, body) = json(ingest.post_event(&event).await).await;
-        (status == 200).then_some(body)
-    })
+    let body = wait_for(
+        "the event to be accepted after the broker is back",
+        Duration::from_secs(20),
+        || async {
+            let (status, body) = json(ingest.post_event(&event).await).await;
+            (status == 200).then_some(body)
+        },
+    )
     .await;
     assert_eq!(body["status"], "accepted");
     assert_eq!(rabbit::drain(&topo.work_queue).await.len(), 1);
@@ -120,7 +148,9 @@ async fn broker_unreachable_answers_503_and_keeps_nothing_then_accepts_once_it_i
 async fn database_unreachable_answers_503_then_recovers() {
     let ctx = TestContext::new().await;
     let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let db_url = ctx.database_url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let db_url = ctx
+        .database_url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
     let settings = ctx.settings_with(&[("DATABASE_URL", &db_url)]);
     let topo = rabbit::topology(&settings);
     let ingest = TestIngest::spawn(settings).await.ready().await;
@@ -130,15 +160,28 @@ async fn database_unreachable_answers_503_then_recovers() {
     let resp = ingest.post_event(&event).await;
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
-    let ready = ingest.client.get(format!("{}/readyz", ingest.url)).send().await.unwrap();
+    let ready = ingest
+        .client
+        .get(format!("{}/readyz", ingest.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(json(ready).await.1["postgres"], "down");
-    assert_eq!(rabbit::depth(&topo.work_queue).await, 0, "nothing published without a record");
+    assert_eq!(
+        rabbit::depth(&topo.work_queue).await,
+        0,
+        "nothing published without a record"
+    );
 
     proxy.restore();
-    let body = wait_for("accepted after Postgres is back", Duration::from_secs(20), || async {
-        let (status, body) = json(ingest.post_event(&event).await).await;
-        (status == 200).then_some(body)
-    })
+    let body = wait_for(
+        "accepted after Postgres is back",
+        Duration::from_secs(20),
+        || async {
+            let (status, body) = json(ingest.post_event(&event).await).await;
+            (status == 200).then_some(body)
+        },
+    )
     .await;
     assert_eq!(body["status"], "accepted");
     assert_eq!(rabbit::drain(&topo.work_queue).await.len(), 1);
@@ -156,9 +199,17 @@ async fn unhandled_event_type_is_stored_and_ignored_but_not_queued() {
     let event = signed_event("invoice.finalized", "buyer@example.com");
 
     let (status, body) = json(ingest.post_event(&event).await).await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("ignored")), "{body}");
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ignored")),
+        "{body}"
+    );
     let (status, body) = json(ingest.post_event(&event).await).await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("duplicate")), "{body}");
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("duplicate")),
+        "{body}"
+    );
     assert_eq!(rabbit::depth(&topo.work_queue).await, 0);
     let status_col: String = sqlx::query_scalar("SELECT status FROM webhook_events WHERE event_id = $1")
         .bind(&event.event_id)
@@ -192,23 +243,88 @@ async fn every_bad_input_gets_its_4xx_and_changes_nothing() {
     };
     let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes();
 
-    let cases: Vec<(&str, Vec<u8>, Option<String>, u16, &str)> = vec![
-        ("missing signature", good.body.clone(), None, 400, "missing_signature"),
-        ("garbled signature", good.body.clone(), Some("t=abc,v1=%%%".into()), 400, "malformed_signature"),
-        ("forged signature", good.body.clone(), Some(forged), 400, "signature_mismatch"),
-        ("stale signature", good.body.clone(), Some(sign(&good.body, now - 301)), 400, "timestamp_out_of_tolerance"),
-        ("future signature", good.body.clone(), Some(sign(&good.body, now + 400)), 400, "timestamp_out_of_tolerance"),
-        ("tampered body", tampered, Some(good.signature.clone()), 400, "signature_mismatch"),
-        ("non-JSON", not_json.clone(), Some(sign(&not_json, now)), 400, "invalid_json"),
-        ("deep nesting", deep.clone(), Some(sign(&deep, now)), 400, "invalid_json"),
-        ("no event id", no_id.clone(), Some(sign(&no_id, now)), 400, "missing_event_id"),
-        ("body over the limit", big.clone(), Some(sign(&big, now)), 413, "payload_too_large"),
+    // (what, body, Stripe-Signature, expected status, expected error code)
+    type Case<'a> = (&'a str, Vec<u8>, Option<String>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "missing signature",
+            good.body.clone(),
+            None,
+            400,
+            "missing_signature",
+        ),
+        (
+            "garbled signature",
+            good.body.clone(),
+            Some("t=abc,v1=%%%".into()),
+            400,
+            "malformed_signature",
+        ),
+        (
+            "forged signature",
+            good.body.clone(),
+            Some(forged),
+            400,
+            "signature_mismatch",
+        ),
+        (
+            "stale signature",
+            good.body.clone(),
+            Some(sign(&good.body, now - 301)),
+            400,
+            "timestamp_out_of_tolerance",
+        ),
+        (
+            "future signature",
+            good.body.clone(),
+            Some(sign(&good.body, now + 400)),
+            400,
+            "timestamp_out_of_tolerance",
+        ),
+        (
+            "tampered body",
+            tampered,
+            Some(good.signature.clone()),
+            400,
+            "signature_mismatch",
+        ),
+        (
+            "non-JSON",
+            not_json.clone(),
+            Some(sign(&not_json, now)),
+            400,
+            "invalid_json",
+        ),
+        (
+            "deep nesting",
+            deep.clone(),
+            Some(sign(&deep, now)),
+            400,
+            "invalid_json",
+        ),
+        (
+            "no event id",
+            no_id.clone(),
+            Some(sign(&no_id, now)),
+            400,
+            "missing_event_id",
+        ),
+        (
+            "body over the limit",
+            big.clone(),
+            Some(sign(&big, now)),
+            413,
+            "payload_too_large",
+        ),
     ];
     for (name, body, sig, want_status, want_code) in cases {
         let (status, json_body) = json(ingest.post(body, sig.as_deref()).await).await;
         assert_eq!(status, want_status, "{name}: {json_body}");
         assert_eq!(json_body["error"], want_code, "{name}: {json_body}");
-        assert!(json_body["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: {json_body}");
+        assert!(
+            json_body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{name}: {json_body}"
+        );
     }
 
     // Wrong content type.
@@ -222,7 +338,11 @@ async fn every_bad_input_gets_its_4xx_and_changes_nothing() {
         .await
         .unwrap();
     let (status, body) = json(resp).await;
-    assert_eq!((status, body["error"].as_str()), (415, Some("unsupported_media_type")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (415, Some("unsupported_media_type")),
+        "{body}"
+    );
 
     // Oversized headers: refused with the JSON 400 up to the HTTP layer's own 128 KiB cut-off.
     let resp = ingest
@@ -236,7 +356,11 @@ async fn every_bad_input_gets_its_4xx_and_changes_nothing() {
         .await
         .unwrap();
     let (status, body) = json(resp).await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("headers_too_large")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("headers_too_large")),
+        "{body}"
+    );
     let resp = ingest
         .client
         .post(format!("{}/webhooks/stripe", ingest.url))
@@ -246,11 +370,19 @@ async fn every_bad_input_gets_its_4xx_and_changes_nothing() {
         .send()
         .await;
     if let Ok(resp) = resp {
-        assert_eq!(resp.status(), 431, "heads beyond 128 KiB are cut off by the HTTP layer");
+        assert_eq!(
+            resp.status(),
+            431,
+            "heads beyond 128 KiB are cut off by the HTTP layer"
+        );
     }
 
     assert_eq!(stored(&ctx.pool().await).await, 0, "bad input stores nothing");
-    assert_eq!(rabbit::depth(&topo.work_queue).await, 0, "bad input publishes nothing");
+    assert_eq!(
+        rabbit::depth(&topo.work_queue).await,
+        0,
+        "bad input publishes nothing"
+    );
 
     // And the good event still goes through afterwards.
     let (status, body) = json(ingest.post_event(&good).await).await;
@@ -273,10 +405,15 @@ async fn slow_clients_are_cut_off() {
 
     // Headers that never finish: the server closes the connection after the header timeout.
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    slow.write_all(b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    slow.write_all(b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "the server must close a connection whose headers never finish");
+    assert!(
+        read.is_ok(),
+        "the server must close a connection whose headers never finish"
+    );
 
     // A body that never finishes: 400 body_timeout.
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -292,7 +429,12 @@ async fn slow_clients_are_cut_off() {
     assert!(text.contains("body_timeout"), "{text}");
 
     // The service stays responsive.
-    let resp = ingest.client.get(format!("{}/healthz", ingest.url)).send().await.unwrap();
+    let resp = ingest
+        .client
+        .get(format!("{}/healthz", ingest.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     ingest.stop().await;
     ctx.cleanup().await;
@@ -302,13 +444,26 @@ async fn slow_clients_are_cut_off() {
 async fn health_ready_and_metrics() {
     let ctx = TestContext::new().await;
     let ingest = TestIngest::spawn(ctx.settings()).await.ready().await;
-    let health = ingest.client.get(format!("{}/healthz", ingest.url)).send().await.unwrap();
+    let health = ingest
+        .client
+        .get(format!("{}/healthz", ingest.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
     let event = signed_event("checkout.session.completed", "buyer@example.com");
     assert_eq!(ingest.post_event(&event).await.status(), 200);
     assert_eq!(ingest.post_event(&event).await.status(), 200);
     assert_eq!(ingest.post(b"{}".to_vec(), None).await.status(), 400);
-    let text = ingest.client.get(format!("{}/metrics", ingest.url)).send().await.unwrap().text().await.unwrap();
+    let text = ingest
+        .client
+        .get(format!("{}/metrics", ingest.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for line in [
         "webhook_ingest_requests_total{outcome=\"accepted\"} 1",
         "webhook_ingest_requests_total{outcome=\"duplicate\"} 1",
@@ -318,7 +473,12 @@ async fn health_ready_and_metrics() {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
     assert!(text.contains("webhook_ingest_request_duration_seconds_bucket"));
-    let nf = ingest.client.get(format!("{}/nope", ingest.url)).send().await.unwrap();
+    let nf = ingest
+        .client
+        .get(format!("{}/nope", ingest.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(nf.status(), 404);
     ingest.stop().await;
     ctx.cleanup().await;
@@ -334,7 +494,11 @@ async fn topology_is_declared_at_start() {
         assert!(rabbit::exists(q).await, "{q} declared");
     }
     assert_eq!(topo.retry_tiers.len(), 2);
-    assert!(topo.retry_tiers[0].queue.ends_with("billing.provisioning.retry.1s"));
+    assert!(
+        topo.retry_tiers[0]
+            .queue
+            .ends_with("billing.provisioning.retry.1s")
+    );
     ingest.stop().await;
     ctx.cleanup().await;
 }

@@ -28,11 +28,13 @@ async fn wait_status(pool: &PgPool, event_id: &str, want: &str) {
 }
 
 async fn audit_rows(pool: &PgPool, subject: &str) -> Vec<Value> {
-    sqlx::query_scalar("SELECT details FROM audit_logs WHERE event_type = 'subscription.created' AND subject = $1")
-        .bind(subject)
-        .fetch_all(pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT details FROM audit_logs WHERE event_type = 'subscription.created' AND subject = $1",
+    )
+    .bind(subject)
+    .fetch_all(pool)
+    .await
+    .unwrap()
 }
 
 fn subscriptions(sandbox: &TestSandbox, external_id: &str) -> Vec<Value> {
@@ -47,7 +49,11 @@ fn subscriptions(sandbox: &TestSandbox, external_id: &str) -> Vec<Value> {
 
 fn session_subscription_id(event_id: &str) -> String {
     // webhookctl's test events derive the ids from the event id.
-    let suffix: String = event_id.trim_start_matches("evt_").chars().filter(char::is_ascii_alphanumeric).collect();
+    let suffix: String = event_id
+        .trim_start_matches("evt_")
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
     format!("sub_{suffix}")
 }
 
@@ -57,7 +63,10 @@ fn user(email: &str, attributes: &[(&str, &str)]) -> SeedUser {
         username: Some(email.split('@').next().unwrap().into()),
         first_name: Some("Ada".into()),
         last_name: Some("Lovelace".into()),
-        attributes: attributes.iter().map(|(k, v)| (k.to_string(), vec![v.to_string()])).collect(),
+        attributes: attributes
+            .iter()
+            .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
+            .collect(),
     }
 }
 
@@ -65,7 +74,10 @@ fn user(email: &str, attributes: &[(&str, &str)]) -> SeedUser {
 async fn paid_checkout_provisions_keycloak_lago_and_audit_and_keeps_other_attributes() {
     let ctx = TestContext::new().await;
     let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(user("ada@example.com", &[("department", "R&D"), ("locale", "en")]));
+    sandbox.state.add_user(user(
+        "ada@example.com",
+        &[("department", "R&D"), ("locale", "en")],
+    ));
     let settings = worker_settings(&ctx, &sandbox, &[]);
     let topo = rabbit::topology(&settings);
     let ingest = TestIngest::spawn(settings.clone()).await.ready().await;
@@ -86,7 +98,14 @@ async fn paid_checkout_provisions_keycloak_lago_and_audit_and_keeps_other_attrib
     assert_eq!(kc["lastName"], "Lovelace");
     // Lago: the customer (external_id = email) and the subscription on the bought plan.
     let customers = sandbox.state.snapshot()["customers"].clone();
-    assert!(customers.as_array().unwrap().iter().any(|c| c["external_id"] == "ada@example.com"), "{customers}");
+    assert!(
+        customers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["external_id"] == "ada@example.com"),
+        "{customers}"
+    );
     let subs = subscriptions(&sandbox, &session_subscription_id(&event.event_id));
     assert_eq!(subs.len(), 1, "{subs:?}");
     assert_eq!(subs[0]["plan_code"], "professional_monthly");
@@ -123,23 +142,41 @@ async fn the_same_event_twice_and_two_events_for_one_session_provision_once() {
     // then the async_payment_succeeded event of the same session under another event id.
     let first = signed_event("checkout.session.completed", "bob@example.com");
     for _ in 0..2 {
-        rabbit::publish(&topo.exchange, "checkout.session.completed", &first.body, &first.event_id).await;
+        rabbit::publish(
+            &topo.exchange,
+            "checkout.session.completed",
+            &first.body,
+            &first.event_id,
+        )
+        .await;
     }
     wait_status(&pool, &first.event_id, "succeeded").await;
     let mut second: Value = serde_json::from_slice(&first.body).unwrap();
     second["id"] = json!("evt_test_second_event_same_session");
     second["type"] = json!("checkout.session.async_payment_succeeded");
     let second_body = serde_json::to_vec(&second).unwrap();
-    rabbit::publish(&topo.exchange, "checkout.session.async_payment_succeeded", &second_body, "evt_test_second_event_same_session").await;
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.async_payment_succeeded",
+        &second_body,
+        "evt_test_second_event_same_session",
+    )
+    .await;
     wait_status(&pool, "evt_test_second_event_same_session", "succeeded").await;
     wait_for("both copies of the first event processed", LONG, || async {
         (rabbit::depth(&topo.work_queue).await == 0).then_some(())
     })
     .await;
 
-    assert_eq!(subscriptions(&sandbox, &session_subscription_id(&first.event_id)).len(), 1);
+    assert_eq!(
+        subscriptions(&sandbox, &session_subscription_id(&first.event_id)).len(),
+        1
+    );
     assert_eq!(audit_rows(&pool, "bob@example.com").await.len(), 1);
-    let steps: i64 = sqlx::query_scalar("SELECT count(*) FROM provisioning_steps").fetch_one(&pool).await.unwrap();
+    let steps: i64 = sqlx::query_scalar("SELECT count(*) FROM provisioning_steps")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(steps, 5, "five steps, each recorded once");
 
     worker.stop().await;
@@ -165,11 +202,20 @@ async fn lago_failing_three_times_succeeds_after_retries() {
     let pool = ctx.pool().await;
     let event = signed_event("checkout.session.completed", "cy@example.com");
     let topo = rabbit::topology(&ctx.settings());
-    rabbit::publish(&topo.exchange, "checkout.session.completed", &event.body, &event.event_id).await;
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        &event.body,
+        &event.event_id,
+    )
+    .await;
 
     wait_status(&pool, &event.event_id, "succeeded").await;
     assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 4);
-    assert_eq!(subscriptions(&sandbox, &session_subscription_id(&event.event_id)).len(), 1);
+    assert_eq!(
+        subscriptions(&sandbox, &session_subscription_id(&event.event_id)).len(),
+        1
+    );
     let (attempts,): (i32,) = sqlx::query_as("SELECT attempts FROM webhook_events WHERE event_id = $1")
         .bind(&event.event_id)
         .fetch_one(&pool)
@@ -184,7 +230,10 @@ async fn lago_failing_three_times_succeeds_after_retries() {
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(errors, vec![("lago_subscription".to_string(), "retry_scheduled".to_string())]);
+    assert_eq!(
+        errors,
+        vec![("lago_subscription".to_string(), "retry_scheduled".to_string())]
+    );
     assert_eq!(audit_rows(&pool, "cy@example.com").await.len(), 1);
 
     worker.stop().await;
@@ -202,23 +251,43 @@ async fn unknown_plan_is_dead_lettered_at_once_as_permanent() {
     let worker = TestWorker::spawn(settings).await.ready().await;
     let pool = ctx.pool().await;
 
-    let mut body: Value = serde_json::from_slice(&signed_event("checkout.session.completed", "dee@example.com").body).unwrap();
+    let mut body: Value =
+        serde_json::from_slice(&signed_event("checkout.session.completed", "dee@example.com").body).unwrap();
     body["data"]["object"]["metadata"]["tier_id"] = json!("platinum");
     let id = body["id"].as_str().unwrap().to_string();
-    rabbit::publish(&topo.exchange, "checkout.session.completed", &serde_json::to_vec(&body).unwrap(), &id).await;
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        &serde_json::to_vec(&body).unwrap(),
+        &id,
+    )
+    .await;
 
     wait_status(&pool, &id, "dead_lettered").await;
     let dead = rabbit::drain(&topo.dead_letter_queue).await;
     assert_eq!(dead.len(), 1);
     let m = &dead[0];
     assert_eq!(rabbit::header(m, "x-error-kind").as_deref(), Some("permanent"));
-    assert_eq!(rabbit::header(m, "x-failed-step").as_deref(), Some("lago_subscription"));
+    assert_eq!(
+        rabbit::header(m, "x-failed-step").as_deref(),
+        Some("lago_subscription")
+    );
     assert_eq!(rabbit::header(m, "x-retry-attempt").as_deref(), Some("0"));
-    assert_eq!(rabbit::header(m, "x-original-routing-key").as_deref(), Some("checkout.session.completed"));
+    assert_eq!(
+        rabbit::header(m, "x-original-routing-key").as_deref(),
+        Some("checkout.session.completed")
+    );
     assert!(rabbit::header(m, "x-error").unwrap().contains("platinum_monthly"));
     assert!(rabbit::header(m, "x-first-failed-at").is_some());
-    assert_eq!(m.delivery.properties.message_id().as_ref().map(|s| s.as_str()), Some(id.as_str()));
-    assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 1, "no retry of a permanent error");
+    assert_eq!(
+        m.delivery.properties.message_id().as_ref().map(|s| s.as_str()),
+        Some(id.as_str())
+    );
+    assert_eq!(
+        sandbox.state.calls(Route::LagoCreateSubscription),
+        1,
+        "no retry of a permanent error"
+    );
     assert!(audit_rows(&pool, "dee@example.com").await.is_empty());
 
     worker.stop().await;
@@ -235,22 +304,46 @@ async fn unknown_user_is_retried_through_the_schedule_then_dead_lettered() {
     let worker = TestWorker::spawn(settings).await.ready().await;
     let pool = ctx.pool().await;
     let event = signed_event("checkout.session.completed", "ghost@example.com");
-    rabbit::publish(&topo.exchange, "checkout.session.completed", &event.body, &event.event_id).await;
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        &event.body,
+        &event.event_id,
+    )
+    .await;
 
     wait_status(&pool, &event.event_id, "dead_lettered").await;
     let dead = rabbit::drain(&topo.dead_letter_queue).await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(rabbit::header(&dead[0], "x-error-kind").as_deref(), Some("transient"));
-    assert_eq!(rabbit::header(&dead[0], "x-failed-step").as_deref(), Some("keycloak_lookup"));
+    assert_eq!(
+        rabbit::header(&dead[0], "x-error-kind").as_deref(),
+        Some("transient")
+    );
+    assert_eq!(
+        rabbit::header(&dead[0], "x-failed-step").as_deref(),
+        Some("keycloak_lookup")
+    );
     assert_eq!(rabbit::header(&dead[0], "x-retry-attempt").as_deref(), Some("2"));
-    assert!(rabbit::header(&dead[0], "x-error").unwrap().contains("ghost@example.com"));
-    assert_eq!(dead[0].delivery.data, event.body, "the payload is dead-lettered byte for byte");
-    assert_eq!(sandbox.state.calls(Route::KeycloakSearchUsers), 3, "first attempt and two retries");
-    let actions: Vec<String> = sqlx::query_scalar("SELECT action FROM event_errors WHERE event_id = $1 ORDER BY id")
-        .bind(&event.event_id)
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    assert!(
+        rabbit::header(&dead[0], "x-error")
+            .unwrap()
+            .contains("ghost@example.com")
+    );
+    assert_eq!(
+        dead[0].delivery.data, event.body,
+        "the payload is dead-lettered byte for byte"
+    );
+    assert_eq!(
+        sandbox.state.calls(Route::KeycloakSearchUsers),
+        3,
+        "first attempt and two retries"
+    );
+    let actions: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM event_errors WHERE event_id = $1 ORDER BY id")
+            .bind(&event.event_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert_eq!(actions, ["retry_scheduled", "retry_scheduled", "dead_lettered"]);
 
     worker.stop().await;
@@ -268,13 +361,32 @@ async fn malformed_and_unpaid_messages_never_block_the_queue() {
     let worker = TestWorker::spawn(settings).await.ready().await;
     let pool = ctx.pool().await;
 
-    rabbit::publish(&topo.exchange, "checkout.session.completed", b"{not json", "garbage-1").await;
-    let mut unpaid: Value = serde_json::from_slice(&signed_event("checkout.session.completed", "eve@example.com").body).unwrap();
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        b"{not json",
+        "garbage-1",
+    )
+    .await;
+    let mut unpaid: Value =
+        serde_json::from_slice(&signed_event("checkout.session.completed", "eve@example.com").body).unwrap();
     unpaid["data"]["object"]["payment_status"] = json!("unpaid");
     let unpaid_id = unpaid["id"].as_str().unwrap().to_string();
-    rabbit::publish(&topo.exchange, "checkout.session.completed", &serde_json::to_vec(&unpaid).unwrap(), &unpaid_id).await;
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        &serde_json::to_vec(&unpaid).unwrap(),
+        &unpaid_id,
+    )
+    .await;
     let good = signed_event("checkout.session.completed", "eve@example.com");
-    rabbit::publish(&topo.exchange, "checkout.session.completed", &good.body, &good.event_id).await;
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        &good.body,
+        &good.event_id,
+    )
+    .await;
 
     wait_status(&pool, &good.event_id, "succeeded").await;
     wait_status(&pool, &unpaid_id, "skipped").await;
@@ -284,9 +396,19 @@ async fn malformed_and_unpaid_messages_never_block_the_queue() {
     })
     .await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(rabbit::header(&dead[0], "x-failed-step").as_deref(), Some("parse"));
-    assert_eq!(rabbit::header(&dead[0], "x-error-kind").as_deref(), Some("permanent"));
-    assert!(rabbit::header(&dead[0], "x-error").unwrap().contains("malformed message"));
+    assert_eq!(
+        rabbit::header(&dead[0], "x-failed-step").as_deref(),
+        Some("parse")
+    );
+    assert_eq!(
+        rabbit::header(&dead[0], "x-error-kind").as_deref(),
+        Some("permanent")
+    );
+    assert!(
+        rabbit::header(&dead[0], "x-error")
+            .unwrap()
+            .contains("malformed message")
+    );
     assert_eq!(dead[0].delivery.data, b"{not json");
     assert_eq!(audit_rows(&pool, "eve@example.com").await.len(), 1);
 
@@ -299,10 +421,14 @@ async fn malformed_and_unpaid_messages_never_block_the_queue() {
 async fn worker_killed_mid_job_completes_after_restart_without_doubling() {
     let ctx = TestContext::new().await;
     let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(user("kim@example.com", &[("plan_note", "vip")]));
+    sandbox
+        .state
+        .add_user(user("kim@example.com", &[("plan_note", "vip")]));
     // Slow down the Keycloak tier update so the worker is killed while the job is in flight,
     // after the Lago subscription was created.
-    sandbox.state.set_latency(Some(Route::KeycloakPutUser), Duration::from_secs(30));
+    sandbox
+        .state
+        .set_latency(Some(Route::KeycloakPutUser), Duration::from_secs(30));
     let env = binary_env(&ctx, &sandbox, &[]);
     let topo = rabbit::topology(&ctx.settings());
     // Migrations and topology, as the binary would do them.
@@ -320,7 +446,13 @@ async fn worker_killed_mid_job_completes_after_restart_without_doubling() {
     };
     let mut worker = spawn();
     let event = signed_event("checkout.session.completed", "kim@example.com");
-    rabbit::publish(&topo.exchange, "checkout.session.completed", &event.body, &event.event_id).await;
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        &event.body,
+        &event.event_id,
+    )
+    .await;
     let sub_id = session_subscription_id(&event.event_id);
     wait_for("the job to reach the Keycloak tier update", LONG, || async {
         (sandbox.state.calls(Route::KeycloakPutUser) >= 1).then_some(())
@@ -333,8 +465,16 @@ async fn worker_killed_mid_job_completes_after_restart_without_doubling() {
     sandbox.state.clear_faults();
     let mut worker = spawn();
     wait_status(&pool, &event.event_id, "succeeded").await;
-    assert_eq!(subscriptions(&sandbox, &sub_id).len(), 1, "Lago subscription not doubled");
-    assert_eq!(audit_rows(&pool, "kim@example.com").await.len(), 1, "one audit row");
+    assert_eq!(
+        subscriptions(&sandbox, &sub_id).len(),
+        1,
+        "Lago subscription not doubled"
+    );
+    assert_eq!(
+        audit_rows(&pool, "kim@example.com").await.len(),
+        1,
+        "one audit row"
+    );
     let kc = sandbox.state.user_by_email("kim@example.com").unwrap();
     assert_eq!(kc["attributes"]["subscription_tier"], json!(["professional"]));
     assert_eq!(kc["attributes"]["plan_note"], json!(["vip"]));
@@ -342,11 +482,23 @@ async fn worker_killed_mid_job_completes_after_restart_without_doubling() {
         .fetch_all(&pool)
         .await
         .unwrap();
-    assert_eq!(done, ["keycloak_lookup", "lago_customer", "lago_subscription", "keycloak_tier", "audit"]);
+    assert_eq!(
+        done,
+        [
+            "keycloak_lookup",
+            "lago_customer",
+            "lago_subscription",
+            "keycloak_tier",
+            "audit"
+        ]
+    );
 
     // SIGTERM: a graceful exit with status 0.
     let pid = worker.id().to_string();
-    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     let status = wait_for("the worker to exit on SIGTERM", LONG, || {
         let s = worker.try_wait().unwrap();
         async move { s }
@@ -369,7 +521,11 @@ async fn broker_connections_lost_under_load_still_process_everything_exactly_onc
     // Both services reach RabbitMQ through a proxy that the test cuts, as a broker restart would.
     let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
-    let settings = worker_settings(&ctx, &sandbox, &[("AMQP_URL", &amqp), ("WORKER_CONCURRENCY", "8")]);
+    let settings = worker_settings(
+        &ctx,
+        &sandbox,
+        &[("AMQP_URL", &amqp), ("WORKER_CONCURRENCY", "8")],
+    );
     let topo = rabbit::topology(&settings);
     let ingest = TestIngest::spawn(settings.clone()).await.ready().await;
     let worker = TestWorker::spawn(settings).await.ready().await;
@@ -378,7 +534,13 @@ async fn broker_connections_lost_under_load_still_process_everything_exactly_onc
     let events: Vec<_> = emails
         .iter()
         .enumerate()
-        .map(|(i, e)| signed_event_with_id(&format!("evt_test_load_{}_{i}", ctx.id), "checkout.session.completed", e))
+        .map(|(i, e)| {
+            signed_event_with_id(
+                &format!("evt_test_load_{}_{i}", ctx.id),
+                "checkout.session.completed",
+                e,
+            )
+        })
         .collect();
     // The first half is accepted, then the connections drop while the worker is busy with it.
     for e in &events[..20] {
@@ -400,7 +562,10 @@ async fn broker_connections_lost_under_load_still_process_everything_exactly_onc
     proxy.restore();
     let deadline = std::time::Instant::now() + LONG;
     while !pending.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "events never accepted: {pending:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events never accepted: {pending:?}"
+        );
         let mut still = Vec::new();
         for i in pending {
             if ingest.post_event(&events[i]).await.status() != 200 {
@@ -416,7 +581,11 @@ async fn broker_connections_lost_under_load_still_process_everything_exactly_onc
         wait_status(&pool, &e.event_id, "succeeded").await;
     }
     for (e, email) in events.iter().zip(&emails) {
-        assert_eq!(subscriptions(&sandbox, &session_subscription_id(&e.event_id)).len(), 1, "{email}");
+        assert_eq!(
+            subscriptions(&sandbox, &session_subscription_id(&e.event_id)).len(),
+            1,
+            "{email}"
+        );
         assert_eq!(audit_rows(&pool, email).await.len(), 1, "{email}");
     }
     assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 0);

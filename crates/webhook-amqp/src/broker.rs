@@ -93,7 +93,12 @@ impl Broker {
     /// Starts the supervisor. Returns at once; use [`Broker::wait_connected`] to wait for the first link.
     pub fn start(config: BrokerConfig) -> Self {
         let (link, _) = watch::channel(None);
-        let shared = Arc::new(Shared { config, link, wake: Notify::new(), shutdown: Notify::new() });
+        let shared = Arc::new(Shared {
+            config,
+            link,
+            wake: Notify::new(),
+            shutdown: Notify::new(),
+        });
         tokio::spawn(supervise(shared.clone()));
         Self { shared }
     }
@@ -149,7 +154,10 @@ impl Broker {
                 .basic_publish(
                     msg.exchange.into(),
                     msg.routing_key.into(),
-                    BasicPublishOptions { mandatory: true, immediate: false },
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
                     msg.body,
                     msg.properties,
                 )
@@ -198,7 +206,12 @@ async fn connect(shared: &Shared, generation: u64) -> Result<Link, lapin::Error>
     }
     let publisher = connection.create_channel().await?;
     publisher.confirm_select(ConfirmSelectOptions::default()).await?;
-    Ok(Link { connection, publisher, broken: AtomicBool::new(false), generation })
+    Ok(Link {
+        connection,
+        publisher,
+        broken: AtomicBool::new(false),
+        generation,
+    })
 }
 
 async fn supervise(shared: Arc<Shared>) {
@@ -251,7 +264,11 @@ async fn supervise(shared: Arc<Shared>) {
                     }
                 }
                 shared.link.send_replace(None);
-                let _ = tokio::time::timeout(Duration::from_secs(1), link.connection.close(320, "reconnecting".into())).await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    link.connection.close(320, "reconnecting".into()),
+                )
+                .await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot connect to RabbitMQ; retrying");

@@ -44,7 +44,10 @@ impl Topology {
         for &delay in retry_delays {
             // A schedule may repeat a delay (5s,5s,30s): the tiers share one queue.
             if !retry_tiers.iter().any(|t| t.delay == delay) {
-                retry_tiers.push(RetryTier { delay, queue: format!("{work_queue}.retry.{}", duration_label(delay)) });
+                retry_tiers.push(RetryTier {
+                    delay,
+                    queue: format!("{work_queue}.retry.{}", duration_label(delay)),
+                });
             }
         }
         Self {
@@ -59,7 +62,10 @@ impl Topology {
 
     /// The retry queue for a delay of the schedule.
     pub fn retry_queue(&self, delay: Duration) -> Option<&str> {
-        self.retry_tiers.iter().find(|t| t.delay == delay).map(|t| t.queue.as_str())
+        self.retry_tiers
+            .iter()
+            .find(|t| t.delay == delay)
+            .map(|t| t.queue.as_str())
     }
 
     /// Every queue of the topology (for depth metrics and tests).
@@ -86,16 +92,34 @@ fn s(v: &str) -> AMQPValue {
 /// a queue that exists with other arguments makes the broker close the channel with
 /// PRECONDITION_FAILED, which is reported with the queue's name.
 pub async fn declare(channel: &Channel, topo: &Topology) -> Result<(), lapin::Error> {
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     // Topic: routing key = Stripe event type, so new consumers can bind to patterns like
     // `customer.subscription.*` without touching the ingest.
-    channel.exchange_declare(topo.exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
+    channel
+        .exchange_declare(
+            topo.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
     // Fanout: every dead letter goes to the one DLQ whatever its routing key (= event type).
     channel
-        .exchange_declare(topo.dead_letter_exchange.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .exchange_declare(
+            topo.dead_letter_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
 
-    let queue_opts = QueueDeclareOptions { durable: true, ..Default::default() };
+    let queue_opts = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     // Quorum queues replicate and fsync; confirms for them mean "a majority has it on disk".
     let quorum = ("x-queue-type", s("quorum"));
 
@@ -106,7 +130,10 @@ pub async fn declare(channel: &Channel, topo: &Topology) -> Result<(), lapin::Er
         .queue_declare(
             topo.work_queue.as_str().into(),
             queue_opts,
-            table(&[quorum.clone(), ("x-dead-letter-exchange", s(&topo.dead_letter_exchange))]),
+            table(&[
+                quorum.clone(),
+                ("x-dead-letter-exchange", s(&topo.dead_letter_exchange)),
+            ]),
         )
         .await?;
     for event_type in &topo.handled_event_types {
@@ -122,7 +149,13 @@ pub async fn declare(channel: &Channel, topo: &Topology) -> Result<(), lapin::Er
     }
 
     // Dead-letter queue: kept until an operator acts; no TTL, no consumer.
-    channel.queue_declare(topo.dead_letter_queue.as_str().into(), queue_opts, table(&[quorum.clone()])).await?;
+    channel
+        .queue_declare(
+            topo.dead_letter_queue.as_str().into(),
+            queue_opts,
+            table(std::slice::from_ref(&quorum)),
+        )
+        .await?;
     channel
         .queue_bind(
             topo.dead_letter_queue.as_str().into(),
@@ -143,7 +176,10 @@ pub async fn declare(channel: &Channel, topo: &Topology) -> Result<(), lapin::Er
                 queue_opts,
                 table(&[
                     quorum.clone(),
-                    ("x-message-ttl", AMQPValue::LongLongInt(tier.delay.as_millis() as i64)),
+                    (
+                        "x-message-ttl",
+                        AMQPValue::LongLongInt(tier.delay.as_millis() as i64),
+                    ),
                     ("x-dead-letter-exchange", s("")),
                     ("x-dead-letter-routing-key", s(&topo.work_queue)),
                     // At-least-once dead-lettering (3.10+, quorum only): the expired message stays

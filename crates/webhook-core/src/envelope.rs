@@ -100,7 +100,10 @@ impl Envelope {
         let raw: RawEnvelope =
             serde_json::from_slice(&body).map_err(|e| EnvelopeError::InvalidJson(e.to_string()))?;
         let id = EventId::parse(raw.id.as_deref().ok_or(EnvelopeError::MissingId)?)?;
-        let event_type = raw.event_type.filter(|t| !t.is_empty()).ok_or(EnvelopeError::MissingType)?;
+        let event_type = raw
+            .event_type
+            .filter(|t| !t.is_empty())
+            .ok_or(EnvelopeError::MissingType)?;
         Ok(Self {
             id,
             event_type,
@@ -173,7 +176,10 @@ mod tests {
     #[test]
     fn deep_nesting_is_an_error_not_a_stack_overflow() {
         let body = "[".repeat(100_000);
-        assert_eq!(Envelope::parse(Bytes::from(body)).unwrap_err().code(), "invalid_json");
+        assert_eq!(
+            Envelope::parse(Bytes::from(body)).unwrap_err().code(),
+            "invalid_json"
+        );
     }
 
     proptest! {

@@ -19,7 +19,11 @@ struct Body<'a> {
 
 impl ApiError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self { status: 400, code, message: message.into() }
+        Self {
+            status: 400,
+            code,
+            message: message.into(),
+        }
     }
     pub fn payload_too_large(limit: usize) -> Self {
         Self {
@@ -36,13 +40,25 @@ impl ApiError {
         }
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self { status: 503, code: "unavailable", message: message.into() }
+        Self {
+            status: 503,
+            code: "unavailable",
+            message: message.into(),
+        }
     }
     pub fn not_found() -> Self {
-        Self { status: 404, code: "not_found", message: "no such endpoint; Stripe webhooks go to POST /webhooks/stripe".into() }
+        Self {
+            status: 404,
+            code: "not_found",
+            message: "no such endpoint; Stripe webhooks go to POST /webhooks/stripe".into(),
+        }
     }
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&Body { error: self.code, message: &self.message }).expect("serializable")
+        serde_json::to_string(&Body {
+            error: self.code,
+            message: &self.message,
+        })
+        .expect("serializable")
     }
 }
 

@@ -42,7 +42,10 @@ pub enum SettingsError {
     #[error("configuration could not be loaded: {0}")]
     Load(String),
     #[error("{variable} is required{why}")]
-    Missing { variable: &'static str, why: &'static str },
+    Missing {
+        variable: &'static str,
+        why: &'static str,
+    },
     #[error("{variable} is invalid: {reason}")]
     Invalid { variable: &'static str, reason: String },
 }
@@ -156,12 +159,17 @@ impl Settings {
     }
 
     /// Loads with an explicit environment map (tests use this to stay independent of the machine).
-    pub fn load_from(config_path: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, SettingsError> {
+    pub fn load_from(
+        config_path: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, SettingsError> {
         let mut builder =
             config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
-        let file = config_path
-            .map(Path::to_path_buf)
-            .or_else(|| env.get("WEBHOOK_CONFIG").filter(|p| !p.is_empty()).map(Into::into));
+        let file = config_path.map(Path::to_path_buf).or_else(|| {
+            env.get("WEBHOOK_CONFIG")
+                .filter(|p| !p.is_empty())
+                .map(Into::into)
+        });
         if let Some(file) = file {
             if !file.is_file() {
                 return Err(SettingsError::Load(format!(
@@ -200,10 +208,16 @@ impl Settings {
 
     fn validate_common(&self) -> Result<(), SettingsError> {
         if self.database.url.expose_secret().is_empty() {
-            return Err(SettingsError::Missing { variable: "DATABASE_URL", why: "" });
+            return Err(SettingsError::Missing {
+                variable: "DATABASE_URL",
+                why: "",
+            });
         }
         if self.amqp.url.expose_secret().is_empty() {
-            return Err(SettingsError::Missing { variable: "AMQP_URL", why: "" });
+            return Err(SettingsError::Missing {
+                variable: "AMQP_URL",
+                why: "",
+            });
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(SettingsError::Invalid {
@@ -264,7 +278,10 @@ pub fn parse_schedule(raw: &str) -> Result<Vec<Duration>, String> {
             let d = humantime::parse_duration(part.trim())
                 .map_err(|e| format!("{:?} is not a duration like 5s, 2m or 1h ({e})", part.trim()))?;
             if d.is_zero() || d.subsec_nanos() % 1_000_000 != 0 {
-                return Err(format!("{:?} must be a positive whole number of milliseconds", part.trim()));
+                return Err(format!(
+                    "{:?} must be a positive whole number of milliseconds",
+                    part.trim()
+                ));
             }
             Ok(d)
         })
@@ -287,19 +304,34 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn defaults_match_the_contract() {
         let s = Settings::load_from(None, &env(&[])).unwrap();
-        assert_eq!(s.database.url.expose_secret(), "postgres://postgres@127.0.0.1:5432/webhooks");
-        assert_eq!(s.amqp.url.expose_secret(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(
+            s.database.url.expose_secret(),
+            "postgres://postgres@127.0.0.1:5432/webhooks"
+        );
+        assert_eq!(
+            s.amqp.url.expose_secret(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
         assert_eq!(s.stripe.tolerance_secs, 300);
         assert_eq!(s.ingest.bind, "0.0.0.0:8084");
         assert_eq!(s.worker.bind, "0.0.0.0:9091");
         assert_eq!(s.worker.concurrency, 16);
-        let labels: Vec<_> = s.worker.retry_delays().unwrap().into_iter().map(duration_label).collect();
+        let labels: Vec<_> = s
+            .worker
+            .retry_delays()
+            .unwrap()
+            .into_iter()
+            .map(duration_label)
+            .collect();
         assert_eq!(labels, ["5s", "30s", "2m", "10m", "30m", "1h", "3h", "6h"]);
         assert_eq!(s.keycloak.admin_realm, "master");
         assert_eq!(s.keycloak.client_id, "admin-cli");
@@ -328,7 +360,13 @@ mod tests {
     #[test]
     fn errors_name_the_variable() {
         let s = Settings::load_from(None, &env(&[])).unwrap();
-        assert!(s.stripe.secrets().unwrap_err().to_string().contains("STRIPE_WEBHOOK_SECRET"));
+        assert!(
+            s.stripe
+                .secrets()
+                .unwrap_err()
+                .to_string()
+                .contains("STRIPE_WEBHOOK_SECRET")
+        );
         let err = Settings::load_from(None, &env(&[("WORKER_RETRY_SCHEDULE", "5s,soon")])).unwrap_err();
         assert!(err.to_string().contains("WORKER_RETRY_SCHEDULE"), "{err}");
         let err = Settings::load_from(None, &env(&[("WORKER_CONCURRENCY", "many")])).unwrap_err();
@@ -339,10 +377,18 @@ mod tests {
 
     #[test]
     fn secrets_do_not_leak_through_debug() {
-        let s = Settings::load_from(None, &env(&[("STRIPE_WEBHOOK_SECRET", "whsec_topsecret"), ("LAGO_API_KEY", "lago_key_xyz")]))
-            .unwrap();
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("STRIPE_WEBHOOK_SECRET", "whsec_topsecret"),
+                ("LAGO_API_KEY", "lago_key_xyz"),
+            ]),
+        )
+        .unwrap();
         let dump = format!("{s:?}");
-        assert!(!dump.contains("topsecret") && !dump.contains("lago_key_xyz") && !dump.contains("guest:guest"));
+        assert!(
+            !dump.contains("topsecret") && !dump.contains("lago_key_xyz") && !dump.contains("guest:guest")
+        );
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub enum SignatureError {
     Missing,
     #[error("the Stripe-Signature header is malformed: {0}")]
     Malformed(&'static str),
-    #[error("the signed timestamp is {age_secs}s away from now, more than the {tolerance_secs}s tolerance (replayed request or clock skew)")]
+    #[error(
+        "the signed timestamp is {age_secs}s away from now, more than the {tolerance_secs}s tolerance (replayed request or clock skew)"
+    )]
     OutsideTolerance { age_secs: i64, tolerance_secs: u64 },
     #[error("no v1 signature matches any configured webhook secret (wrong secret, or the body was changed)")]
     Mismatch,
@@ -145,7 +147,12 @@ impl SignatureVerifier {
     /// suspicious as a stale one (Stripe signs at send time; skew beyond minutes is a broken clock
     /// or a forgery). The MAC is checked before the timestamp so that a forged header cannot learn
     /// anything from which error it gets.
-    pub fn verify(&self, header: Option<&str>, body: Bytes, now: i64) -> Result<VerifiedPayload, SignatureError> {
+    pub fn verify(
+        &self,
+        header: Option<&str>,
+        body: Bytes,
+        now: i64,
+    ) -> Result<VerifiedPayload, SignatureError> {
         let header = SignatureHeader::parse(header.ok_or(SignatureError::Missing)?)?;
         if !self.matches(&header, &body) {
             return Err(SignatureError::Mismatch);
@@ -188,7 +195,10 @@ pub fn compute_signature(secret: &str, timestamp: i64, body: &[u8]) -> [u8; 32] 
 /// Builds a `Stripe-Signature` header value like Stripe's `generateTestHeaderString`
 /// (used by `webhookctl send-test-event`, tests and benchmarks).
 pub fn sign_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    format!("t={timestamp},v1={}", hex::encode(compute_signature(secret, timestamp, body)))
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(compute_signature(secret, timestamp, body))
+    )
 }
 
 #[cfg(test)]
@@ -197,17 +207,26 @@ mod tests {
     use proptest::prelude::*;
 
     const FIXTURE: &[u8] = include_bytes!("../../../tests/fixtures/checkout_session_completed_event.json");
-    const VECTOR_HEADER: &str = "t=1754000130,v1=4d341bb366bfd562e6b2dc201f925ab7a8290b2b1e3fdf2f56ce5f604a91f084";
+    const VECTOR_HEADER: &str =
+        "t=1754000130,v1=4d341bb366bfd562e6b2dc201f925ab7a8290b2b1e3fdf2f56ce5f604a91f084";
     const VECTOR_T: i64 = 1_754_000_130;
 
     fn verifier(secrets: &[&str]) -> SignatureVerifier {
-        SignatureVerifier::new(secrets.iter().map(|s| SecretString::from(s.to_string())).collect(), 300)
+        SignatureVerifier::new(
+            secrets
+                .iter()
+                .map(|s| SecretString::from(s.to_string()))
+                .collect(),
+            300,
+        )
     }
 
     #[test]
     fn contract_test_vector_verifies() {
         let v = verifier(&["whsec_test_secret"]);
-        let ok = v.verify(Some(VECTOR_HEADER), Bytes::from_static(FIXTURE), VECTOR_T + 10).unwrap();
+        let ok = v
+            .verify(Some(VECTOR_HEADER), Bytes::from_static(FIXTURE), VECTOR_T + 10)
+            .unwrap();
         assert_eq!(ok.signed_at(), VECTOR_T);
         assert_eq!(ok.body().as_ref(), FIXTURE);
     }
@@ -222,7 +241,8 @@ mod tests {
         // The same vector with the secret minus its prefix must fail.
         let v = verifier(&["test_secret"]);
         assert_eq!(
-            v.verify(Some(VECTOR_HEADER), Bytes::from_static(FIXTURE), VECTOR_T).unwrap_err(),
+            v.verify(Some(VECTOR_HEADER), Bytes::from_static(FIXTURE), VECTOR_T)
+                .unwrap_err(),
             SignatureError::Mismatch
         );
     }
@@ -250,7 +270,8 @@ mod tests {
         let sig = VECTOR_HEADER.split_once(",v1=").unwrap().1;
         let header = format!("t={VECTOR_T},v0={sig}");
         assert_eq!(
-            v.verify(Some(&header), Bytes::from_static(FIXTURE), VECTOR_T).unwrap_err(),
+            v.verify(Some(&header), Bytes::from_static(FIXTURE), VECTOR_T)
+                .unwrap_err(),
             SignatureError::Malformed("no v1 signature")
         );
     }
@@ -258,12 +279,15 @@ mod tests {
     #[test]
     fn either_of_two_secrets_verifies() {
         let v = verifier(&["whsec_new_secret", "whsec_test_secret"]);
-        v.verify(Some(VECTOR_HEADER), Bytes::from_static(FIXTURE), VECTOR_T).unwrap();
+        v.verify(Some(VECTOR_HEADER), Bytes::from_static(FIXTURE), VECTOR_T)
+            .unwrap();
         let header = sign_header("whsec_new_secret", VECTOR_T, FIXTURE);
-        v.verify(Some(&header), Bytes::from_static(FIXTURE), VECTOR_T).unwrap();
+        v.verify(Some(&header), Bytes::from_static(FIXTURE), VECTOR_T)
+            .unwrap();
         let header = sign_header("whsec_other", VECTOR_T, FIXTURE);
         assert_eq!(
-            v.verify(Some(&header), Bytes::from_static(FIXTURE), VECTOR_T).unwrap_err(),
+            v.verify(Some(&header), Bytes::from_static(FIXTURE), VECTOR_T)
+                .unwrap_err(),
             SignatureError::Mismatch
         );
     }
@@ -272,15 +296,28 @@ mod tests {
     fn stale_and_future_timestamps_are_refused() {
         let v = verifier(&["whsec_test_secret"]);
         let body = Bytes::from_static(FIXTURE);
-        assert!(v.verify(Some(VECTOR_HEADER), body.clone(), VECTOR_T + 300).is_ok());
-        assert_eq!(
-            v.verify(Some(VECTOR_HEADER), body.clone(), VECTOR_T + 301).unwrap_err(),
-            SignatureError::OutsideTolerance { age_secs: 301, tolerance_secs: 300 }
+        assert!(
+            v.verify(Some(VECTOR_HEADER), body.clone(), VECTOR_T + 300)
+                .is_ok()
         );
-        assert!(v.verify(Some(VECTOR_HEADER), body.clone(), VECTOR_T - 300).is_ok());
+        assert_eq!(
+            v.verify(Some(VECTOR_HEADER), body.clone(), VECTOR_T + 301)
+                .unwrap_err(),
+            SignatureError::OutsideTolerance {
+                age_secs: 301,
+                tolerance_secs: 300
+            }
+        );
+        assert!(
+            v.verify(Some(VECTOR_HEADER), body.clone(), VECTOR_T - 300)
+                .is_ok()
+        );
         assert_eq!(
             v.verify(Some(VECTOR_HEADER), body, VECTOR_T - 301).unwrap_err(),
-            SignatureError::OutsideTolerance { age_secs: -301, tolerance_secs: 300 }
+            SignatureError::OutsideTolerance {
+                age_secs: -301,
+                tolerance_secs: 300
+            }
         );
     }
 
@@ -291,19 +328,26 @@ mod tests {
         let i = body.iter().position(|&b| b == b'2').unwrap(); // a digit inside the JSON
         body[i] = b'3';
         assert_eq!(
-            v.verify(Some(VECTOR_HEADER), Bytes::from(body), VECTOR_T).unwrap_err(),
+            v.verify(Some(VECTOR_HEADER), Bytes::from(body), VECTOR_T)
+                .unwrap_err(),
             SignatureError::Mismatch
         );
         // Trailing newline removed: also a different body.
         let trimmed = Bytes::copy_from_slice(&FIXTURE[..FIXTURE.len() - 1]);
-        assert_eq!(v.verify(Some(VECTOR_HEADER), trimmed, VECTOR_T).unwrap_err(), SignatureError::Mismatch);
+        assert_eq!(
+            v.verify(Some(VECTOR_HEADER), trimmed, VECTOR_T).unwrap_err(),
+            SignatureError::Mismatch
+        );
     }
 
     #[test]
     fn garbage_headers_are_malformed_not_panics() {
         let v = verifier(&["whsec_test_secret"]);
         let body = Bytes::from_static(FIXTURE);
-        assert_eq!(v.verify(None, body.clone(), VECTOR_T).unwrap_err(), SignatureError::Missing);
+        assert_eq!(
+            v.verify(None, body.clone(), VECTOR_T).unwrap_err(),
+            SignatureError::Missing
+        );
         let long = "v1=".to_string() + &"a".repeat(MAX_HEADER_LEN);
         for header in [
             "",
@@ -319,7 +363,10 @@ mod tests {
             long.as_str(),
         ] {
             let err = v.verify(Some(header), body.clone(), VECTOR_T).unwrap_err();
-            assert!(matches!(err, SignatureError::Malformed(_)), "{header:?} gave {err:?}");
+            assert!(
+                matches!(err, SignatureError::Malformed(_)),
+                "{header:?} gave {err:?}"
+            );
         }
     }
 

@@ -75,7 +75,10 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .route("/webhooks/stripe", web::post().to(routes::webhook::receive))
-                .route("/api/v1/billing/webhooks/stripe/checkout", web::post().to(routes::webhook::receive))
+                .route(
+                    "/api/v1/billing/webhooks/stripe/checkout",
+                    web::post().to(routes::webhook::receive),
+                )
                 .route("/healthz", web::get().to(routes::health::healthz))
                 .route("/readyz", web::get().to(routes::health::readyz))
                 .route("/metrics", web::get().to(routes::health::metrics))

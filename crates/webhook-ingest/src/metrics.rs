@@ -1,6 +1,8 @@
 //! Prometheus metrics of the ingest (`GET /metrics`).
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// Every metric the ingest exports, registered in its own registry (no global state, so several
 /// `Application`s can run in one test process).
@@ -17,8 +19,9 @@ pub struct Metrics {
     pub broker_connected: IntGauge,
 }
 
-const LATENCY_BUCKETS: &[f64] =
-    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 impl Metrics {
     pub fn new() -> Self {
@@ -29,8 +32,11 @@ impl Metrics {
         )
         .expect("valid metric");
         let request_duration = HistogramVec::new(
-            HistogramOpts::new("webhook_ingest_request_duration_seconds", "Webhook request latency")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "webhook_ingest_request_duration_seconds",
+                "Webhook request latency",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["outcome"],
         )
         .expect("valid metric");
@@ -43,9 +49,11 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
-        let broker_connected =
-            IntGauge::new("webhook_ingest_broker_connected", "1 while the RabbitMQ connection is up")
-                .expect("valid metric");
+        let broker_connected = IntGauge::new(
+            "webhook_ingest_broker_connected",
+            "1 while the RabbitMQ connection is up",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -54,12 +62,20 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registered once");
         }
-        Self { registry, requests, request_duration, publish_duration, broker_connected }
+        Self {
+            registry,
+            requests,
+            request_duration,
+            publish_duration,
+            broker_connected,
+        }
     }
 
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }

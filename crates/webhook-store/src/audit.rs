@@ -9,10 +9,12 @@ pub async fn insert(
     subject: &str,
     details: &Value,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("INSERT INTO audit_logs (event_type, subject, details) VALUES ($1, $2, $3) RETURNING id")
-        .bind(event_type)
-        .bind(subject)
-        .bind(details)
-        .fetch_one(conn)
-        .await
+    sqlx::query_scalar(
+        "INSERT INTO audit_logs (event_type, subject, details) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(event_type)
+    .bind(subject)
+    .bind(details)
+    .fetch_one(conn)
+    .await
 }

@@ -90,7 +90,10 @@ pub async fn set_status(
     status: EventStatus,
     last_error: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    let terminal = matches!(status, EventStatus::Succeeded | EventStatus::Skipped | EventStatus::DeadLettered);
+    let terminal = matches!(
+        status,
+        EventStatus::Succeeded | EventStatus::Skipped | EventStatus::DeadLettered
+    );
     sqlx::query(
         "UPDATE webhook_events SET status = $2, last_error = coalesce($3, last_error), updated_at = now(),
                 completed_at = CASE WHEN $4 THEN now() ELSE completed_at END

@@ -33,7 +33,9 @@ pub async fn begin(pool: &PgPool, action_key: &str, event_id: &str) -> Result<Do
         .bind(action_key)
         .fetch_all(pool)
         .await?;
-    rows.into_iter().map(|r| Ok((r.try_get("step")?, r.try_get("result")?))).collect()
+    rows.into_iter()
+        .map(|r| Ok((r.try_get("step")?, r.try_get("result")?)))
+        .collect()
 }
 
 /// Records a finished step. Returns false if it was already recorded (a concurrent duplicate).

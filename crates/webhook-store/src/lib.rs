@@ -67,8 +67,13 @@ where
 
 /// Creates the database named in `url` if it does not exist yet.
 pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
-    if !Postgres::database_exists(url).await.context("cannot reach Postgres to check the database")? {
-        Postgres::create_database(url).await.context("cannot create the database")?;
+    if !Postgres::database_exists(url)
+        .await
+        .context("cannot reach Postgres to check the database")?
+    {
+        Postgres::create_database(url)
+            .await
+            .context("cannot create the database")?;
     }
     Ok(())
 }

@@ -24,7 +24,12 @@ use crate::failure::JobError;
 use crate::retry::{self, Next};
 
 /// Consumes until `shutdown` turns true, then waits up to `drain_timeout` for in-flight jobs.
-pub async fn run(ctx: Arc<WorkerContext>, concurrency: u16, mut shutdown: watch::Receiver<bool>, drain_timeout: Duration) {
+pub async fn run(
+    ctx: Arc<WorkerContext>,
+    concurrency: u16,
+    mut shutdown: watch::Receiver<bool>,
+    drain_timeout: Duration,
+) {
     let mut links = ctx.broker.links();
     let mut jobs = JoinSet::new();
     'outer: loop {
@@ -96,9 +101,13 @@ pub async fn run(ctx: Arc<WorkerContext>, concurrency: u16, mut shutdown: watch:
     }
     // Let in-flight jobs finish; what does not finish in time is returned to the queue when
     // the connection closes (unacked messages are redelivered, and the ledger makes that safe).
-    let drained = tokio::time::timeout(drain_timeout, async { while jobs.join_next().await.is_some() {} }).await;
+    let drained =
+        tokio::time::timeout(drain_timeout, async { while jobs.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!(left = jobs.len(), "shutdown timeout: returning unfinished jobs to the queue");
+        tracing::warn!(
+            left = jobs.len(),
+            "shutdown timeout: returning unfinished jobs to the queue"
+        );
         jobs.abort_all();
     }
 }
@@ -121,7 +130,12 @@ async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, mut shutdown: watch
             // again once it is back, so an outage neither loses nor burns through retries.
             tracing::warn!(error = %msg, "infrastructure unavailable; holding the message until it is back");
             if !wait_for_store(&ctx, &mut shutdown).await {
-                let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
                 break (event_type, "requeued");
             }
             continue;
@@ -130,7 +144,10 @@ async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, mut shutdown: watch
         break (event_type, outcome);
     };
     ctx.metrics.jobs.with_label_values(&[&event_type, outcome]).inc();
-    ctx.metrics.job_duration.with_label_values(&[&event_type]).observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .job_duration
+        .with_label_values(&[&event_type])
+        .observe(started.elapsed().as_secs_f64());
     ctx.metrics.in_flight.dec();
 }
 
@@ -170,8 +187,14 @@ async fn settle(
             if let Some(id) = &event_id {
                 log_db(events::set_status(pool, id, EventStatus::Succeeded, None).await);
             }
-            tracing::info!(event_id = event_id.as_deref().unwrap_or("-"), event_type, outcome = "succeeded",
-                tier = summary["tier"].as_str().unwrap_or(""), plan = summary["plan"].as_str().unwrap_or(""), "job done");
+            tracing::info!(
+                event_id = event_id.as_deref().unwrap_or("-"),
+                event_type,
+                outcome = "succeeded",
+                tier = summary["tier"].as_str().unwrap_or(""),
+                plan = summary["plan"].as_str().unwrap_or(""),
+                "job done"
+            );
             ack().await;
             "succeeded"
         }
@@ -203,7 +226,12 @@ async fn settle(
             if let Err(e) = published {
                 tracing::warn!(error = %e, "could not re-publish the failed message; returning it to the queue");
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
                 return "requeued";
             }
             if let Some(id) = &event_id {

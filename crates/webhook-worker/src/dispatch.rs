@@ -12,7 +12,10 @@ use crate::failure::{Failure, JobError};
 use crate::steps;
 
 /// Event types this worker provisions.
-pub const HANDLED_EVENT_TYPES: &[&str] = &["checkout.session.completed", "checkout.session.async_payment_succeeded"];
+pub const HANDLED_EVENT_TYPES: &[&str] = &[
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+];
 
 /// A finished job.
 #[derive(Debug)]
@@ -41,14 +44,20 @@ pub async fn process(ctx: &WorkerContext, body: Bytes) -> Processed {
         }
     };
     let result = handle(ctx, &envelope).await;
-    Processed { envelope: Some(envelope), result }
+    Processed {
+        envelope: Some(envelope),
+        result,
+    }
 }
 
 async fn handle(ctx: &WorkerContext, event: &Envelope) -> Result<Done, JobError> {
     if !HANDLED_EVENT_TYPES.contains(&event.event_type.as_str()) {
         return Err(Failure::permanent(
             "dispatch",
-            format!("no handler for event type {:?}: remove its binding from the work queue", event.event_type),
+            format!(
+                "no handler for event type {:?}: remove its binding from the work queue",
+                event.event_type
+            ),
         )
         .into());
     }
@@ -68,5 +77,7 @@ async fn checkout(ctx: &WorkerContext, event: &Envelope) -> Result<Done, JobErro
             order.payment_status
         )));
     }
-    steps::provision_checkout(ctx, event, &order).await.map(Done::Succeeded)
+    steps::provision_checkout(ctx, event, &order)
+        .await
+        .map(Done::Succeeded)
 }

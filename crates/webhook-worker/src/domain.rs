@@ -14,8 +14,14 @@ impl Email {
         let e = raw.trim().to_lowercase();
         let valid = e.len() <= 254
             && !e.chars().any(char::is_whitespace)
-            && e.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !domain.contains('@'));
-        if valid { Ok(Self(e)) } else { Err(format!("{raw:?} is not an email address")) }
+            && e.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty() && domain.contains('.') && !domain.contains('@')
+            });
+        if valid {
+            Ok(Self(e))
+        } else {
+            Err(format!("{raw:?} is not an email address"))
+        }
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -44,7 +50,10 @@ impl CheckoutOrder {
             for p in path {
                 cur = cur.get(p)?;
             }
-            cur.as_str().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
+            cur.as_str()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
         };
         let session_id = str_at(session, &["id"]).ok_or("the checkout session has no id")?;
         let payment_status = str_at(session, &["payment_status"]).unwrap_or_else(|| "unknown".into());
@@ -56,13 +65,20 @@ impl CheckoutOrder {
         let tier = str_at(session, &["metadata", "tier_id"])
             .ok_or("metadata.tier_id is missing: the Checkout Session must be created with the tier in its metadata")?
             .to_lowercase();
-        let cycle = str_at(session, &["metadata", "billing_cycle"]).unwrap_or_else(|| default_cycle.to_owned()).to_lowercase();
+        let cycle = str_at(session, &["metadata", "billing_cycle"])
+            .unwrap_or_else(|| default_cycle.to_owned())
+            .to_lowercase();
         for (name, v) in [("metadata.tier_id", &tier), ("metadata.billing_cycle", &cycle)] {
-            if v.len() > 64 || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            if v.len() > 64
+                || !v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
                 return Err(format!("{name} {v:?} must be letters, digits, '_' or '-'"));
             }
         }
-        let subscription_external_id = str_at(session, &["subscription"]).unwrap_or_else(|| session_id.clone());
+        let subscription_external_id =
+            str_at(session, &["subscription"]).unwrap_or_else(|| session_id.clone());
         Ok(Self {
             session_id,
             payment_status,
@@ -91,7 +107,11 @@ pub struct PlanMap {
 
 impl PlanMap {
     pub fn new(settings: &PlanSettings) -> Self {
-        Self { rule: settings.default_rule.clone(), map: settings.map.clone(), default_cycle: settings.default_cycle.clone() }
+        Self {
+            rule: settings.default_rule.clone(),
+            map: settings.map.clone(),
+            default_cycle: settings.default_cycle.clone(),
+        }
     }
 
     pub fn plan_code(&self, tier: &str, cycle: &str) -> String {
@@ -109,11 +129,17 @@ mod tests {
 
     #[test]
     fn reads_the_fixture_session_with_metadata() {
-        let event: Value =
-            serde_json::from_str(include_str!("../../../tests/fixtures/checkout_session_completed_event.json")).unwrap();
+        let event: Value = serde_json::from_str(include_str!(
+            "../../../tests/fixtures/checkout_session_completed_event.json"
+        ))
+        .unwrap();
         let mut session = event["data"]["object"].clone();
         // The raw fixture has no tier: that is a permanent error.
-        assert!(CheckoutOrder::from_session(&session, "monthly").unwrap_err().contains("tier_id"));
+        assert!(
+            CheckoutOrder::from_session(&session, "monthly")
+                .unwrap_err()
+                .contains("tier_id")
+        );
         session["metadata"] = json!({"tier_id": "Professional", "billing_cycle": "yearly"});
         let o = CheckoutOrder::from_session(&session, "monthly").unwrap();
         assert_eq!(o.email.as_str(), "example@example.com");

@@ -15,13 +15,25 @@ pub struct Failure {
 
 impl Failure {
     pub fn permanent(step: &'static str, message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Permanent, step, message: message.into() }
+        Self {
+            kind: ErrorKind::Permanent,
+            step,
+            message: message.into(),
+        }
     }
     pub fn transient(step: &'static str, message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Transient, step, message: message.into() }
+        Self {
+            kind: ErrorKind::Transient,
+            step,
+            message: message.into(),
+        }
     }
     pub fn downstream(step: &'static str, e: DownstreamError) -> Self {
-        Self { kind: e.kind, step, message: e.to_string() }
+        Self {
+            kind: e.kind,
+            step,
+            message: e.to_string(),
+        }
     }
 }
 

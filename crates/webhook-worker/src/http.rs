@@ -22,12 +22,20 @@ pub async fn readyz(ctx: web::Data<Arc<WorkerContext>>) -> HttpResponse {
         "postgres": if postgres { "up" } else { "down" },
         "rabbitmq": if rabbitmq { "up" } else { "down" },
     });
-    if postgres && rabbitmq { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+    if postgres && rabbitmq {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
 }
 
 pub async fn metrics(ctx: web::Data<Arc<WorkerContext>>) -> HttpResponse {
-    ctx.metrics.broker_connected.set(i64::from(ctx.broker.is_connected()));
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(ctx.metrics.render())
+    ctx.metrics
+        .broker_connected
+        .set(i64::from(ctx.broker.is_connected()));
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(ctx.metrics.render())
 }
 
 /// Samples the depth of every queue of the topology every `every` (passive declares).
@@ -37,9 +45,19 @@ pub async fn sample_queue_depths(ctx: Arc<WorkerContext>, every: Duration) {
             && let Ok(channel) = link.connection.create_channel().await
         {
             for queue in ctx.broker.topology().all_queues() {
-                let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-                match channel.queue_declare(queue.into(), passive, FieldTable::default()).await {
-                    Ok(q) => ctx.metrics.queue_depth.with_label_values(&[queue]).set(i64::from(q.message_count())),
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                match channel
+                    .queue_declare(queue.into(), passive, FieldTable::default())
+                    .await
+                {
+                    Ok(q) => ctx
+                        .metrics
+                        .queue_depth
+                        .with_label_values(&[queue])
+                        .set(i64::from(q.message_count())),
                     Err(_) => break, // a missing queue closes the channel; try again next round
                 }
             }

@@ -62,12 +62,15 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(settings.keycloak.timeout_ms.max(settings.lago.timeout_ms)))
+            .timeout(Duration::from_millis(
+                settings.keycloak.timeout_ms.max(settings.lago.timeout_ms),
+            ))
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(usize::from(settings.worker.concurrency).max(4))
             .build()
             .context("building the HTTP client")?;
-        let keycloak = KeycloakClient::new(&settings.keycloak, http.clone(), Some(metrics.downstream.clone()))?;
+        let keycloak =
+            KeycloakClient::new(&settings.keycloak, http.clone(), Some(metrics.downstream.clone()))?;
         let lago = LagoClient::new(&settings.lago, http, Some(metrics.downstream.clone()))?;
         if settings.worker.concurrency == 0 {
             anyhow::bail!("WORKER_CONCURRENCY must be at least 1");
@@ -93,7 +96,8 @@ impl Application {
             metrics,
             tier_attribute: settings.keycloak.tier_attribute.clone(),
         });
-        let listener = TcpListener::bind(&w.bind).with_context(|| format!("cannot listen on WORKER_BIND={}", w.bind))?;
+        let listener =
+            TcpListener::bind(&w.bind).with_context(|| format!("cannot listen on WORKER_BIND={}", w.bind))?;
         let port = listener.local_addr()?.port();
         let data = web::Data::new(ctx.clone());
         let server = HttpServer::new(move || {
@@ -131,7 +135,10 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let server_handle = self.server.handle();
         let server = tokio::spawn(self.server);
-        let sampler = tokio::spawn(http::sample_queue_depths(self.ctx.clone(), Duration::from_secs(5)));
+        let sampler = tokio::spawn(http::sample_queue_depths(
+            self.ctx.clone(),
+            Duration::from_secs(5),
+        ));
         let consumer = tokio::spawn(consumer::run(
             self.ctx.clone(),
             self.concurrency,

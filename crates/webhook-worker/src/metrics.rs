@@ -6,7 +6,9 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -34,7 +36,9 @@ impl DownstreamMetrics {
     pub fn observe(&self, service: &str, operation: &str, status: Option<u16>, took: Duration) {
         let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
         self.calls.with_label_values(&[service, operation, &status]).inc();
-        self.duration.with_label_values(&[service, operation]).observe(took.as_secs_f64());
+        self.duration
+            .with_label_values(&[service, operation])
+            .observe(took.as_secs_f64());
     }
 }
 
@@ -47,35 +51,51 @@ impl Metrics {
         )
         .unwrap();
         let job_duration = HistogramVec::new(
-            HistogramOpts::new("webhook_worker_job_duration_seconds", "Time to process one job").buckets(BUCKETS.into()),
+            HistogramOpts::new("webhook_worker_job_duration_seconds", "Time to process one job")
+                .buckets(BUCKETS.into()),
             &["event_type"],
         )
         .unwrap();
         let step_duration = HistogramVec::new(
-            HistogramOpts::new("webhook_worker_step_duration_seconds", "Time of one provisioning step")
-                .buckets(BUCKETS.into()),
+            HistogramOpts::new(
+                "webhook_worker_step_duration_seconds",
+                "Time of one provisioning step",
+            )
+            .buckets(BUCKETS.into()),
             &["step"],
         )
         .unwrap();
         let calls = IntCounterVec::new(
-            Opts::new("webhook_worker_downstream_requests_total", "Downstream HTTP calls by service and status"),
+            Opts::new(
+                "webhook_worker_downstream_requests_total",
+                "Downstream HTTP calls by service and status",
+            ),
             &["service", "operation", "status"],
         )
         .unwrap();
         let duration = HistogramVec::new(
-            HistogramOpts::new("webhook_worker_downstream_duration_seconds", "Downstream HTTP call latency")
-                .buckets(BUCKETS.into()),
+            HistogramOpts::new(
+                "webhook_worker_downstream_duration_seconds",
+                "Downstream HTTP call latency",
+            )
+            .buckets(BUCKETS.into()),
             &["service", "operation"],
         )
         .unwrap();
         let queue_depth = IntGaugeVec::new(
-            Opts::new("webhook_worker_queue_depth", "Messages ready in each queue of the topology"),
+            Opts::new(
+                "webhook_worker_queue_depth",
+                "Messages ready in each queue of the topology",
+            ),
             &["queue"],
         )
         .unwrap();
         let in_flight = IntGauge::new("webhook_worker_jobs_in_flight", "Jobs being processed now").unwrap();
-        let broker_connected =
-            IntGauge::new("webhook_worker_broker_connected", "1 while the RabbitMQ connection is up").unwrap();
+        let broker_connected = IntGauge::new(
+            "webhook_worker_broker_connected",
+            "1 while the RabbitMQ connection is up",
+        )
+        .unwrap();
         let downstream = DownstreamMetrics { calls, duration };
         for c in [
             Box::new(jobs.clone()) as Box<dyn prometheus::core::Collector>,
@@ -89,12 +109,23 @@ impl Metrics {
         ] {
             registry.register(c).unwrap();
         }
-        Self { registry, jobs, job_duration, step_duration, downstream, queue_depth, in_flight, broker_connected }
+        Self {
+            registry,
+            jobs,
+            job_duration,
+            step_duration,
+            downstream,
+            queue_depth,
+            in_flight,
+            broker_connected,
+        }
     }
 
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }

@@ -16,7 +16,11 @@ use crate::failure::Failure;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
     /// Wait in `queue` for `delay`, then come back as attempt `attempt`.
-    Retry { attempt: u32, delay: Duration, queue: String },
+    Retry {
+        attempt: u32,
+        delay: Duration,
+        queue: String,
+    },
     DeadLetter,
 }
 
@@ -27,7 +31,11 @@ pub fn next(ctx: &WorkerContext, failure: &Failure, retries_so_far: u32) -> Next
     }
     match ctx.retry_delays.get(retries_so_far as usize) {
         Some(&delay) => match ctx.broker.topology().retry_queue(delay) {
-            Some(queue) => Next::Retry { attempt: retries_so_far + 1, delay, queue: queue.to_owned() },
+            Some(queue) => Next::Retry {
+                attempt: retries_so_far + 1,
+                delay,
+                queue: queue.to_owned(),
+            },
             None => Next::DeadLetter,
         },
         None => Next::DeadLetter,
@@ -78,14 +86,19 @@ pub fn failure_headers(delivery: &Delivery, event_type: &str, failure: &Failure,
     if let Some(incoming) = incoming {
         for (k, v) in incoming.inner() {
             let k = k.as_str();
-            if !k.starts_with("x-death") && !k.starts_with("x-first-death") && !k.starts_with("x-last-death") {
+            if !k.starts_with("x-death") && !k.starts_with("x-first-death") && !k.starts_with("x-last-death")
+            {
                 h.insert(k.into(), v.clone());
             }
         }
     }
     let first = header_str(incoming, message::H_FIRST_FAILED_AT).unwrap_or_else(|| now.clone());
-    let original = header_str(incoming, message::H_ORIGINAL_ROUTING_KEY).unwrap_or_else(|| event_type.to_owned());
-    h.insert(message::H_RETRY_ATTEMPT.into(), AMQPValue::LongInt(attempt as i32));
+    let original =
+        header_str(incoming, message::H_ORIGINAL_ROUTING_KEY).unwrap_or_else(|| event_type.to_owned());
+    h.insert(
+        message::H_RETRY_ATTEMPT.into(),
+        AMQPValue::LongInt(attempt as i32),
+    );
     h.insert(message::H_ERROR.into(), s(&truncate(&failure.message, 1000)));
     h.insert(message::H_ERROR_KIND.into(), s(failure.kind.as_str()));
     h.insert(message::H_FAILED_STEP.into(), s(failure.step));
@@ -153,6 +166,11 @@ fn republished_properties(
     event_type: &str,
     headers: FieldTable,
 ) -> webhook_amqp::lapin::BasicProperties {
-    let message_id = delivery.properties.message_id().as_ref().map(|m| m.as_str().to_owned()).unwrap_or_default();
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
     webhook_amqp::job_properties(&message_id, event_type, headers)
 }

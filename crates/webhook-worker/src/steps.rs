@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 use webhook_core::Envelope;
-use webhook_store::ledger::{self, DoneSteps};
 use webhook_store::audit;
+use webhook_store::ledger::{self, DoneSteps};
 
 use crate::clients::lago::NewSubscription;
 use crate::context::WorkerContext;
@@ -39,8 +39,19 @@ impl<'a> Steps<'a> {
         }
         let started = Instant::now();
         let result = f().await?;
-        self.ctx.metrics.step_duration.with_label_values(&[step]).observe(started.elapsed().as_secs_f64());
-        ledger::record_step(&self.ctx.store.pool, &self.action_key, step, self.event_id, &result).await?;
+        self.ctx
+            .metrics
+            .step_duration
+            .with_label_values(&[step])
+            .observe(started.elapsed().as_secs_f64());
+        ledger::record_step(
+            &self.ctx.store.pool,
+            &self.action_key,
+            step,
+            self.event_id,
+            &result,
+        )
+        .await?;
         self.done.insert(step.to_owned(), result.clone());
         Ok(result)
     }
@@ -54,7 +65,12 @@ pub async fn provision_checkout(
 ) -> Result<Value, JobError> {
     let action_key = format!("checkout:{}", order.session_id);
     let done = ledger::begin(&ctx.store.pool, &action_key, event.id.as_str()).await?;
-    let mut steps = Steps { ctx, action_key: action_key.clone(), event_id: event.id.as_str(), done };
+    let mut steps = Steps {
+        ctx,
+        action_key: action_key.clone(),
+        event_id: event.id.as_str(),
+        done,
+    };
     let email = order.email.as_str();
 
     let user = steps
@@ -91,7 +107,10 @@ pub async fn provision_checkout(
         .run("lago_customer", || async {
             let c = ctx
                 .inline_retry
-                .run(|| ctx.lago.upsert_customer(email, email, order.customer_name.as_deref()))
+                .run(|| {
+                    ctx.lago
+                        .upsert_customer(email, email, order.customer_name.as_deref())
+                })
                 .await
                 .map_err(|e| Failure::downstream("lago_customer", e))?;
             Ok(json!({"lago_id": c["lago_id"], "external_id": c["external_id"]}))
@@ -124,7 +143,10 @@ pub async fn provision_checkout(
     steps
         .run("keycloak_tier", || async {
             ctx.inline_retry
-                .run(|| ctx.keycloak.set_attribute(&user_id, &ctx.tier_attribute, &order.tier))
+                .run(|| {
+                    ctx.keycloak
+                        .set_attribute(&user_id, &ctx.tier_attribute, &order.tier)
+                })
                 .await
                 .map_err(|e| Failure::downstream("keycloak_tier", e))?;
             Ok(json!({"attribute": ctx.tier_attribute, "tier": order.tier}))
@@ -147,7 +169,8 @@ pub async fn provision_checkout(
         // The audit row and its ledger entry commit together: exactly one row per checkout, even
         // when two deliveries race (the second waits on the ledger's key, then inserts nothing).
         let mut tx = ctx.store.pool.begin().await?;
-        let recorded = ledger::record_step_in(&mut tx, &action_key, "audit", event.id.as_str(), &json!({})).await?;
+        let recorded =
+            ledger::record_step_in(&mut tx, &action_key, "audit", event.id.as_str(), &json!({})).await?;
         if recorded {
             let id = audit::insert(&mut tx, "subscription.created", email, &details).await?;
             sqlx::query("UPDATE provisioning_steps SET result = $3 WHERE action_key = $1 AND step = $2")

@@ -13,7 +13,10 @@ use wiremock::matchers::{body_string_contains, header, method, path, query_param
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 fn http(timeout_ms: u64) -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_millis(timeout_ms)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(timeout_ms))
+        .build()
+        .unwrap()
 }
 
 fn keycloak(server: &MockServer, timeout_ms: u64) -> KeycloakClient {
@@ -84,7 +87,9 @@ async fn keycloak_401_refreshes_the_token_once() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/realms/master/protocol/openid-connect/token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"access_token": "old", "expires_in": 60})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"access_token": "old", "expires_in": 60})),
+        )
         .up_to_n_times(1)
         .expect(1)
         .mount(&server)
@@ -129,14 +134,19 @@ async fn keycloak_bad_password_is_permanent() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/realms/master/protocol/openid-connect/token"))
-        .respond_with(
-            ResponseTemplate::new(401)
-                .set_body_json(json!({"error": "invalid_grant", "error_description": "Invalid user credentials"})),
-        )
+        .respond_with(ResponseTemplate::new(401).set_body_json(
+            json!({"error": "invalid_grant", "error_description": "Invalid user credentials"}),
+        ))
         .mount(&server)
         .await;
-    let err = keycloak(&server, 2000).find_users_by_email("a@b.co").await.unwrap_err();
-    assert_eq!((err.kind, err.code.as_deref()), (ErrorKind::Permanent, Some("invalid_grant")));
+    let err = keycloak(&server, 2000)
+        .find_users_by_email("a@b.co")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.kind, err.code.as_deref()),
+        (ErrorKind::Permanent, Some("invalid_grant"))
+    );
 }
 
 #[tokio::test]
@@ -151,7 +161,8 @@ async fn keycloak_404_409_and_5xx() {
     Mock::given(method("PUT"))
         .and(path("/admin/realms/uchub/users/u1"))
         .respond_with(
-            ResponseTemplate::new(409).set_body_json(json!({"errorMessage": "User exists with same username or email"})),
+            ResponseTemplate::new(409)
+                .set_body_json(json!({"errorMessage": "User exists with same username or email"})),
         )
         .mount(&server)
         .await;
@@ -195,7 +206,10 @@ async fn keycloak_set_attribute_puts_the_full_representation() {
         .expect(1)
         .mount(&server)
         .await;
-    keycloak(&server, 2000).set_attribute("u1", "subscription_tier", "professional").await.unwrap();
+    keycloak(&server, 2000)
+        .set_attribute("u1", "subscription_tier", "professional")
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -207,8 +221,15 @@ async fn keycloak_silently_dropped_attribute_is_a_permanent_error() {
         .respond_with(ResponseTemplate::new(200).set_body_json(user("u1", "ada@example.com")))
         .mount(&server)
         .await;
-    Mock::given(method("PUT")).and(path("/admin/realms/uchub/users/u1")).respond_with(ResponseTemplate::new(204)).mount(&server).await;
-    let e = keycloak(&server, 2000).set_attribute("u1", "subscription_tier", "pro").await.unwrap_err();
+    Mock::given(method("PUT"))
+        .and(path("/admin/realms/uchub/users/u1"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&server)
+        .await;
+    let e = keycloak(&server, 2000)
+        .set_attribute("u1", "subscription_tier", "pro")
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Permanent);
     assert!(e.message.contains("user profile"), "{e}");
 }
@@ -218,10 +239,17 @@ async fn keycloak_timeout_is_transient() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/realms/master/protocol/openid-connect/token"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(500)).set_body_json(json!({"access_token": "t"})))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_delay(Duration::from_millis(500))
+                .set_body_json(json!({"access_token": "t"})),
+        )
         .mount(&server)
         .await;
-    let e = keycloak(&server, 100).find_users_by_email("a@b.co").await.unwrap_err();
+    let e = keycloak(&server, 100)
+        .find_users_by_email("a@b.co")
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Transient);
     assert!(e.message.contains("timed out"), "{e}");
 }
@@ -232,8 +260,13 @@ async fn lago_customer_upsert_and_subscription_success() {
     Mock::given(method("POST"))
         .and(path("/api/v1/customers"))
         .and(header("authorization", "Bearer lago-key"))
-        .and(wiremock::matchers::body_partial_json(json!({"customer": {"external_id": "ada@example.com"}})))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"customer": {"lago_id": "c-1", "external_id": "ada@example.com"}})))
+        .and(wiremock::matchers::body_partial_json(
+            json!({"customer": {"external_id": "ada@example.com"}}),
+        ))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"customer": {"lago_id": "c-1", "external_id": "ada@example.com"}})),
+        )
         .expect(1)
         .mount(&server)
         .await;
@@ -249,7 +282,10 @@ async fn lago_customer_upsert_and_subscription_success() {
         .mount(&server)
         .await;
     let lago = lago(&server, 2000);
-    let c = lago.upsert_customer("ada@example.com", "ada@example.com", None).await.unwrap();
+    let c = lago
+        .upsert_customer("ada@example.com", "ada@example.com", None)
+        .await
+        .unwrap();
     assert_eq!(c["lago_id"], "c-1");
     let s = lago
         .create_subscription(&NewSubscription {
@@ -266,17 +302,27 @@ async fn lago_customer_upsert_and_subscription_success() {
 #[tokio::test]
 async fn lago_errors_are_classified() {
     let server = MockServer::start().await;
-    let sub = NewSubscription { external_customer_id: "a@b.co", plan_code: "nope", external_id: "sub_1", name: None };
+    let sub = NewSubscription {
+        external_customer_id: "a@b.co",
+        plan_code: "nope",
+        external_id: "sub_1",
+        name: None,
+    };
     Mock::given(method("POST"))
         .and(path("/api/v1/subscriptions"))
-        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"status": 404, "error": "Not Found", "code": "plan_not_found"})))
+        .respond_with(
+            ResponseTemplate::new(404)
+                .set_body_json(json!({"status": 404, "error": "Not Found", "code": "plan_not_found"})),
+        )
         .up_to_n_times(1)
         .mount(&server)
         .await;
     Mock::given(method("POST"))
         .and(path("/api/v1/subscriptions"))
-        .respond_with(ResponseTemplate::new(422).set_body_json(json!({"status": 422, "error": "Unprocessable Entity",
-            "code": "validation_errors", "error_details": {"external_id": ["value_already_exist"]}})))
+        .respond_with(
+            ResponseTemplate::new(422).set_body_json(json!({"status": 422, "error": "Unprocessable Entity",
+            "code": "validation_errors", "error_details": {"external_id": ["value_already_exist"]}})),
+        )
         .up_to_n_times(1)
         .mount(&server)
         .await;
@@ -294,12 +340,18 @@ async fn lago_errors_are_classified() {
         .await;
     let lago = lago(&server, 2000);
     let e = lago.create_subscription(&sub).await.unwrap_err();
-    assert_eq!((e.kind, e.status, e.code.as_deref()), (ErrorKind::Permanent, Some(404), Some("plan_not_found")));
+    assert_eq!(
+        (e.kind, e.status, e.code.as_deref()),
+        (ErrorKind::Permanent, Some(404), Some("plan_not_found"))
+    );
     let e = lago.create_subscription(&sub).await.unwrap_err();
     assert_eq!((e.kind, e.status), (ErrorKind::Permanent, Some(422)));
     assert!(e.message.contains("value_already_exist"));
     let e = lago.create_subscription(&sub).await.unwrap_err();
-    assert_eq!((e.kind, e.retry_after), (ErrorKind::Transient, Some(Duration::from_secs(3))));
+    assert_eq!(
+        (e.kind, e.retry_after),
+        (ErrorKind::Transient, Some(Duration::from_secs(3)))
+    );
     let e = lago.create_subscription(&sub).await.unwrap_err();
     assert_eq!((e.kind, e.status), (ErrorKind::Transient, Some(500)));
 }
@@ -309,7 +361,9 @@ async fn lago_401_names_the_api_key_and_timeouts_are_transient() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/api/v1/customers"))
-        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"status": 401, "error": "Unauthorized"})))
+        .respond_with(
+            ResponseTemplate::new(401).set_body_json(json!({"status": 401, "error": "Unauthorized"})),
+        )
         .up_to_n_times(1)
         .mount(&server)
         .await;
@@ -331,17 +385,27 @@ async fn lago_second_termination_is_already_terminated() {
     let server = MockServer::start().await;
     Mock::given(method("DELETE"))
         .and(path("/api/v1/subscriptions/sub_1"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"subscription": {"external_id": "sub_1", "status": "terminated"}})))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"subscription": {"external_id": "sub_1", "status": "terminated"}})),
+        )
         .up_to_n_times(1)
         .mount(&server)
         .await;
     Mock::given(method("DELETE"))
         .and(path("/api/v1/subscriptions/sub_1"))
-        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"status": 404, "error": "Not Found", "code": "subscription_not_found"})))
+        .respond_with(
+            ResponseTemplate::new(404).set_body_json(
+                json!({"status": 404, "error": "Not Found", "code": "subscription_not_found"}),
+            ),
+        )
         .mount(&server)
         .await;
     let lago = lago(&server, 2000);
-    assert_eq!(lago.terminate_subscription("sub_1").await.unwrap().unwrap()["status"], "terminated");
+    assert_eq!(
+        lago.terminate_subscription("sub_1").await.unwrap().unwrap()["status"],
+        "terminated"
+    );
     assert!(lago.terminate_subscription("sub_1").await.unwrap().is_none());
 }
 
@@ -360,9 +424,19 @@ async fn inline_retry_honours_retry_after_then_succeeds() {
         .mount(&server)
         .await;
     let lago = lago(&server, 2000);
-    let policy = InlineRetry { times: 2, min_delay: Duration::from_millis(10), max_delay: Duration::from_secs(2) };
+    let policy = InlineRetry {
+        times: 2,
+        min_delay: Duration::from_millis(10),
+        max_delay: Duration::from_secs(2),
+    };
     let started = std::time::Instant::now();
-    let c = policy.run(|| lago.upsert_customer("a@b.co", "a@b.co", None)).await.unwrap();
+    let c = policy
+        .run(|| lago.upsert_customer("a@b.co", "a@b.co", None))
+        .await
+        .unwrap();
     assert_eq!(c["lago_id"], "c-1");
-    assert!(started.elapsed() >= Duration::from_millis(900), "waited for Retry-After");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "waited for Retry-After"
+    );
 }

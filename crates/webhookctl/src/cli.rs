@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "webhookctl", version, about = "Operate the Stripe billing webhook pipeline")]
+#[command(
+    name = "webhookctl",
+    version,
+    about = "Operate the Stripe billing webhook pipeline"
+)]
 pub struct Cli {
     /// TOML configuration file (else WEBHOOK_CONFIG; environment variables override it).
     #[arg(long, global = true, env = "WEBHOOK_CONFIG")]

@@ -27,7 +27,12 @@ pub fn new_event_id() -> String {
 /// describes the same checkout).
 pub fn checkout_event(spec: &CheckoutSpec) -> Value {
     let mut event: Value = serde_json::from_str(CHECKOUT_EVENT).expect("fixture is JSON");
-    let suffix: String = spec.event_id.trim_start_matches("evt_").chars().filter(char::is_ascii_alphanumeric).collect();
+    let suffix: String = spec
+        .event_id
+        .trim_start_matches("evt_")
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
     event["id"] = json!(spec.event_id);
     event["type"] = json!(spec.event_type);
     event["created"] = json!(spec.created);

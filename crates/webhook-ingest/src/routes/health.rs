@@ -27,6 +27,11 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    state.metrics.broker_connected.set(i64::from(state.broker.is_connected()));
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
+    state
+        .metrics
+        .broker_connected
+        .set(i64::from(state.broker.is_connected()));
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
 }

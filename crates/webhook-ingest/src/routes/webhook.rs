@@ -11,8 +11,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde_json::json;
-use webhook_amqp::{Outgoing, job_properties};
 use webhook_amqp::lapin::types::FieldTable;
+use webhook_amqp::{Outgoing, job_properties};
 use webhook_core::error_code::ApiError;
 use webhook_core::{Envelope, VerifiedEvent};
 use webhook_store::events::{self, EventStatus};
@@ -55,17 +55,23 @@ pub async fn receive(req: HttpRequest, payload: web::Payload, state: web::Data<A
             (HttpResponse::Ok().json(body), disposition.as_str())
         }
         Err(err) => {
-            let mut builder = HttpResponse::build(
-                actix_web::http::StatusCode::from_u16(err.status).expect("valid status"),
-            );
+            let mut builder =
+                HttpResponse::build(actix_web::http::StatusCode::from_u16(err.status).expect("valid status"));
             if err.status == 503 {
                 builder.insert_header((header::RETRY_AFTER, state.retry_after_secs.to_string()));
             }
-            (builder.content_type("application/json").body(err.to_json()), err.code)
+            (
+                builder.content_type("application/json").body(err.to_json()),
+                err.code,
+            )
         }
     };
     state.metrics.requests.with_label_values(&[outcome]).inc();
-    state.metrics.request_duration.with_label_values(&[outcome]).observe(latency.as_secs_f64());
+    state
+        .metrics
+        .request_duration
+        .with_label_values(&[outcome])
+        .observe(latency.as_secs_f64());
     tracing::info!(
         event_id = seen.event_id.as_deref().unwrap_or("-"),
         event_type = seen.event_type.as_deref().unwrap_or("-"),
@@ -90,7 +96,10 @@ async fn handle(
         None => None,
         Some(Ok(s)) => Some(s),
         Some(Err(_)) => {
-            return Err(ApiError::bad_request("malformed_signature", "the Stripe-Signature header is not ASCII"));
+            return Err(ApiError::bad_request(
+                "malformed_signature",
+                "the Stripe-Signature header is not ASCII",
+            ));
         }
     };
     let verified = state
@@ -106,18 +115,31 @@ async fn handle(
 
 /// Content type and header size, checked before the body is read.
 fn check_headers(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
     if header_bytes > state.max_header_bytes {
         return Err(ApiError::bad_request(
             "headers_too_large",
-            format!("the request headers are {header_bytes} bytes, more than the {} allowed", state.max_header_bytes),
+            format!(
+                "the request headers are {header_bytes} bytes, more than the {} allowed",
+                state.max_header_bytes
+            ),
         ));
     }
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
         .unwrap_or(false);
     if !is_json {
         return Err(ApiError::unsupported_media_type());
@@ -144,8 +166,9 @@ async fn read_body(
     let read = async {
         let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
         while let Some(chunk) = payload.next().await {
-            let chunk =
-                chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("the body could not be read: {e}")))?;
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad_request("invalid_body", format!("the body could not be read: {e}"))
+            })?;
             if buf.len() + chunk.len() > limit {
                 return Err(ApiError::payload_too_large(limit));
             }
@@ -163,10 +186,20 @@ async fn read_body(
 
 /// The dedupe record and the publish, atomically: insert, publish, wait for the confirm,
 /// commit. A failure at any point before the commit leaves nothing behind.
-async fn record_and_queue(state: &AppState, event: &Envelope, handled: bool) -> Result<Disposition, ApiError> {
-    let status = if handled { EventStatus::Queued } else { EventStatus::Ignored };
+async fn record_and_queue(
+    state: &AppState,
+    event: &Envelope,
+    handled: bool,
+) -> Result<Disposition, ApiError> {
+    let status = if handled {
+        EventStatus::Queued
+    } else {
+        EventStatus::Ignored
+    };
     let mut tx = state.store.pool.begin().await.map_err(db_unavailable)?;
-    let inserted = events::insert_if_new(&mut tx, event, status).await.map_err(db_unavailable)?;
+    let inserted = events::insert_if_new(&mut tx, event, status)
+        .await
+        .map_err(db_unavailable)?;
     if !inserted {
         // Nothing was written; ending the transaction releases the connection either way.
         let _ = tx.rollback().await;
@@ -185,7 +218,11 @@ async fn record_and_queue(state: &AppState, event: &Envelope, handled: bool) -> 
             })
             .await;
         let result = if published.is_ok() { "ack" } else { "failed" };
-        state.metrics.publish_duration.with_label_values(&[result]).observe(started.elapsed().as_secs_f64());
+        state
+            .metrics
+            .publish_duration
+            .with_label_values(&[result])
+            .observe(started.elapsed().as_secs_f64());
         if let Err(e) = published {
             let _ = tx.rollback().await;
             tracing::warn!(event_id = %event.id, error = %e, "event not queued; answering 503 so Stripe retries");
@@ -200,7 +237,11 @@ async fn record_and_queue(state: &AppState, event: &Envelope, handled: bool) -> 
         tracing::warn!(event_id = %event.id, error = %e, "commit failed after publish");
         return Err(db_unavailable(e));
     }
-    Ok(if handled { Disposition::Accepted } else { Disposition::Ignored })
+    Ok(if handled {
+        Disposition::Accepted
+    } else {
+        Disposition::Ignored
+    })
 }
 
 fn db_unavailable(e: sqlx::Error) -> ApiError {
@@ -211,5 +252,7 @@ fn db_unavailable(e: sqlx::Error) -> ApiError {
 /// JSON 404 for every other path.
 pub async fn not_found() -> HttpResponse {
     let err = ApiError::not_found();
-    HttpResponse::NotFound().content_type("application/json").body(err.to_json())
+    HttpResponse::NotFound()
+        .content_type("application/json")
+        .body(err.to_json())
 }

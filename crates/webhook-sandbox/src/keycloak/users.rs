@@ -463,6 +463,12 @@ pub(crate) async fn update(
     {
         return Err(KeycloakError::Conflict);
     }
+    // One line per effect, so `make run` shows what Keycloak would now hold.
+    tracing::info!(
+        user = next.email.as_deref().unwrap_or(&next.username),
+        attributes = ?next.attributes,
+        "keycloak: user updated"
+    );
     data.users[index] = next;
     Ok(HttpResponse::NoContent().finish())
 }

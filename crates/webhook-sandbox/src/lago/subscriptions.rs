@@ -420,7 +420,13 @@ pub(crate) async fn post(
     let params = require_root(&body, "subscription")?;
     let mut data = state.lock();
     let index = create(&mut data, &state.shared().plans, &params, Utc::now())?;
-    Ok(respond(&state, &data, index))
+    let response = respond(&state, &data, index);
+    let sub = &data.subscriptions[index];
+    tracing::info!(
+        external_id = %sub.external_id, customer = %sub.external_customer_id, plan = %sub.plan_code,
+        status = ?sub.status, "lago: subscription assigned"
+    );
+    Ok(response)
 }
 
 #[derive(serde::Deserialize)]

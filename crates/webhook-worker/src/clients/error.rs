@@ -63,7 +63,11 @@ impl DownstreamError {
         Self {
             service,
             operation,
-            kind: if transient { ErrorKind::Transient } else { ErrorKind::Permanent },
+            kind: if transient {
+                ErrorKind::Transient
+            } else {
+                ErrorKind::Permanent
+            },
             status: Some(status),
             code,
             retry_after,
@@ -105,8 +109,11 @@ pub struct InlineRetry {
 }
 
 impl InlineRetry {
-    pub const NONE: InlineRetry =
-        InlineRetry { times: 0, min_delay: Duration::from_millis(0), max_delay: Duration::from_millis(0) };
+    pub const NONE: InlineRetry = InlineRetry {
+        times: 0,
+        min_delay: Duration::from_millis(0),
+        max_delay: Duration::from_millis(0),
+    };
 
     /// Runs `call`, retrying transient errors with exponential backoff and jitter. A
     /// `Retry-After` is honoured when it fits under `max_delay`; a longer one ends the inline
@@ -150,7 +157,13 @@ mod tests {
         if let Some(ra) = retry_after {
             h.insert(reqwest::header::RETRY_AFTER, ra.parse().unwrap());
         }
-        DownstreamError::from_status("lago", "test", status, &h, r#"{"status":404,"code":"plan_not_found"}"#)
+        DownstreamError::from_status(
+            "lago",
+            "test",
+            status,
+            &h,
+            r#"{"status":404,"code":"plan_not_found"}"#,
+        )
     }
 
     #[test]
@@ -167,7 +180,11 @@ mod tests {
 
     #[tokio::test]
     async fn retries_transient_then_succeeds_and_stops_on_permanent() {
-        let policy = InlineRetry { times: 3, min_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5) };
+        let policy = InlineRetry {
+            times: 3,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+        };
         let calls = AtomicUsize::new(0);
         let r = policy
             .run(|| async {
@@ -184,12 +201,20 @@ mod tests {
             })
             .await;
         assert!(r.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "permanent errors are not retried");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "permanent errors are not retried"
+        );
     }
 
     #[tokio::test]
     async fn long_retry_after_hands_over_to_the_broker() {
-        let policy = InlineRetry { times: 3, min_delay: Duration::from_millis(1), max_delay: Duration::from_millis(50) };
+        let policy = InlineRetry {
+            times: 3,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(50),
+        };
         let calls = AtomicUsize::new(0);
         let r: Result<(), _> = policy
             .run(|| async {

@@ -19,8 +19,13 @@ const SERVICE: &str = "keycloak";
 /// How the admin token is obtained.
 #[derive(Clone)]
 pub enum Grant {
-    Password { username: String, password: SecretString },
-    ClientCredentials { secret: SecretString },
+    Password {
+        username: String,
+        password: SecretString,
+    },
+    ClientCredentials {
+        secret: SecretString,
+    },
 }
 
 struct CachedToken {
@@ -63,9 +68,14 @@ impl KeycloakClient {
             anyhow::bail!("KEYCLOAK_REALM is required for the worker (the realm that holds the users)");
         }
         let grant = if !settings.client_secret.expose_secret().is_empty() {
-            Grant::ClientCredentials { secret: settings.client_secret.clone() }
+            Grant::ClientCredentials {
+                secret: settings.client_secret.clone(),
+            }
         } else if !settings.admin_user.is_empty() {
-            Grant::Password { username: settings.admin_user.clone(), password: settings.admin_password.clone() }
+            Grant::Password {
+                username: settings.admin_user.clone(),
+                password: settings.admin_password.clone(),
+            }
         } else {
             anyhow::bail!(
                 "Keycloak credentials are missing: set KEYCLOAK_CLIENT_SECRET (client_credentials) or \
@@ -90,14 +100,24 @@ impl KeycloakClient {
         if let Some(t) = cached.as_ref().filter(|t| Instant::now() < t.refresh_at) {
             return Ok(t.value.clone());
         }
-        let url = format!("{}/realms/{}/protocol/openid-connect/token", self.base, self.admin_realm);
+        let url = format!(
+            "{}/realms/{}/protocol/openid-connect/token",
+            self.base, self.admin_realm
+        );
         let mut form: Vec<(&str, &str)> = vec![("client_id", &self.client_id)];
         match &self.grant {
             Grant::Password { username, password } => {
-                form.extend([("grant_type", "password"), ("username", username), ("password", password.expose_secret())]);
+                form.extend([
+                    ("grant_type", "password"),
+                    ("username", username),
+                    ("password", password.expose_secret()),
+                ]);
             }
             Grant::ClientCredentials { secret } => {
-                form.extend([("grant_type", "client_credentials"), ("client_secret", secret.expose_secret())]);
+                form.extend([
+                    ("grant_type", "client_credentials"),
+                    ("client_secret", secret.expose_secret()),
+                ]);
             }
         }
         let resp = self.observe("token", self.http.post(url).form(&form)).await?;
@@ -110,7 +130,10 @@ impl KeycloakClient {
         let lifetime = Duration::from_secs(token.expires_in);
         let margin = (lifetime / 10).max(Duration::from_secs(5)).min(lifetime / 2);
         let value = SecretString::from(token.access_token);
-        *cached = Some(CachedToken { value: value.clone(), refresh_at: Instant::now() + lifetime - margin });
+        *cached = Some(CachedToken {
+            value: value.clone(),
+            refresh_at: Instant::now() + lifetime - margin,
+        });
         Ok(value)
     }
 
@@ -118,11 +141,20 @@ impl KeycloakClient {
         *self.token.lock().await = None;
     }
 
-    async fn observe(&self, operation: &'static str, req: RequestBuilder) -> Result<Response, DownstreamError> {
+    async fn observe(
+        &self,
+        operation: &'static str,
+        req: RequestBuilder,
+    ) -> Result<Response, DownstreamError> {
         let started = Instant::now();
         let result = req.send().await;
         if let Some(m) = &self.metrics {
-            m.observe(SERVICE, operation, result.as_ref().ok().map(|r| r.status().as_u16()), started.elapsed());
+            m.observe(
+                SERVICE,
+                operation,
+                result.as_ref().ok().map(|r| r.status().as_u16()),
+                started.elapsed(),
+            );
         }
         result.map_err(|e| DownstreamError::from_transport(SERVICE, operation, &e))
     }
@@ -139,7 +171,11 @@ impl KeycloakClient {
         let url = format!("{}/admin/realms/{}{}", self.base, self.realm, path);
         for attempt in 0..2 {
             let token = self.token().await?;
-            let mut req = self.http.request(method.clone(), &url).bearer_auth(token.expose_secret()).query(query);
+            let mut req = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(token.expose_secret())
+                .query(query);
             if let Some(b) = body {
                 req = req.json(b);
             }
@@ -161,20 +197,32 @@ impl KeycloakClient {
                 Method::GET,
                 "/users",
                 None,
-                &[("email", email), ("exact", "true"), ("briefRepresentation", "false"), ("max", "2")],
+                &[
+                    ("email", email),
+                    ("exact", "true"),
+                    ("briefRepresentation", "false"),
+                    ("max", "2"),
+                ],
             )
             .await?;
-        resp.json().await.map_err(|e| DownstreamError::from_transport(SERVICE, "search_users", &e))
+        resp.json()
+            .await
+            .map_err(|e| DownstreamError::from_transport(SERVICE, "search_users", &e))
     }
 
     pub async fn get_user(&self, id: &str) -> Result<Value, DownstreamError> {
-        let resp = self.admin("get_user", Method::GET, &format!("/users/{id}"), None, &[]).await?;
-        resp.json().await.map_err(|e| DownstreamError::from_transport(SERVICE, "get_user", &e))
+        let resp = self
+            .admin("get_user", Method::GET, &format!("/users/{id}"), None, &[])
+            .await?;
+        resp.json()
+            .await
+            .map_err(|e| DownstreamError::from_transport(SERVICE, "get_user", &e))
     }
 
     /// PUT of a FULL user representation (see the module docs).
     pub async fn put_user(&self, id: &str, user: &Value) -> Result<(), DownstreamError> {
-        self.admin("put_user", Method::PUT, &format!("/users/{id}"), Some(user), &[]).await?;
+        self.admin("put_user", Method::PUT, &format!("/users/{id}"), Some(user), &[])
+            .await?;
         Ok(())
     }
 

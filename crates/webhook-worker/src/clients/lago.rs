@@ -30,7 +30,11 @@ pub struct NewSubscription<'a> {
 }
 
 impl LagoClient {
-    pub fn new(settings: &LagoSettings, http: reqwest::Client, metrics: Option<DownstreamMetrics>) -> anyhow::Result<Self> {
+    pub fn new(
+        settings: &LagoSettings,
+        http: reqwest::Client,
+        metrics: Option<DownstreamMetrics>,
+    ) -> anyhow::Result<Self> {
         if settings.api_url.trim().is_empty() {
             anyhow::bail!("LAGO_API_URL is required for the worker (e.g. http://lago-api:3000)");
         }
@@ -39,7 +43,11 @@ impl LagoClient {
         }
         Ok(Self {
             http,
-            base: settings.api_url.trim_end_matches('/').trim_end_matches("/api/v1").to_owned(),
+            base: settings
+                .api_url
+                .trim_end_matches('/')
+                .trim_end_matches("/api/v1")
+                .to_owned(),
             api_key: settings.api_key.clone(),
             metrics,
         })
@@ -53,14 +61,22 @@ impl LagoClient {
         body: Option<&Value>,
     ) -> Result<Response, DownstreamError> {
         let url = format!("{}/api/v1{}", self.base, path);
-        let mut req = self.http.request(method, url).bearer_auth(self.api_key.expose_secret());
+        let mut req = self
+            .http
+            .request(method, url)
+            .bearer_auth(self.api_key.expose_secret());
         if let Some(b) = body {
             req = req.json(b);
         }
         let started = Instant::now();
         let result = req.send().await;
         if let Some(m) = &self.metrics {
-            m.observe(SERVICE, operation, result.as_ref().ok().map(|r| r.status().as_u16()), started.elapsed());
+            m.observe(
+                SERVICE,
+                operation,
+                result.as_ref().ok().map(|r| r.status().as_u16()),
+                started.elapsed(),
+            );
         }
         let resp = result.map_err(|e| DownstreamError::from_transport(SERVICE, operation, &e))?;
         if resp.status().is_success() {
@@ -77,7 +93,10 @@ impl LagoClient {
     }
 
     async fn json(resp: Response, operation: &'static str, root: &str) -> Result<Value, DownstreamError> {
-        let mut v: Value = resp.json().await.map_err(|e| DownstreamError::from_transport(SERVICE, operation, &e))?;
+        let mut v: Value = resp
+            .json()
+            .await
+            .map_err(|e| DownstreamError::from_transport(SERVICE, operation, &e))?;
         Ok(v.get_mut(root).map(Value::take).unwrap_or(v))
     }
 
@@ -93,7 +112,12 @@ impl LagoClient {
             customer["name"] = json!(n);
         }
         let resp = self
-            .call("create_customer", Method::POST, "/customers", Some(&json!({"customer": customer})))
+            .call(
+                "create_customer",
+                Method::POST,
+                "/customers",
+                Some(&json!({"customer": customer})),
+            )
             .await?;
         Self::json(resp, "create_customer", "customer").await
     }
@@ -110,15 +134,30 @@ impl LagoClient {
             body["name"] = json!(n);
         }
         let resp = self
-            .call("create_subscription", Method::POST, "/subscriptions", Some(&json!({"subscription": body})))
+            .call(
+                "create_subscription",
+                Method::POST,
+                "/subscriptions",
+                Some(&json!({"subscription": body})),
+            )
             .await?;
         Self::json(resp, "create_subscription", "subscription").await
     }
 
     /// The active subscription `external_id`, or `None` when Lago has none.
     pub async fn get_subscription(&self, external_id: &str) -> Result<Option<Value>, DownstreamError> {
-        match self.call("get_subscription", Method::GET, &format!("/subscriptions/{external_id}"), None).await {
-            Ok(resp) => Self::json(resp, "get_subscription", "subscription").await.map(Some),
+        match self
+            .call(
+                "get_subscription",
+                Method::GET,
+                &format!("/subscriptions/{external_id}"),
+                None,
+            )
+            .await
+        {
+            Ok(resp) => Self::json(resp, "get_subscription", "subscription")
+                .await
+                .map(Some),
             Err(e) if e.status == Some(404) => Ok(None),
             Err(e) => Err(e),
         }
@@ -127,10 +166,21 @@ impl LagoClient {
     /// Terminates `external_id`. Lago answers 404 `subscription_not_found` to a second
     /// termination, so `Ok(None)` means "already terminated (or never existed)".
     pub async fn terminate_subscription(&self, external_id: &str) -> Result<Option<Value>, DownstreamError> {
-        match self.call("terminate_subscription", Method::DELETE, &format!("/subscriptions/{external_id}"), None).await
+        match self
+            .call(
+                "terminate_subscription",
+                Method::DELETE,
+                &format!("/subscriptions/{external_id}"),
+                None,
+            )
+            .await
         {
-            Ok(resp) => Self::json(resp, "terminate_subscription", "subscription").await.map(Some),
-            Err(e) if e.status == Some(404) && e.code.as_deref() == Some("subscription_not_found") => Ok(None),
+            Ok(resp) => Self::json(resp, "terminate_subscription", "subscription")
+                .await
+                .map(Some),
+            Err(e) if e.status == Some(404) && e.code.as_deref() == Some("subscription_not_found") => {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }

@@ -19,7 +19,9 @@ pub async fn show(settings: &Settings, event_id: &str, as_json: bool) -> anyhow:
     .fetch_optional(pool)
     .await
     .context("cannot read the events table (check DATABASE_URL; run `webhookctl migrate`)")?
-    .ok_or_else(|| anyhow::anyhow!("no event {event_id} is stored: check the id (evt_…) or `webhookctl events list`"))?;
+    .ok_or_else(|| {
+        anyhow::anyhow!("no event {event_id} is stored: check the id (evt_…) or `webhookctl events list`")
+    })?;
     let action_key: Option<String> = row.try_get("action_key")?;
     let steps = match &action_key {
         Some(key) => sqlx::query(
@@ -85,14 +87,27 @@ pub async fn show(settings: &Settings, event_id: &str, as_json: bool) -> anyhow:
         println!("{out}");
         return Ok(());
     }
-    println!("event     {} ({})", out["event_id"].as_str().unwrap_or(""), out["event_type"].as_str().unwrap_or(""));
-    println!("status    {} — {place}, {} attempt(s)", out["status"].as_str().unwrap_or(""), out["attempts"]);
+    println!(
+        "event     {} ({})",
+        out["event_id"].as_str().unwrap_or(""),
+        out["event_type"].as_str().unwrap_or("")
+    );
+    println!(
+        "status    {} — {place}, {} attempt(s)",
+        out["status"].as_str().unwrap_or(""),
+        out["attempts"]
+    );
     println!("received  {}", out["received_at"].as_str().unwrap_or(""));
     if let Some(e) = out["last_error"].as_str() {
         println!("last error {e}");
     }
     for s in out["steps"].as_array().into_iter().flatten() {
-        println!("step      {:<18} {}  {}", s["step"].as_str().unwrap_or(""), s["completed_at"].as_str().unwrap_or(""), s["result"]);
+        println!(
+            "step      {:<18} {}  {}",
+            s["step"].as_str().unwrap_or(""),
+            s["completed_at"].as_str().unwrap_or(""),
+            s["result"]
+        );
     }
     for e in out["errors"].as_array().into_iter().flatten() {
         println!(

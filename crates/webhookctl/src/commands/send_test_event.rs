@@ -28,13 +28,24 @@ pub async fn run(settings: &Settings, args: SendTestEventArgs) -> anyhow::Result
         .body(body)
         .send()
         .await
-        .with_context(|| format!("could not reach the ingest at {} (is it running? make run)", args.url))?;
+        .with_context(|| {
+            format!(
+                "could not reach the ingest at {} (is it running? make run)",
+                args.url
+            )
+        })?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     if args.json {
         println!("{text}");
     } else {
-        println!("{} {} -> {} {}", spec.event_type, spec.event_id, status.as_u16(), text);
+        println!(
+            "{} {} -> {} {}",
+            spec.event_type,
+            spec.event_id,
+            status.as_u16(),
+            text
+        );
     }
     if !status.is_success() {
         anyhow::bail!("the ingest answered {status}: {text}");
