@@ -226,3 +226,27 @@ mod tests {
         );
     }
 }
+
+/// What a command printed and how it exited.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `webhookctl` binary with exactly this environment.
+pub async fn webhookctl(env: &HashMap<String, String>, args: &[&str]) -> Output {
+    let out = tokio::process::Command::new(bin_path("webhookctl"))
+        .env_clear()
+        .envs(env)
+        .args(args)
+        .output()
+        .await
+        .expect("run webhookctl");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

@@ -135,3 +135,60 @@ pub fn header(m: &BasicGetMessage, key: &str) -> Option<String> {
         other => Some(format!("{other:?}")),
     }
 }
+
+/// Looks at every message of `queue` and gives them all back (bodies and headers).
+pub async fn peek(queue: &str) -> Vec<(Vec<u8>, Option<FieldTable>)> {
+    let (conn, ch) = channel().await;
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+    {
+        out.push((m.delivery.data.clone(), m.delivery.properties.headers().clone()));
+    }
+    let _ = ch.close(200, "peeked".into()).await;
+    let _ = conn.close(200, "peeked".into()).await;
+    out
+}
+
+/// Publishes `n` messages to the dead-letter exchange as the worker would dead-letter them.
+pub async fn publish_dead_letters(exchange: &str, messages: &[(String, Vec<u8>)], error: &str) {
+    use webhook_amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use webhook_amqp::lapin::types::{AMQPValue, LongString};
+    let (_conn, ch) = channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let mut confirms = Vec::new();
+    for (id, body) in messages {
+        let mut h = FieldTable::default();
+        let s = |v: &str| AMQPValue::LongString(LongString::from(v));
+        h.insert("x-error".into(), s(error));
+        h.insert("x-error-kind".into(), s("transient"));
+        h.insert("x-failed-step".into(), s("keycloak_lookup"));
+        h.insert("x-retry-attempt".into(), AMQPValue::LongInt(8));
+        h.insert("x-first-failed-at".into(), s("2026-11-27T10:00:00.000Z"));
+        h.insert("x-original-routing-key".into(), s("checkout.session.completed"));
+        h.insert("x-dead-lettered-at".into(), s("2026-11-27T16:00:00.000Z"));
+        let props = webhook_amqp::job_properties(id, "checkout.session.completed", h);
+        confirms.push(
+            ch.basic_publish(
+                exchange.into(),
+                "checkout.session.completed".into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                props,
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for c in confirms {
+        assert!(matches!(
+            c.await.unwrap(),
+            webhook_amqp::lapin::Confirmation::Ack(None)
+        ));
+    }
+}

@@ -2,8 +2,10 @@
 //!
 //! - [`topology`]: names and idempotent declaration of exchanges, queues and bindings.
 //! - [`broker`]: the supervised connection (reconnects by itself) and the confirmed publisher.
+//! - [`dead_letters`]: reading, filtering, archiving and moving dead letters safely.
 
 pub mod broker;
+pub mod dead_letters;
 pub mod topology;
 
 pub use broker::{Broker, BrokerConfig, Link, Outgoing, PublishError, job_properties};

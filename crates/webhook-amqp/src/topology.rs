@@ -76,6 +76,9 @@ impl Topology {
     }
 }
 
+/// See the dead-letter queue declaration.
+pub const DLQ_DELIVERY_LIMIT: i64 = 1_000_000_000;
+
 fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
     let mut t = FieldTable::default();
     for (k, v) in entries {
@@ -148,12 +151,19 @@ pub async fn declare(channel: &Channel, topo: &Topology) -> Result<(), lapin::Er
             .await?;
     }
 
-    // Dead-letter queue: kept until an operator acts; no TTL, no consumer.
+    // Dead-letter queue: kept until an operator acts; no TTL, no consumer. `webhookctl dlq`
+    // reads it by taking messages and giving back the ones it leaves, and RabbitMQ >= 4.0 counts
+    // every give-back against a default delivery limit of 20, then DROPS the message (the DLQ
+    // has no dead-letter exchange). A very high explicit limit keeps dead letters however often
+    // operators look at them (-1, "unlimited", is not accepted before 4.0).
     channel
         .queue_declare(
             topo.dead_letter_queue.as_str().into(),
             queue_opts,
-            table(std::slice::from_ref(&quorum)),
+            table(&[
+                quorum.clone(),
+                ("x-delivery-limit", AMQPValue::LongLongInt(DLQ_DELIVERY_LIMIT)),
+            ]),
         )
         .await?;
     channel

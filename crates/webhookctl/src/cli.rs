@@ -1,4 +1,4 @@
-//! The command line (ARCHITECTURE.md, "webhookctl").
+//! The command line (ARCHITECTURE.md, "webhookctl"). Every command says when it is safe to run.
 
 use std::path::PathBuf;
 
@@ -29,22 +29,126 @@ pub enum Command {
     /// Declare the RabbitMQ exchanges, queues and bindings. Safe at any time: declarations are
     /// idempotent; a queue that exists with other arguments is reported, never changed.
     Setup,
+    /// The dead-letter queue: look, put back, archive, restore, purge.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Event history from Postgres.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Publish a stored event again from its payload (e.g. after fixing its cause). Safe: the
+    /// worker's ledger makes a second run of a finished event change nothing.
+    Replay {
+        /// The Stripe event id (evt_…).
+        event_id: String,
+    },
     /// Sign a realistic checkout.session.completed event with the configured secret and POST it to
     /// the ingest, like `stripe trigger`. Safe: it goes through the normal pipeline.
     SendTestEvent(SendTestEventArgs),
-    /// Event history from Postgres. Read-only: safe at any time.
-    #[command(subcommand)]
-    Events(EventsCommand),
+}
+
+/// Which dead letters a command touches. Several criteria must all match.
+#[derive(Debug, Args, Clone, Default)]
+pub struct DlqFilterArgs {
+    /// Every dead letter.
+    #[arg(long)]
+    pub all: bool,
+    /// Only these event ids (repeatable).
+    #[arg(long = "event-id", num_args = 1..)]
+    pub event_ids: Vec<String>,
+    /// Only this event type.
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// Only dead letters whose error contains this text (case-insensitive).
+    #[arg(long)]
+    pub error_contains: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Show dead letters with their reasons. Read-only in effect: the messages are looked at and
+    /// given back.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line: event_id, event_type, attempts, failed_step, error,
+        /// error_kind, dead_lettered_at.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back on the work queue with a fresh retry count. Safe to interrupt and
+    /// run again: each message is published (confirmed) before it leaves the DLQ.
+    Requeue {
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        /// Show what would be requeued, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Archive whole dead letters (payload and headers) to a JSON-lines file, then remove them.
+    /// Safe to interrupt: a message leaves the DLQ only after the file is written and fsynced.
+    Drain {
+        /// File to create (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put archived messages (from `dlq drain`) back on the work queue with a fresh retry count.
+    /// Running it twice queues them twice, which the worker's ledger makes harmless.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete every dead letter. Irreversible: drain them to a file first if in doubt.
+    Purge {
+        /// Required: confirms that the messages are to be deleted.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
     /// Status, attempts, steps done with their results, every error with its time, and where
-    /// the event is now (done, retrying, dead-lettered).
+    /// the event is now (done, retrying, dead-lettered). Read-only.
     Show {
         /// The Stripe event id (evt_…).
         event_id: String,
         /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent events, newest first. Read-only.
+    List {
+        /// queued, ignored, processing, retrying, succeeded, skipped or dead_lettered.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only events received within this long (e.g. 30m, 24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete the history of finished events older than the retention period. Never touches
+    /// events still queued, processing or retrying, nor the audit log. Safe at any time.
+    Prune {
+        /// Keep this long (Stripe retries for 3 days; keep at least that).
+        #[arg(long, default_value = "30d")]
+        older_than: String,
+        /// Count what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[arg(long)]
         json: bool,
     },

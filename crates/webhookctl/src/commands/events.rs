@@ -121,3 +121,144 @@ pub async fn show(settings: &Settings, event_id: &str, as_json: bool) -> anyhow:
     }
     Ok(())
 }
+
+const STATUSES: &[&str] = &[
+    "queued",
+    "ignored",
+    "processing",
+    "retrying",
+    "succeeded",
+    "skipped",
+    "dead_lettered",
+];
+
+fn parse_age(flag: &str, raw: &str) -> anyhow::Result<std::time::Duration> {
+    humantime::parse_duration(raw).map_err(|e| {
+        crate::UsageError(format!(
+            "{flag} {raw:?} is not a duration like 30m, 24h or 7d ({e})"
+        ))
+        .into()
+    })
+}
+
+pub async fn list(
+    settings: &Settings,
+    status: Option<&str>,
+    since: Option<&str>,
+    limit: i64,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    if let Some(s) = status
+        && !STATUSES.contains(&s)
+    {
+        return Err(
+            crate::UsageError(format!("--status {s:?} is not one of {}", STATUSES.join(", "))).into(),
+        );
+    }
+    let since_secs = since
+        .map(|s| parse_age("--since", s))
+        .transpose()?
+        .map(|d| d.as_secs() as f64);
+    let store = Store::connect_lazy(&settings.database)?;
+    let rows = sqlx::query(
+        "SELECT event_id, event_type, status, attempts, last_error, received_at FROM webhook_events
+         WHERE ($1::text IS NULL OR status = $1)
+           AND ($2::float8 IS NULL OR received_at >= now() - make_interval(secs => $2))
+         ORDER BY received_at DESC LIMIT $3",
+    )
+    .bind(status)
+    .bind(since_secs)
+    .bind(limit)
+    .fetch_all(&store.pool)
+    .await
+    .context("cannot read the events table (check DATABASE_URL; run `webhookctl migrate`)")?;
+    for r in &rows {
+        let v = json!({
+            "event_id": r.try_get::<String, _>("event_id")?,
+            "event_type": r.try_get::<String, _>("event_type")?,
+            "status": r.try_get::<String, _>("status")?,
+            "attempts": r.try_get::<i32, _>("attempts")?,
+            "last_error": r.try_get::<Option<String>, _>("last_error")?,
+            "received_at": r.try_get::<DateTime<Utc>, _>("received_at")?,
+        });
+        if as_json {
+            println!("{v}");
+        } else {
+            println!(
+                "{}  {:<40} {:<14} attempts={}  {}",
+                v["received_at"].as_str().unwrap_or(""),
+                v["event_id"].as_str().unwrap_or(""),
+                v["status"].as_str().unwrap_or(""),
+                v["attempts"],
+                v["event_type"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if !as_json {
+        println!("{} events", rows.len());
+    }
+    Ok(())
+}
+
+pub async fn prune(
+    settings: &Settings,
+    older_than: &str,
+    dry_run: bool,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let age = parse_age("--older-than", older_than)?;
+    if age < std::time::Duration::from_secs(3 * 24 * 3600) {
+        return Err(crate::UsageError(format!(
+            "--older-than {older_than} is shorter than Stripe's 3 days of retries: a pruned event id could be accepted again"
+        ))
+        .into());
+    }
+    let secs = age.as_secs() as f64;
+    let store = Store::connect_lazy(&settings.database)?;
+    let mut tx = store
+        .pool
+        .begin()
+        .await
+        .context("cannot reach Postgres (check DATABASE_URL)")?;
+    // Finished events only: queued, processing and retrying ones are still in flight.
+    let pruned: i64 = sqlx::query_scalar(
+        "WITH old AS (
+             DELETE FROM webhook_events
+             WHERE received_at < now() - make_interval(secs => $1)
+               AND status NOT IN ('queued', 'processing', 'retrying')
+             RETURNING event_id)
+         SELECT count(*) FROM old",
+    )
+    .bind(secs)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM event_errors e WHERE created_at < now() - make_interval(secs => $1)
+           AND NOT EXISTS (SELECT 1 FROM webhook_events w WHERE w.event_id = e.event_id)",
+    )
+    .bind(secs)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM provisioning_actions WHERE status = 'done' AND updated_at < now() - make_interval(secs => $1)",
+    )
+    .bind(secs)
+    .execute(&mut *tx)
+    .await?;
+    if dry_run {
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+    }
+    let summary = if dry_run {
+        format!("would prune {pruned} events older than {older_than}")
+    } else {
+        format!("pruned {pruned} events older than {older_than}")
+    };
+    crate::report(
+        as_json,
+        &summary,
+        json!({"pruned": if dry_run { 0 } else { pruned }, "matched": pruned, "dry_run": dry_run}),
+    );
+    Ok(())
+}

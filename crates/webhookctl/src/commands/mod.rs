@@ -1,5 +1,7 @@
 //! One module per command group.
 
+pub mod dlq;
 pub mod events;
+pub mod replay;
 pub mod send_test_event;
 pub mod setup;
