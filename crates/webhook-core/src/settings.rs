@@ -128,6 +128,7 @@ pub struct KeycloakSettings {
     pub admin_password: SecretString,
     pub client_secret: SecretString,
     pub tier_attribute: String,
+    pub billing_status_attribute: String,
     pub timeout_ms: u64,
 }
 
@@ -143,6 +144,9 @@ pub struct PlanSettings {
     pub default_rule: String,
     pub default_cycle: String,
     pub map: HashMap<String, String>,
+    pub free_tier: String,
+    /// Stripe price id or lookup_key → `tier:cycle`.
+    pub prices: HashMap<String, String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -4,10 +4,12 @@
 //! - [`events`]: the received events (dedupe on the Stripe event id, history, payload for replay).
 //! - [`ledger`]: the worker's step ledger per business action.
 //! - [`audit`]: the audit log.
+//! - [`subscriptions`]: customer emails and per-subscription event order, across events.
 
 pub mod audit;
 pub mod events;
 pub mod ledger;
+pub mod subscriptions;
 
 use std::time::Duration;
 

@@ -21,4 +21,6 @@ pub struct WorkerContext {
     pub metrics: Metrics,
     /// The Keycloak attribute that receives the tier (`subscription_tier`).
     pub tier_attribute: String,
+    /// The Keycloak attribute that receives the billing status (`billing_status`).
+    pub billing_status_attribute: String,
 }

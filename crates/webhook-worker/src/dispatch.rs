@@ -4,11 +4,12 @@
 use bytes::Bytes;
 use serde_json::Value;
 use webhook_core::Envelope;
-use webhook_store::events;
+use webhook_store::{events, subscriptions};
 
 use crate::context::WorkerContext;
 use crate::domain::CheckoutOrder;
 use crate::failure::{Failure, JobError};
+use crate::lifecycle::{self, Track};
 use crate::steps;
 
 /// Event types this worker provisions.
@@ -62,13 +63,19 @@ async fn handle(ctx: &WorkerContext, event: &Envelope) -> Result<Done, JobError>
         .into());
     }
     events::start_attempt(&ctx.store.pool, event).await?;
-    checkout(ctx, event).await
-}
-
-async fn checkout(ctx: &WorkerContext, event: &Envelope) -> Result<Done, JobError> {
     let body: Value = serde_json::from_slice(&event.body)
         .map_err(|e| Failure::permanent("parse", format!("malformed message: {e}")))?;
-    let session = &body["data"]["object"];
+    let object = &body["data"]["object"];
+    match event.event_type.as_str() {
+        "customer.subscription.updated" => lifecycle::subscription_updated(ctx, event, object).await,
+        "customer.subscription.deleted" => lifecycle::subscription_deleted(ctx, event, object).await,
+        "invoice.paid" => lifecycle::invoice(ctx, event, object, true).await,
+        "invoice.payment_failed" => lifecycle::invoice(ctx, event, object, false).await,
+        _ => checkout(ctx, event, object).await,
+    }
+}
+
+async fn checkout(ctx: &WorkerContext, event: &Envelope, session: &Value) -> Result<Done, JobError> {
     let order = CheckoutOrder::from_session(session, &ctx.plans.default_cycle)
         .map_err(|m| Failure::permanent("parse", m))?;
     if !order.is_paid() {
@@ -77,7 +84,23 @@ async fn checkout(ctx: &WorkerContext, event: &Envelope) -> Result<Done, JobErro
             order.payment_status
         )));
     }
-    steps::provision_checkout(ctx, event, &order)
-        .await
-        .map(Done::Succeeded)
+    if let Some(customer) = &order.stripe_customer {
+        // Later subscription and invoice events carry only the customer id.
+        subscriptions::remember_customer(&ctx.store.pool, customer, order.email.as_str()).await?;
+    }
+    match order.stripe_subscription.clone() {
+        // A subscription checkout takes its place in the subscription's event order.
+        Some(sub_id) => {
+            let state = (Some("active"), Some(order.tier.as_str()));
+            lifecycle::in_order(ctx, &sub_id, event, Track::Lifecycle, state, || async {
+                steps::provision_checkout(ctx, event, &order)
+                    .await
+                    .map(Done::Succeeded)
+            })
+            .await
+        }
+        None => steps::provision_checkout(ctx, event, &order)
+            .await
+            .map(Done::Succeeded),
+    }
 }

@@ -39,6 +39,8 @@ pub struct CheckoutOrder {
     /// Stripe subscription id, else the session id: the Lago subscription's `external_id`.
     pub subscription_external_id: String,
     pub stripe_customer: Option<String>,
+    /// The Stripe subscription (subscription-mode checkouts).
+    pub stripe_subscription: Option<String>,
     pub customer_name: Option<String>,
 }
 
@@ -87,6 +89,7 @@ impl CheckoutOrder {
             cycle,
             subscription_external_id,
             stripe_customer: str_at(session, &["customer"]),
+            stripe_subscription: str_at(session, &["subscription"]),
             customer_name: str_at(session, &["customer_details", "name"]),
         })
     }
@@ -97,21 +100,38 @@ impl CheckoutOrder {
     }
 }
 
-/// Tier × cycle → Lago plan code.
+/// Tier × cycle → Lago plan code, and Stripe price → tier × cycle.
 #[derive(Debug, Clone)]
 pub struct PlanMap {
     rule: String,
     map: HashMap<String, String>,
     pub default_cycle: String,
+    pub free_tier: String,
+    /// Stripe price id or lookup_key → (tier, cycle).
+    prices: HashMap<String, (String, String)>,
 }
 
 impl PlanMap {
-    pub fn new(settings: &PlanSettings) -> Self {
-        Self {
+    /// Fails (naming the setting) when a price entry is not `tier:cycle`.
+    pub fn new(settings: &PlanSettings) -> Result<Self, String> {
+        let mut prices = HashMap::new();
+        for (price, value) in &settings.prices {
+            let parsed = value
+                .split_once(':')
+                .map(|(t, c)| (t.trim().to_lowercase(), c.trim().to_lowercase()))
+                .filter(|(t, c)| valid_token(t) && valid_token(c))
+                .ok_or_else(|| {
+                    format!("plans.prices[{price:?}] = {value:?} must be \"tier:cycle\", e.g. \"professional:monthly\"")
+                })?;
+            prices.insert(price.clone(), parsed);
+        }
+        Ok(Self {
             rule: settings.default_rule.clone(),
             map: settings.map.clone(),
             default_cycle: settings.default_cycle.clone(),
-        }
+            free_tier: settings.free_tier.clone(),
+            prices,
+        })
     }
 
     pub fn plan_code(&self, tier: &str, cycle: &str) -> String {
@@ -120,6 +140,110 @@ impl PlanMap {
             .cloned()
             .unwrap_or_else(|| self.rule.replace("{tier}", tier).replace("{cycle}", cycle))
     }
+
+    /// The tier and cycle of a Stripe price object: the configured map (by id, then
+    /// lookup_key), else the price's `metadata.tier_id` and recurring interval.
+    pub fn tier_of_price(&self, price: &Value) -> Option<(String, String)> {
+        for key in ["id", "lookup_key"] {
+            if let Some(hit) = price[key].as_str().and_then(|k| self.prices.get(k)) {
+                return Some(hit.clone());
+            }
+        }
+        let tier = price["metadata"]["tier_id"]
+            .as_str()
+            .map(|t| t.trim().to_lowercase())
+            .filter(|t| valid_token(t))?;
+        let cycle = match price["recurring"]["interval"].as_str() {
+            Some("month") => "monthly".to_owned(),
+            Some("year") => "yearly".to_owned(),
+            Some(other) if valid_token(other) => other.to_owned(),
+            _ => self.default_cycle.clone(),
+        };
+        Some((tier, cycle))
+    }
+}
+
+fn valid_token(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 64
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// A `customer.subscription.*` event's object.
+#[derive(Debug, Clone)]
+pub struct SubscriptionChange {
+    pub subscription_id: String,
+    pub customer: String,
+    /// active, past_due, unpaid, canceled, …
+    pub status: String,
+    /// `None` when the price cannot be mapped to a tier.
+    pub tier: Option<(String, String)>,
+    pub price_id: Option<String>,
+}
+
+impl SubscriptionChange {
+    pub fn from_object(sub: &Value, plans: &PlanMap) -> Result<Self, String> {
+        let subscription_id = text(sub, "id").ok_or("the subscription has no id")?;
+        let customer = text(sub, "customer").ok_or("the subscription has no customer")?;
+        let status = text(sub, "status").unwrap_or_else(|| "unknown".into());
+        let price = &sub["items"]["data"][0]["price"];
+        let tier = plans.tier_of_price(price).or_else(|| {
+            // Checkout usually copies the tier into the subscription's metadata too.
+            let t = sub["metadata"]["tier_id"]
+                .as_str()
+                .map(|t| t.trim().to_lowercase())
+                .filter(|t| valid_token(t))?;
+            let c = sub["metadata"]["billing_cycle"]
+                .as_str()
+                .map(str::to_lowercase)
+                .unwrap_or(plans.default_cycle.clone());
+            Some((t, c))
+        });
+        Ok(Self {
+            subscription_id,
+            customer,
+            status,
+            tier,
+            price_id: text(price, "id"),
+        })
+    }
+}
+
+/// An `invoice.*` event's object.
+#[derive(Debug, Clone)]
+pub struct InvoiceChange {
+    pub invoice_id: String,
+    /// `parent.subscription_details.subscription` (current API versions), else the legacy
+    /// top-level `subscription`.
+    pub subscription_id: Option<String>,
+    pub customer: Option<String>,
+    pub customer_email: Option<Email>,
+}
+
+impl InvoiceChange {
+    pub fn from_object(inv: &Value) -> Result<Self, String> {
+        let invoice_id = text(inv, "id").ok_or("the invoice has no id")?;
+        let subscription_id = inv["parent"]["subscription_details"]["subscription"]
+            .as_str()
+            .or_else(|| inv["subscription"].as_str())
+            .map(str::to_owned)
+            .filter(|s| !s.is_empty());
+        Ok(Self {
+            invoice_id,
+            subscription_id,
+            customer: text(inv, "customer"),
+            customer_email: inv["customer_email"].as_str().and_then(|e| Email::parse(e).ok()),
+        })
+    }
+}
+
+fn text(v: &Value, key: &str) -> Option<String> {
+    v[key]
+        .as_str()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -172,8 +296,65 @@ mod tests {
             default_rule: "{tier}_{cycle}".into(),
             default_cycle: "monthly".into(),
             map,
-        });
+            free_tier: "free".into(),
+            prices: HashMap::new(),
+        })
+        .unwrap();
         assert_eq!(plans.plan_code("professional", "monthly"), "professional_monthly");
         assert_eq!(plans.plan_code("enterprise", "yearly"), "ent-annual-2026");
+    }
+
+    #[test]
+    fn subscription_and_invoice_fixtures() {
+        let mut prices = HashMap::new();
+        prices.insert(
+            "price_1PgafmB7WZ01zgkW6dKueIc5".to_string(),
+            "Enterprise:yearly".to_string(),
+        );
+        let settings = PlanSettings {
+            default_rule: "{tier}_{cycle}".into(),
+            default_cycle: "monthly".into(),
+            map: HashMap::new(),
+            free_tier: "free".into(),
+            prices,
+        };
+        let plans = PlanMap::new(&settings).unwrap();
+        let sub: Value =
+            serde_json::from_str(include_str!("../../../tests/fixtures/subscription_fixture.json")).unwrap();
+        let change = SubscriptionChange::from_object(&sub, &plans).unwrap();
+        assert_eq!(change.subscription_id, "sub_1Pgc6rB7WZ01zgkWNy0Cn5nw");
+        assert_eq!(change.customer, "cus_QXg1o8vcGmoR32");
+        assert_eq!(change.status, "active");
+        assert_eq!(change.tier, Some(("enterprise".into(), "yearly".into())));
+        // Without a map entry: the price's metadata and interval.
+        let plain = PlanMap::new(&PlanSettings {
+            prices: HashMap::new(),
+            ..settings.clone()
+        })
+        .unwrap();
+        assert_eq!(SubscriptionChange::from_object(&sub, &plain).unwrap().tier, None);
+        let mut with_meta = sub.clone();
+        with_meta["items"]["data"][0]["price"]["metadata"] = json!({"tier_id": "starter"});
+        assert_eq!(
+            SubscriptionChange::from_object(&with_meta, &plain).unwrap().tier,
+            Some(("starter".into(), "monthly".into()))
+        );
+        let bad = PlanSettings {
+            prices: [("p".to_string(), "nocolon".to_string())].into(),
+            ..settings
+        };
+        assert!(PlanMap::new(&bad).unwrap_err().contains("plans.prices"));
+
+        let inv: Value =
+            serde_json::from_str(include_str!("../../../tests/fixtures/invoice_fixture.json")).unwrap();
+        let change = InvoiceChange::from_object(&inv).unwrap();
+        assert_eq!(change.invoice_id, "in_1Pgc6tB7WZ01zgkWu9fdqL6I");
+        assert_eq!(
+            change.subscription_id.as_deref(),
+            Some("subscription"),
+            "parent.subscription_details.subscription"
+        );
+        assert_eq!(change.customer.as_deref(), Some("cus_QXg1o8vcGmoR32"));
+        assert!(change.customer_email.is_none());
     }
 }

@@ -5,7 +5,8 @@
 //! - [`Application`]: builds everything from [`Settings`]; `main.rs` only loads settings and runs it.
 //! - [`consumer`]: the consume loop (acks, concurrency, reconnects, graceful shutdown).
 //! - [`dispatch`]: one message → its handler → an outcome.
-//! - [`steps`]: the provisioning steps and the ledger that makes them exactly-once.
+//! - [`steps`]: the provisioning steps of a checkout and the ledger that makes them exactly-once.
+//! - [`lifecycle`]: subscription updates, cancellations and invoices, applied in event order.
 //! - [`retry`]: the next retry tier or the dead-letter queue for a failed message.
 //! - [`clients`]: typed Keycloak and Lago clients with error classification.
 //! - [`domain`]: checkout orders, emails, plan codes.
@@ -18,6 +19,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod failure;
 pub mod http;
+pub mod lifecycle;
 pub mod metrics;
 pub mod retry;
 pub mod steps;
@@ -75,7 +77,13 @@ impl Application {
         if settings.worker.concurrency == 0 {
             anyhow::bail!("WORKER_CONCURRENCY must be at least 1");
         }
-        let store = Store::connect_lazy(&settings.database)?;
+        // A job of a Stripe subscription holds one connection for its per-subscription lock while
+        // its steps use others: the pool must exceed twice the jobs in flight, or it could starve.
+        let mut database = settings.database.clone();
+        database.max_connections = database
+            .max_connections
+            .max(u32::from(settings.worker.concurrency) * 2 + 2);
+        let store = Store::connect_lazy(&database)?;
         if settings.database.migrate_on_start {
             store.migrate().await?;
         }
@@ -86,7 +94,7 @@ impl Application {
             broker,
             keycloak,
             lago,
-            plans: PlanMap::new(&settings.plans),
+            plans: PlanMap::new(&settings.plans).map_err(anyhow::Error::msg)?,
             retry_delays: w.retry_delays()?,
             inline_retry: InlineRetry {
                 times: w.inline_retries,
@@ -95,6 +103,7 @@ impl Application {
             },
             metrics,
             tier_attribute: settings.keycloak.tier_attribute.clone(),
+            billing_status_attribute: settings.keycloak.billing_status_attribute.clone(),
         });
         let listener =
             TcpListener::bind(&w.bind).with_context(|| format!("cannot listen on WORKER_BIND={}", w.bind))?;

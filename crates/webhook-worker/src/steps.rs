@@ -21,7 +21,7 @@ use crate::domain::CheckoutOrder;
 use crate::failure::{Failure, JobError};
 
 /// Runs a step unless the ledger has it, then records it.
-struct Steps<'a> {
+pub(crate) struct Steps<'a> {
     ctx: &'a WorkerContext,
     action_key: String,
     event_id: &'a str,
@@ -29,7 +29,22 @@ struct Steps<'a> {
 }
 
 impl<'a> Steps<'a> {
-    async fn run<F, Fut>(&mut self, step: &'static str, f: F) -> Result<Value, JobError>
+    /// Starts (or resumes) the action `action_key` for this event.
+    pub(crate) async fn begin(
+        ctx: &'a WorkerContext,
+        action_key: String,
+        event_id: &'a str,
+    ) -> Result<Self, JobError> {
+        let done = ledger::begin(&ctx.store.pool, &action_key, event_id).await?;
+        Ok(Self {
+            ctx,
+            action_key,
+            event_id,
+            done,
+        })
+    }
+
+    pub(crate) async fn run<F, Fut>(&mut self, step: &'static str, f: F) -> Result<Value, JobError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Value, Failure>>,
@@ -64,44 +79,10 @@ pub async fn provision_checkout(
     order: &CheckoutOrder,
 ) -> Result<Value, JobError> {
     let action_key = format!("checkout:{}", order.session_id);
-    let done = ledger::begin(&ctx.store.pool, &action_key, event.id.as_str()).await?;
-    let mut steps = Steps {
-        ctx,
-        action_key: action_key.clone(),
-        event_id: event.id.as_str(),
-        done,
-    };
+    let mut steps = Steps::begin(ctx, action_key, event.id.as_str()).await?;
     let email = order.email.as_str();
 
-    let user = steps
-        .run("keycloak_lookup", || async {
-            let users = ctx
-                .inline_retry
-                .run(|| ctx.keycloak.find_users_by_email(email))
-                .await
-                .map_err(|e| Failure::downstream("keycloak_lookup", e))?;
-            // Defensive: a Keycloak older than 11 ignores exact=true and matches substrings.
-            let matching: Vec<&Value> = users
-                .iter()
-                .filter(|u| u["email"].as_str().is_some_and(|e| e.eq_ignore_ascii_case(email)))
-                .collect();
-            match matching.as_slice() {
-                [] => Err(Failure::transient(
-                    "keycloak_lookup",
-                    format!("no Keycloak user has the email {email} (retrying: the account may still be being created)"),
-                )),
-                [u] => Ok(json!({"user_id": u["id"], "username": u["username"]})),
-                many => Err(Failure::permanent(
-                    "keycloak_lookup",
-                    format!(
-                        "{} Keycloak users share the email {email}; merge them or make emails unique in the realm, then requeue",
-                        many.len()
-                    ),
-                )),
-            }
-        })
-        .await?;
-    let user_id = user["user_id"].as_str().unwrap_or_default().to_owned();
+    let user_id = steps.lookup_user(email).await?;
 
     let customer = steps
         .run("lago_customer", || async {
@@ -119,38 +100,17 @@ pub async fn provision_checkout(
 
     let plan_code = ctx.plans.plan_code(&order.tier, &order.cycle);
     let subscription = steps
-        .run("lago_subscription", || async {
-            let new = NewSubscription {
-                external_customer_id: email,
-                plan_code: &plan_code,
-                external_id: &order.subscription_external_id,
-                name: None,
-            };
-            let s = ctx.inline_retry.run(|| ctx.lago.create_subscription(&new)).await.map_err(|e| {
-                let mut f = Failure::downstream("lago_subscription", e.clone());
-                if e.code.as_deref() == Some("plan_not_found") {
-                    f.message = format!(
-                        "Lago has no plan {plan_code:?} (tier {:?}, cycle {:?}): create it in Lago or map it in [plans.map], then requeue",
-                        order.tier, order.cycle
-                    );
-                }
-                f
-            })?;
-            Ok(json!({"lago_id": s["lago_id"], "external_id": s["external_id"], "plan_code": s["plan_code"], "status": s["status"]}))
-        })
+        .assign_plan(
+            email,
+            &order.subscription_external_id,
+            &plan_code,
+            &order.tier,
+            &order.cycle,
+        )
         .await?;
 
     steps
-        .run("keycloak_tier", || async {
-            ctx.inline_retry
-                .run(|| {
-                    ctx.keycloak
-                        .set_attribute(&user_id, &ctx.tier_attribute, &order.tier)
-                })
-                .await
-                .map_err(|e| Failure::downstream("keycloak_tier", e))?;
-            Ok(json!({"attribute": ctx.tier_attribute, "tier": order.tier}))
-        })
+        .set_attributes("keycloak_tier", &user_id, &[(&ctx.tier_attribute, &order.tier)])
         .await?;
 
     let details = json!({
@@ -165,23 +125,130 @@ pub async fn provision_checkout(
         "lago_customer_id": customer["lago_id"],
         "keycloak_user_id": user_id,
     });
-    if !steps.done.contains_key("audit") {
-        // The audit row and its ledger entry commit together: exactly one row per checkout, even
-        // when two deliveries race (the second waits on the ledger's key, then inserts nothing).
-        let mut tx = ctx.store.pool.begin().await?;
+    steps.audit("subscription.created", email, &details).await?;
+    steps.finish().await?;
+    Ok(details)
+}
+
+impl Steps<'_> {
+    /// The `lago_subscription` step: the plan on the subscription `external_id` (Lago creates it,
+    /// returns it unchanged for the same plan, or upgrades / schedules a downgrade).
+    pub(crate) async fn assign_plan(
+        &mut self,
+        email: &str,
+        external_id: &str,
+        plan_code: &str,
+        tier: &str,
+        cycle: &str,
+    ) -> Result<Value, JobError> {
+        let ctx = self.ctx;
+        self.run("lago_subscription", || async {
+            let new = NewSubscription { external_customer_id: email, plan_code, external_id, name: None };
+            let s = ctx.inline_retry.run(|| ctx.lago.create_subscription(&new)).await.map_err(|e| {
+                let mut f = Failure::downstream("lago_subscription", e.clone());
+                if e.code.as_deref() == Some("plan_not_found") {
+                    f.message = format!(
+                        "Lago has no plan {plan_code:?} (tier {tier:?}, cycle {cycle:?}): create it in Lago or map it in [plans.map], then requeue"
+                    );
+                }
+                f
+            })?;
+            Ok(json!({
+                "lago_id": s["lago_id"], "external_id": s["external_id"], "plan_code": s["plan_code"],
+                "status": s["status"], "next_plan_code": s["next_plan_code"],
+            }))
+        })
+        .await
+    }
+
+    /// The `keycloak_lookup` step: the one user with this email.
+    pub(crate) async fn lookup_user(&mut self, email: &str) -> Result<String, JobError> {
+        let ctx = self.ctx;
+        let user = self
+            .run("keycloak_lookup", || async {
+                let users = ctx
+                    .inline_retry
+                    .run(|| ctx.keycloak.find_users_by_email(email))
+                    .await
+                    .map_err(|e| Failure::downstream("keycloak_lookup", e))?;
+                // Defensive: a Keycloak older than 11 ignores exact=true and matches substrings.
+                let matching: Vec<&Value> = users
+                    .iter()
+                    .filter(|u| u["email"].as_str().is_some_and(|e| e.eq_ignore_ascii_case(email)))
+                    .collect();
+                match matching.as_slice() {
+                    [] => Err(Failure::transient(
+                        "keycloak_lookup",
+                        format!("no Keycloak user has the email {email} (retrying: the account may still be being created)"),
+                    )),
+                    [u] => Ok(json!({"user_id": u["id"], "username": u["username"]})),
+                    many => Err(Failure::permanent(
+                        "keycloak_lookup",
+                        format!(
+                            "{} Keycloak users share the email {email}; merge them or make emails unique in the realm, then requeue",
+                            many.len()
+                        ),
+                    )),
+                }
+            })
+            .await?;
+        Ok(user["user_id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// A step that sets Keycloak attributes on the user.
+    pub(crate) async fn set_attributes(
+        &mut self,
+        step: &'static str,
+        user_id: &str,
+        values: &[(&str, &str)],
+    ) -> Result<(), JobError> {
+        let ctx = self.ctx;
+        self.run(step, || async {
+            ctx.inline_retry
+                .run(|| ctx.keycloak.set_attributes(user_id, values))
+                .await
+                .map_err(|e| Failure::downstream(step, e))?;
+            let set: serde_json::Map<String, Value> = values
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+                .collect();
+            Ok(Value::Object(set))
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The `audit` step: the audit row and its ledger entry commit together, so there is exactly
+    /// one row per action, even when two deliveries race (the second waits on the ledger's key,
+    /// then inserts nothing).
+    pub(crate) async fn audit(
+        &mut self,
+        audit_type: &str,
+        subject: &str,
+        details: &Value,
+    ) -> Result<(), JobError> {
+        if self.done.contains_key("audit") {
+            return Ok(());
+        }
+        let mut tx = self.ctx.store.pool.begin().await?;
         let recorded =
-            ledger::record_step_in(&mut tx, &action_key, "audit", event.id.as_str(), &json!({})).await?;
+            ledger::record_step_in(&mut tx, &self.action_key, "audit", self.event_id, &json!({})).await?;
         if recorded {
-            let id = audit::insert(&mut tx, "subscription.created", email, &details).await?;
+            let id = audit::insert(&mut tx, audit_type, subject, details).await?;
             sqlx::query("UPDATE provisioning_steps SET result = $3 WHERE action_key = $1 AND step = $2")
-                .bind(&action_key)
+                .bind(&self.action_key)
                 .bind("audit")
                 .bind(json!({"audit_id": id}))
                 .execute(&mut *tx)
                 .await?;
         }
         tx.commit().await?;
+        self.done.insert("audit".into(), json!({}));
+        Ok(())
     }
-    ledger::finish(&ctx.store.pool, &action_key).await?;
-    Ok(details)
+
+    pub(crate) async fn finish(&self) -> Result<(), JobError> {
+        ledger::finish(&self.ctx.store.pool, &self.action_key).await?;
+        Ok(())
+    }
 }

@@ -226,27 +226,35 @@ impl KeycloakClient {
         Ok(())
     }
 
-    /// Sets one attribute by GET-modify-PUT of the whole user, so that every other attribute,
-    /// the email and the names survive; then reads the user back, because Keycloak ≥ 24 silently
-    /// drops attributes that its user profile does not declare.
+    /// Sets one attribute; see [`KeycloakClient::set_attributes`].
     pub async fn set_attribute(&self, id: &str, key: &str, value: &str) -> Result<(), DownstreamError> {
+        self.set_attributes(id, &[(key, value)]).await
+    }
+
+    /// Sets attributes by GET-modify-PUT of the whole user, so that every other attribute, the
+    /// email and the names survive; then reads the user back, because Keycloak ≥ 24 silently
+    /// drops attributes that its user profile does not declare.
+    pub async fn set_attributes(&self, id: &str, values: &[(&str, &str)]) -> Result<(), DownstreamError> {
         let mut user = self.get_user(id).await?;
         if !user.get("attributes").is_some_and(Value::is_object) {
             user["attributes"] = Value::Object(Default::default());
         }
-        user["attributes"][key] = Value::Array(vec![Value::String(value.to_owned())]);
+        for (key, value) in values {
+            user["attributes"][*key] = Value::Array(vec![Value::String((*value).to_owned())]);
+        }
         self.put_user(id, &user).await?;
         let after = self.get_user(id).await?;
-        let stored = after["attributes"][key].get(0).and_then(Value::as_str);
-        if stored != Some(value) {
-            return Err(DownstreamError::permanent(
-                SERVICE,
-                "put_user",
-                format!(
-                    "Keycloak accepted the update but did not store the attribute {key:?}: declare it in the realm's \
-                     user profile (Realm settings > User profile) or allow admins to edit unmanaged attributes"
-                ),
-            ));
+        for (key, value) in values {
+            if after["attributes"][*key].get(0).and_then(Value::as_str) != Some(*value) {
+                return Err(DownstreamError::permanent(
+                    SERVICE,
+                    "put_user",
+                    format!(
+                        "Keycloak accepted the update but did not store the attribute {key:?}: declare it in the realm's \
+                         user profile (Realm settings > User profile) or allow admins to edit unmanaged attributes"
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -1,0 +1,137 @@
+//! What the worker knows about Stripe customers and subscriptions across events: the customer →
+//! email mapping, and per subscription the newest event applied (for out-of-order delivery).
+
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+
+/// Remembers (or updates) the email of a Stripe customer.
+pub async fn remember_customer(pool: &PgPool, customer_id: &str, email: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO stripe_customers (customer_id, email) VALUES ($1, $2)
+         ON CONFLICT (customer_id) DO UPDATE SET email = EXCLUDED.email, updated_at = now()",
+    )
+    .bind(customer_id)
+    .bind(email)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn customer_email(pool: &PgPool, customer_id: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT email FROM stripe_customers WHERE customer_id = $1")
+        .bind(customer_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Serializes the jobs of one Stripe subscription across all workers: the returned transaction
+/// holds a Postgres advisory lock until it ends (commit, rollback, drop, or a dead connection),
+/// so a crashed worker can never leave the lock behind.
+pub async fn lock(
+    pool: &PgPool,
+    subscription_id: &str,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('stripe_subscription:' || $1, 0))")
+        .bind(subscription_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// The two ordering marks of a subscription.
+#[derive(Debug, Default, Clone)]
+pub struct Marks {
+    /// `created`, id and type of the newest checkout or subscription event applied.
+    pub lifecycle: Option<(i64, String, String)>,
+    /// `created` and id of the newest invoice event applied.
+    pub invoice: Option<(i64, String)>,
+}
+
+impl Marks {
+    pub fn deleted(&self) -> Option<&str> {
+        self.lifecycle
+            .as_ref()
+            .filter(|(_, _, t)| t == "customer.subscription.deleted")
+            .map(|(_, id, _)| id.as_str())
+    }
+}
+
+pub async fn marks(conn: &mut PgConnection, subscription_id: &str) -> Result<Marks, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT last_event_created, last_event_id, last_event_type, last_invoice_created, last_invoice_event_id
+         FROM stripe_subscriptions WHERE subscription_id = $1",
+    )
+    .bind(subscription_id)
+    .fetch_optional(conn)
+    .await?;
+    let Some(r) = row else { return Ok(Marks::default()) };
+    let lifecycle = match (
+        r.try_get::<Option<i64>, _>(0)?,
+        r.try_get::<Option<String>, _>(1)?,
+        r.try_get::<Option<String>, _>(2)?,
+    ) {
+        (Some(c), Some(id), Some(t)) => Some((c, id, t)),
+        _ => None,
+    };
+    let invoice = match (
+        r.try_get::<Option<i64>, _>(3)?,
+        r.try_get::<Option<String>, _>(4)?,
+    ) {
+        (Some(c), Some(id)) => Some((c, id)),
+        _ => None,
+    };
+    Ok(Marks { lifecycle, invoice })
+}
+
+/// What an applied event left the subscription as.
+pub struct Applied<'a> {
+    pub subscription_id: &'a str,
+    pub event_created: i64,
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub status: Option<&'a str>,
+    pub tier: Option<&'a str>,
+}
+
+/// Records an applied checkout or subscription event; never moves the mark backwards.
+pub async fn mark_lifecycle(conn: &mut PgConnection, a: &Applied<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO stripe_subscriptions (subscription_id, last_event_created, last_event_id, last_event_type, status, tier)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (subscription_id) DO UPDATE SET
+             last_event_created = EXCLUDED.last_event_created, last_event_id = EXCLUDED.last_event_id,
+             last_event_type = EXCLUDED.last_event_type,
+             status = coalesce(EXCLUDED.status, stripe_subscriptions.status),
+             tier = coalesce(EXCLUDED.tier, stripe_subscriptions.tier), updated_at = now()
+         WHERE stripe_subscriptions.last_event_created IS NULL
+            OR stripe_subscriptions.last_event_created <= EXCLUDED.last_event_created",
+    )
+    .bind(a.subscription_id)
+    .bind(a.event_created)
+    .bind(a.event_id)
+    .bind(a.event_type)
+    .bind(a.status)
+    .bind(a.tier)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records an applied invoice event; never moves the mark backwards.
+pub async fn mark_invoice(conn: &mut PgConnection, a: &Applied<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO stripe_subscriptions (subscription_id, last_invoice_created, last_invoice_event_id)
+         VALUES ($1, $2, $3)
+         ON CONFLICT (subscription_id) DO UPDATE SET
+             last_invoice_created = EXCLUDED.last_invoice_created,
+             last_invoice_event_id = EXCLUDED.last_invoice_event_id, updated_at = now()
+         WHERE stripe_subscriptions.last_invoice_created IS NULL
+            OR stripe_subscriptions.last_invoice_created <= EXCLUDED.last_invoice_created",
+    )
+    .bind(a.subscription_id)
+    .bind(a.event_created)
+    .bind(a.event_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
