@@ -16,6 +16,10 @@ use crate::steps;
 pub const HANDLED_EVENT_TYPES: &[&str] = &[
     "checkout.session.completed",
     "checkout.session.async_payment_succeeded",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "invoice.paid",
+    "invoice.payment_failed",
 ];
 
 /// A finished job.

@@ -1,0 +1,420 @@
+//! The subscription lifecycle end to end (real RabbitMQ and Postgres, the sandbox downstream):
+//! checkout → upgrade → payment failed → paid → cancel, and every delivery order of
+//! checkout / updated / deleted ending in the right state.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use webhook_sandbox::SeedUser;
+use webhook_tests::ingest::TestIngest;
+use webhook_tests::worker::{TestSandbox, TestWorker, worker_settings};
+use webhook_tests::{TestContext, rabbit, sign, wait_for};
+
+const LONG: Duration = Duration::from_secs(60);
+const FIXTURE_SUB: &str = include_str!("../fixtures/subscription_fixture.json");
+const FIXTURE_INVOICE: &str = include_str!("../fixtures/invoice_fixture.json");
+
+fn envelope(id: &str, event_type: &str, created: i64, object: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "id": id, "object": "event", "api_version": "2026-07-29.dahlia", "created": created,
+        "data": {"object": object}, "livemode": false, "pending_webhooks": 1,
+        "request": {"id": null, "idempotency_key": null}, "type": event_type,
+    }))
+    .unwrap()
+}
+
+fn checkout(id: &str, created: i64, sub: &str, cus: &str, email: &str, tier: &str) -> Vec<u8> {
+    let spec = webhookctl::test_event::CheckoutSpec {
+        event_id: id.into(),
+        event_type: "checkout.session.completed".into(),
+        email: email.into(),
+        tier: tier.into(),
+        cycle: "monthly".into(),
+        created,
+    };
+    let mut event = webhookctl::test_event::checkout_event(&spec);
+    event["data"]["object"]["subscription"] = json!(sub);
+    event["data"]["object"]["customer"] = json!(cus);
+    serde_json::to_vec(&event).unwrap()
+}
+
+/// The subscription fixture as `sub` of `cus`, on a price whose metadata names `tier`.
+fn subscription(
+    id: &str,
+    event_type: &str,
+    created: i64,
+    sub: &str,
+    cus: &str,
+    status: &str,
+    tier: &str,
+) -> Vec<u8> {
+    let mut object: Value = serde_json::from_str(FIXTURE_SUB).unwrap();
+    object["id"] = json!(sub);
+    object["customer"] = json!(cus);
+    object["status"] = json!(status);
+    object["items"]["data"][0]["price"]["id"] = json!(format!("price_{tier}_monthly"));
+    object["items"]["data"][0]["price"]["metadata"] = json!({"tier_id": tier});
+    envelope(id, event_type, created, object)
+}
+
+/// The invoice fixture for `sub` (at `parent.subscription_details.subscription`).
+fn invoice(id: &str, event_type: &str, created: i64, invoice_id: &str, sub: &str, cus: &str) -> Vec<u8> {
+    let mut object: Value = serde_json::from_str(FIXTURE_INVOICE).unwrap();
+    object["id"] = json!(invoice_id);
+    object["customer"] = json!(cus);
+    object["parent"]["subscription_details"]["subscription"] = json!(sub);
+    envelope(id, event_type, created, object)
+}
+
+async fn status(pool: &PgPool, id: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT status FROM webhook_events WHERE event_id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+async fn wait_done(pool: &PgPool, id: &str) -> String {
+    wait_for(&format!("{id} to finish"), LONG, || async {
+        status(pool, id)
+            .await
+            .filter(|s| s == "succeeded" || s == "skipped" || s == "dead_lettered")
+    })
+    .await
+}
+
+async fn audits(pool: &PgPool, email: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT event_type FROM audit_logs WHERE subject = $1 ORDER BY id")
+        .bind(email)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+fn lago_subs(sandbox: &TestSandbox, external_id: &str) -> Vec<Value> {
+    sandbox.state.snapshot()["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["external_id"] == external_id)
+        .cloned()
+        .collect()
+}
+
+fn active_plan(sandbox: &TestSandbox, external_id: &str) -> Option<String> {
+    lago_subs(sandbox, external_id)
+        .into_iter()
+        .find(|s| s["status"] == "active")
+        .and_then(|s| s["plan_code"].as_str().map(str::to_owned))
+}
+
+fn attr(sandbox: &TestSandbox, email: &str, key: &str) -> Option<String> {
+    sandbox.state.user_by_email(email)?["attributes"][key][0]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn checkout_upgrade_payment_failed_paid_cancel() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    let email = "life@example.com";
+    sandbox.state.add_user(SeedUser::new(email));
+    let settings = worker_settings(&ctx, &sandbox, &[]);
+    let ingest = TestIngest::spawn(settings.clone()).await.ready().await;
+    let worker = TestWorker::spawn(settings).await.ready().await;
+    let pool = ctx.pool().await;
+    let (sub, cus) = (format!("sub_life_{}", ctx.id), format!("cus_life_{}", ctx.id));
+    let t0 = webhook_core::unix_now() - 100;
+    let post = |body: Vec<u8>| {
+        let sig = sign(&body, webhook_core::unix_now());
+        let ingest = &ingest;
+        async move {
+            let r = ingest.post(body, Some(&sig)).await;
+            assert_eq!(r.status(), 200);
+        }
+    };
+
+    // 1. Checkout: professional.
+    post(checkout("evt_l1", t0, &sub, &cus, email, "professional")).await;
+    assert_eq!(wait_done(&pool, "evt_l1").await, "succeeded");
+    assert_eq!(
+        active_plan(&sandbox, &sub).as_deref(),
+        Some("professional_monthly")
+    );
+    assert_eq!(
+        attr(&sandbox, email, "subscription_tier").as_deref(),
+        Some("professional")
+    );
+
+    // 2. Upgrade to enterprise: Lago upgrades at once, Keycloak follows.
+    post(subscription(
+        "evt_l2",
+        "customer.subscription.updated",
+        t0 + 10,
+        &sub,
+        &cus,
+        "active",
+        "enterprise",
+    ))
+    .await;
+    assert_eq!(wait_done(&pool, "evt_l2").await, "succeeded");
+    assert_eq!(active_plan(&sandbox, &sub).as_deref(), Some("enterprise_monthly"));
+    assert_eq!(
+        attr(&sandbox, email, "subscription_tier").as_deref(),
+        Some("enterprise")
+    );
+    assert_eq!(attr(&sandbox, email, "billing_status").as_deref(), Some("active"));
+
+    // 3. Payment failed, then paid.
+    post(invoice(
+        "evt_l3",
+        "invoice.payment_failed",
+        t0 + 20,
+        "in_l1",
+        &sub,
+        &cus,
+    ))
+    .await;
+    assert_eq!(wait_done(&pool, "evt_l3").await, "succeeded");
+    assert_eq!(
+        attr(&sandbox, email, "billing_status").as_deref(),
+        Some("past_due")
+    );
+    post(invoice("evt_l4", "invoice.paid", t0 + 30, "in_l1", &sub, &cus)).await;
+    assert_eq!(wait_done(&pool, "evt_l4").await, "succeeded");
+    assert_eq!(attr(&sandbox, email, "billing_status").as_deref(), Some("active"));
+    // A late copy of the failure (older than the payment) changes nothing.
+    post(invoice(
+        "evt_l4b",
+        "invoice.payment_failed",
+        t0 + 25,
+        "in_l0",
+        &sub,
+        &cus,
+    ))
+    .await;
+    assert_eq!(wait_done(&pool, "evt_l4b").await, "skipped");
+    assert_eq!(attr(&sandbox, email, "billing_status").as_deref(), Some("active"));
+
+    // 4. Cancel: terminated in Lago, free tier in Keycloak; a second deletion is a no-op.
+    post(subscription(
+        "evt_l5",
+        "customer.subscription.deleted",
+        t0 + 40,
+        &sub,
+        &cus,
+        "canceled",
+        "enterprise",
+    ))
+    .await;
+    assert_eq!(wait_done(&pool, "evt_l5").await, "succeeded");
+    assert_eq!(active_plan(&sandbox, &sub), None);
+    assert!(
+        lago_subs(&sandbox, &sub)
+            .iter()
+            .any(|s| s["status"] == "terminated")
+    );
+    assert_eq!(
+        attr(&sandbox, email, "subscription_tier").as_deref(),
+        Some("free")
+    );
+    assert_eq!(
+        attr(&sandbox, email, "billing_status").as_deref(),
+        Some("canceled")
+    );
+    post(subscription(
+        "evt_l6",
+        "customer.subscription.deleted",
+        t0 + 50,
+        &sub,
+        &cus,
+        "canceled",
+        "enterprise",
+    ))
+    .await;
+    assert_eq!(wait_done(&pool, "evt_l6").await, "succeeded");
+
+    assert_eq!(
+        audits(&pool, email).await,
+        [
+            "subscription.created",
+            "subscription.updated",
+            "payment.failed",
+            "payment.succeeded",
+            "subscription.canceled"
+        ]
+    );
+
+    worker.stop().await;
+    ingest.stop().await;
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}
+
+#[tokio::test]
+async fn every_delivery_order_of_checkout_update_and_delete_ends_canceled() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    // Enough quick retries for an update or deletion that arrives before its checkout (the
+    // customer's email is only known once the checkout is processed).
+    let settings = worker_settings(&ctx, &sandbox, &[("WORKER_RETRY_SCHEDULE", "1s,1s,1s,1s,1s,1s")]);
+    let topo = rabbit::topology(&settings);
+    let worker = TestWorker::spawn(settings).await.ready().await;
+    let pool = ctx.pool().await;
+    let t0 = webhook_core::unix_now() - 1000;
+    let orders = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+
+    let mut all = Vec::new();
+    for (n, order) in orders.iter().enumerate() {
+        let email = format!("perm{n}@example.com");
+        sandbox.state.add_user(SeedUser::new(email.clone()));
+        let (sub, cus) = (
+            format!("sub_perm{n}_{}", ctx.id),
+            format!("cus_perm{n}_{}", ctx.id),
+        );
+        let ids = [
+            format!("evt_p{n}_c"),
+            format!("evt_p{n}_u"),
+            format!("evt_p{n}_d"),
+        ];
+        let events = [
+            (
+                "checkout.session.completed",
+                checkout(&ids[0], t0, &sub, &cus, &email, "professional"),
+            ),
+            (
+                "customer.subscription.updated",
+                subscription(
+                    &ids[1],
+                    "customer.subscription.updated",
+                    t0 + 1,
+                    &sub,
+                    &cus,
+                    "active",
+                    "enterprise",
+                ),
+            ),
+            (
+                "customer.subscription.deleted",
+                subscription(
+                    &ids[2],
+                    "customer.subscription.deleted",
+                    t0 + 2,
+                    &sub,
+                    &cus,
+                    "canceled",
+                    "enterprise",
+                ),
+            ),
+        ];
+        for &i in order {
+            rabbit::publish(&topo.exchange, events[i].0, &events[i].1, &ids[i]).await;
+        }
+        all.push((order, email, sub, ids));
+    }
+    for (order, email, sub, ids) in &all {
+        for id in ids {
+            let s = wait_done(&pool, id).await;
+            assert_ne!(s, "dead_lettered", "{order:?} {id}");
+        }
+        assert_eq!(
+            active_plan(&sandbox, sub),
+            None,
+            "{order:?}: no active Lago subscription"
+        );
+        assert_eq!(
+            attr(&sandbox, email, "subscription_tier").as_deref(),
+            Some("free"),
+            "{order:?}"
+        );
+        assert_eq!(
+            attr(&sandbox, email, "billing_status").as_deref(),
+            Some("canceled"),
+            "{order:?}"
+        );
+        let a = audits(&pool, email).await;
+        assert_eq!(
+            a.iter().filter(|t| *t == "subscription.canceled").count(),
+            1,
+            "{order:?}: {a:?}"
+        );
+        assert!(
+            a.iter().filter(|t| *t == "subscription.created").count() <= 1,
+            "{order:?}: {a:?}"
+        );
+    }
+
+    worker.stop().await;
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_late_checkout_does_not_resurrect_a_canceled_subscription() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    let email = "late@example.com";
+    sandbox.state.add_user(SeedUser::new(email));
+    let settings = worker_settings(&ctx, &sandbox, &[]);
+    let topo = rabbit::topology(&settings);
+    let worker = TestWorker::spawn(settings).await.ready().await;
+    let pool = ctx.pool().await;
+    let cus = format!("cus_late_{}", ctx.id);
+    let t0 = webhook_core::unix_now() - 1000;
+
+    // An earlier checkout of the same customer teaches the worker its email.
+    let first = checkout(
+        "evt_late_0",
+        t0 - 500,
+        &format!("sub_old_{}", ctx.id),
+        &cus,
+        email,
+        "starter",
+    );
+    rabbit::publish(&topo.exchange, "checkout.session.completed", &first, "evt_late_0").await;
+    assert_eq!(wait_done(&pool, "evt_late_0").await, "succeeded");
+
+    // The deletion of the new subscription arrives before its checkout.
+    let sub = format!("sub_new_{}", ctx.id);
+    let deleted = subscription(
+        "evt_late_d",
+        "customer.subscription.deleted",
+        t0 + 2,
+        &sub,
+        &cus,
+        "canceled",
+        "professional",
+    );
+    rabbit::publish(
+        &topo.exchange,
+        "customer.subscription.deleted",
+        &deleted,
+        "evt_late_d",
+    )
+    .await;
+    assert_eq!(wait_done(&pool, "evt_late_d").await, "succeeded");
+    let late = checkout("evt_late_c", t0, &sub, &cus, email, "professional");
+    rabbit::publish(&topo.exchange, "checkout.session.completed", &late, "evt_late_c").await;
+    assert_eq!(wait_done(&pool, "evt_late_c").await, "skipped");
+
+    assert!(
+        lago_subs(&sandbox, &sub).is_empty(),
+        "no Lago subscription was created for the canceled one"
+    );
+    assert_eq!(
+        attr(&sandbox, email, "subscription_tier").as_deref(),
+        Some("free")
+    );
+    let reason: String =
+        sqlx::query_scalar("SELECT last_error FROM webhook_events WHERE event_id = 'evt_late_c'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(reason.contains("deleted"), "{reason}");
+
+    worker.stop().await;
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}
