@@ -28,20 +28,7 @@ impl TestIngest {
 
     /// Waits until `/readyz` answers 200.
     pub async fn ready(self) -> Self {
-        let (client, url) = (self.client.clone(), format!("{}/readyz", self.url));
-        crate::wait_for("ingest ready", std::time::Duration::from_secs(20), || {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                client
-                    .get(url)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status() == 200)
-                    .map(|_| ())
-            }
-        })
-        .await;
+        crate::wait_http_ok("ingest ready", &format!("{}/readyz", self.url)).await;
         self
     }
 

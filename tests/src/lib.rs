@@ -250,3 +250,54 @@ pub async fn webhookctl(env: &HashMap<String, String>, args: &[&str]) -> Output 
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// `webhook_events.status` of an event, if it is stored.
+pub async fn event_status(pool: &PgPool, event_id: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT status FROM webhook_events WHERE event_id = $1")
+        .bind(event_id)
+        .fetch_optional(pool)
+        .await
+        .expect("read webhook_events")
+}
+
+/// Waits (up to 60 s) until the event has status `want`.
+pub async fn wait_event_status(pool: &PgPool, event_id: &str, want: &str) {
+    wait_for(
+        &format!("event {event_id} to be {want}"),
+        Duration::from_secs(60),
+        || async { (event_status(pool, event_id).await.as_deref() == Some(want)).then_some(()) },
+    )
+    .await
+}
+
+/// Waits (up to 60 s) until the event is finished (succeeded, skipped or dead-lettered).
+pub async fn wait_event_done(pool: &PgPool, event_id: &str) -> String {
+    wait_for(
+        &format!("event {event_id} to finish"),
+        Duration::from_secs(60),
+        || async {
+            event_status(pool, event_id)
+                .await
+                .filter(|s| matches!(s.as_str(), "succeeded" | "skipped" | "dead_lettered"))
+        },
+    )
+    .await
+}
+
+/// Waits (up to 20 s) until `url` answers 200.
+pub async fn wait_http_ok(what: &str, url: &str) {
+    let client = reqwest::Client::new();
+    wait_for(what, Duration::from_secs(20), || {
+        let (client, url) = (client.clone(), url.to_owned());
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ())
+        }
+    })
+    .await
+}

@@ -74,21 +74,7 @@ impl TestWorker {
 
     /// Waits until `/readyz` answers 200 (connected, topology declared).
     pub async fn ready(self) -> Self {
-        let url = format!("http://127.0.0.1:{}/readyz", self.port);
-        let client = reqwest::Client::new();
-        crate::wait_for("worker ready", Duration::from_secs(20), || {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                client
-                    .get(url)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status() == 200)
-                    .map(|_| ())
-            }
-        })
-        .await;
+        crate::wait_http_ok("worker ready", &format!("http://127.0.0.1:{}/readyz", self.port)).await;
         self
     }
 

@@ -5,27 +5,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::PgPool;
 use webhook_sandbox::SeedUser;
 use webhook_tests::worker::{TestSandbox, TestWorker, binary_env, worker_settings};
-use webhook_tests::{TestContext, rabbit, signed_event, wait_for, webhookctl};
+use webhook_tests::{
+    TestContext, event_status, rabbit, signed_event, wait_event_status, wait_for, webhookctl,
+};
 
 const LONG: Duration = Duration::from_secs(60);
-
-async fn status(pool: &PgPool, id: &str) -> Option<String> {
-    sqlx::query_scalar("SELECT status FROM webhook_events WHERE event_id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await
-        .unwrap()
-}
-
-async fn wait_status(pool: &PgPool, id: &str, want: &str) {
-    wait_for(&format!("{id} {want}"), LONG, || async {
-        (status(pool, id).await.as_deref() == Some(want)).then_some(())
-    })
-    .await
-}
 
 async fn wait_depth(queue: &str, want: u32) {
     wait_for(&format!("{queue} to hold {want}"), LONG, || async {
@@ -67,7 +53,7 @@ async fn dlq_commands_filters_history_and_replay() {
     .await;
     wait_depth(&topo.dead_letter_queue, 4).await;
     for e in [&a1, &a2, &b1] {
-        wait_status(&pool, &e.event_id, "dead_lettered").await;
+        wait_event_status(&pool, &e.event_id, "dead_lettered").await;
     }
 
     // list
@@ -122,8 +108,8 @@ async fn dlq_commands_filters_history_and_replay() {
     let out = webhookctl(&env, &["dlq", "requeue", "--error-contains", "LATE1@example.com"]).await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("requeued 2 messages"), "{out:?}");
-    wait_status(&pool, &a1.event_id, "succeeded").await;
-    wait_status(&pool, &a2.event_id, "succeeded").await;
+    wait_event_status(&pool, &a1.event_id, "succeeded").await;
+    wait_event_status(&pool, &a2.event_id, "succeeded").await;
     assert_eq!(
         rabbit::depth(&topo.dead_letter_queue).await,
         2,
@@ -285,7 +271,7 @@ async fn dlq_commands_filters_history_and_replay() {
         .unwrap();
     let out = webhookctl(&env, &["events", "prune"]).await;
     assert!(out.stdout.contains("pruned 1 events"), "{out:?}");
-    assert_eq!(status(&pool, &a2.event_id).await, None);
+    assert_eq!(event_status(&pool, &a2.event_id).await, None);
 
     // Replay: published again, and the ledger makes it change nothing.
     let worker = TestWorker::spawn(worker_settings(&ctx, &sandbox, &[]))
@@ -298,7 +284,7 @@ async fn dlq_commands_filters_history_and_replay() {
         out.stdout.contains(&format!("replayed {}", a1.event_id)),
         "{out:?}"
     );
-    wait_status(&pool, &a1.event_id, "succeeded").await;
+    wait_event_status(&pool, &a1.event_id, "succeeded").await;
     let audits: i64 =
         sqlx::query_scalar("SELECT count(*) FROM audit_logs WHERE subject = 'late1@example.com'")
             .fetch_one(&pool)

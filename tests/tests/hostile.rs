@@ -9,15 +9,7 @@ use serde_json::Value;
 use webhook_sandbox::{Route, SeedUser};
 use webhook_tests::ingest::TestIngest;
 use webhook_tests::worker::{TestSandbox, TestWorker, binary_env, worker_settings};
-use webhook_tests::{TEST_SECRET, TestContext, bin_path, rabbit, sign, signed_event, wait_for};
-
-async fn status_of(pool: &sqlx::PgPool, id: &str) -> Option<String> {
-    sqlx::query_scalar("SELECT status FROM webhook_events WHERE event_id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await
-        .unwrap()
-}
+use webhook_tests::{TEST_SECRET, TestContext, bin_path, event_status, rabbit, sign, signed_event, wait_for};
 
 #[tokio::test]
 async fn a_processed_event_resent_with_a_fresh_signature_is_a_duplicate_with_no_effects() {
@@ -33,7 +25,7 @@ async fn a_processed_event_resent_with_a_fresh_signature_is_a_duplicate_with_no_
     let event = signed_event("checkout.session.completed", "again@example.com");
     assert_eq!(ingest.post_event(&event).await.status(), 200);
     wait_for("processed", Duration::from_secs(30), || async {
-        (status_of(&pool, &event.event_id).await.as_deref() == Some("succeeded")).then_some(())
+        (event_status(&pool, &event.event_id).await.as_deref() == Some("succeeded")).then_some(())
     })
     .await;
     let calls = sandbox.state.calls(Route::LagoCreateSubscription);
@@ -183,7 +175,7 @@ async fn secrets_never_appear_in_the_logs_of_a_full_run() {
         "the event to be dead-lettered (Lago refuses the key)",
         Duration::from_secs(30),
         || async {
-            (status_of(&pool, &event.event_id).await.as_deref() == Some("dead_lettered")).then_some(())
+            (event_status(&pool, &event.event_id).await.as_deref() == Some("dead_lettered")).then_some(())
         },
     )
     .await;

@@ -2,16 +2,13 @@
 //! checkout → upgrade → payment failed → paid → cancel, and every delivery order of
 //! checkout / updated / deleted ending in the right state.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use webhook_sandbox::SeedUser;
 use webhook_tests::ingest::TestIngest;
 use webhook_tests::worker::{TestSandbox, TestWorker, worker_settings};
-use webhook_tests::{TestContext, rabbit, sign, wait_for};
+use webhook_tests::{TestContext, rabbit, sign, wait_event_done};
 
-const LONG: Duration = Duration::from_secs(60);
 const FIXTURE_SUB: &str = include_str!("../fixtures/subscription_fixture.json");
 const FIXTURE_INVOICE: &str = include_str!("../fixtures/invoice_fixture.json");
 
@@ -65,23 +62,6 @@ fn invoice(id: &str, event_type: &str, created: i64, invoice_id: &str, sub: &str
     object["customer"] = json!(cus);
     object["parent"]["subscription_details"]["subscription"] = json!(sub);
     envelope(id, event_type, created, object)
-}
-
-async fn status(pool: &PgPool, id: &str) -> Option<String> {
-    sqlx::query_scalar("SELECT status FROM webhook_events WHERE event_id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await
-        .unwrap()
-}
-
-async fn wait_done(pool: &PgPool, id: &str) -> String {
-    wait_for(&format!("{id} to finish"), LONG, || async {
-        status(pool, id)
-            .await
-            .filter(|s| s == "succeeded" || s == "skipped" || s == "dead_lettered")
-    })
-    .await
 }
 
 async fn audits(pool: &PgPool, email: &str) -> Vec<String> {
@@ -138,7 +118,7 @@ async fn checkout_upgrade_payment_failed_paid_cancel() {
 
     // 1. Checkout: professional.
     post(checkout("evt_l1", t0, &sub, &cus, email, "professional")).await;
-    assert_eq!(wait_done(&pool, "evt_l1").await, "succeeded");
+    assert_eq!(wait_event_done(&pool, "evt_l1").await, "succeeded");
     assert_eq!(
         active_plan(&sandbox, &sub).as_deref(),
         Some("professional_monthly")
@@ -159,7 +139,7 @@ async fn checkout_upgrade_payment_failed_paid_cancel() {
         "enterprise",
     ))
     .await;
-    assert_eq!(wait_done(&pool, "evt_l2").await, "succeeded");
+    assert_eq!(wait_event_done(&pool, "evt_l2").await, "succeeded");
     assert_eq!(active_plan(&sandbox, &sub).as_deref(), Some("enterprise_monthly"));
     assert_eq!(
         attr(&sandbox, email, "subscription_tier").as_deref(),
@@ -177,13 +157,13 @@ async fn checkout_upgrade_payment_failed_paid_cancel() {
         &cus,
     ))
     .await;
-    assert_eq!(wait_done(&pool, "evt_l3").await, "succeeded");
+    assert_eq!(wait_event_done(&pool, "evt_l3").await, "succeeded");
     assert_eq!(
         attr(&sandbox, email, "billing_status").as_deref(),
         Some("past_due")
     );
     post(invoice("evt_l4", "invoice.paid", t0 + 30, "in_l1", &sub, &cus)).await;
-    assert_eq!(wait_done(&pool, "evt_l4").await, "succeeded");
+    assert_eq!(wait_event_done(&pool, "evt_l4").await, "succeeded");
     assert_eq!(attr(&sandbox, email, "billing_status").as_deref(), Some("active"));
     // A late copy of the failure (older than the payment) changes nothing.
     post(invoice(
@@ -195,7 +175,7 @@ async fn checkout_upgrade_payment_failed_paid_cancel() {
         &cus,
     ))
     .await;
-    assert_eq!(wait_done(&pool, "evt_l4b").await, "skipped");
+    assert_eq!(wait_event_done(&pool, "evt_l4b").await, "skipped");
     assert_eq!(attr(&sandbox, email, "billing_status").as_deref(), Some("active"));
 
     // 4. Cancel: terminated in Lago, free tier in Keycloak; a second deletion is a no-op.
@@ -209,7 +189,7 @@ async fn checkout_upgrade_payment_failed_paid_cancel() {
         "enterprise",
     ))
     .await;
-    assert_eq!(wait_done(&pool, "evt_l5").await, "succeeded");
+    assert_eq!(wait_event_done(&pool, "evt_l5").await, "succeeded");
     assert_eq!(active_plan(&sandbox, &sub), None);
     assert!(
         lago_subs(&sandbox, &sub)
@@ -234,7 +214,7 @@ async fn checkout_upgrade_payment_failed_paid_cancel() {
         "enterprise",
     ))
     .await;
-    assert_eq!(wait_done(&pool, "evt_l6").await, "succeeded");
+    assert_eq!(wait_event_done(&pool, "evt_l6").await, "succeeded");
 
     assert_eq!(
         audits(&pool, email).await,
@@ -316,7 +296,7 @@ async fn every_delivery_order_of_checkout_update_and_delete_ends_canceled() {
     }
     for (order, email, sub, ids) in &all {
         for id in ids {
-            let s = wait_done(&pool, id).await;
+            let s = wait_event_done(&pool, id).await;
             assert_ne!(s, "dead_lettered", "{order:?} {id}");
         }
         assert_eq!(
@@ -374,7 +354,7 @@ async fn a_late_checkout_does_not_resurrect_a_canceled_subscription() {
         "starter",
     );
     rabbit::publish(&topo.exchange, "checkout.session.completed", &first, "evt_late_0").await;
-    assert_eq!(wait_done(&pool, "evt_late_0").await, "succeeded");
+    assert_eq!(wait_event_done(&pool, "evt_late_0").await, "succeeded");
 
     // The deletion of the new subscription arrives before its checkout.
     let sub = format!("sub_new_{}", ctx.id);
@@ -394,10 +374,10 @@ async fn a_late_checkout_does_not_resurrect_a_canceled_subscription() {
         "evt_late_d",
     )
     .await;
-    assert_eq!(wait_done(&pool, "evt_late_d").await, "succeeded");
+    assert_eq!(wait_event_done(&pool, "evt_late_d").await, "succeeded");
     let late = checkout("evt_late_c", t0, &sub, &cus, email, "professional");
     rabbit::publish(&topo.exchange, "checkout.session.completed", &late, "evt_late_c").await;
-    assert_eq!(wait_done(&pool, "evt_late_c").await, "skipped");
+    assert_eq!(wait_event_done(&pool, "evt_late_c").await, "skipped");
 
     assert!(
         lago_subs(&sandbox, &sub).is_empty(),

@@ -8,24 +8,11 @@ use sqlx::PgPool;
 use webhook_sandbox::{Fault, Route, SeedUser};
 use webhook_tests::ingest::TestIngest;
 use webhook_tests::worker::{TestSandbox, TestWorker, binary_env, worker_settings};
-use webhook_tests::{TcpProxy, TestContext, bin_path, rabbit, signed_event, signed_event_with_id, wait_for};
+use webhook_tests::{
+    TcpProxy, TestContext, bin_path, rabbit, signed_event, signed_event_with_id, wait_event_status, wait_for,
+};
 
 const LONG: Duration = Duration::from_secs(30);
-
-async fn event_status(pool: &PgPool, event_id: &str) -> Option<String> {
-    sqlx::query_scalar("SELECT status FROM webhook_events WHERE event_id = $1")
-        .bind(event_id)
-        .fetch_optional(pool)
-        .await
-        .unwrap()
-}
-
-async fn wait_status(pool: &PgPool, event_id: &str, want: &str) {
-    wait_for(&format!("event {event_id} to be {want}"), LONG, || async {
-        (event_status(pool, event_id).await.as_deref() == Some(want)).then_some(())
-    })
-    .await
-}
 
 async fn audit_rows(pool: &PgPool, subject: &str) -> Vec<Value> {
     sqlx::query_scalar(
@@ -86,7 +73,7 @@ async fn paid_checkout_provisions_keycloak_lago_and_audit_and_keeps_other_attrib
 
     let event = signed_event("checkout.session.completed", "Ada@Example.com");
     assert_eq!(ingest.post_event(&event).await.status(), 200);
-    wait_status(&pool, &event.event_id, "succeeded").await;
+    wait_event_status(&pool, &event.event_id, "succeeded").await;
 
     // Keycloak: the tier is set and nothing else was lost.
     let kc = sandbox.state.user_by_email("ada@example.com").expect("user");
@@ -150,7 +137,7 @@ async fn the_same_event_twice_and_two_events_for_one_session_provision_once() {
         )
         .await;
     }
-    wait_status(&pool, &first.event_id, "succeeded").await;
+    wait_event_status(&pool, &first.event_id, "succeeded").await;
     let mut second: Value = serde_json::from_slice(&first.body).unwrap();
     second["id"] = json!("evt_test_second_event_same_session");
     second["type"] = json!("checkout.session.async_payment_succeeded");
@@ -162,7 +149,7 @@ async fn the_same_event_twice_and_two_events_for_one_session_provision_once() {
         "evt_test_second_event_same_session",
     )
     .await;
-    wait_status(&pool, "evt_test_second_event_same_session", "succeeded").await;
+    wait_event_status(&pool, "evt_test_second_event_same_session", "succeeded").await;
     wait_for("both copies of the first event processed", LONG, || async {
         (rabbit::depth(&topo.work_queue).await == 0).then_some(())
     })
@@ -210,7 +197,7 @@ async fn lago_failing_three_times_succeeds_after_retries() {
     )
     .await;
 
-    wait_status(&pool, &event.event_id, "succeeded").await;
+    wait_event_status(&pool, &event.event_id, "succeeded").await;
     assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 4);
     assert_eq!(
         subscriptions(&sandbox, &session_subscription_id(&event.event_id)).len(),
@@ -263,7 +250,7 @@ async fn unknown_plan_is_dead_lettered_at_once_as_permanent() {
     )
     .await;
 
-    wait_status(&pool, &id, "dead_lettered").await;
+    wait_event_status(&pool, &id, "dead_lettered").await;
     let dead = rabbit::drain(&topo.dead_letter_queue).await;
     assert_eq!(dead.len(), 1);
     let m = &dead[0];
@@ -312,7 +299,7 @@ async fn unknown_user_is_retried_through_the_schedule_then_dead_lettered() {
     )
     .await;
 
-    wait_status(&pool, &event.event_id, "dead_lettered").await;
+    wait_event_status(&pool, &event.event_id, "dead_lettered").await;
     let dead = rabbit::drain(&topo.dead_letter_queue).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(
@@ -388,8 +375,8 @@ async fn malformed_and_unpaid_messages_never_block_the_queue() {
     )
     .await;
 
-    wait_status(&pool, &good.event_id, "succeeded").await;
-    wait_status(&pool, &unpaid_id, "skipped").await;
+    wait_event_status(&pool, &good.event_id, "succeeded").await;
+    wait_event_status(&pool, &unpaid_id, "skipped").await;
     let dead = wait_for("the malformed message in the DLQ", LONG, || async {
         let d = rabbit::drain(&topo.dead_letter_queue).await;
         (!d.is_empty()).then_some(d)
@@ -464,7 +451,7 @@ async fn worker_killed_mid_job_completes_after_restart_without_doubling() {
 
     sandbox.state.clear_faults();
     let mut worker = spawn();
-    wait_status(&pool, &event.event_id, "succeeded").await;
+    wait_event_status(&pool, &event.event_id, "succeeded").await;
     assert_eq!(
         subscriptions(&sandbox, &sub_id).len(),
         1,
@@ -578,7 +565,7 @@ async fn broker_connections_lost_under_load_still_process_everything_exactly_onc
         }
     }
     for e in &events {
-        wait_status(&pool, &e.event_id, "succeeded").await;
+        wait_event_status(&pool, &e.event_id, "succeeded").await;
     }
     for (e, email) in events.iter().zip(&emails) {
         assert_eq!(

@@ -271,6 +271,31 @@ impl WorkerSettings {
     }
 }
 
+/// For a service's `main`: reads `--config PATH` (or `--config=PATH`) from the command line,
+/// loads the settings and starts logging. On a bad setting it prints what to fix and returns
+/// the exit code to end with (2).
+pub fn load_for_service(name: &str) -> Result<Settings, std::process::ExitCode> {
+    let mut args = std::env::args().skip(1);
+    let mut config = None;
+    while let Some(arg) = args.next() {
+        if arg == "--config" {
+            config = args.next().map(std::path::PathBuf::from);
+        } else if let Some(p) = arg.strip_prefix("--config=") {
+            config = Some(std::path::PathBuf::from(p));
+        }
+    }
+    match Settings::load(config.as_deref()) {
+        Ok(settings) => {
+            crate::telemetry::init(&settings.log.level, &settings.log.format);
+            Ok(settings)
+        }
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            Err(std::process::ExitCode::from(2))
+        }
+    }
+}
+
 /// Parses a comma-separated list of durations such as `5s,30s,2m,1h` (milliseconds allowed).
 pub fn parse_schedule(raw: &str) -> Result<Vec<Duration>, String> {
     let raw = raw.trim();

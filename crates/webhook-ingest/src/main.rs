@@ -1,21 +1,13 @@
 //! `webhook-ingest`: see the crate docs and README.md.
 
-use std::path::PathBuf;
-
-use webhook_core::Settings;
 use webhook_ingest::Application;
 
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
-    let config = config_path();
-    let settings = match Settings::load(config.as_deref()) {
+    let settings = match webhook_core::settings::load_for_service("webhook-ingest") {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("webhook-ingest: {e}");
-            return std::process::ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    webhook_core::telemetry::init(&settings.log.level, &settings.log.format);
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
@@ -32,18 +24,4 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// `--config PATH` (the only flag); `WEBHOOK_CONFIG` is read by the settings loader.
-fn config_path() -> Option<PathBuf> {
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--config" {
-            return args.next().map(PathBuf::from);
-        }
-        if let Some(p) = arg.strip_prefix("--config=") {
-            return Some(PathBuf::from(p));
-        }
-    }
-    None
 }
