@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 1
 
-.PHONY: services build release run test unit lint fmt ci clean-test-resources
+.PHONY: services build release run test unit lint fmt ci clean-test-resources deploy-check chaos fuzz deny
 
 ## Make sure PostgreSQL and RabbitMQ run (installs them on Debian when absent) and the database exists.
 services:
@@ -25,6 +25,25 @@ test: services build
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+	@scripts/check-deploy.sh
+
+## Validate deploy/ (Dockerfile, compose, Kubernetes, RabbitMQ definitions, alerts, dashboard)
+## against the schemas and the real binaries; see docs/deploy.md.
+deploy-check: services build
+	@scripts/check-deploy.sh
+
+## The long fault-injection run (restarts the real RabbitMQ and Postgres: run it alone). See docs/reliability.md.
+chaos: services build
+	CHAOS_EVENTS=$${CHAOS_EVENTS:-3000} CHAOS_SECONDS=$${CHAOS_SECONDS:-120} CHAOS_REAL_RESTARTS=$${CHAOS_REAL_RESTARTS:-1} \
+		$(CARGO) test -p webhook-tests --test chaos -- --nocapture
+
+## Coverage-guided fuzzing of the untrusted-input parsers (FUZZ_SECONDS per target, default 60).
+fuzz:
+	@scripts/fuzz.sh
+
+## Licences, banned crates and sources (offline).
+deny:
+	@scripts/deny.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
