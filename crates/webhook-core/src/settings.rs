@@ -51,6 +51,7 @@ pub enum SettingsError {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
@@ -64,6 +65,7 @@ pub struct Settings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// May hold a password, hence secret.
     pub url: SecretString,
@@ -73,6 +75,7 @@ pub struct DatabaseSettings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
     /// Holds the broker password, hence secret.
     pub url: SecretString,
@@ -88,6 +91,7 @@ pub struct AmqpSettings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StripeSettings {
     /// Comma-separated `whsec_…` secrets; see [`StripeSettings::secrets`].
     pub webhook_secret: SecretString,
@@ -96,6 +100,7 @@ pub struct StripeSettings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IngestSettings {
     pub bind: String,
     pub body_limit_bytes: usize,
@@ -107,6 +112,7 @@ pub struct IngestSettings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub bind: String,
     pub concurrency: u16,
@@ -119,6 +125,7 @@ pub struct WorkerSettings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KeycloakSettings {
     pub url: String,
     pub realm: String,
@@ -133,6 +140,7 @@ pub struct KeycloakSettings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LagoSettings {
     pub api_url: String,
     pub api_key: SecretString,
@@ -140,6 +148,7 @@ pub struct LagoSettings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PlanSettings {
     pub default_rule: String,
     pub default_cycle: String,
@@ -150,6 +159,7 @@ pub struct PlanSettings {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub level: String,
     pub format: String,
@@ -402,6 +412,23 @@ mod tests {
         assert!(err.to_string().contains("concurrency"), "{err}");
         let err = Settings::load_from(Some(Path::new("/nonexistent.toml")), &env(&[])).unwrap_err();
         assert!(err.to_string().contains("/nonexistent.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_misspelled_key_is_an_error_not_silently_ignored() {
+        let dir = std::env::temp_dir().join(format!("settings-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "[database]\nmax_conections = 5\n").unwrap();
+        let err = Settings::load_from(Some(&file), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_conections"), "{err}");
+        let err = Settings::load_from(None, &env(&[("WEBHOOK__WORKER__CONCURENCY", "3")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("concurency"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

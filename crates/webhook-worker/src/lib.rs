@@ -78,11 +78,12 @@ impl Application {
             anyhow::bail!("WORKER_CONCURRENCY must be at least 1");
         }
         // A job of a Stripe subscription holds one connection for its per-subscription lock while
-        // its steps use others: the pool must exceed twice the jobs in flight, or it could starve.
+        // its steps borrow others for a moment: with more connections than jobs in flight, a
+        // step always gets one. (Postgres' max_connections must cover every replica's pool.)
         let mut database = settings.database.clone();
         database.max_connections = database
             .max_connections
-            .max(u32::from(settings.worker.concurrency) * 2 + 2);
+            .max(u32::from(settings.worker.concurrency) + 4);
         let store = Store::connect_lazy(&database)?;
         if settings.database.migrate_on_start {
             store.migrate().await?;
