@@ -44,6 +44,8 @@ pub async fn sample_queue_depths(ctx: Arc<WorkerContext>, every: Duration) {
         if let Some(link) = ctx.broker.current()
             && let Ok(channel) = link.connection.create_channel().await
         {
+            // Sample the whole round first, then publish it: a scrape never sees half a round.
+            let mut depths = Vec::new();
             for queue in ctx.broker.topology().all_queues() {
                 let passive = QueueDeclareOptions {
                     passive: true,
@@ -53,13 +55,12 @@ pub async fn sample_queue_depths(ctx: Arc<WorkerContext>, every: Duration) {
                     .queue_declare(queue.into(), passive, FieldTable::default())
                     .await
                 {
-                    Ok(q) => ctx
-                        .metrics
-                        .queue_depth
-                        .with_label_values(&[queue])
-                        .set(i64::from(q.message_count())),
+                    Ok(q) => depths.push((queue, i64::from(q.message_count()))),
                     Err(_) => break, // a missing queue closes the channel; try again next round
                 }
+            }
+            for (queue, depth) in depths {
+                ctx.metrics.queue_depth.with_label_values(&[queue]).set(depth);
             }
             let _ = channel.close(200, "sampled".into()).await;
         }
