@@ -179,7 +179,7 @@ impl Steps<'_> {
                 match matching.as_slice() {
                     [] => Err(Failure::transient(
                         "keycloak_lookup",
-                        format!("no Keycloak user has the email {email} (retrying: the account may still be being created)"),
+                        format!("no Keycloak user has the email {email} yet (the account may still be being created; retried through the schedule)"),
                     )),
                     [u] => Ok(json!({"user_id": u["id"], "username": u["username"]})),
                     many => Err(Failure::permanent(
