@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 1
 
-.PHONY: services build release run test unit lint fmt ci clean-test-resources deploy-check chaos fuzz deny
+.PHONY: services build release run test unit lint fmt ci clean-test-resources deploy-check chaos fuzz deny bench
 
 ## Make sure PostgreSQL and RabbitMQ run (installs them on Debian when absent) and the database exists.
 services:
@@ -26,6 +26,7 @@ test: services build
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 	@scripts/check-deploy.sh
+	target/debug/webhook-bench --smoke
 
 ## Validate deploy/ (Dockerfile, compose, Kubernetes, RabbitMQ definitions, alerts, dashboard)
 ## against the schemas and the real binaries; see docs/deploy.md.
@@ -40,6 +41,11 @@ chaos: services build
 ## Coverage-guided fuzzing of the untrusted-input parsers (FUZZ_SECONDS per target, default 60).
 fuzz:
 	@scripts/fuzz.sh
+
+## How fast, against the floor of this machine: 3 runs (several minutes), medians into
+## docs/benchmarks.md, docs/benchmarks.json and docs/benchmarks-latency.png. BENCH_RUNS=1 for one.
+bench: services release
+	target/release/webhook-bench --runs $${BENCH_RUNS:-3}
 
 ## Licences, banned crates and sources (offline).
 deny:

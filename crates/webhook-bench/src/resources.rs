@@ -1,0 +1,160 @@
+//! The run's own database and RabbitMQ name prefix, created at the start and removed at the end
+//! (the same isolation the integration tests use, so a benchmark never touches real data).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::{Connection, PgConnection};
+use webhook_amqp::Topology;
+use webhook_amqp::lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use webhook_amqp::lapin::{Connection as AmqpConnection, ConnectionProperties};
+use webhook_core::Settings;
+
+use crate::events::SECRET;
+
+/// A superuser connection used to create and drop the run's database
+/// (`BENCH_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`).
+pub fn admin_database_url() -> String {
+    std::env::var("BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// RabbitMQ (`BENCH_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`).
+pub fn amqp_url() -> String {
+    std::env::var("BENCH_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// One run's isolated resources.
+pub struct Resources {
+    pub database_name: String,
+    pub database_url: String,
+    pub prefix: String,
+    /// The environment every child process gets (plus its own additions).
+    pub env: HashMap<String, String>,
+    pub settings: Settings,
+}
+
+impl Resources {
+    /// Creates and migrates a fresh database and picks a unique RabbitMQ prefix.
+    pub async fn create() -> anyhow::Result<Self> {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let database_name = format!("webhooks_bench_{id}");
+        let admin = admin_database_url();
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .with_context(|| format!("cannot connect to Postgres at {admin} (make services)"))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{database_name}\""
+        )))
+        .execute(&mut conn)
+        .await
+        .context("creating the benchmark database")?;
+        let _ = conn.close().await;
+        let database_url = replace_database(&admin, &database_name);
+        let prefix = format!("bench.{id}.");
+        let log = std::env::var("BENCH_LOG").unwrap_or_else(|_| "info,sqlx=warn".into());
+        let env: HashMap<String, String> = [
+            ("DATABASE_URL", database_url.as_str()),
+            ("AMQP_URL", amqp_url().as_str()),
+            ("STRIPE_WEBHOOK_SECRET", SECRET),
+            ("WEBHOOK__AMQP__NAME_PREFIX", prefix.as_str()),
+            ("RUST_LOG", log.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let settings = Settings::load_from(None, &env).context("benchmark settings")?;
+        let resources = Self {
+            database_name,
+            database_url,
+            prefix,
+            env,
+            settings,
+        };
+        webhook_store::Store::connect_lazy(&resources.settings.database)?
+            .migrate()
+            .await?;
+        Ok(resources)
+    }
+
+    /// The queues and exchanges of this run.
+    pub fn topology(&self) -> Topology {
+        let delays = self
+            .settings
+            .worker
+            .retry_delays()
+            .expect("default schedule is valid");
+        Topology::new(
+            &self.settings.amqp,
+            &delays,
+            &self.settings.stripe.handled_event_types,
+        )
+    }
+
+    /// Removes this run's queues, exchanges and database.
+    pub async fn cleanup(&self) {
+        let topo = self.topology();
+        let conn = tokio::time::timeout(
+            Duration::from_secs(5),
+            AmqpConnection::connect(&amqp_url(), ConnectionProperties::default()),
+        )
+        .await;
+        if let Ok(Ok(conn)) = conn {
+            for q in topo.all_queues() {
+                if let Ok(ch) = conn.create_channel().await {
+                    let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
+                }
+            }
+            for x in [&topo.exchange, &topo.dead_letter_exchange] {
+                if let Ok(ch) = conn.create_channel().await {
+                    let _ = ch
+                        .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                        .await;
+                }
+            }
+            let _ = conn.close(200, "benchmark done".into()).await;
+        }
+        if let Ok(mut conn) = PgConnection::connect(&admin_database_url()).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.database_name
+            )))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+}
+
+/// `url` with its database name replaced by `name`.
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].rfind('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            super::replace_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            super::replace_database("postgres://u@h/db?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+        assert_eq!(super::replace_database("postgres://u@h", "x"), "postgres://u@h/x");
+    }
+}
