@@ -1,7 +1,8 @@
 //! What the worker knows about Stripe customers and subscriptions across events: the customer →
-//! email mapping, and per subscription the newest event applied (for out-of-order delivery).
+//! email mapping, per subscription the newest event applied (for out-of-order delivery), and a
+//! lease that lets the jobs of one subscription take turns across all workers.
 
-use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+use sqlx::{PgPool, Row};
 
 /// Remembers (or updates) the email of a Stripe customer.
 pub async fn remember_customer(pool: &PgPool, customer_id: &str, email: &str) -> Result<(), sqlx::Error> {
@@ -23,19 +24,42 @@ pub async fn customer_email(pool: &PgPool, customer_id: &str) -> Result<Option<S
         .await
 }
 
-/// Serializes the jobs of one Stripe subscription across all workers: the returned transaction
-/// holds a Postgres advisory lock until it ends (commit, rollback, drop, or a dead connection),
-/// so a crashed worker can never leave the lock behind.
-pub async fn lock(
+/// Takes the subscription's lease for `owner` (the event id) for `secs` seconds, unless another
+/// owner holds an unexpired one. The same owner may take it again (a redelivery after a crash).
+pub async fn try_lease(
     pool: &PgPool,
     subscription_id: &str,
-) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('stripe_subscription:' || $1, 0))")
-        .bind(subscription_id)
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    owner: &str,
+    secs: f64,
+) -> Result<bool, sqlx::Error> {
+    let taken = sqlx::query(
+        "INSERT INTO stripe_subscriptions (subscription_id, lease_owner, lease_until)
+         VALUES ($1, $2, now() + make_interval(secs => $3))
+         ON CONFLICT (subscription_id) DO UPDATE SET
+             lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
+         WHERE stripe_subscriptions.lease_until IS NULL
+            OR stripe_subscriptions.lease_until < now()
+            OR stripe_subscriptions.lease_owner = EXCLUDED.lease_owner",
+    )
+    .bind(subscription_id)
+    .bind(owner)
+    .bind(secs)
+    .execute(pool)
+    .await?;
+    Ok(taken.rows_affected() == 1)
+}
+
+/// Gives the lease back (only if `owner` still holds it).
+pub async fn release_lease(pool: &PgPool, subscription_id: &str, owner: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE stripe_subscriptions SET lease_owner = NULL, lease_until = NULL
+         WHERE subscription_id = $1 AND lease_owner = $2",
+    )
+    .bind(subscription_id)
+    .bind(owner)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// The two ordering marks of a subscription.
@@ -56,13 +80,13 @@ impl Marks {
     }
 }
 
-pub async fn marks(conn: &mut PgConnection, subscription_id: &str) -> Result<Marks, sqlx::Error> {
+pub async fn marks(pool: &PgPool, subscription_id: &str) -> Result<Marks, sqlx::Error> {
     let row = sqlx::query(
         "SELECT last_event_created, last_event_id, last_event_type, last_invoice_created, last_invoice_event_id
          FROM stripe_subscriptions WHERE subscription_id = $1",
     )
     .bind(subscription_id)
-    .fetch_optional(conn)
+    .fetch_optional(pool)
     .await?;
     let Some(r) = row else { return Ok(Marks::default()) };
     let lifecycle = match (
@@ -94,7 +118,7 @@ pub struct Applied<'a> {
 }
 
 /// Records an applied checkout or subscription event; never moves the mark backwards.
-pub async fn mark_lifecycle(conn: &mut PgConnection, a: &Applied<'_>) -> Result<(), sqlx::Error> {
+pub async fn mark_lifecycle(pool: &PgPool, a: &Applied<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO stripe_subscriptions (subscription_id, last_event_created, last_event_id, last_event_type, status, tier)
          VALUES ($1, $2, $3, $4, $5, $6)
@@ -112,13 +136,13 @@ pub async fn mark_lifecycle(conn: &mut PgConnection, a: &Applied<'_>) -> Result<
     .bind(a.event_type)
     .bind(a.status)
     .bind(a.tier)
-    .execute(conn)
+    .execute(pool)
     .await?;
     Ok(())
 }
 
 /// Records an applied invoice event; never moves the mark backwards.
-pub async fn mark_invoice(conn: &mut PgConnection, a: &Applied<'_>) -> Result<(), sqlx::Error> {
+pub async fn mark_invoice(pool: &PgPool, a: &Applied<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO stripe_subscriptions (subscription_id, last_invoice_created, last_invoice_event_id)
          VALUES ($1, $2, $3)
@@ -131,7 +155,7 @@ pub async fn mark_invoice(conn: &mut PgConnection, a: &Applied<'_>) -> Result<()
     .bind(a.subscription_id)
     .bind(a.event_created)
     .bind(a.event_id)
-    .execute(conn)
+    .execute(pool)
     .await?;
     Ok(())
 }

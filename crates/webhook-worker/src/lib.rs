@@ -77,13 +77,7 @@ impl Application {
         if settings.worker.concurrency == 0 {
             anyhow::bail!("WORKER_CONCURRENCY must be at least 1");
         }
-        // A job of a Stripe subscription holds one connection for its per-subscription lock while
-        // its steps borrow others for a moment: with more connections than jobs in flight, a
-        // step always gets one. (Postgres' max_connections must cover every replica's pool.)
-        let mut database = settings.database.clone();
-        database.max_connections = database
-            .max_connections
-            .max(u32::from(settings.worker.concurrency) + 4);
+        let database = settings.database.clone();
         let store = Store::connect_lazy(&database)?;
         if settings.database.migrate_on_start {
             store.migrate().await?;

@@ -1,12 +1,13 @@
 //! The subscription after the first checkout: plan changes, payment trouble, cancellation.
 //!
-//! Every event of a Stripe subscription runs under that subscription's lock (one at a time
+//! Every event of a Stripe subscription runs under that subscription's lease (one at a time
 //! across all workers) and is applied only if it is newer than what was already applied: Stripe
 //! does not deliver in order, and a late event must not undo a newer one — above all, nothing
 //! brings back a deleted subscription. Skipped events are recorded with the reason.
 //! Each event's effects go through the same ledger, retries and dead-lettering as a checkout.
 
 use std::future::Future;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use webhook_core::Envelope;
@@ -17,6 +18,11 @@ use crate::dispatch::Done;
 use crate::domain::{Email, InvoiceChange, SubscriptionChange};
 use crate::failure::{Failure, JobError};
 use crate::steps::Steps;
+
+/// How long a job may hold its subscription's lease: longer than any job.
+const LEASE_SECS: f64 = 300.0;
+/// How long a job waits for the lease before it goes to the retry tier.
+const LEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// Which ordering mark an event belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +46,42 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Done, JobError>>,
 {
-    let mut lock = subscriptions::lock(&ctx.store.pool, subscription_id).await?;
-    let marks = subscriptions::marks(&mut lock, subscription_id).await?;
+    // Take turns with the other events of this subscription (on any worker). The lease outlives
+    // any job; a crashed holder's lease expires, and its own redelivery may take it at once.
+    let pool = &ctx.store.pool;
+    let owner = event.id.as_str();
+    let waited_until = Instant::now() + LEASE_WAIT;
+    while !subscriptions::try_lease(pool, subscription_id, owner, LEASE_SECS).await? {
+        if Instant::now() >= waited_until {
+            return Err(Failure::transient(
+                "subscription_lease",
+                format!("another event of subscription {subscription_id} is being processed (retrying)"),
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let result = apply_in_order(ctx, subscription_id, event, track, state, apply).await;
+    // Also on failure: the next attempt may come from another event. A lost release only delays
+    // the others until the lease expires.
+    let _ = subscriptions::release_lease(pool, subscription_id, owner).await;
+    result
+}
+
+async fn apply_in_order<F, Fut>(
+    ctx: &WorkerContext,
+    subscription_id: &str,
+    event: &Envelope,
+    track: Track,
+    state: (Option<&str>, Option<&str>),
+    apply: F,
+) -> Result<Done, JobError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Done, JobError>>,
+{
+    let pool = &ctx.store.pool;
+    let marks = subscriptions::marks(pool, subscription_id).await?;
     let is_delete = event.event_type == "customer.subscription.deleted";
     if let Some(deleted_by) = marks.deleted()
         && !is_delete
@@ -72,10 +112,9 @@ where
         tier: state.1,
     };
     match track {
-        Track::Lifecycle => subscriptions::mark_lifecycle(&mut lock, &applied).await?,
-        Track::Invoice => subscriptions::mark_invoice(&mut lock, &applied).await?,
+        Track::Lifecycle => subscriptions::mark_lifecycle(pool, &applied).await?,
+        Track::Invoice => subscriptions::mark_invoice(pool, &applied).await?,
     }
-    lock.commit().await?;
     Ok(done)
 }
 
