@@ -140,7 +140,7 @@ async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, mut shutdown: watch
             }
             continue;
         }
-        let outcome = settle(&ctx, &delivery, &event_type, processed, retries).await;
+        let outcome = settle(&ctx, &delivery, &event_type, processed, retries, &mut shutdown).await;
         break (event_type, outcome);
     };
     ctx.metrics.jobs.with_label_values(&[&event_type, outcome]).inc();
@@ -173,6 +173,7 @@ async fn settle(
     event_type: &str,
     processed: dispatch::Processed,
     retries: u32,
+    shutdown: &mut watch::Receiver<bool>,
 ) -> &'static str {
     let event_id = processed.envelope.as_ref().map(|e| e.id.to_string());
     let pool = &ctx.store.pool;
@@ -184,8 +185,13 @@ async fn settle(
     };
     match processed.result {
         Ok(Done::Succeeded(summary)) => {
-            if let Some(id) = &event_id {
-                log_db(events::set_status(pool, id, EventStatus::Succeeded, None).await);
+            if let Some(id) = &event_id
+                && !record(ctx, shutdown, || {
+                    events::set_status(pool, id, EventStatus::Succeeded, None)
+                })
+                .await
+            {
+                return give_back(delivery).await;
             }
             tracing::info!(
                 event_id = event_id.as_deref().unwrap_or("-"),
@@ -199,8 +205,13 @@ async fn settle(
             "succeeded"
         }
         Ok(Done::Skipped(reason)) => {
-            if let Some(id) = &event_id {
-                log_db(events::set_status(pool, id, EventStatus::Skipped, Some(&reason)).await);
+            if let Some(id) = &event_id
+                && !record(ctx, shutdown, || {
+                    events::set_status(pool, id, EventStatus::Skipped, Some(&reason))
+                })
+                .await
+            {
+                return give_back(delivery).await;
             }
             tracing::info!(event_id = event_id.as_deref().unwrap_or("-"), event_type, outcome = "skipped", %reason, "job skipped");
             ack().await;
@@ -235,7 +246,7 @@ async fn settle(
                 return "requeued";
             }
             if let Some(id) = &event_id {
-                let record = ErrorRecord {
+                let error_record = ErrorRecord {
                     event_id: id,
                     attempt: retries as i32 + 1,
                     step: Some(failure.step),
@@ -243,8 +254,13 @@ async fn settle(
                     error: &failure.message,
                     action,
                 };
-                log_db(events::record_error(pool, &record).await);
-                log_db(events::set_status(pool, id, status, Some(&failure.message)).await);
+                // The re-published message is durable already: on shutdown it is acked even if
+                // the history could not be written.
+                let _ = record(ctx, shutdown, || events::record_error(pool, &error_record)).await
+                    && record(ctx, shutdown, || {
+                        events::set_status(pool, id, status, Some(&failure.message))
+                    })
+                    .await;
             }
             tracing::warn!(
                 event_id = event_id.as_deref().unwrap_or("-"), event_type, outcome, step = failure.step,
@@ -256,8 +272,33 @@ async fn settle(
     }
 }
 
-fn log_db(r: Result<(), sqlx::Error>) {
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "could not record the event status (history only; the outcome is durable)");
+/// Writes to the event history, waiting for Postgres while it is down, so that an acked message
+/// always has its outcome recorded. False only when shutdown came first.
+async fn record<F, Fut>(ctx: &WorkerContext, shutdown: &mut watch::Receiver<bool>, mut write: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), sqlx::Error>>,
+{
+    loop {
+        match write().await {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record the event's outcome; waiting for Postgres");
+                if !wait_for_store(ctx, shutdown).await {
+                    return false;
+                }
+            }
+        }
     }
+}
+
+/// Returns the message to the queue: its redelivery finds the ledger done and records the outcome.
+async fn give_back(delivery: &Delivery) -> &'static str {
+    let _ = delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await;
+    "requeued"
 }
