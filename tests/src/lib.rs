@@ -57,7 +57,7 @@ impl TestContext {
         .execute(&mut conn)
         .await
         .expect("create the test database");
-        let database_url = replace_database(&admin, &database_name);
+        let database_url = webhook_store::with_database_name(&admin, &database_name);
         let prefix = format!("test.{id}.");
         let env: HashMap<String, String> = [
             ("DATABASE_URL", database_url.as_str()),
@@ -122,21 +122,6 @@ impl TestContext {
             .execute(&mut conn)
             .await;
         }
-    }
-}
-
-fn replace_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let base = match base.rfind('/') {
-        Some(i) if base[..i].contains("://") && base[..i].len() > base.find("://").unwrap() + 2 => &base[..i],
-        _ => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
     }
 }
 
@@ -210,21 +195,6 @@ pub fn bin_path(name: &str) -> std::path::PathBuf {
         path.display()
     );
     path
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn replaces_the_database_name() {
-        assert_eq!(
-            super::replace_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
-            "postgres://postgres@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            super::replace_database("postgres://u@h/db?sslmode=disable", "x"),
-            "postgres://u@h/x?sslmode=disable"
-        );
-    }
 }
 
 /// What a command printed and how it exited.

@@ -38,6 +38,17 @@ impl TestSandbox {
         ]
     }
 
+    /// Lago subscriptions (every status) with this `external_id`, from the sandbox's state.
+    pub fn subscriptions(&self, external_id: &str) -> Vec<serde_json::Value> {
+        self.state.snapshot()["subscriptions"]
+            .as_array()
+            .expect("the state lists subscriptions")
+            .iter()
+            .filter(|s| s["external_id"] == external_id)
+            .cloned()
+            .collect()
+    }
+
     pub async fn stop(self) {
         self.handle.stop(false).await;
     }

@@ -72,18 +72,9 @@ async fn audits(pool: &PgPool, email: &str) -> Vec<String> {
         .unwrap()
 }
 
-fn lago_subs(sandbox: &TestSandbox, external_id: &str) -> Vec<Value> {
-    sandbox.state.snapshot()["subscriptions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["external_id"] == external_id)
-        .cloned()
-        .collect()
-}
-
 fn active_plan(sandbox: &TestSandbox, external_id: &str) -> Option<String> {
-    lago_subs(sandbox, external_id)
+    sandbox
+        .subscriptions(external_id)
         .into_iter()
         .find(|s| s["status"] == "active")
         .and_then(|s| s["plan_code"].as_str().map(str::to_owned))
@@ -192,7 +183,8 @@ async fn checkout_upgrade_payment_failed_paid_cancel() {
     assert_eq!(wait_event_done(&pool, "evt_l5").await, "succeeded");
     assert_eq!(active_plan(&sandbox, &sub), None);
     assert!(
-        lago_subs(&sandbox, &sub)
+        sandbox
+            .subscriptions(&sub)
             .iter()
             .any(|s| s["status"] == "terminated")
     );
@@ -380,7 +372,7 @@ async fn a_late_checkout_does_not_resurrect_a_canceled_subscription() {
     assert_eq!(wait_event_done(&pool, "evt_late_c").await, "skipped");
 
     assert!(
-        lago_subs(&sandbox, &sub).is_empty(),
+        sandbox.subscriptions(&sub).is_empty(),
         "no Lago subscription was created for the canceled one"
     );
     assert_eq!(

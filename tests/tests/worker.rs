@@ -24,16 +24,6 @@ async fn audit_rows(pool: &PgPool, subject: &str) -> Vec<Value> {
     .unwrap()
 }
 
-fn subscriptions(sandbox: &TestSandbox, external_id: &str) -> Vec<Value> {
-    sandbox.state.snapshot()["subscriptions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["external_id"] == external_id)
-        .cloned()
-        .collect()
-}
-
 fn session_subscription_id(event_id: &str) -> String {
     // webhookctl's test events derive the ids from the event id.
     let suffix: String = event_id
@@ -93,7 +83,7 @@ async fn paid_checkout_provisions_keycloak_lago_and_audit_and_keeps_other_attrib
             .any(|c| c["external_id"] == "ada@example.com"),
         "{customers}"
     );
-    let subs = subscriptions(&sandbox, &session_subscription_id(&event.event_id));
+    let subs = sandbox.subscriptions(&session_subscription_id(&event.event_id));
     assert_eq!(subs.len(), 1, "{subs:?}");
     assert_eq!(subs[0]["plan_code"], "professional_monthly");
     assert_eq!(subs[0]["external_customer_id"], "ada@example.com");
@@ -156,7 +146,9 @@ async fn the_same_event_twice_and_two_events_for_one_session_provision_once() {
     .await;
 
     assert_eq!(
-        subscriptions(&sandbox, &session_subscription_id(&first.event_id)).len(),
+        sandbox
+            .subscriptions(&session_subscription_id(&first.event_id))
+            .len(),
         1
     );
     assert_eq!(audit_rows(&pool, "bob@example.com").await.len(), 1);
@@ -200,7 +192,9 @@ async fn lago_failing_three_times_succeeds_after_retries() {
     wait_event_status(&pool, &event.event_id, "succeeded").await;
     assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 4);
     assert_eq!(
-        subscriptions(&sandbox, &session_subscription_id(&event.event_id)).len(),
+        sandbox
+            .subscriptions(&session_subscription_id(&event.event_id))
+            .len(),
         1
     );
     let (attempts,): (i32,) = sqlx::query_as("SELECT attempts FROM webhook_events WHERE event_id = $1")
@@ -445,7 +439,7 @@ async fn worker_killed_mid_job_completes_after_restart_without_doubling() {
         (sandbox.state.calls(Route::KeycloakPutUser) >= 1).then_some(())
     })
     .await;
-    assert_eq!(subscriptions(&sandbox, &sub_id).len(), 1);
+    assert_eq!(sandbox.subscriptions(&sub_id).len(), 1);
     worker.kill().expect("SIGKILL"); // kill -9: no graceful anything
     let _ = worker.wait();
 
@@ -453,7 +447,7 @@ async fn worker_killed_mid_job_completes_after_restart_without_doubling() {
     let mut worker = spawn();
     wait_event_status(&pool, &event.event_id, "succeeded").await;
     assert_eq!(
-        subscriptions(&sandbox, &sub_id).len(),
+        sandbox.subscriptions(&sub_id).len(),
         1,
         "Lago subscription not doubled"
     );
@@ -569,7 +563,7 @@ async fn broker_connections_lost_under_load_still_process_everything_exactly_onc
     }
     for (e, email) in events.iter().zip(&emails) {
         assert_eq!(
-            subscriptions(&sandbox, &session_subscription_id(&e.event_id)).len(),
+            sandbox.subscriptions(&session_subscription_id(&e.event_id)).len(),
             1,
             "{email}"
         );

@@ -51,7 +51,7 @@ impl Resources {
         .await
         .context("creating the benchmark database")?;
         let _ = conn.close().await;
-        let database_url = replace_database(&admin, &database_name);
+        let database_url = webhook_store::with_database_name(&admin, &database_name);
         let prefix = format!("bench.{id}.");
         let log = std::env::var("BENCH_LOG").unwrap_or_else(|_| "info,sqlx=warn".into());
         let env: HashMap<String, String> = [
@@ -123,38 +123,5 @@ impl Resources {
             .execute(&mut conn)
             .await;
         }
-    }
-}
-
-/// `url` with its database name replaced by `name`.
-fn replace_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[scheme_end..].rfind('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn replaces_the_database_name() {
-        assert_eq!(
-            super::replace_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
-            "postgres://postgres@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            super::replace_database("postgres://u@h/db?sslmode=disable", "x"),
-            "postgres://u@h/x?sslmode=disable"
-        );
-        assert_eq!(super::replace_database("postgres://u@h", "x"), "postgres://u@h/x");
     }
 }

@@ -67,6 +67,24 @@ where
     matches!(tokio::time::timeout(Duration::from_secs(2), f).await, Ok(Ok(_)))
 }
 
+/// `url` with its database name replaced by `name` (query string kept), e.g. to reach a
+/// per-test or per-benchmark database through an administrator URL.
+pub fn with_database_name(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[scheme_end..].rfind('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
 /// Creates the database named in `url` if it does not exist yet.
 pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
     if !Postgres::database_exists(url)
@@ -78,4 +96,23 @@ pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
             .context("cannot create the database")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            super::with_database_name("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            super::with_database_name("postgres://u@h/db?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+        assert_eq!(
+            super::with_database_name("postgres://u@h", "x"),
+            "postgres://u@h/x"
+        );
+    }
 }
