@@ -19,6 +19,10 @@ struct Cli {
     /// Number of runs; the report gives medians.
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// Only one part: `ingest` (floor, sweep, fixed rate, duplicates) or `worker`; for
+    /// measuring one change quickly. The doc's figures then hold only that part.
+    #[arg(long, value_parser = ["ingest", "worker"])]
+    only: Option<String>,
     /// Seconds per sweep level (overrides the plan).
     #[arg(long)]
     level_secs: Option<f64>,
@@ -54,6 +58,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     let mut plan = if cli.smoke { Plan::smoke() } else { Plan::full() };
     if let Some(secs) = cli.level_secs {
         plan.level_secs = secs;
+    }
+    match cli.only.as_deref() {
+        Some("worker") => plan.only_worker(),
+        Some(_) => plan.worker.clear(),
+        None => {}
     }
     let bin_dir = match cli.bin_dir {
         Some(d) => d,

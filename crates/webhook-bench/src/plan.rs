@@ -85,6 +85,14 @@ impl Plan {
         }
     }
 
+    /// Drops the ingest measurements (the worker cases still fill their queue through it).
+    pub fn only_worker(&mut self) {
+        self.levels.clear();
+        self.warmup_secs = 0.0;
+        self.fixed_secs = 0.0;
+        self.duplicate_secs = 0.0;
+    }
+
     pub fn level(&self) -> Duration {
         Duration::from_secs_f64(self.level_secs)
     }

@@ -109,6 +109,8 @@ pub struct IngestSettings {
     pub shutdown_timeout_secs: u64,
     pub retry_after_secs: u64,
     pub workers: usize,
+    /// Group-commit writers: transactions in flight at once, each for a batch of requests.
+    pub commit_writers: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -6,6 +6,7 @@
 //! - [`routes::health`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`metrics`]: the Prometheus metrics.
 
+pub mod group_commit;
 pub mod metrics;
 pub mod routes;
 
@@ -20,6 +21,7 @@ use webhook_amqp::{Broker, BrokerConfig};
 use webhook_core::{Settings, SignatureVerifier};
 use webhook_store::Store;
 
+use crate::group_commit::{Backend, GroupCommit};
 use crate::metrics::Metrics;
 
 /// Header bytes above which a request is refused with a JSON 400 (a real Stripe request has
@@ -29,6 +31,8 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Shared by all request handlers.
 pub struct AppState {
     pub verifier: SignatureVerifier,
+    /// Records and queues verified events (group commit).
+    pub queue: GroupCommit,
     pub store: Store,
     pub broker: Broker,
     pub metrics: Metrics,
@@ -60,11 +64,21 @@ impl Application {
         let listener = TcpListener::bind(&settings.ingest.bind)
             .with_context(|| format!("cannot listen on INGEST_BIND={}", settings.ingest.bind))?;
         let port = listener.local_addr()?.port();
+        let metrics = Metrics::new();
+        let queue = GroupCommit::start(
+            Backend {
+                store: store.clone(),
+                broker: broker.clone(),
+                metrics: metrics.clone(),
+            },
+            settings.ingest.commit_writers,
+        );
         let state = web::Data::new(AppState {
             verifier,
+            queue,
             store,
             broker: broker.clone(),
-            metrics: Metrics::new(),
+            metrics,
             handled_event_types: settings.stripe.handled_event_types.iter().cloned().collect(),
             body_limit: settings.ingest.body_limit_bytes,
             body_timeout: Duration::from_secs(settings.ingest.body_timeout_secs),

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the ingest (`GET /metrics`).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the ingest exports, registered in its own registry (no global state, so several
@@ -17,6 +17,8 @@ pub struct Metrics {
     pub publish_duration: HistogramVec,
     /// 1 while the broker link is up.
     pub broker_connected: IntGauge,
+    /// Events per group commit (one transaction, confirms awaited together).
+    pub commit_batch_size: Histogram,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -54,11 +56,20 @@ impl Metrics {
             "1 while the RabbitMQ connection is up",
         )
         .expect("valid metric");
+        let commit_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "webhook_ingest_commit_batch_size",
+                "Events recorded and queued per transaction (group commit of concurrent requests)",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
             Box::new(publish_duration.clone()),
             Box::new(broker_connected.clone()),
+            Box::new(commit_batch_size.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -68,6 +79,7 @@ impl Metrics {
             request_duration,
             publish_duration,
             broker_connected,
+            commit_batch_size,
         }
     }
 

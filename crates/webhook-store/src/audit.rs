@@ -1,20 +1,14 @@
-//! The audit log (`audit_logs`, the old system's shape).
+//! The audit log (`audit_logs`, the old system's shape). Rows are written by
+//! [`crate::ledger::finish_with_audit`], in the same statement as their ledger entry.
 
 use serde_json::Value;
 
-/// Inserts one audit row; returns its id.
-pub async fn insert(
-    conn: &mut sqlx::PgConnection,
-    event_type: &str,
-    subject: &str,
-    details: &Value,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "INSERT INTO audit_logs (event_type, subject, details) VALUES ($1, $2, $3) RETURNING id",
-    )
-    .bind(event_type)
-    .bind(subject)
-    .bind(details)
-    .fetch_one(conn)
-    .await
+/// An `audit_logs` row to write.
+pub struct AuditRow<'a> {
+    /// e.g. `subscription.created`.
+    pub event_type: &'a str,
+    /// The user's email.
+    pub subject: &'a str,
+    /// Stripe event id, tier, plan, Lago subscription id, …
+    pub details: &'a Value,
 }

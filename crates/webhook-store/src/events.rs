@@ -59,6 +59,60 @@ pub async fn insert_if_new(
     Ok(result.rows_affected() == 1)
 }
 
+/// [`insert_if_new`] for many events in one statement (the ingest's group commit). Returns the
+/// ids this call inserted. Rows are inserted in the order given: callers sort them by id, so
+/// that concurrent batches take the unique index's locks in the same order and cannot deadlock.
+pub async fn insert_new(
+    conn: &mut PgConnection,
+    batch: &[(&Envelope, EventStatus)],
+) -> Result<Vec<String>, sqlx::Error> {
+    let n = batch.len();
+    let (mut ids, mut types, mut objects) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut livemode, mut created, mut payloads, mut statuses) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (event, status) in batch {
+        ids.push(event.id.as_str());
+        types.push(event.event_type.as_str());
+        objects.push(event.object_id.as_deref());
+        livemode.push(event.livemode);
+        created.push(Utc.timestamp_opt(event.created, 0).single());
+        payloads.push(std::str::from_utf8(&event.body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?);
+        statuses.push(status.as_str());
+    }
+    sqlx::query_scalar(
+        "INSERT INTO webhook_events (event_id, event_type, object_id, livemode, stripe_created_at, payload, status)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::boolean[], $5::timestamptz[], $6::text[], $7::text[])
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING event_id",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(&objects)
+    .bind(&livemode)
+    .bind(&created)
+    .bind(&payloads)
+    .bind(&statuses)
+    .fetch_all(conn)
+    .await
+}
+
+/// Removes events inserted by the caller's still open transaction whose publish failed.
+pub async fn forget(conn: &mut PgConnection, event_ids: &[&str]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM webhook_events WHERE event_id = ANY($1)")
+        .bind(event_ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Number of stored events with this id (tests and tools).
 pub async fn count(pool: &PgPool, event_id: &str) -> Result<i64, sqlx::Error> {
     let row = sqlx::query("SELECT count(*) AS n FROM webhook_events WHERE event_id = $1")
@@ -70,16 +124,24 @@ pub async fn count(pool: &PgPool, event_id: &str) -> Result<i64, sqlx::Error> {
 
 /// Makes sure the event has a row (a message may reach the worker without passing the ingest:
 /// a replay from an archive, or a publish by hand) and counts a new attempt. Returns the
-/// number of attempts so far, this one included.
+/// number of attempts so far, this one included. One statement (one round trip, one commit).
 pub async fn start_attempt(pool: &PgPool, event: &Envelope) -> Result<i32, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    insert_if_new(&mut conn, event, EventStatus::Queued).await?;
+    let payload = std::str::from_utf8(&event.body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let created: Option<DateTime<Utc>> = Utc.timestamp_opt(event.created, 0).single();
     sqlx::query_scalar(
-        "UPDATE webhook_events SET status = 'processing', attempts = attempts + 1, updated_at = now()
-         WHERE event_id = $1 RETURNING attempts",
+        "INSERT INTO webhook_events (event_id, event_type, object_id, livemode, stripe_created_at, payload, status, attempts)
+         VALUES ($1, $2, $3, $4, $5, $6, 'processing', 1)
+         ON CONFLICT (event_id) DO UPDATE SET
+             status = 'processing', attempts = webhook_events.attempts + 1, updated_at = now()
+         RETURNING attempts",
     )
     .bind(event.id.as_str())
-    .fetch_one(&mut *conn)
+    .bind(&event.event_type)
+    .bind(event.object_id.as_deref())
+    .bind(event.livemode)
+    .bind(created)
+    .bind(payload)
+    .fetch_one(pool)
     .await
 }
 

@@ -8,31 +8,30 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgPool, Row};
+
+use crate::audit::AuditRow;
 
 /// The finished steps of an action, by step name.
 pub type DoneSteps = HashMap<String, Value>;
 
-/// Starts (or joins) an action and returns the steps already finished.
+/// Starts (or joins) an action, links the event to it and returns the steps already finished,
+/// in one statement (one round trip, one commit).
 pub async fn begin(pool: &PgPool, action_key: &str, event_id: &str) -> Result<DoneSteps, sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO provisioning_actions (action_key, first_event_id, last_event_id, status)
-         VALUES ($1, $2, $2, 'in_progress')
-         ON CONFLICT (action_key) DO UPDATE SET last_event_id = EXCLUDED.last_event_id, updated_at = now()",
+    let rows = sqlx::query(
+        "WITH action AS (
+             INSERT INTO provisioning_actions (action_key, first_event_id, last_event_id, status)
+             VALUES ($1, $2, $2, 'in_progress')
+             ON CONFLICT (action_key) DO UPDATE SET last_event_id = EXCLUDED.last_event_id, updated_at = now()
+         ), event AS (
+             UPDATE webhook_events SET action_key = $1 WHERE event_id = $2
+         )
+         SELECT step, result FROM provisioning_steps WHERE action_key = $1",
     )
     .bind(action_key)
     .bind(event_id)
-    .execute(pool)
+    .fetch_all(pool)
     .await?;
-    sqlx::query("UPDATE webhook_events SET action_key = $2 WHERE event_id = $1")
-        .bind(event_id)
-        .bind(action_key)
-        .execute(pool)
-        .await?;
-    let rows = sqlx::query("SELECT step, result FROM provisioning_steps WHERE action_key = $1")
-        .bind(action_key)
-        .fetch_all(pool)
-        .await?;
     rows.into_iter()
         .map(|r| Ok((r.try_get("step")?, r.try_get("result")?)))
         .collect()
@@ -46,18 +45,6 @@ pub async fn record_step(
     event_id: &str,
     result: &Value,
 ) -> Result<bool, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    record_step_in(&mut conn, action_key, step, event_id, result).await
-}
-
-/// [`record_step`] inside a caller's transaction (for effects that live in Postgres too).
-pub async fn record_step_in(
-    conn: &mut sqlx::PgConnection,
-    action_key: &str,
-    step: &str,
-    event_id: &str,
-    result: &Value,
-) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "INSERT INTO provisioning_steps (action_key, step, result, event_id) VALUES ($1, $2, $3, $4)
          ON CONFLICT (action_key, step) DO NOTHING",
@@ -66,24 +53,43 @@ pub async fn record_step_in(
     .bind(step)
     .bind(result)
     .bind(event_id)
-    .execute(conn)
+    .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
-/// Marks the action done.
-pub async fn finish(pool: &PgPool, action_key: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE provisioning_actions SET status = 'done', completed_at = coalesce(completed_at, now()), updated_at = now()
-         WHERE action_key = $1",
+/// The last step of an action: its audit row, the `audit` ledger entry (with the row's id) and
+/// the action marked done, atomically in one statement. Exactly one audit row per action, even
+/// when two deliveries race: the second waits on the ledger's key, then inserts nothing.
+/// Returns the new row's id, or `None` when the action had its audit row already.
+pub async fn finish_with_audit(
+    pool: &PgPool,
+    action_key: &str,
+    event_id: &str,
+    audit: &AuditRow<'_>,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH step AS (
+             INSERT INTO provisioning_steps (action_key, step, result, event_id)
+             VALUES ($1, 'audit', jsonb_build_object('audit_id', nextval(pg_get_serial_sequence('audit_logs', 'id'))), $2)
+             ON CONFLICT (action_key, step) DO NOTHING
+             RETURNING (result->>'audit_id')::bigint AS id
+         ), audit AS (
+             INSERT INTO audit_logs (id, event_type, subject, details)
+             SELECT id, $3, $4, $5 FROM step
+             RETURNING id
+         ), done AS (
+             UPDATE provisioning_actions
+             SET status = 'done', completed_at = coalesce(completed_at, now()), updated_at = now()
+             WHERE action_key = $1
+         )
+         SELECT (SELECT id FROM audit)",
     )
     .bind(action_key)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-/// Opens a transaction (for a step whose effect is a Postgres write).
-pub async fn transaction(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    pool.begin().await
+    .bind(event_id)
+    .bind(audit.event_type)
+    .bind(audit.subject)
+    .bind(audit.details)
+    .fetch_one(pool)
+    .await
 }

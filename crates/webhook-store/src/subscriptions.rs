@@ -2,6 +2,7 @@
 //! email mapping, per subscription the newest event applied (for out-of-order delivery), and a
 //! lease that lets the jobs of one subscription take turns across all workers.
 
+use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
 /// Remembers (or updates) the email of a Stripe customer.
@@ -25,28 +26,31 @@ pub async fn customer_email(pool: &PgPool, customer_id: &str) -> Result<Option<S
 }
 
 /// Takes the subscription's lease for `owner` (the event id) for `secs` seconds, unless another
-/// owner holds an unexpired one. The same owner may take it again (a redelivery after a crash).
+/// owner holds an unexpired one, and returns the subscription's ordering marks as they are under
+/// the lease (`None`: another owner holds it). The same owner may take it again (a redelivery
+/// after a crash). One statement.
 pub async fn try_lease(
     pool: &PgPool,
     subscription_id: &str,
     owner: &str,
     secs: f64,
-) -> Result<bool, sqlx::Error> {
-    let taken = sqlx::query(
+) -> Result<Option<Marks>, sqlx::Error> {
+    let row = sqlx::query(
         "INSERT INTO stripe_subscriptions (subscription_id, lease_owner, lease_until)
          VALUES ($1, $2, now() + make_interval(secs => $3))
          ON CONFLICT (subscription_id) DO UPDATE SET
              lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
          WHERE stripe_subscriptions.lease_until IS NULL
             OR stripe_subscriptions.lease_until < now()
-            OR stripe_subscriptions.lease_owner = EXCLUDED.lease_owner",
+            OR stripe_subscriptions.lease_owner = EXCLUDED.lease_owner
+         RETURNING last_event_created, last_event_id, last_event_type, last_invoice_created, last_invoice_event_id",
     )
     .bind(subscription_id)
     .bind(owner)
     .bind(secs)
-    .execute(pool)
+    .fetch_optional(pool)
     .await?;
-    Ok(taken.rows_affected() == 1)
+    row.map(|r| marks_of(&r)).transpose()
 }
 
 /// Gives the lease back (only if `owner` still holds it).
@@ -80,15 +84,7 @@ impl Marks {
     }
 }
 
-pub async fn marks(pool: &PgPool, subscription_id: &str) -> Result<Marks, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT last_event_created, last_event_id, last_event_type, last_invoice_created, last_invoice_event_id
-         FROM stripe_subscriptions WHERE subscription_id = $1",
-    )
-    .bind(subscription_id)
-    .fetch_optional(pool)
-    .await?;
-    let Some(r) = row else { return Ok(Marks::default()) };
+fn marks_of(r: &PgRow) -> Result<Marks, sqlx::Error> {
     let lifecycle = match (
         r.try_get::<Option<i64>, _>(0)?,
         r.try_get::<Option<String>, _>(1)?,
@@ -117,18 +113,25 @@ pub struct Applied<'a> {
     pub tier: Option<&'a str>,
 }
 
-/// Records an applied checkout or subscription event; never moves the mark backwards.
-pub async fn mark_lifecycle(pool: &PgPool, a: &Applied<'_>) -> Result<(), sqlx::Error> {
+/// Records an applied checkout or subscription event (never moving the mark backwards) and gives
+/// the lease back if `owner` still holds it, in one statement.
+pub async fn mark_lifecycle_and_release(
+    pool: &PgPool,
+    a: &Applied<'_>,
+    owner: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO stripe_subscriptions (subscription_id, last_event_created, last_event_id, last_event_type, status, tier)
+        "INSERT INTO stripe_subscriptions AS s (subscription_id, last_event_created, last_event_id, last_event_type, status, tier)
          VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (subscription_id) DO UPDATE SET
-             last_event_created = EXCLUDED.last_event_created, last_event_id = EXCLUDED.last_event_id,
-             last_event_type = EXCLUDED.last_event_type,
-             status = coalesce(EXCLUDED.status, stripe_subscriptions.status),
-             tier = coalesce(EXCLUDED.tier, stripe_subscriptions.tier), updated_at = now()
-         WHERE stripe_subscriptions.last_event_created IS NULL
-            OR stripe_subscriptions.last_event_created <= EXCLUDED.last_event_created",
+             last_event_created = CASE WHEN coalesce(s.last_event_created, $2) <= $2 THEN $2 ELSE s.last_event_created END,
+             last_event_id = CASE WHEN coalesce(s.last_event_created, $2) <= $2 THEN $3 ELSE s.last_event_id END,
+             last_event_type = CASE WHEN coalesce(s.last_event_created, $2) <= $2 THEN $4 ELSE s.last_event_type END,
+             status = CASE WHEN coalesce(s.last_event_created, $2) <= $2 THEN coalesce($5, s.status) ELSE s.status END,
+             tier = CASE WHEN coalesce(s.last_event_created, $2) <= $2 THEN coalesce($6, s.tier) ELSE s.tier END,
+             lease_owner = CASE WHEN s.lease_owner = $7 THEN NULL ELSE s.lease_owner END,
+             lease_until = CASE WHEN s.lease_owner = $7 THEN NULL ELSE s.lease_until END,
+             updated_at = now()",
     )
     .bind(a.subscription_id)
     .bind(a.event_created)
@@ -136,25 +139,33 @@ pub async fn mark_lifecycle(pool: &PgPool, a: &Applied<'_>) -> Result<(), sqlx::
     .bind(a.event_type)
     .bind(a.status)
     .bind(a.tier)
+    .bind(owner)
     .execute(pool)
     .await?;
     Ok(())
 }
 
-/// Records an applied invoice event; never moves the mark backwards.
-pub async fn mark_invoice(pool: &PgPool, a: &Applied<'_>) -> Result<(), sqlx::Error> {
+/// Records an applied invoice event (never moving the mark backwards) and gives the lease back
+/// if `owner` still holds it, in one statement.
+pub async fn mark_invoice_and_release(
+    pool: &PgPool,
+    a: &Applied<'_>,
+    owner: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO stripe_subscriptions (subscription_id, last_invoice_created, last_invoice_event_id)
+        "INSERT INTO stripe_subscriptions AS s (subscription_id, last_invoice_created, last_invoice_event_id)
          VALUES ($1, $2, $3)
          ON CONFLICT (subscription_id) DO UPDATE SET
-             last_invoice_created = EXCLUDED.last_invoice_created,
-             last_invoice_event_id = EXCLUDED.last_invoice_event_id, updated_at = now()
-         WHERE stripe_subscriptions.last_invoice_created IS NULL
-            OR stripe_subscriptions.last_invoice_created <= EXCLUDED.last_invoice_created",
+             last_invoice_created = CASE WHEN coalesce(s.last_invoice_created, $2) <= $2 THEN $2 ELSE s.last_invoice_created END,
+             last_invoice_event_id = CASE WHEN coalesce(s.last_invoice_created, $2) <= $2 THEN $3 ELSE s.last_invoice_event_id END,
+             lease_owner = CASE WHEN s.lease_owner = $4 THEN NULL ELSE s.lease_owner END,
+             lease_until = CASE WHEN s.lease_owner = $4 THEN NULL ELSE s.lease_until END,
+             updated_at = now()",
     )
     .bind(a.subscription_id)
     .bind(a.event_created)
     .bind(a.event_id)
+    .bind(owner)
     .execute(pool)
     .await?;
     Ok(())

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use webhook_core::Envelope;
-use webhook_store::subscriptions::{self, Applied};
+use webhook_store::subscriptions::{self, Applied, Marks};
 
 use crate::context::WorkerContext;
 use crate::dispatch::Done;
@@ -51,7 +51,10 @@ where
     let pool = &ctx.store.pool;
     let owner = event.id.as_str();
     let waited_until = Instant::now() + LEASE_WAIT;
-    while !subscriptions::try_lease(pool, subscription_id, owner, LEASE_SECS).await? {
+    let marks = loop {
+        if let Some(marks) = subscriptions::try_lease(pool, subscription_id, owner, LEASE_SECS).await? {
+            break marks;
+        }
         if Instant::now() >= waited_until {
             return Err(Failure::transient(
                 "subscription_lease",
@@ -60,62 +63,58 @@ where
             .into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let outcome = match stale(event, subscription_id, &marks, track) {
+        Some(reason) => Ok((Done::Skipped(reason), false)),
+        None => apply().await.map(|done| (done, true)),
+    };
+    let applied = Applied {
+        subscription_id,
+        event_created: event.created,
+        event_id: owner,
+        event_type: &event.event_type,
+        status: state.0,
+        tier: state.1,
+    };
+    // The ordering mark and the lease's release are one write; when nothing was applied, only
+    // the release (the next attempt may come from another event). A lost release only delays
+    // the others until the lease expires, and this event's redelivery may take it at once.
+    match (&outcome, track) {
+        (Ok((_, true)), Track::Lifecycle) => {
+            subscriptions::mark_lifecycle_and_release(pool, &applied, owner).await?
+        }
+        (Ok((_, true)), Track::Invoice) => {
+            subscriptions::mark_invoice_and_release(pool, &applied, owner).await?
+        }
+        _ => {
+            let _ = subscriptions::release_lease(pool, subscription_id, owner).await;
+        }
     }
-    let result = apply_in_order(ctx, subscription_id, event, track, state, apply).await;
-    // Also on failure: the next attempt may come from another event. A lost release only delays
-    // the others until the lease expires.
-    let _ = subscriptions::release_lease(pool, subscription_id, owner).await;
-    result
+    outcome.map(|(done, _)| done)
 }
 
-async fn apply_in_order<F, Fut>(
-    ctx: &WorkerContext,
-    subscription_id: &str,
-    event: &Envelope,
-    track: Track,
-    state: (Option<&str>, Option<&str>),
-    apply: F,
-) -> Result<Done, JobError>
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<Done, JobError>>,
-{
-    let pool = &ctx.store.pool;
-    let marks = subscriptions::marks(pool, subscription_id).await?;
+/// Why the event must not be applied, if the marks say a newer event (or the deletion) was
+/// applied already.
+fn stale(event: &Envelope, subscription_id: &str, marks: &Marks, track: Track) -> Option<String> {
     let is_delete = event.event_type == "customer.subscription.deleted";
     if let Some(deleted_by) = marks.deleted()
         && !is_delete
     {
-        return Ok(Done::Skipped(format!(
+        return Some(format!(
             "subscription {subscription_id} was deleted by {deleted_by}; a canceled subscription never comes back"
-        )));
+        ));
     }
     let newer = match track {
         Track::Lifecycle => marks.lifecycle.as_ref().map(|(c, id, _)| (*c, id.as_str())),
         Track::Invoice => marks.invoice.as_ref().map(|(c, id)| (*c, id.as_str())),
     };
-    if let Some((created, by)) = newer
-        && created > event.created
-    {
-        return Ok(Done::Skipped(format!(
+    match newer {
+        Some((created, by)) if created > event.created => Some(format!(
             "out of order: {by} (created {created}) was already applied to {subscription_id}, and this event is older ({})",
             event.created
-        )));
+        )),
+        _ => None,
     }
-    let done = apply().await?;
-    let applied = Applied {
-        subscription_id,
-        event_created: event.created,
-        event_id: event.id.as_str(),
-        event_type: &event.event_type,
-        status: state.0,
-        tier: state.1,
-    };
-    match track {
-        Track::Lifecycle => subscriptions::mark_lifecycle(pool, &applied).await?,
-        Track::Invoice => subscriptions::mark_invoice(pool, &applied).await?,
-    }
-    Ok(done)
 }
 
 /// The user's email for a Stripe customer: from the event when it has one (and then remembered),
@@ -224,8 +223,9 @@ pub async fn subscription_updated(
                 "lago_subscription_id": lago["lago_id"],
                 "lago_next_plan_code": lago["next_plan_code"],
             });
-            steps.audit("subscription.updated", &email, &details).await?;
-            steps.finish().await?;
+            steps
+                .finish_with_audit("subscription.updated", &email, &details)
+                .await?;
             Ok(Done::Succeeded(details))
         },
     )
@@ -289,8 +289,9 @@ pub async fn subscription_deleted(
                 "lago_subscription_id": terminated["lago_id"],
                 "lago_status": terminated["status"],
             });
-            steps.audit("subscription.canceled", &email, &details).await?;
-            steps.finish().await?;
+            steps
+                .finish_with_audit("subscription.canceled", &email, &details)
+                .await?;
             Ok(Done::Succeeded(details))
         },
     )
@@ -336,7 +337,7 @@ pub async fn invoice(
             "billing_status": status,
         });
         steps
-            .audit(
+            .finish_with_audit(
                 if paid {
                     "payment.succeeded"
                 } else {
@@ -346,7 +347,6 @@ pub async fn invoice(
                 &details,
             )
             .await?;
-        steps.finish().await?;
         Ok(Done::Succeeded(details))
     })
     .await

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 use webhook_core::Envelope;
-use webhook_store::audit;
+use webhook_store::audit::AuditRow;
 use webhook_store::ledger::{self, DoneSteps};
 
 use crate::clients::lago::NewSubscription;
@@ -125,8 +125,9 @@ pub async fn provision_checkout(
         "lago_customer_id": customer["lago_id"],
         "keycloak_user_id": user_id,
     });
-    steps.audit("subscription.created", email, &details).await?;
-    steps.finish().await?;
+    steps
+        .finish_with_audit("subscription.created", email, &details)
+        .await?;
     Ok(details)
 }
 
@@ -218,37 +219,21 @@ impl Steps<'_> {
         .map(|_| ())
     }
 
-    /// The `audit` step: the audit row and its ledger entry commit together, so there is exactly
-    /// one row per action, even when two deliveries race (the second waits on the ledger's key,
-    /// then inserts nothing).
-    pub(crate) async fn audit(
+    /// The last step: the audit row, its ledger entry and the action marked done, atomically
+    /// (one statement), so there is exactly one row per action, even when two deliveries race.
+    pub(crate) async fn finish_with_audit(
         &mut self,
         audit_type: &str,
         subject: &str,
         details: &Value,
     ) -> Result<(), JobError> {
-        if self.done.contains_key("audit") {
-            return Ok(());
-        }
-        let mut tx = self.ctx.store.pool.begin().await?;
-        let recorded =
-            ledger::record_step_in(&mut tx, &self.action_key, "audit", self.event_id, &json!({})).await?;
-        if recorded {
-            let id = audit::insert(&mut tx, audit_type, subject, details).await?;
-            sqlx::query("UPDATE provisioning_steps SET result = $3 WHERE action_key = $1 AND step = $2")
-                .bind(&self.action_key)
-                .bind("audit")
-                .bind(json!({"audit_id": id}))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+        let row = AuditRow {
+            event_type: audit_type,
+            subject,
+            details,
+        };
+        ledger::finish_with_audit(&self.ctx.store.pool, &self.action_key, self.event_id, &row).await?;
         self.done.insert("audit".into(), json!({}));
-        Ok(())
-    }
-
-    pub(crate) async fn finish(&self) -> Result<(), JobError> {
-        ledger::finish(&self.ctx.store.pool, &self.action_key).await?;
         Ok(())
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The answer is 2xx only once the event is both recorded in Postgres and confirmed by
 //! RabbitMQ; every failure on the way rolls the record back and answers 503 with `Retry-After`,
-//! so Stripe delivers again later.
+//! so Stripe delivers again later. The recording and queueing is shared with the other
+//! requests in flight: see [`crate::group_commit`].
 
 use std::time::{Duration, Instant};
 
@@ -11,31 +12,11 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde_json::json;
-use webhook_amqp::lapin::types::FieldTable;
-use webhook_amqp::{Outgoing, job_properties};
+use webhook_core::VerifiedEvent;
 use webhook_core::error_code::ApiError;
-use webhook_core::{Envelope, VerifiedEvent};
-use webhook_store::events::{self, EventStatus};
 
 use crate::AppState;
-
-/// What happened to an accepted request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Disposition {
-    Accepted,
-    Duplicate,
-    Ignored,
-}
-
-impl Disposition {
-    fn as_str(self) -> &'static str {
-        match self {
-            Disposition::Accepted => "accepted",
-            Disposition::Duplicate => "duplicate",
-            Disposition::Ignored => "ignored",
-        }
-    }
-}
+use crate::group_commit::Disposition;
 
 /// The facts a log line and a metric need, whatever the outcome.
 #[derive(Default)]
@@ -110,7 +91,8 @@ async fn handle(
     seen.event_id = Some(event.id.to_string());
     seen.event_type = Some(event.event_type.clone());
     let handled = state.handled_event_types.contains(&event.event_type);
-    record_and_queue(state, &event, handled).await
+    // Recorded and queued together with the other requests in flight (group commit).
+    state.queue.submit(event, handled).await
 }
 
 /// Content type and header size, checked before the body is read.
@@ -182,71 +164,6 @@ async fn read_body(
             format!("the body did not arrive within {}s", timeout.as_secs()),
         ))
     })
-}
-
-/// The dedupe record and the publish, atomically: insert, publish, wait for the confirm,
-/// commit. A failure at any point before the commit leaves nothing behind.
-async fn record_and_queue(
-    state: &AppState,
-    event: &Envelope,
-    handled: bool,
-) -> Result<Disposition, ApiError> {
-    let status = if handled {
-        EventStatus::Queued
-    } else {
-        EventStatus::Ignored
-    };
-    let mut tx = state.store.pool.begin().await.map_err(db_unavailable)?;
-    let inserted = events::insert_if_new(&mut tx, event, status)
-        .await
-        .map_err(db_unavailable)?;
-    if !inserted {
-        // Nothing was written; ending the transaction releases the connection either way.
-        let _ = tx.rollback().await;
-        return Ok(Disposition::Duplicate);
-    }
-    if handled {
-        let started = Instant::now();
-        let topology = state.broker.topology();
-        let published = state
-            .broker
-            .publish(Outgoing {
-                exchange: &topology.exchange,
-                routing_key: &event.event_type,
-                body: &event.body,
-                properties: job_properties(event.id.as_str(), &event.event_type, FieldTable::default()),
-            })
-            .await;
-        let result = if published.is_ok() { "ack" } else { "failed" };
-        state
-            .metrics
-            .publish_duration
-            .with_label_values(&[result])
-            .observe(started.elapsed().as_secs_f64());
-        if let Err(e) = published {
-            let _ = tx.rollback().await;
-            tracing::warn!(event_id = %event.id, error = %e, "event not queued; answering 503 so Stripe retries");
-            return Err(ApiError::unavailable(format!(
-                "the event could not be queued ({e}); it was not recorded, retry later"
-            )));
-        }
-    }
-    if let Err(e) = tx.commit().await {
-        // The message may be queued without its record: Stripe's retry then queues it again, and
-        // the worker's ledger makes the second copy harmless.
-        tracing::warn!(event_id = %event.id, error = %e, "commit failed after publish");
-        return Err(db_unavailable(e));
-    }
-    Ok(if handled {
-        Disposition::Accepted
-    } else {
-        Disposition::Ignored
-    })
-}
-
-fn db_unavailable(e: sqlx::Error) -> ApiError {
-    tracing::warn!(error = %e, "database unavailable");
-    ApiError::unavailable("the event store is unavailable; retry later")
 }
 
 /// JSON 404 for every other path.

@@ -1,0 +1,243 @@
+//! Group commit: the dedupe records and publishes of concurrent requests share one transaction.
+//!
+//! Each request hands its verified event to a small set of writers and waits for the answer.
+//! A free writer takes every event waiting (up to [`MAX_BATCH`]) and, in one transaction:
+//! inserts them all (`INSERT … ON CONFLICT DO NOTHING`, one statement), publishes the new ones
+//! (persistent, mandatory) and awaits all their confirms together, removes the rows of any
+//! event RabbitMQ did not confirm, and commits. Only then are the requests answered: accepted
+//! (recorded and confirmed), duplicate, ignored, or 503 for an event that is not durably queued.
+//!
+//! There is no timer: under light load every batch holds one event and latency is that of a
+//! lone request; under heavy load the events that arrive while the writers are busy form the
+//! next batches, so the Postgres round trips and commits per event fall as the load rises.
+//!
+//! Rows are inserted in event-id order, so concurrent batches lock the unique index in the same
+//! order (no deadlock), and a second copy of an event waits for the first copy's transaction
+//! exactly as a lone insert would: it is answered `duplicate` only once the first is committed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::future::join_all;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use webhook_amqp::lapin::types::FieldTable;
+use webhook_amqp::{Broker, Outgoing, job_properties};
+use webhook_core::VerifiedEvent;
+use webhook_core::error_code::ApiError;
+use webhook_store::Store;
+use webhook_store::events::{self, EventStatus};
+
+use crate::metrics::Metrics;
+
+/// Most events in one transaction.
+pub const MAX_BATCH: usize = 128;
+
+/// What happened to a recorded event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Recorded and confirmed by RabbitMQ.
+    Accepted,
+    /// Recorded before (or by an earlier copy in the same batch).
+    Duplicate,
+    /// An event type nobody handles: recorded, not queued.
+    Ignored,
+}
+
+impl Disposition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Accepted => "accepted",
+            Disposition::Duplicate => "duplicate",
+            Disposition::Ignored => "ignored",
+        }
+    }
+}
+
+type Answer = Result<Disposition, ApiError>;
+
+struct Job {
+    event: VerifiedEvent,
+    handled: bool,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// The requests' side: hands events to the writers.
+#[derive(Clone)]
+pub struct GroupCommit {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// What the writers work with.
+#[derive(Clone)]
+pub struct Backend {
+    pub store: Store,
+    pub broker: Broker,
+    pub metrics: Metrics,
+}
+
+impl GroupCommit {
+    /// Starts `writers` writer tasks on the current runtime (each holds at most one pooled
+    /// connection at a time). They stop once every `GroupCommit` clone is dropped.
+    pub fn start(backend: Backend, writers: usize) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * writers.max(1) * 4);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..writers.max(1) {
+            tokio::spawn(writer(backend.clone(), rx.clone()));
+        }
+        Self { jobs: tx }
+    }
+
+    /// Records and (if `handled`) queues the event; answers once that is durable, or why not.
+    pub async fn submit(&self, event: VerifiedEvent, handled: bool) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            event,
+            handled,
+            reply,
+        };
+        if self.jobs.send(job).await.is_err() {
+            return Err(ApiError::unavailable("the ingest is shutting down; retry later"));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(ApiError::unavailable("the ingest is shutting down; retry later")))
+    }
+}
+
+async fn writer(backend: Backend, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    loop {
+        let batch = {
+            let mut jobs = jobs.lock().await;
+            let Some(first) = jobs.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        commit(&backend, batch).await;
+    }
+}
+
+/// One transaction for the whole batch, then every request's answer.
+async fn commit(backend: &Backend, mut batch: Vec<Job>) {
+    backend.metrics.commit_batch_size.observe(batch.len() as f64);
+    batch.sort_by(|a, b| a.event.id.cmp(&b.event.id));
+    // The first copy of each id is written; later copies in the batch follow its fate.
+    let firsts: Vec<usize> = (0..batch.len())
+        .filter(|&i| i == 0 || batch[i].event.id != batch[i - 1].event.id)
+        .collect();
+    let answers = match record_and_queue(backend, &batch, &firsts).await {
+        Ok(answers) => answers,
+        Err(e) => vec![Err(e); firsts.len()],
+    };
+    let mut first = 0;
+    for (i, job) in batch.into_iter().enumerate() {
+        let answer = if firsts.get(first) == Some(&i) {
+            first += 1;
+            answers[first - 1].clone()
+        } else {
+            // A second copy: a duplicate once the first is durable, else the first's error.
+            answers[first - 1].clone().map(|_| Disposition::Duplicate)
+        };
+        // A client that went away gets no answer; its event is durable all the same.
+        let _ = job.reply.send(answer);
+    }
+}
+
+/// Insert, publish, await the confirms, forget the unconfirmed, commit. The answers are in the
+/// order of `firsts`; an `Err` of the whole function answers every event with it.
+async fn record_and_queue(
+    backend: &Backend,
+    batch: &[Job],
+    firsts: &[usize],
+) -> Result<Vec<Answer>, ApiError> {
+    let rows: Vec<_> = firsts
+        .iter()
+        .map(|&i| {
+            let job = &batch[i];
+            let status = if job.handled {
+                EventStatus::Queued
+            } else {
+                EventStatus::Ignored
+            };
+            (job.event.envelope(), status)
+        })
+        .collect();
+    let mut tx = backend.store.pool.begin().await.map_err(db_unavailable)?;
+    let inserted: HashSet<String> = events::insert_new(&mut tx, &rows)
+        .await
+        .map_err(db_unavailable)?
+        .into_iter()
+        .collect();
+    if inserted.is_empty() {
+        // Nothing was written; ending the transaction releases the connection either way.
+        let _ = tx.rollback().await;
+        return Ok(vec![Ok(Disposition::Duplicate); firsts.len()]);
+    }
+    let topology = backend.broker.topology();
+    let answers: Vec<Answer> = join_all(firsts.iter().map(|&i| {
+        let job = &batch[i];
+        let new = inserted.contains(job.event.id.as_str());
+        async move {
+            if !new {
+                return Ok(Disposition::Duplicate);
+            }
+            if !job.handled {
+                return Ok(Disposition::Ignored);
+            }
+            let started = Instant::now();
+            let published = backend
+                .broker
+                .publish(Outgoing {
+                    exchange: &topology.exchange,
+                    routing_key: &job.event.event_type,
+                    body: &job.event.body,
+                    properties: job_properties(job.event.id.as_str(), &job.event.event_type, FieldTable::default()),
+                })
+                .await;
+            let result = if published.is_ok() { "ack" } else { "failed" };
+            backend
+                .metrics
+                .publish_duration
+                .with_label_values(&[result])
+                .observe(started.elapsed().as_secs_f64());
+            published.map(|()| Disposition::Accepted).map_err(|e| {
+                tracing::warn!(event_id = %job.event.id, error = %e, "event not queued; answering 503 so Stripe retries");
+                ApiError::unavailable(format!("the event could not be queued ({e}); it was not recorded, retry later"))
+            })
+        }
+    }))
+    .await;
+    let unconfirmed: Vec<&str> = firsts
+        .iter()
+        .zip(&answers)
+        .filter(|(_, a)| a.is_err())
+        .map(|(&i, _)| batch[i].event.id.as_str())
+        .collect();
+    if unconfirmed.len() == inserted.len() {
+        let _ = tx.rollback().await;
+        return Ok(answers);
+    }
+    if !unconfirmed.is_empty() {
+        events::forget(&mut tx, &unconfirmed)
+            .await
+            .map_err(db_unavailable)?;
+    }
+    if let Err(e) = tx.commit().await {
+        // The messages may be queued without their records: Stripe's retry then queues them
+        // again, and the worker's ledger makes the second copy harmless.
+        tracing::warn!(error = %e, events = inserted.len(), "commit failed after publish");
+        return Err(db_unavailable(e));
+    }
+    Ok(answers)
+}
+
+fn db_unavailable(e: sqlx::Error) -> ApiError {
+    tracing::warn!(error = %e, "database unavailable");
+    ApiError::unavailable("the event store is unavailable; retry later")
+}
