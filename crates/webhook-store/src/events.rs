@@ -124,15 +124,21 @@ pub async fn count(pool: &PgPool, event_id: &str) -> Result<i64, sqlx::Error> {
 
 /// Makes sure the event has a row (a message may reach the worker without passing the ingest:
 /// a replay from an archive, or a publish by hand) and counts a new attempt. Returns the
-/// number of attempts so far, this one included. One statement (one round trip, one commit).
-pub async fn start_attempt(pool: &PgPool, event: &Envelope) -> Result<i32, sqlx::Error> {
+/// number of attempts so far, this one included. Links the event to the action it works on
+/// (`webhookctl events show` lists that action's steps). One statement.
+pub async fn start_attempt(
+    pool: &PgPool,
+    event: &Envelope,
+    action_key: Option<&str>,
+) -> Result<i32, sqlx::Error> {
     let payload = std::str::from_utf8(&event.body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     let created: Option<DateTime<Utc>> = Utc.timestamp_opt(event.created, 0).single();
     sqlx::query_scalar(
-        "INSERT INTO webhook_events (event_id, event_type, object_id, livemode, stripe_created_at, payload, status, attempts)
-         VALUES ($1, $2, $3, $4, $5, $6, 'processing', 1)
+        "INSERT INTO webhook_events (event_id, event_type, object_id, livemode, stripe_created_at, payload, status, attempts, action_key)
+         VALUES ($1, $2, $3, $4, $5, $6, 'processing', 1, $7)
          ON CONFLICT (event_id) DO UPDATE SET
-             status = 'processing', attempts = webhook_events.attempts + 1, updated_at = now()
+             status = 'processing', attempts = webhook_events.attempts + 1, updated_at = now(),
+             action_key = coalesce(EXCLUDED.action_key, webhook_events.action_key)
          RETURNING attempts",
     )
     .bind(event.id.as_str())
@@ -141,33 +147,9 @@ pub async fn start_attempt(pool: &PgPool, event: &Envelope) -> Result<i32, sqlx:
     .bind(event.livemode)
     .bind(created)
     .bind(payload)
+    .bind(action_key)
     .fetch_one(pool)
     .await
-}
-
-/// Sets the outcome of the latest attempt.
-pub async fn set_status(
-    pool: &PgPool,
-    event_id: &str,
-    status: EventStatus,
-    last_error: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    let terminal = matches!(
-        status,
-        EventStatus::Succeeded | EventStatus::Skipped | EventStatus::DeadLettered
-    );
-    sqlx::query(
-        "UPDATE webhook_events SET status = $2, last_error = coalesce($3, last_error), updated_at = now(),
-                completed_at = CASE WHEN $4 THEN now() ELSE completed_at END
-         WHERE event_id = $1",
-    )
-    .bind(event_id)
-    .bind(status.as_str())
-    .bind(last_error)
-    .bind(terminal)
-    .execute(pool)
-    .await?;
-    Ok(())
 }
 
 /// One failed attempt, for the event history.
@@ -181,17 +163,47 @@ pub struct ErrorRecord<'a> {
     pub action: &'a str,
 }
 
-pub async fn record_error(pool: &PgPool, e: &ErrorRecord<'_>) -> Result<(), sqlx::Error> {
+/// Records the outcome of the latest attempt (and, for a failure, the error) durably, whatever
+/// the pool's commit behaviour: the commit returns only once it is on disk, and with it every
+/// earlier commit of the same server ([`crate::Commits::Deferred`]). Run before the message is
+/// acked, so an acked message's outcome and effects survive a crash of Postgres.
+pub async fn record_outcome(
+    pool: &PgPool,
+    event_id: &str,
+    status: EventStatus,
+    last_error: Option<&str>,
+    error: Option<&ErrorRecord<'_>>,
+) -> Result<(), sqlx::Error> {
+    let terminal = matches!(
+        status,
+        EventStatus::Succeeded | EventStatus::Skipped | EventStatus::DeadLettered
+    );
+    let mut tx = pool
+        .begin_with("BEGIN; SET LOCAL synchronous_commit = on")
+        .await?;
+    if let Some(e) = error {
+        sqlx::query(
+            "INSERT INTO event_errors (event_id, attempt, step, kind, error, action) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(e.event_id)
+        .bind(e.attempt)
+        .bind(e.step)
+        .bind(e.kind)
+        .bind(e.error)
+        .bind(e.action)
+        .execute(&mut *tx)
+        .await?;
+    }
     sqlx::query(
-        "INSERT INTO event_errors (event_id, attempt, step, kind, error, action) VALUES ($1, $2, $3, $4, $5, $6)",
+        "UPDATE webhook_events SET status = $2, last_error = coalesce($3, last_error), updated_at = now(),
+                completed_at = CASE WHEN $4 THEN now() ELSE completed_at END
+         WHERE event_id = $1",
     )
-    .bind(e.event_id)
-    .bind(e.attempt)
-    .bind(e.step)
-    .bind(e.kind)
-    .bind(e.error)
-    .bind(e.action)
-    .execute(pool)
+    .bind(event_id)
+    .bind(status.as_str())
+    .bind(last_error)
+    .bind(terminal)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    tx.commit().await
 }

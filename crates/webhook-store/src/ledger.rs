@@ -15,16 +15,13 @@ use crate::audit::AuditRow;
 /// The finished steps of an action, by step name.
 pub type DoneSteps = HashMap<String, Value>;
 
-/// Starts (or joins) an action, links the event to it and returns the steps already finished,
-/// in one statement (one round trip, one commit).
+/// Starts (or joins) an action and returns the steps already finished, in one statement.
 pub async fn begin(pool: &PgPool, action_key: &str, event_id: &str) -> Result<DoneSteps, sqlx::Error> {
     let rows = sqlx::query(
         "WITH action AS (
              INSERT INTO provisioning_actions (action_key, first_event_id, last_event_id, status)
              VALUES ($1, $2, $2, 'in_progress')
              ON CONFLICT (action_key) DO UPDATE SET last_event_id = EXCLUDED.last_event_id, updated_at = now()
-         ), event AS (
-             UPDATE webhook_events SET action_key = $1 WHERE event_id = $2
          )
          SELECT step, result FROM provisioning_steps WHERE action_key = $1",
     )

@@ -29,15 +29,36 @@ pub struct Store {
     pub pool: PgPool,
 }
 
+/// When a commit on the pool's connections returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commits {
+    /// Once the commit is on disk (`synchronous_commit` as the server has it, normally `on`).
+    Durable,
+    /// At once; Postgres writes the WAL to disk within a fraction of a second
+    /// (`synchronous_commit = off`). A crash of Postgres can lose the last such commits, never
+    /// part of one, and never one older than a later durable commit: WAL is flushed in order,
+    /// so a durable commit (e.g. [`events::record_outcome`]) makes every earlier one durable.
+    /// The worker's step writes use this; its outcome write, made before the ack, is durable.
+    Deferred,
+}
+
 impl Store {
     /// Builds the pool without connecting: the binaries start (and report not-ready) while
-    /// Postgres is down, and connections are made on demand.
+    /// Postgres is down, and connections are made on demand. Commits are durable.
     pub fn connect_lazy(db: &DatabaseSettings) -> anyhow::Result<Self> {
-        let options: PgConnectOptions = db
+        Self::connect_lazy_with(db, Commits::Durable)
+    }
+
+    /// [`Store::connect_lazy`] with the given commit behaviour.
+    pub fn connect_lazy_with(db: &DatabaseSettings, commits: Commits) -> anyhow::Result<Self> {
+        let mut options: PgConnectOptions = db
             .url
             .expose_secret()
             .parse()
             .context("DATABASE_URL is not a valid postgres:// URL")?;
+        if commits == Commits::Deferred {
+            options = options.options([("synchronous_commit", "off")]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(db.max_connections)
             .acquire_timeout(Duration::from_secs(db.acquire_timeout_secs))

@@ -187,7 +187,7 @@ async fn settle(
         Ok(Done::Succeeded(summary)) => {
             if let Some(id) = &event_id
                 && !record(ctx, shutdown, || {
-                    events::set_status(pool, id, EventStatus::Succeeded, None)
+                    events::record_outcome(pool, id, EventStatus::Succeeded, None, None)
                 })
                 .await
             {
@@ -207,7 +207,7 @@ async fn settle(
         Ok(Done::Skipped(reason)) => {
             if let Some(id) = &event_id
                 && !record(ctx, shutdown, || {
-                    events::set_status(pool, id, EventStatus::Skipped, Some(&reason))
+                    events::record_outcome(pool, id, EventStatus::Skipped, Some(&reason), None)
                 })
                 .await
             {
@@ -256,11 +256,10 @@ async fn settle(
                 };
                 // The re-published message is durable already: on shutdown it is acked even if
                 // the history could not be written.
-                let _ = record(ctx, shutdown, || events::record_error(pool, &error_record)).await
-                    && record(ctx, shutdown, || {
-                        events::set_status(pool, id, status, Some(&failure.message))
-                    })
-                    .await;
+                let _ = record(ctx, shutdown, || {
+                    events::record_outcome(pool, id, status, Some(&failure.message), Some(&error_record))
+                })
+                .await;
             }
             tracing::warn!(
                 event_id = event_id.as_deref().unwrap_or("-"), event_type, outcome, step = failure.step,

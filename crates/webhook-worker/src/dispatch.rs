@@ -66,7 +66,7 @@ async fn handle(ctx: &WorkerContext, event: &Envelope) -> Result<Done, JobError>
         )
         .into());
     }
-    events::start_attempt(&ctx.store.pool, event).await?;
+    events::start_attempt(&ctx.store.pool, event, action_key(event).as_deref()).await?;
     let body: Value = serde_json::from_slice(&event.body)
         .map_err(|e| Failure::permanent("parse", format!("malformed message: {e}")))?;
     let object = &body["data"]["object"];
@@ -77,6 +77,25 @@ async fn handle(ctx: &WorkerContext, event: &Envelope) -> Result<Done, JobError>
         "invoice.payment_failed" => lifecycle::invoice(ctx, event, object, false).await,
         _ => checkout(ctx, event, object).await,
     }
+}
+
+/// The business action an event works on: its key in the step ledger. Events about one object
+/// share an action where they must not act twice: both checkout events of a session, every copy
+/// of a subscription's deletion. A plan change is an action per event, a payment one per invoice.
+/// `None` when the event has no `data.object.id` (its handler then fails it as malformed).
+pub fn action_key(event: &Envelope) -> Option<String> {
+    let object = event
+        .object_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())?;
+    Some(match event.event_type.as_str() {
+        "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
+            format!("checkout:{object}")
+        }
+        "customer.subscription.updated" => format!("{}:{}", event.event_type, event.id),
+        other => format!("{other}:{object}"),
+    })
 }
 
 async fn checkout(ctx: &WorkerContext, event: &Envelope, session: &Value) -> Result<Done, JobError> {

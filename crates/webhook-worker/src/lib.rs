@@ -34,7 +34,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 use webhook_amqp::{Broker, BrokerConfig};
 use webhook_core::Settings;
-use webhook_store::Store;
+use webhook_store::{Commits, Store};
 
 use crate::clients::{InlineRetry, KeycloakClient, LagoClient};
 use crate::context::WorkerContext;
@@ -78,7 +78,9 @@ impl Application {
             anyhow::bail!("WORKER_CONCURRENCY must be at least 1");
         }
         let database = settings.database.clone();
-        let store = Store::connect_lazy(&database)?;
+        // Step writes commit without waiting for the disk; the outcome write before each ack is
+        // durable and with it everything the job wrote (see `webhook_store::Commits`).
+        let store = Store::connect_lazy_with(&database, Commits::Deferred)?;
         if settings.database.migrate_on_start {
             store.migrate().await?;
         }

@@ -182,12 +182,7 @@ pub async fn subscription_updated(
         (Some(&change.status), Some(&tier)),
         || async {
             let email = email_of(ctx, Some(&change.customer), None).await?;
-            let mut steps = Steps::begin(
-                ctx,
-                format!("{}:{}", event.event_type, event.id),
-                event.id.as_str(),
-            )
-            .await?;
+            let mut steps = Steps::begin(ctx, event).await?;
             let user_id = steps.lookup_user(&email).await?;
             let plan_code = ctx.plans.plan_code(&tier, &cycle);
             // A subscription that is over has no plan to change; its deletion event terminates it.
@@ -251,12 +246,7 @@ pub async fn subscription_deleted(
         (Some("canceled"), Some(&free)),
         || async {
             let email = email_of(ctx, Some(&change.customer), None).await?;
-            let mut steps = Steps::begin(
-                ctx,
-                format!("customer.subscription.deleted:{sub_id}"),
-                event.id.as_str(),
-            )
-            .await?;
+            let mut steps = Steps::begin(ctx, event).await?;
             let user_id = steps.lookup_user(&email).await?;
             let terminated = steps
                 .run("lago_terminate", || async {
@@ -315,12 +305,7 @@ pub async fn invoice(
     };
     in_order(ctx, &sub_id, event, Track::Invoice, (None, None), || async {
         let email = email_of(ctx, inv.customer.as_deref(), inv.customer_email.as_ref()).await?;
-        let mut steps = Steps::begin(
-            ctx,
-            format!("{}:{}", event.event_type, inv.invoice_id),
-            event.id.as_str(),
-        )
-        .await?;
+        let mut steps = Steps::begin(ctx, event).await?;
         let user_id = steps.lookup_user(&email).await?;
         let status = if paid { "active" } else { "past_due" };
         steps

@@ -29,12 +29,12 @@ pub(crate) struct Steps<'a> {
 }
 
 impl<'a> Steps<'a> {
-    /// Starts (or resumes) the action `action_key` for this event.
-    pub(crate) async fn begin(
-        ctx: &'a WorkerContext,
-        action_key: String,
-        event_id: &'a str,
-    ) -> Result<Self, JobError> {
+    /// Starts (or resumes) the event's action (see [`crate::dispatch::action_key`]).
+    pub(crate) async fn begin(ctx: &'a WorkerContext, event: &'a Envelope) -> Result<Self, JobError> {
+        let action_key = crate::dispatch::action_key(event).ok_or_else(|| {
+            Failure::permanent("parse", "malformed message: the event has no data.object.id")
+        })?;
+        let event_id = event.id.as_str();
         let done = ledger::begin(&ctx.store.pool, &action_key, event_id).await?;
         Ok(Self {
             ctx,
@@ -78,8 +78,7 @@ pub async fn provision_checkout(
     event: &Envelope,
     order: &CheckoutOrder,
 ) -> Result<Value, JobError> {
-    let action_key = format!("checkout:{}", order.session_id);
-    let mut steps = Steps::begin(ctx, action_key, event.id.as_str()).await?;
+    let mut steps = Steps::begin(ctx, event).await?;
     let email = order.email.as_str();
 
     let user_id = steps.lookup_user(email).await?;
