@@ -4,6 +4,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use sqlx::{PgConnection, PgPool, Row};
 use webhook_core::Envelope;
 
+use crate::{Commits, Store};
+
 /// Status of an event in `webhook_events.status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventStatus {
@@ -163,12 +165,13 @@ pub struct ErrorRecord<'a> {
     pub action: &'a str,
 }
 
-/// Records the outcome of the latest attempt (and, for a failure, the error) durably, whatever
-/// the pool's commit behaviour: the commit returns only once it is on disk, and with it every
-/// earlier commit of the same server ([`crate::Commits::Deferred`]). Run before the message is
-/// acked, so an acked message's outcome and effects survive a crash of Postgres.
+/// Records the outcome of the latest attempt (and, for a failure, the error) durably: the commit
+/// returns only once it is on disk, and with it every earlier commit of the same server (see
+/// [`crate::Commits::Deferred`]). Run before the message is acked, so that an acked message's
+/// outcome and effects survive a crash of Postgres. One statement on a durable store; on a
+/// deferred one, inside a transaction that asks for a durable commit.
 pub async fn record_outcome(
-    pool: &PgPool,
+    store: &Store,
     event_id: &str,
     status: EventStatus,
     last_error: Option<&str>,
@@ -178,24 +181,12 @@ pub async fn record_outcome(
         status,
         EventStatus::Succeeded | EventStatus::Skipped | EventStatus::DeadLettered
     );
-    let mut tx = pool
-        .begin_with("BEGIN; SET LOCAL synchronous_commit = on")
-        .await?;
-    if let Some(e) = error {
-        sqlx::query(
-            "INSERT INTO event_errors (event_id, attempt, step, kind, error, action) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(e.event_id)
-        .bind(e.attempt)
-        .bind(e.step)
-        .bind(e.kind)
-        .bind(e.error)
-        .bind(e.action)
-        .execute(&mut *tx)
-        .await?;
-    }
-    sqlx::query(
-        "UPDATE webhook_events SET status = $2, last_error = coalesce($3, last_error), updated_at = now(),
+    let query = sqlx::query(
+        "WITH error AS (
+             INSERT INTO event_errors (event_id, attempt, step, kind, error, action)
+             SELECT $1, $5, $6, $7, $8, $9 WHERE $9::text IS NOT NULL
+         )
+         UPDATE webhook_events SET status = $2, last_error = coalesce($3, last_error), updated_at = now(),
                 completed_at = CASE WHEN $4 THEN now() ELSE completed_at END
          WHERE event_id = $1",
     )
@@ -203,7 +194,23 @@ pub async fn record_outcome(
     .bind(status.as_str())
     .bind(last_error)
     .bind(terminal)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
+    .bind(error.map(|e| e.attempt))
+    .bind(error.and_then(|e| e.step))
+    .bind(error.map(|e| e.kind))
+    .bind(error.map(|e| e.error))
+    .bind(error.map(|e| e.action));
+    match store.commits {
+        Commits::Durable => {
+            query.execute(&store.pool).await?;
+            Ok(())
+        }
+        Commits::Deferred => {
+            let mut tx = store
+                .pool
+                .begin_with("BEGIN; SET LOCAL synchronous_commit = on")
+                .await?;
+            query.execute(&mut *tx).await?;
+            tx.commit().await
+        }
+    }
 }

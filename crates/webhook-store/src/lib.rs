@@ -27,6 +27,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations"
 #[derive(Clone, Debug)]
 pub struct Store {
     pub pool: PgPool,
+    /// How the pool's commits behave.
+    pub commits: Commits,
 }
 
 /// When a commit on the pool's connections returns.
@@ -63,7 +65,7 @@ impl Store {
             .max_connections(db.max_connections)
             .acquire_timeout(Duration::from_secs(db.acquire_timeout_secs))
             .connect_lazy_with(options);
-        Ok(Self { pool })
+        Ok(Self { pool, commits })
     }
 
     /// Applies pending migrations. Idempotent; safe to run from several replicas at once

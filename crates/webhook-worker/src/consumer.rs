@@ -176,7 +176,7 @@ async fn settle(
     shutdown: &mut watch::Receiver<bool>,
 ) -> &'static str {
     let event_id = processed.envelope.as_ref().map(|e| e.id.to_string());
-    let pool = &ctx.store.pool;
+    let outcomes = &ctx.outcomes;
     let ack = || async {
         if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
             // The connection died: the broker redelivers, and the ledger makes that harmless.
@@ -187,7 +187,7 @@ async fn settle(
         Ok(Done::Succeeded(summary)) => {
             if let Some(id) = &event_id
                 && !record(ctx, shutdown, || {
-                    events::record_outcome(pool, id, EventStatus::Succeeded, None, None)
+                    events::record_outcome(outcomes, id, EventStatus::Succeeded, None, None)
                 })
                 .await
             {
@@ -207,7 +207,7 @@ async fn settle(
         Ok(Done::Skipped(reason)) => {
             if let Some(id) = &event_id
                 && !record(ctx, shutdown, || {
-                    events::record_outcome(pool, id, EventStatus::Skipped, Some(&reason), None)
+                    events::record_outcome(outcomes, id, EventStatus::Skipped, Some(&reason), None)
                 })
                 .await
             {
@@ -257,7 +257,7 @@ async fn settle(
                 // The re-published message is durable already: on shutdown it is acked even if
                 // the history could not be written.
                 let _ = record(ctx, shutdown, || {
-                    events::record_outcome(pool, id, status, Some(&failure.message), Some(&error_record))
+                    events::record_outcome(outcomes, id, status, Some(&failure.message), Some(&error_record))
                 })
                 .await;
             }

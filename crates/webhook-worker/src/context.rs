@@ -10,7 +10,10 @@ use crate::domain::PlanMap;
 use crate::metrics::Metrics;
 
 pub struct WorkerContext {
+    /// Step writes: commits that do not wait for the disk ([`webhook_store::Commits::Deferred`]).
     pub store: Store,
+    /// The outcome written before each ack: durable, and with it every step write before it.
+    pub outcomes: Store,
     pub broker: Broker,
     pub keycloak: KeycloakClient,
     pub lago: LagoClient,

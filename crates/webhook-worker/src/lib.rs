@@ -79,15 +79,27 @@ impl Application {
         }
         let database = settings.database.clone();
         // Step writes commit without waiting for the disk; the outcome write before each ack is
-        // durable and with it everything the job wrote (see `webhook_store::Commits`).
-        let store = Store::connect_lazy_with(&database, Commits::Deferred)?;
+        // durable, and with it everything the job wrote (see `webhook_store::Commits`). The two
+        // pools share database.max_connections: a few connections for the outcomes (one short
+        // statement per job), the rest for the steps.
+        let outcome_connections = (database.max_connections / 8).clamp(1, 4);
+        let mut steps_db = database.clone();
+        steps_db.max_connections = database
+            .max_connections
+            .saturating_sub(outcome_connections)
+            .max(1);
+        let mut outcomes_db = database.clone();
+        outcomes_db.max_connections = outcome_connections;
+        let store = Store::connect_lazy_with(&steps_db, Commits::Deferred)?;
+        let outcomes = Store::connect_lazy_with(&outcomes_db, Commits::Durable)?;
         if settings.database.migrate_on_start {
-            store.migrate().await?;
+            outcomes.migrate().await?;
         }
         let broker = Broker::start(BrokerConfig::from_settings(&settings, "webhook-worker")?);
         let w = &settings.worker;
         let ctx = Arc::new(WorkerContext {
             store,
+            outcomes,
             broker,
             keycloak,
             lago,
