@@ -502,3 +502,222 @@ async fn topology_is_declared_at_start() {
     ingest.stop().await;
     ctx.cleanup().await;
 }
+
+/// The `webhook_ingest_commit_batch_size` histogram: (transactions, events in them).
+async fn batches(ingest: &TestIngest) -> (u64, u64) {
+    let text = reqwest::get(format!("{}/metrics", ingest.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics"))
+            .round() as u64
+    };
+    (
+        value("webhook_ingest_commit_batch_size_count"),
+        value("webhook_ingest_commit_batch_size_sum"),
+    )
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_transactions_and_every_event_is_queued_exactly_once() {
+    let ctx = TestContext::new().await;
+    // One writer: every request that arrives while it is busy joins its next transaction.
+    let settings = ctx.settings_with(&[("WEBHOOK__INGEST__COMMIT_WRITERS", "1")]);
+    let topo = rabbit::topology(&settings);
+    let ingest = TestIngest::spawn(settings).await.ready().await;
+    let events: Vec<_> = (0..200)
+        .map(|_| signed_event("checkout.session.completed", "buyer@example.com"))
+        .collect();
+    let ignored = signed_event("customer.created", "buyer@example.com");
+    // Every tenth event twice in the same burst (copies may share a transaction), and one event
+    // of a type nobody handles.
+    let mut burst: Vec<_> = events.iter().collect();
+    burst.extend(events.iter().step_by(10));
+    burst.push(&ignored);
+
+    let answers = futures_util::future::join_all(burst.iter().map(|e| ingest.post_event(e))).await;
+    let mut by_id: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for (event, resp) in burst.iter().zip(answers) {
+        let (status, body) = json(resp).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["event_id"], event.event_id.as_str());
+        by_id
+            .entry(event.event_id.clone())
+            .or_default()
+            .push(body["status"].as_str().unwrap().to_owned());
+    }
+    for e in &events {
+        let mut got = by_id[&e.event_id].clone();
+        got.sort();
+        let want: &[&str] = if by_id[&e.event_id].len() == 2 {
+            &["accepted", "duplicate"]
+        } else {
+            &["accepted"]
+        };
+        assert_eq!(got, want, "{}", e.event_id);
+    }
+    assert_eq!(by_id[&ignored.event_id], ["ignored"]);
+
+    let mut queued: Vec<String> = rabbit::drain(&topo.work_queue)
+        .await
+        .iter()
+        .map(|m| m.delivery.properties.message_id().as_ref().unwrap().to_string())
+        .collect();
+    queued.sort();
+    let mut want: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    want.sort();
+    assert_eq!(queued, want, "every accepted event on the queue exactly once");
+    assert_eq!(stored(&ctx.pool().await).await, 201);
+
+    let (transactions, recorded) = batches(&ingest).await;
+    assert_eq!(
+        recorded,
+        burst.len() as u64,
+        "every request went through a transaction"
+    );
+    assert!(
+        transactions < recorded,
+        "{recorded} requests in {transactions} transactions: concurrent requests were not grouped"
+    );
+
+    ingest.stop().await;
+    ctx.cleanup().await;
+}
+
+/// POSTs an event from a task of its own.
+fn post_in_background(
+    ingest: &TestIngest,
+    event: &webhook_tests::SignedEvent,
+) -> tokio::task::JoinHandle<(u16, bool, Value)> {
+    let request = ingest
+        .client
+        .post(format!("{}/webhooks/stripe", ingest.url))
+        .header("content-type", "application/json")
+        .header("stripe-signature", event.signature.clone())
+        .body(event.body.clone());
+    tokio::spawn(async move {
+        let resp = request.send().await.expect("ingest answers");
+        let retry_after = resp.headers().contains_key("retry-after");
+        let (status, body) = json(resp).await;
+        (status, retry_after, body)
+    })
+}
+
+async fn gauge(ingest: &TestIngest, name: &str) -> i64 {
+    let text = reqwest::get(format!("{}/metrics", ingest.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<i64>().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+}
+
+#[tokio::test]
+async fn an_event_the_broker_refuses_gets_503_and_no_row_while_the_rest_of_its_batch_is_accepted() {
+    let ctx = TestContext::new().await;
+    let settings = ctx.settings_with(&[("WEBHOOK__INGEST__COMMIT_WRITERS", "1")]);
+    let topo = rabbit::topology(&settings);
+    let ingest = TestIngest::spawn(settings).await.ready().await;
+    // invoice.paid is handled, but nothing routes it any more: its mandatory publish comes back.
+    let (conn, channel) = rabbit::channel().await;
+    channel
+        .queue_unbind(
+            topo.work_queue.as_str().into(),
+            topo.exchange.as_str().into(),
+            "invoice.paid".into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let _ = conn.close(200, "unbound".into()).await;
+
+    // Hold the only writer: its insert of `blocker` waits on this uncommitted row.
+    let pool = ctx.pool().await;
+    let blocker = signed_event("checkout.session.completed", "buyer@example.com");
+    let mut hold = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO webhook_events (event_id, event_type, payload, status) VALUES ($1, 'x', '{}', 'queued')",
+    )
+    .bind(&blocker.event_id)
+    .execute(&mut *hold)
+    .await
+    .unwrap();
+    let blocked = post_in_background(&ingest, &blocker);
+    wait_for(
+        "the writer to wait on the held row",
+        Duration::from_secs(10),
+        || async {
+            let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    // Meanwhile every event of the burst waits for the writer: they form one batch.
+    let checkouts: Vec<_> = (0..40)
+        .map(|_| signed_event("checkout.session.completed", "buyer@example.com"))
+        .collect();
+    let refused: Vec<_> = (0..5)
+        .map(|_| signed_event("invoice.paid", "buyer@example.com"))
+        .collect();
+    let burst: Vec<_> = checkouts.iter().chain(&refused).collect();
+    let answers: Vec<_> = burst.iter().map(|e| post_in_background(&ingest, e)).collect();
+    wait_for(
+        "the burst to wait for the writer",
+        Duration::from_secs(10),
+        || async {
+            (gauge(&ingest, "webhook_ingest_commit_waiting").await == burst.len() as i64).then_some(())
+        },
+    )
+    .await;
+    hold.rollback().await.unwrap();
+
+    let (status, _, body) = blocked.await.unwrap();
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("accepted")),
+        "{body}"
+    );
+    for (event, answer) in burst.iter().zip(answers) {
+        let (status, retry_after, body) = answer.await.unwrap();
+        if refused.iter().any(|r| r.event_id == event.event_id) {
+            assert_eq!(status, 503, "{body}");
+            assert!(retry_after, "503 tells Stripe when to retry");
+        } else {
+            assert_eq!(
+                (status, body["status"].as_str()),
+                (200, Some("accepted")),
+                "{body}"
+            );
+        }
+    }
+    assert_eq!(
+        batches(&ingest).await,
+        (2, 1 + burst.len() as u64),
+        "the blocker, then the burst in one"
+    );
+    let rows: Vec<String> = sqlx::query_scalar("SELECT event_type FROM webhook_events")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.len(),
+        1 + checkouts.len(),
+        "no row for a refused event: {rows:?}"
+    );
+    assert!(rows.iter().all(|t| t == "checkout.session.completed"));
+    assert_eq!(rabbit::drain(&topo.work_queue).await.len(), 1 + checkouts.len());
+
+    ingest.stop().await;
+    ctx.cleanup().await;
+}

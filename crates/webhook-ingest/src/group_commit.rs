@@ -66,6 +66,7 @@ struct Job {
 #[derive(Clone)]
 pub struct GroupCommit {
     jobs: mpsc::Sender<Job>,
+    metrics: Metrics,
 }
 
 /// What the writers work with.
@@ -82,10 +83,11 @@ impl GroupCommit {
     pub fn start(backend: Backend, writers: usize) -> Self {
         let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * writers.max(1) * 4);
         let rx = Arc::new(Mutex::new(rx));
+        let metrics = backend.metrics.clone();
         for _ in 0..writers.max(1) {
             tokio::spawn(writer(backend.clone(), rx.clone()));
         }
-        Self { jobs: tx }
+        Self { jobs: tx, metrics }
     }
 
     /// Records and (if `handled`) queues the event; answers once that is durable, or why not.
@@ -96,7 +98,9 @@ impl GroupCommit {
             handled,
             reply,
         };
+        self.metrics.commit_waiting.inc();
         if self.jobs.send(job).await.is_err() {
+            self.metrics.commit_waiting.dec();
             return Err(ApiError::unavailable("the ingest is shutting down; retry later"));
         }
         answer
@@ -119,6 +123,7 @@ async fn writer(backend: Backend, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
             }
             batch
         };
+        backend.metrics.commit_waiting.sub(batch.len() as i64);
         commit(&backend, batch).await;
     }
 }

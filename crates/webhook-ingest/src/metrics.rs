@@ -19,6 +19,8 @@ pub struct Metrics {
     pub broker_connected: IntGauge,
     /// Events per group commit (one transaction, confirms awaited together).
     pub commit_batch_size: Histogram,
+    /// Verified events waiting for a free writer.
+    pub commit_waiting: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -64,12 +66,18 @@ impl Metrics {
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
         )
         .expect("valid metric");
+        let commit_waiting = IntGauge::new(
+            "webhook_ingest_commit_waiting",
+            "Verified events waiting for a free group-commit writer",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
             Box::new(publish_duration.clone()),
             Box::new(broker_connected.clone()),
             Box::new(commit_batch_size.clone()),
+            Box::new(commit_waiting.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -80,6 +88,7 @@ impl Metrics {
             publish_duration,
             broker_connected,
             commit_batch_size,
+            commit_waiting,
         }
     }
 

@@ -80,9 +80,9 @@ impl Application {
         let database = settings.database.clone();
         // Step writes commit without waiting for the disk; the outcome write before each ack is
         // durable, and with it everything the job wrote (see `webhook_store::Commits`). The two
-        // pools share database.max_connections: a few connections for the outcomes (one short
-        // statement per job), the rest for the steps.
-        let outcome_connections = (database.max_connections / 8).clamp(1, 4);
+        // pools share database.max_connections: a quarter (at most 8) for the outcomes (one
+        // short statement per job, which waits for the disk), the rest for the steps.
+        let outcome_connections = (database.max_connections / 4).clamp(1, 8);
         let mut steps_db = database.clone();
         steps_db.max_connections = database
             .max_connections
