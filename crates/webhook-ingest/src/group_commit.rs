@@ -173,6 +173,7 @@ async fn record_and_queue(
             (job.event.envelope(), status)
         })
         .collect();
+    let started = Instant::now();
     let mut tx = backend.store.pool.begin().await.map_err(db_unavailable)?;
     let inserted: HashSet<String> = events::insert_new(&mut tx, &rows)
         .await
@@ -184,6 +185,7 @@ async fn record_and_queue(
         let _ = tx.rollback().await;
         return Ok(vec![Ok(Disposition::Duplicate); firsts.len()]);
     }
+    let inserted_at = Instant::now();
     let topology = backend.broker.topology();
     let answers: Vec<Answer> = join_all(firsts.iter().map(|&i| {
         let job = &batch[i];
@@ -233,14 +235,30 @@ async fn record_and_queue(
             .await
             .map_err(db_unavailable)?;
     }
+    let confirmed_at = Instant::now();
     if let Err(e) = tx.commit().await {
         // The messages may be queued without their records: Stripe's retry then queues them
         // again, and the worker's ledger makes the second copy harmless.
         tracing::warn!(error = %e, events = inserted.len(), "commit failed after publish");
         return Err(db_unavailable(e));
     }
+    let done = Instant::now();
+    if done - started >= SLOW_BATCH {
+        // Which side held the requests up: Postgres (insert, commit) or RabbitMQ (confirms).
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        tracing::warn!(
+            events = firsts.len(),
+            insert_ms = ms(inserted_at - started),
+            confirms_ms = ms(confirmed_at - inserted_at),
+            commit_ms = ms(done - confirmed_at),
+            "slow group commit"
+        );
+    }
     Ok(answers)
 }
+
+/// A batch slower than this is logged with where its time went.
+const SLOW_BATCH: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn db_unavailable(e: sqlx::Error) -> ApiError {
     tracing::warn!(error = %e, "database unavailable");

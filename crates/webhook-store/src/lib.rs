@@ -61,7 +61,12 @@ impl Store {
         if commits == Commits::Deferred {
             options = options.options([("synchronous_commit", "off")]);
         }
+        // No ping before each use of a pooled connection: it would double the round trips of
+        // every statement. A connection that died with its server fails its next statement
+        // instead, is dropped by the pool, and that failure is handled like Postgres being
+        // down (the ingest answers 503, the worker waits and retries).
         let pool = PgPoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(db.max_connections)
             .acquire_timeout(Duration::from_secs(db.acquire_timeout_secs))
             .connect_lazy_with(options);
