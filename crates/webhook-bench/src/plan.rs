@@ -26,6 +26,9 @@ pub struct Plan {
     pub fixed_rate: f64,
     pub fixed_secs: f64,
     pub fixed_clients: usize,
+    /// Seconds of quiet between the warm-up and the fixed-rate run.
+    #[serde(default)]
+    pub settle_secs: f64,
     /// The duplicates run: seconds and concurrency.
     pub duplicate_secs: f64,
     pub duplicate_concurrency: usize,
@@ -50,6 +53,7 @@ impl Plan {
             fixed_rate: 1000.0,
             fixed_secs: 10.0,
             fixed_clients: 64,
+            settle_secs: 3.0,
             duplicate_secs: 5.0,
             duplicate_concurrency: 32,
             worker: vec![
@@ -78,6 +82,7 @@ impl Plan {
             fixed_rate: 200.0,
             fixed_secs: 0.5,
             fixed_clients: 16,
+            settle_secs: 0.0,
             duplicate_secs: 0.3,
             duplicate_concurrency: 8,
             worker: vec![case(0, 16, 40), case(50, 1, 3), case(50, 8, 16)],
@@ -90,6 +95,7 @@ impl Plan {
         self.levels.clear();
         self.warmup_secs = 0.0;
         self.fixed_secs = 0.0;
+        self.settle_secs = 0.0;
         self.duplicate_secs = 0.0;
     }
 

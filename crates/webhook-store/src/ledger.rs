@@ -34,25 +34,28 @@ pub async fn begin(pool: &PgPool, action_key: &str, event_id: &str) -> Result<Do
         .collect()
 }
 
-/// Records a finished step. Returns false if it was already recorded (a concurrent duplicate).
-pub async fn record_step(
+/// Records finished steps (with their results) in one statement. A step recorded already (by a
+/// concurrent duplicate) keeps its first record.
+pub async fn record_steps(
     pool: &PgPool,
     action_key: &str,
-    step: &str,
     event_id: &str,
-    result: &Value,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "INSERT INTO provisioning_steps (action_key, step, result, event_id) VALUES ($1, $2, $3, $4)
+    steps: &[(&str, &Value)],
+) -> Result<(), sqlx::Error> {
+    let names: Vec<&str> = steps.iter().map(|(s, _)| *s).collect();
+    let results: Vec<&Value> = steps.iter().map(|(_, r)| *r).collect();
+    sqlx::query(
+        "INSERT INTO provisioning_steps (action_key, step, result, event_id)
+         SELECT $1, step, result, $2 FROM UNNEST($3::text[], $4::jsonb[]) AS s(step, result)
          ON CONFLICT (action_key, step) DO NOTHING",
     )
     .bind(action_key)
-    .bind(step)
-    .bind(result)
     .bind(event_id)
+    .bind(&names)
+    .bind(&results)
     .execute(pool)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(())
 }
 
 /// The last step of an action: its audit row, the `audit` ledger entry (with the row's id) and

@@ -21,11 +21,17 @@ use crate::domain::CheckoutOrder;
 use crate::failure::{Failure, JobError};
 
 /// Runs a step unless the ledger has it, then records it.
+///
+/// A step that only reads (the Keycloak lookup) is recorded together with the next step that
+/// changes something, in the same statement: redoing a read after a crash in between costs a
+/// request, never an effect.
 pub(crate) struct Steps<'a> {
     ctx: &'a WorkerContext,
     action_key: String,
     event_id: &'a str,
     done: DoneSteps,
+    /// Finished read steps not yet in the ledger.
+    unrecorded: Vec<(&'static str, Value)>,
 }
 
 impl<'a> Steps<'a> {
@@ -41,10 +47,39 @@ impl<'a> Steps<'a> {
             action_key,
             event_id,
             done,
+            unrecorded: Vec::new(),
         })
     }
 
     pub(crate) async fn run<F, Fut>(&mut self, step: &'static str, f: F) -> Result<Value, JobError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Value, Failure>>,
+    {
+        self.run_step(step, false, f).await
+    }
+
+    /// Writes the finished steps not yet in the ledger, in one statement.
+    async fn record_unrecorded(&mut self) -> Result<(), JobError> {
+        if self.unrecorded.is_empty() {
+            return Ok(());
+        }
+        let steps: Vec<(&str, &Value)> = self.unrecorded.iter().map(|(s, v)| (*s, v)).collect();
+        ledger::record_steps(&self.ctx.store.pool, &self.action_key, self.event_id, &steps).await?;
+        self.unrecorded.clear();
+        Ok(())
+    }
+
+    /// A step that changes nothing: recorded with the next step that does.
+    pub(crate) async fn run_read<F, Fut>(&mut self, step: &'static str, f: F) -> Result<Value, JobError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Value, Failure>>,
+    {
+        self.run_step(step, true, f).await
+    }
+
+    async fn run_step<F, Fut>(&mut self, step: &'static str, read_only: bool, f: F) -> Result<Value, JobError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Value, Failure>>,
@@ -59,14 +94,10 @@ impl<'a> Steps<'a> {
             .step_duration
             .with_label_values(&[step])
             .observe(started.elapsed().as_secs_f64());
-        ledger::record_step(
-            &self.ctx.store.pool,
-            &self.action_key,
-            step,
-            self.event_id,
-            &result,
-        )
-        .await?;
+        self.unrecorded.push((step, result.clone()));
+        if !read_only {
+            self.record_unrecorded().await?;
+        }
         self.done.insert(step.to_owned(), result.clone());
         Ok(result)
     }
@@ -165,7 +196,7 @@ impl Steps<'_> {
     pub(crate) async fn lookup_user(&mut self, email: &str) -> Result<String, JobError> {
         let ctx = self.ctx;
         let user = self
-            .run("keycloak_lookup", || async {
+            .run_read("keycloak_lookup", || async {
                 let users = ctx
                     .inline_retry
                     .run(|| ctx.keycloak.find_users_by_email(email))
@@ -226,6 +257,7 @@ impl Steps<'_> {
         subject: &str,
         details: &Value,
     ) -> Result<(), JobError> {
+        self.record_unrecorded().await?;
         let row = AuditRow {
             event_type: audit_type,
             subject,
