@@ -503,23 +503,24 @@ async fn topology_is_declared_at_start() {
     ctx.cleanup().await;
 }
 
-/// The `webhook_ingest_commit_batch_size` histogram: (transactions, events in them).
-async fn batches(ingest: &TestIngest) -> (u64, u64) {
+/// The value of a metric without labels in the ingest's `/metrics`.
+async fn metric(ingest: &TestIngest, name: &str) -> f64 {
     let text = reqwest::get(format!("{}/metrics", ingest.url))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    let value = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("{name} in /metrics"))
-            .round() as u64
-    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+}
+
+/// The `webhook_ingest_commit_batch_size` histogram: (transactions, events in them).
+async fn batches(ingest: &TestIngest) -> (u64, u64) {
     (
-        value("webhook_ingest_commit_batch_size_count"),
-        value("webhook_ingest_commit_batch_size_sum"),
+        metric(ingest, "webhook_ingest_commit_batch_size_count").await as u64,
+        metric(ingest, "webhook_ingest_commit_batch_size_sum").await as u64,
     )
 }
 
@@ -608,18 +609,6 @@ fn post_in_background(
     })
 }
 
-async fn gauge(ingest: &TestIngest, name: &str) -> i64 {
-    let text = reqwest::get(format!("{}/metrics", ingest.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse::<i64>().ok())
-        .unwrap_or_else(|| panic!("{name} in /metrics"))
-}
-
 #[tokio::test]
 async fn an_event_the_broker_refuses_gets_503_and_no_row_while_the_rest_of_its_batch_is_accepted() {
     let ctx = TestContext::new().await;
@@ -676,7 +665,7 @@ async fn an_event_the_broker_refuses_gets_503_and_no_row_while_the_rest_of_its_b
         "the burst to wait for the writer",
         Duration::from_secs(10),
         || async {
-            (gauge(&ingest, "webhook_ingest_commit_waiting").await == burst.len() as i64).then_some(())
+            (metric(&ingest, "webhook_ingest_commit_waiting").await as usize == burst.len()).then_some(())
         },
     )
     .await;
