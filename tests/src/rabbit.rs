@@ -3,9 +3,7 @@
 use std::time::Duration;
 
 use webhook_amqp::Topology;
-use webhook_amqp::lapin::options::{
-    BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use webhook_amqp::lapin::options::BasicGetOptions;
 use webhook_amqp::lapin::types::FieldTable;
 use webhook_amqp::lapin::{Channel, Connection, ConnectionProperties, message::BasicGetMessage};
 use webhook_core::Settings;
@@ -43,32 +41,13 @@ pub async fn drain(queue: &str) -> Vec<BasicGetMessage> {
 /// Messages ready in `queue` (passive declare).
 pub async fn depth(queue: &str) -> u32 {
     let (_conn, ch) = channel().await;
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .map(|q| q.message_count())
-    .unwrap_or(0)
+    webhook_amqp::topology::queue_depth(&ch, queue).await.unwrap_or(0)
 }
 
 /// Whether `queue` exists.
 pub async fn exists(queue: &str) -> bool {
     let (_conn, ch) = channel().await;
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .is_ok()
+    webhook_amqp::topology::queue_depth(&ch, queue).await.is_ok()
 }
 
 pub async fn delete_topology(settings: &Settings) {
@@ -82,18 +61,7 @@ pub async fn delete_topology(settings: &Settings) {
         return;
     };
     let Ok(conn) = conn else { return };
-    for q in topo.all_queues() {
-        if let Ok(ch) = conn.create_channel().await {
-            let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
-        }
-    }
-    for x in [&topo.exchange, &topo.dead_letter_exchange] {
-        if let Ok(ch) = conn.create_channel().await {
-            let _ = ch
-                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
-    }
+    webhook_amqp::topology::delete(&conn, &topo).await;
     let _ = conn.close(200, "test done".into()).await;
 }
 

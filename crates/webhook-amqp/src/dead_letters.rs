@@ -8,7 +8,7 @@
 
 use base64::Engine;
 use lapin::message::BasicGetMessage;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
@@ -184,21 +184,6 @@ pub fn reset_retry_count(headers: Option<&FieldTable>) -> FieldTable {
 /// The properties of a dead letter put back on the work queue.
 pub fn requeue_properties(d: &DeadLetter) -> BasicProperties {
     Archived::from_dead_letter(d).properties()
-}
-
-/// Messages ready in `queue`.
-pub async fn depth(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
-    let q = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(q.message_count())
 }
 
 /// Takes the next message without acking it (it stays ours until acked or returned).

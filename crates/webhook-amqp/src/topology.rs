@@ -12,9 +12,11 @@
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 use webhook_core::settings::{AmqpSettings, duration_label};
 
 /// Every name of the topology, with the configured prefix applied.
@@ -201,4 +203,34 @@ pub async fn declare(channel: &Channel, topo: &Topology) -> Result<(), lapin::Er
             .await?;
     }
     Ok(())
+}
+
+/// Messages ready in `queue` (a passive declare: fails if the queue does not exist, and then
+/// the broker closes the channel).
+pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await?;
+    Ok(q.message_count())
+}
+
+/// Deletes the topology's queues and exchanges, as far as it can (each on a channel of its own,
+/// since a failed delete closes its channel); for tests and benchmarks that made their own.
+pub async fn delete(connection: &Connection, topo: &Topology) {
+    for q in topo.all_queues() {
+        if let Ok(ch) = connection.create_channel().await {
+            let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
+        }
+    }
+    for x in [&topo.exchange, &topo.dead_letter_exchange] {
+        if let Ok(ch) = connection.create_channel().await {
+            let _ = ch
+                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+    }
 }

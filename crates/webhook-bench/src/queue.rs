@@ -4,29 +4,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use webhook_amqp::lapin::options::{BasicConsumeOptions, QueueDeclareOptions, QueuePurgeOptions};
+use webhook_amqp::lapin::Connection;
+use webhook_amqp::lapin::options::{BasicConsumeOptions, QueuePurgeOptions};
 use webhook_amqp::lapin::types::FieldTable;
-use webhook_amqp::lapin::{Channel, Connection};
+use webhook_amqp::topology::queue_depth;
 
 /// How often each message id was seen on the work queue.
 #[derive(Default)]
 pub struct Tally {
     pub seen: HashMap<String, u32>,
-}
-
-/// Messages ready in `queue`.
-pub async fn depth(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
-    let q = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(q.message_count())
 }
 
 /// Takes every message off `queue` (auto-ack) and counts its `message_id` in `tally`, until at
@@ -72,7 +58,7 @@ pub async fn drain(
             }
             Ok(None) => break,
             Err(_) => {
-                if taken < expected || depth(&channel, queue).await? == 0 {
+                if taken < expected || queue_depth(&channel, queue).await? == 0 {
                     break;
                 }
             }

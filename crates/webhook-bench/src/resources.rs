@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::{Connection, PgConnection};
 use webhook_amqp::Topology;
-use webhook_amqp::lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use webhook_amqp::lapin::{Connection as AmqpConnection, ConnectionProperties};
 use webhook_core::Settings;
 
@@ -101,18 +100,7 @@ impl Resources {
         )
         .await;
         if let Ok(Ok(conn)) = conn {
-            for q in topo.all_queues() {
-                if let Ok(ch) = conn.create_channel().await {
-                    let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
-                }
-            }
-            for x in [&topo.exchange, &topo.dead_letter_exchange] {
-                if let Ok(ch) = conn.create_channel().await {
-                    let _ = ch
-                        .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                        .await;
-                }
-            }
+            webhook_amqp::topology::delete(&conn, &topo).await;
             let _ = conn.close(200, "benchmark done".into()).await;
         }
         if let Ok(mut conn) = PgConnection::connect(&admin_database_url()).await {

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
 use serde_json::json;
-use webhook_amqp::lapin::options::QueueDeclareOptions;
-use webhook_amqp::lapin::types::FieldTable;
+use webhook_amqp::topology::queue_depth;
 
 use crate::context::WorkerContext;
 
@@ -47,15 +46,8 @@ pub async fn sample_queue_depths(ctx: Arc<WorkerContext>, every: Duration) {
             // Sample the whole round first, then publish it: a scrape never sees half a round.
             let mut depths = Vec::new();
             for queue in ctx.broker.topology().all_queues() {
-                let passive = QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                };
-                match channel
-                    .queue_declare(queue.into(), passive, FieldTable::default())
-                    .await
-                {
-                    Ok(q) => depths.push((queue, i64::from(q.message_count()))),
+                match queue_depth(&channel, queue).await {
+                    Ok(n) => depths.push((queue, i64::from(n))),
                     Err(_) => break, // a missing queue closes the channel; try again next round
                 }
             }

@@ -49,7 +49,7 @@ impl Session {
     }
 
     async fn depth(&self) -> anyhow::Result<u32> {
-        dead_letters::depth(&self.channel, self.dlq())
+        webhook_amqp::topology::queue_depth(&self.channel, self.dlq())
             .await
             .with_context(|| {
                 format!(
