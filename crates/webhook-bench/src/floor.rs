@@ -21,8 +21,8 @@ use crate::stats::{self, Latency, Phase};
 /// One insert-and-commit plus one confirmed publish; errors are counted, not retried.
 async fn durable_work(store: &Store, broker: &Broker, event: &Envelope) -> anyhow::Result<()> {
     let mut tx = store.pool.begin().await?;
-    let inserted = events::insert_if_new(&mut tx, event, EventStatus::Queued).await?;
-    anyhow::ensure!(inserted, "event ids are unique");
+    let inserted = events::insert_new(&mut tx, &[(event, EventStatus::Queued)]).await?;
+    anyhow::ensure!(inserted.len() == 1, "event ids are unique");
     let topology = broker.topology();
     broker
         .publish(Outgoing {

@@ -182,10 +182,7 @@ pub async fn closed_loop(
             result
         });
     }
-    let mut total = LoadResult::empty();
-    while let Some(r) = tasks.join_next().await {
-        total.merge(r.expect("load task"));
-    }
+    let mut total = merge_all(tasks).await;
     total.elapsed = started.elapsed();
     total
 }
@@ -223,10 +220,16 @@ pub async fn open_loop(
             result
         });
     }
+    let mut total = merge_all(tasks).await;
+    total.elapsed = started.elapsed();
+    total
+}
+
+/// The load tasks' results, merged.
+async fn merge_all(mut tasks: JoinSet<LoadResult>) -> LoadResult {
     let mut total = LoadResult::empty();
     while let Some(r) = tasks.join_next().await {
         total.merge(r.expect("load task"));
     }
-    total.elapsed = started.elapsed();
     total
 }

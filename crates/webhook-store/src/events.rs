@@ -32,38 +32,14 @@ impl EventStatus {
     }
 }
 
-/// Inserts the event unless its id is already known. Returns `true` if this call inserted it.
+/// Inserts the events whose ids are not known yet, in one statement, and returns the ids this
+/// call inserted (the ingest's group commit; one event is a batch of one).
 ///
-/// Run inside the ingest's transaction: a concurrent insert of the same id waits on the unique
+/// Run inside the caller's transaction: a concurrent insert of the same id waits on the unique
 /// index until the first transaction ends, so exactly one request publishes, and the others see
-/// `false` only once that publish is committed (or get to publish themselves if it rolled back).
-pub async fn insert_if_new(
-    conn: &mut PgConnection,
-    event: &Envelope,
-    status: EventStatus,
-) -> Result<bool, sqlx::Error> {
-    let payload = std::str::from_utf8(&event.body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    let created: Option<DateTime<Utc>> = Utc.timestamp_opt(event.created, 0).single();
-    let result = sqlx::query(
-        "INSERT INTO webhook_events (event_id, event_type, object_id, livemode, stripe_created_at, payload, status)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(event.id.as_str())
-    .bind(&event.event_type)
-    .bind(event.object_id.as_deref())
-    .bind(event.livemode)
-    .bind(created)
-    .bind(payload)
-    .bind(status.as_str())
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected() == 1)
-}
-
-/// [`insert_if_new`] for many events in one statement (the ingest's group commit). Returns the
-/// ids this call inserted. Rows are inserted in the order given: callers sort them by id, so
-/// that concurrent batches take the unique index's locks in the same order and cannot deadlock.
+/// the id as known only once that publish is committed (or insert it themselves if it rolled
+/// back). Rows are inserted in the order given: callers sort them by id, so that concurrent
+/// batches take the unique index's locks in the same order and cannot deadlock.
 pub async fn insert_new(
     conn: &mut PgConnection,
     batch: &[(&Envelope, EventStatus)],
