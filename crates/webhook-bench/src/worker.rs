@@ -35,16 +35,17 @@ pub async fn measure(
     jobs: u64,
     timeout: Duration,
 ) -> anyhow::Result<(u64, u64, f64)> {
-    let pattern = EventFactory::series_pattern(series);
+    let (first, last) = EventFactory::series_range(series);
     let deadline = Instant::now() + timeout;
     let (mut last_done, mut last_progress) = (0u64, Instant::now());
     let (succeeded, failed) = loop {
         let (succeeded, failed): (i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE status = 'succeeded'),
                     count(*) FILTER (WHERE status IN ('skipped', 'dead_lettered'))
-             FROM webhook_events WHERE event_id LIKE $1",
+             FROM webhook_events WHERE event_id BETWEEN $1 AND $2",
         )
-        .bind(&pattern)
+        .bind(&first)
+        .bind(&last)
         .fetch_one(pool)
         .await?;
         let (succeeded, failed) = (succeeded as u64, failed as u64);
@@ -58,13 +59,14 @@ pub async fn measure(
         if done >= jobs || stalled || Instant::now() >= deadline {
             break (succeeded, jobs - succeeded);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let times: Vec<f64> = sqlx::query_scalar(
         "SELECT extract(epoch FROM completed_at)::float8 FROM webhook_events
-         WHERE event_id LIKE $1 AND status = 'succeeded' ORDER BY completed_at",
+         WHERE event_id BETWEEN $1 AND $2 AND status = 'succeeded' ORDER BY completed_at",
     )
-    .bind(&pattern)
+    .bind(&first)
+    .bind(&last)
     .fetch_all(pool)
     .await?;
     Ok((succeeded, failed, steady_rate(&times)))
