@@ -205,6 +205,9 @@ async fn lago_failing_three_times_succeeds_after_retries() {
     // Attempt 1: the call and its one quick retry fail; attempt 2 (from the retry tier): the
     // third failure, then the quick retry succeeds.
     assert_eq!(attempts, 2, "first delivery and one broker retry");
+    // The failed step wrote the steps finished before it: the broker retry resumed after them.
+    assert_eq!(sandbox.state.calls(Route::KeycloakSearchUsers), 1, "the lookup was not redone");
+    assert_eq!(sandbox.state.calls(Route::LagoCreateCustomer), 1, "the customer was not redone");
     let errors: Vec<(String, String)> =
         sqlx::query_as("SELECT step, action FROM event_errors WHERE event_id = $1 ORDER BY id")
             .bind(&event.event_id)

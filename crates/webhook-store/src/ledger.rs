@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 
@@ -14,6 +15,35 @@ use crate::audit::AuditRow;
 
 /// The finished steps of an action, by step name.
 pub type DoneSteps = HashMap<String, Value>;
+
+/// A finished step not yet in the ledger: its result and when it finished (the ledger is
+/// written after the fact, together with a later write, so the time is taken here).
+#[derive(Debug, Clone)]
+pub struct FinishedStep {
+    pub step: &'static str,
+    pub result: Value,
+    pub completed_at: DateTime<Utc>,
+}
+
+impl FinishedStep {
+    /// A step that finished now.
+    pub fn now(step: &'static str, result: Value) -> Self {
+        Self {
+            step,
+            result,
+            completed_at: Utc::now(),
+        }
+    }
+}
+
+/// The columns of `steps`, for `UNNEST($n::text[], $n::jsonb[], $n::timestamptz[])`.
+fn columns(steps: &[FinishedStep]) -> (Vec<&str>, Vec<&Value>, Vec<DateTime<Utc>>) {
+    (
+        steps.iter().map(|s| s.step).collect(),
+        steps.iter().map(|s| &s.result).collect(),
+        steps.iter().map(|s| s.completed_at).collect(),
+    )
+}
 
 /// Starts (or joins) an action and returns the steps already finished, in one statement.
 pub async fn begin(pool: &PgPool, action_key: &str, event_id: &str) -> Result<DoneSteps, sqlx::Error> {
@@ -40,38 +70,45 @@ pub async fn record_steps(
     pool: &PgPool,
     action_key: &str,
     event_id: &str,
-    steps: &[(&str, &Value)],
+    steps: &[FinishedStep],
 ) -> Result<(), sqlx::Error> {
-    let names: Vec<&str> = steps.iter().map(|(s, _)| *s).collect();
-    let results: Vec<&Value> = steps.iter().map(|(_, r)| *r).collect();
+    let (names, results, times) = columns(steps);
     sqlx::query(
-        "INSERT INTO provisioning_steps (action_key, step, result, event_id)
-         SELECT $1, step, result, $2 FROM UNNEST($3::text[], $4::jsonb[]) AS s(step, result)
+        "INSERT INTO provisioning_steps (action_key, step, result, event_id, completed_at)
+         SELECT $1, step, result, $2, at FROM UNNEST($3::text[], $4::jsonb[], $5::timestamptz[]) AS s(step, result, at)
          ON CONFLICT (action_key, step) DO NOTHING",
     )
     .bind(action_key)
     .bind(event_id)
     .bind(&names)
     .bind(&results)
+    .bind(&times)
     .execute(pool)
     .await?;
     Ok(())
 }
 
-/// The last step of an action: its audit row, the `audit` ledger entry (with the row's id) and
-/// the action marked done, atomically in one statement. Exactly one audit row per action, even
-/// when two deliveries race: the second waits on the ledger's key, then inserts nothing.
-/// Returns the new row's id, or `None` when the action had its audit row already.
+/// The last step of an action: the finished `steps` not recorded yet (as [`record_steps`]),
+/// its audit row, the `audit` ledger entry (with the row's id) and the action marked done,
+/// atomically in one statement. Exactly one audit row per action, even when two deliveries
+/// race: the second waits on the ledger's key, then inserts nothing. Returns the new row's id,
+/// or `None` when the action had its audit row already.
 pub async fn finish_with_audit(
     pool: &PgPool,
     action_key: &str,
     event_id: &str,
+    steps: &[FinishedStep],
     audit: &AuditRow<'_>,
 ) -> Result<Option<i64>, sqlx::Error> {
+    let (names, results, times) = columns(steps);
     sqlx::query_scalar(
-        "WITH step AS (
-             INSERT INTO provisioning_steps (action_key, step, result, event_id)
-             VALUES ($1, 'audit', jsonb_build_object('audit_id', nextval(pg_get_serial_sequence('audit_logs', 'id'))), $2)
+        "WITH steps AS (
+             INSERT INTO provisioning_steps (action_key, step, result, event_id, completed_at)
+             SELECT $1, step, result, $2, at FROM UNNEST($6::text[], $7::jsonb[], $8::timestamptz[]) AS s(step, result, at)
+             ON CONFLICT (action_key, step) DO NOTHING
+         ), step AS (
+             INSERT INTO provisioning_steps (action_key, step, result, event_id, completed_at)
+             VALUES ($1, 'audit', jsonb_build_object('audit_id', nextval(pg_get_serial_sequence('audit_logs', 'id'))), $2, $9)
              ON CONFLICT (action_key, step) DO NOTHING
              RETURNING (result->>'audit_id')::bigint AS id
          ), audit AS (
@@ -90,6 +127,10 @@ pub async fn finish_with_audit(
     .bind(audit.event_type)
     .bind(audit.subject)
     .bind(audit.details)
+    .bind(&names)
+    .bind(&results)
+    .bind(&times)
+    .bind(Utc::now())
     .fetch_one(pool)
     .await
 }

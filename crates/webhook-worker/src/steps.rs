@@ -1,11 +1,14 @@
-//! The provisioning steps of a paid checkout, each recorded in the ledger once finished:
-//! Keycloak lookup → Lago customer → Lago subscription → Keycloak tier → audit row.
+//! The provisioning steps of a paid checkout: Keycloak lookup → Lago customer → Lago
+//! subscription → Keycloak tier → audit row, with their results in the ledger.
 //!
 //! A redelivered message, or a second event for the same checkout session, finds the finished
-//! steps in the ledger and resumes after the last one. Keycloak and Lago effects are idempotent
-//! (upsert, idempotent `external_id`, setting an attribute), so a step redone after a crash
-//! before its ledger entry changes nothing; the audit row is written in the same transaction as
-//! its ledger entry, so it exists exactly once.
+//! steps in the ledger and resumes after the last one. The steps are written to the ledger
+//! together with the audit row, in the one statement that finishes the action, or, when a step
+//! fails, before that failure goes to the retry schedule (so the retry resumes after the last
+//! finished step). Keycloak and Lago effects are idempotent (upsert, idempotent `external_id`,
+//! setting an attribute, a terminate that accepts "already terminated"), so the steps a crash
+//! left unrecorded are redone without changing anything; the audit row is written in the same
+//! statement as its ledger entry, so it exists exactly once.
 
 use std::future::Future;
 use std::time::Instant;
@@ -13,25 +16,21 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use webhook_core::Envelope;
 use webhook_store::audit::AuditRow;
-use webhook_store::ledger::{self, DoneSteps};
+use webhook_store::ledger::{self, DoneSteps, FinishedStep};
 
 use crate::clients::lago::NewSubscription;
 use crate::context::WorkerContext;
 use crate::domain::CheckoutOrder;
 use crate::failure::{Failure, JobError};
 
-/// Runs a step unless the ledger has it, then records it.
-///
-/// A step that only reads (the Keycloak lookup) is recorded together with the next step that
-/// changes something, in the same statement: redoing a read after a crash in between costs a
-/// request, never an effect.
+/// Runs a step unless the ledger has it, and keeps its result for the ledger.
 pub(crate) struct Steps<'a> {
     ctx: &'a WorkerContext,
     action_key: String,
     event_id: &'a str,
     done: DoneSteps,
-    /// Finished read steps not yet in the ledger.
-    unrecorded: Vec<(&'static str, Value)>,
+    /// Finished steps not yet in the ledger.
+    unrecorded: Vec<FinishedStep>,
 }
 
 impl<'a> Steps<'a> {
@@ -51,35 +50,9 @@ impl<'a> Steps<'a> {
         })
     }
 
+    /// Runs `step` unless the ledger has it (then its recorded result is returned). A failed
+    /// step first writes the steps finished before it, so that its retry resumes after them.
     pub(crate) async fn run<F, Fut>(&mut self, step: &'static str, f: F) -> Result<Value, JobError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Value, Failure>>,
-    {
-        self.run_step(step, false, f).await
-    }
-
-    /// Writes the finished steps not yet in the ledger, in one statement.
-    async fn record_unrecorded(&mut self) -> Result<(), JobError> {
-        if self.unrecorded.is_empty() {
-            return Ok(());
-        }
-        let steps: Vec<(&str, &Value)> = self.unrecorded.iter().map(|(s, v)| (*s, v)).collect();
-        ledger::record_steps(&self.ctx.store.pool, &self.action_key, self.event_id, &steps).await?;
-        self.unrecorded.clear();
-        Ok(())
-    }
-
-    /// A step that changes nothing: recorded with the next step that does.
-    pub(crate) async fn run_read<F, Fut>(&mut self, step: &'static str, f: F) -> Result<Value, JobError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Value, Failure>>,
-    {
-        self.run_step(step, true, f).await
-    }
-
-    async fn run_step<F, Fut>(&mut self, step: &'static str, read_only: bool, f: F) -> Result<Value, JobError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Value, Failure>>,
@@ -88,18 +61,31 @@ impl<'a> Steps<'a> {
             return Ok(result.clone());
         }
         let started = Instant::now();
-        let result = f().await?;
+        let result = match f().await {
+            Ok(result) => result,
+            Err(failure) => {
+                self.record_unrecorded().await?;
+                return Err(failure.into());
+            }
+        };
         self.ctx
             .metrics
             .step_duration
             .with_label_values(&[step])
             .observe(started.elapsed().as_secs_f64());
-        self.unrecorded.push((step, result.clone()));
-        if !read_only {
-            self.record_unrecorded().await?;
-        }
+        self.unrecorded.push(FinishedStep::now(step, result.clone()));
         self.done.insert(step.to_owned(), result.clone());
         Ok(result)
+    }
+
+    /// Writes the finished steps not yet in the ledger, in one statement.
+    async fn record_unrecorded(&mut self) -> Result<(), JobError> {
+        if self.unrecorded.is_empty() {
+            return Ok(());
+        }
+        ledger::record_steps(&self.ctx.store.pool, &self.action_key, self.event_id, &self.unrecorded).await?;
+        self.unrecorded.clear();
+        Ok(())
     }
 }
 
@@ -196,7 +182,7 @@ impl Steps<'_> {
     pub(crate) async fn lookup_user(&mut self, email: &str) -> Result<String, JobError> {
         let ctx = self.ctx;
         let user = self
-            .run_read("keycloak_lookup", || async {
+            .run("keycloak_lookup", || async {
                 let users = ctx
                     .inline_retry
                     .run(|| ctx.keycloak.find_users_by_email(email))
@@ -249,21 +235,23 @@ impl Steps<'_> {
         .map(|_| ())
     }
 
-    /// The last step: the audit row, its ledger entry and the action marked done, atomically
-    /// (one statement), so there is exactly one row per action, even when two deliveries race.
+    /// The last step: the steps not yet in the ledger, the audit row, its ledger entry and the
+    /// action marked done, atomically (one statement), so there is exactly one row per action,
+    /// even when two deliveries race.
     pub(crate) async fn finish_with_audit(
         &mut self,
         audit_type: &str,
         subject: &str,
         details: &Value,
     ) -> Result<(), JobError> {
-        self.record_unrecorded().await?;
         let row = AuditRow {
             event_type: audit_type,
             subject,
             details,
         };
-        ledger::finish_with_audit(&self.ctx.store.pool, &self.action_key, self.event_id, &row).await?;
+        ledger::finish_with_audit(&self.ctx.store.pool, &self.action_key, self.event_id, &self.unrecorded, &row)
+            .await?;
+        self.unrecorded.clear();
         self.done.insert("audit".into(), json!({}));
         Ok(())
     }
