@@ -5,12 +5,16 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tokio::task::JoinSet;
 use webhook_sandbox::{Fault, Route, SeedUser};
+use webhook_store::events::{ErrorRecord, EventStatus, Outcome};
+use webhook_store::{Commits, Store};
 use webhook_tests::ingest::TestIngest;
 use webhook_tests::worker::{TestSandbox, TestWorker, binary_env, worker_settings};
 use webhook_tests::{
     TcpProxy, TestContext, bin_path, rabbit, signed_event, signed_event_with_id, wait_event_status, wait_for,
 };
+use webhook_worker::outcomes::OutcomeWriter;
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -206,8 +210,16 @@ async fn lago_failing_three_times_succeeds_after_retries() {
     // third failure, then the quick retry succeeds.
     assert_eq!(attempts, 2, "first delivery and one broker retry");
     // The failed step wrote the steps finished before it: the broker retry resumed after them.
-    assert_eq!(sandbox.state.calls(Route::KeycloakSearchUsers), 1, "the lookup was not redone");
-    assert_eq!(sandbox.state.calls(Route::LagoCreateCustomer), 1, "the customer was not redone");
+    assert_eq!(
+        sandbox.state.calls(Route::KeycloakSearchUsers),
+        1,
+        "the lookup was not redone"
+    );
+    assert_eq!(
+        sandbox.state.calls(Route::LagoCreateCustomer),
+        1,
+        "the customer was not redone"
+    );
     let errors: Vec<(String, String)> =
         sqlx::query_as("SELECT step, action FROM event_errors WHERE event_id = $1 ORDER BY id")
             .bind(&event.event_id)
@@ -577,5 +589,131 @@ async fn broker_connections_lost_under_load_still_process_everything_exactly_onc
     worker.stop().await;
     ingest.stop().await;
     sandbox.stop().await;
+    ctx.cleanup().await;
+}
+
+#[tokio::test]
+async fn outcomes_that_wait_for_a_writer_share_one_durable_write() {
+    let ctx = TestContext::new().await;
+    let pool = ctx.pool().await;
+    let ids: Vec<String> = (0..102).map(|i| format!("evt_outcome_{i:03}")).collect();
+    sqlx::query(
+        "INSERT INTO webhook_events (event_id, event_type, payload, status)
+         SELECT id, 'checkout.session.completed', '{}', 'processing' FROM UNNEST($1::text[]) AS id",
+    )
+    .bind(&ids)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let store = Store::connect_lazy_with(&ctx.settings().database, Commits::Durable).unwrap();
+    let batch_size =
+        prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("batch_size", "test")).unwrap();
+    let writer = OutcomeWriter::start(store, 2, batch_size.clone());
+    let outcome = |id: &str, status, last_error: Option<&str>, error: Option<ErrorRecord>| Outcome {
+        event_id: id.to_owned(),
+        status,
+        last_error: last_error.map(str::to_owned),
+        error,
+    };
+    let waiting_for_locks = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+
+    // Hold both writers: each takes one outcome whose row this transaction has locked.
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM webhook_events WHERE event_id = ANY($1) FOR UPDATE")
+        .bind(&ids[..2])
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let mut jobs = JoinSet::new();
+    for (n, id) in ids[..2].iter().enumerate() {
+        let (w, o) = (writer.clone(), outcome(id, EventStatus::Succeeded, None, None));
+        jobs.spawn(async move { w.record(o).await });
+        wait_for(
+            "a writer to wait for its locked row",
+            Duration::from_secs(10),
+            || async { (waiting_for_locks().await == n as i64 + 1).then_some(()) },
+        )
+        .await;
+    }
+    // 101 outcomes of the other 100 events arrive while both writers wait; the first of these
+    // events has two, in this order: a failed attempt (retry scheduled), then success.
+    let failed = ErrorRecord {
+        attempt: 1,
+        step: Some("lago_subscription".into()),
+        kind: "transient".into(),
+        error: "Lago answered 503".into(),
+        action: "retry_scheduled".into(),
+    };
+    let in_order = [
+        outcome(
+            &ids[2],
+            EventStatus::Retrying,
+            Some("Lago answered 503"),
+            Some(failed),
+        ),
+        outcome(&ids[2], EventStatus::Succeeded, None, None),
+    ];
+    let others = ids[3..]
+        .iter()
+        .map(|id| outcome(id, EventStatus::Succeeded, None, None));
+    for (n, o) in in_order.into_iter().enumerate() {
+        let w = writer.clone();
+        jobs.spawn(async move { w.record(o).await });
+        wait_for(
+            "the outcome to wait for a writer",
+            Duration::from_secs(10),
+            || async { (writer.waiting() == n + 1).then_some(()) },
+        )
+        .await;
+    }
+    for o in others {
+        let w = writer.clone();
+        jobs.spawn(async move { w.record(o).await });
+    }
+    wait_for(
+        "every outcome to wait for a writer",
+        Duration::from_secs(10),
+        || async { (writer.waiting() == 101).then_some(()) },
+    )
+    .await;
+    lock.commit().await.unwrap();
+    while let Some(recorded) = jobs.join_next().await {
+        recorded.unwrap().expect("recorded");
+    }
+
+    assert_eq!(batch_size.get_sample_sum(), 103.0, "every outcome written once");
+    assert_eq!(
+        batch_size.get_sample_count(),
+        3,
+        "the two held writes, then the 101 outcomes that waited, in one write"
+    );
+    let done: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_events WHERE status = 'succeeded' AND completed_at IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(done, 102);
+    let (status, last_error): (String, Option<String>) =
+        sqlx::query_as("SELECT status, last_error FROM webhook_events WHERE event_id = $1")
+            .bind(&ids[2])
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "succeeded", "the later outcome of the same event wins");
+    assert_eq!(last_error.as_deref(), Some("Lago answered 503"));
+    let errors: Vec<(String, String)> = sqlx::query_as("SELECT event_id, action FROM event_errors")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(errors, vec![(ids[2].clone(), "retry_scheduled".to_string())]);
+    drop(writer);
     ctx.cleanup().await;
 }

@@ -111,18 +111,11 @@ impl GroupCommit {
 
 async fn writer(backend: Backend, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
     loop {
-        let batch = {
-            let mut jobs = jobs.lock().await;
-            let Some(first) = jobs.recv().await else { return };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            batch
-        };
+        // Every event waiting, up to MAX_BATCH (waits for the first).
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        if jobs.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
         backend.metrics.commit_waiting.sub(batch.len() as i64);
         commit(&backend, batch).await;
     }

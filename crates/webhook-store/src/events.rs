@@ -131,50 +131,83 @@ pub async fn start_attempt(
 }
 
 /// One failed attempt, for the event history.
-pub struct ErrorRecord<'a> {
-    pub event_id: &'a str,
+#[derive(Debug, Clone)]
+pub struct ErrorRecord {
     pub attempt: i32,
-    pub step: Option<&'a str>,
-    pub kind: &'a str,
-    pub error: &'a str,
+    pub step: Option<String>,
+    pub kind: String,
+    pub error: String,
     /// `retry_scheduled` or `dead_lettered`.
-    pub action: &'a str,
+    pub action: String,
 }
 
-/// Records the outcome of the latest attempt (and, for a failure, the error) durably: the commit
-/// returns only once it is on disk, and with it every earlier commit of the same server (see
-/// [`crate::Commits::Deferred`]). Run before the message is acked, so that an acked message's
-/// outcome and effects survive a crash of Postgres. One statement on a durable store; on a
-/// deferred one, inside a transaction that asks for a durable commit.
-pub async fn record_outcome(
-    store: &Store,
-    event_id: &str,
-    status: EventStatus,
-    last_error: Option<&str>,
-    error: Option<&ErrorRecord<'_>>,
-) -> Result<(), sqlx::Error> {
-    let terminal = matches!(
-        status,
-        EventStatus::Succeeded | EventStatus::Skipped | EventStatus::DeadLettered
-    );
+/// The outcome of an event's latest attempt.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub event_id: String,
+    pub status: EventStatus,
+    /// Kept as the event's `last_error` (a skip's reason, a failure's message).
+    pub last_error: Option<String>,
+    /// A failed attempt, for `event_errors`.
+    pub error: Option<ErrorRecord>,
+}
+
+/// Records the outcomes of the latest attempts (and the errors of failed ones) durably, in one
+/// statement: the commit returns only once it is on disk, and with it every earlier commit of
+/// the same server (see [`crate::Commits::Deferred`]). Run before the messages are acked, so
+/// that an acked message's outcome and effects survive a crash of Postgres. The worker's
+/// outcome writer shares one such statement among the jobs that finish together.
+///
+/// Rows are updated in event-id order (concurrent writers cannot deadlock). Several outcomes of
+/// one event in `outcomes` (in the order given) end as they would one statement after another:
+/// the last status, the last error message, and every failed attempt in `event_errors`.
+pub async fn record_outcomes(store: &Store, outcomes: &[&Outcome]) -> Result<(), sqlx::Error> {
+    // Per event: (id, status, last_error).
+    let mut latest: Vec<(&str, EventStatus, Option<&str>)> = Vec::with_capacity(outcomes.len());
+    for o in outcomes {
+        let last_error = o.last_error.as_deref();
+        match latest.iter_mut().find(|(id, _, _)| *id == o.event_id) {
+            Some(l) => *l = (l.0, o.status, last_error.or(l.2)),
+            None => latest.push((&o.event_id, o.status, last_error)),
+        }
+    }
+    latest.sort_by(|a, b| a.0.cmp(b.0));
+    let ids: Vec<&str> = latest.iter().map(|l| l.0).collect();
+    let statuses: Vec<&str> = latest.iter().map(|l| l.1.as_str()).collect();
+    let last_errors: Vec<Option<&str>> = latest.iter().map(|l| l.2).collect();
+    let terminal: Vec<bool> = latest
+        .iter()
+        .map(|l| {
+            matches!(
+                l.1,
+                EventStatus::Succeeded | EventStatus::Skipped | EventStatus::DeadLettered
+            )
+        })
+        .collect();
+    let errors: Vec<(&str, &ErrorRecord)> = outcomes
+        .iter()
+        .filter_map(|o| o.error.as_ref().map(|e| (o.event_id.as_str(), e)))
+        .collect();
     let query = sqlx::query(
-        "WITH error AS (
+        "WITH errors AS (
              INSERT INTO event_errors (event_id, attempt, step, kind, error, action)
-             SELECT $1, $5, $6, $7, $8, $9 WHERE $9::text IS NOT NULL
+             SELECT * FROM UNNEST($5::text[], $6::int[], $7::text[], $8::text[], $9::text[], $10::text[])
          )
-         UPDATE webhook_events SET status = $2, last_error = coalesce($3, last_error), updated_at = now(),
-                completed_at = CASE WHEN $4 THEN now() ELSE completed_at END
-         WHERE event_id = $1",
+         UPDATE webhook_events e SET status = o.status, last_error = coalesce(o.last_error, e.last_error),
+                updated_at = now(), completed_at = CASE WHEN o.terminal THEN now() ELSE e.completed_at END
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::boolean[]) AS o(event_id, status, last_error, terminal)
+         WHERE e.event_id = o.event_id",
     )
-    .bind(event_id)
-    .bind(status.as_str())
-    .bind(last_error)
-    .bind(terminal)
-    .bind(error.map(|e| e.attempt))
-    .bind(error.and_then(|e| e.step))
-    .bind(error.map(|e| e.kind))
-    .bind(error.map(|e| e.error))
-    .bind(error.map(|e| e.action));
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&last_errors)
+    .bind(&terminal)
+    .bind(errors.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(errors.iter().map(|(_, e)| e.attempt).collect::<Vec<_>>())
+    .bind(errors.iter().map(|(_, e)| e.step.as_deref()).collect::<Vec<_>>())
+    .bind(errors.iter().map(|(_, e)| e.kind.as_str()).collect::<Vec<_>>())
+    .bind(errors.iter().map(|(_, e)| e.error.as_str()).collect::<Vec<_>>())
+    .bind(errors.iter().map(|(_, e)| e.action.as_str()).collect::<Vec<_>>());
     match store.commits {
         Commits::Durable => {
             query.execute(&store.pool).await?;

@@ -39,7 +39,7 @@ pub enum Commits {
     /// At once; Postgres writes the WAL to disk within a fraction of a second
     /// (`synchronous_commit = off`). A crash of Postgres can lose the last such commits, never
     /// part of one, and never one older than a later durable commit: WAL is flushed in order,
-    /// so a durable commit (e.g. [`events::record_outcome`]) makes every earlier one durable.
+    /// so a durable commit (e.g. [`events::record_outcomes`]) makes every earlier one durable.
     /// The worker's step writes use this; its outcome write, made before the ack, is durable.
     Deferred,
 }

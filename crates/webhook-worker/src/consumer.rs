@@ -16,7 +16,7 @@ use webhook_amqp::lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use webhook_amqp::lapin::types::FieldTable;
-use webhook_store::events::{self, ErrorRecord, EventStatus};
+use webhook_store::events::{ErrorRecord, EventStatus, Outcome};
 
 use crate::context::WorkerContext;
 use crate::dispatch::{self, Done};
@@ -176,7 +176,12 @@ async fn settle(
     shutdown: &mut watch::Receiver<bool>,
 ) -> &'static str {
     let event_id = processed.envelope.as_ref().map(|e| e.id.to_string());
-    let outcomes = &ctx.outcomes;
+    let outcome_of = |id: &str, status, last_error: Option<&str>, error: Option<&ErrorRecord>| Outcome {
+        event_id: id.to_owned(),
+        status,
+        last_error: last_error.map(str::to_owned),
+        error: error.cloned(),
+    };
     let ack = || async {
         if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
             // The connection died: the broker redelivers, and the ledger makes that harmless.
@@ -186,10 +191,7 @@ async fn settle(
     match processed.result {
         Ok(Done::Succeeded(summary)) => {
             if let Some(id) = &event_id
-                && !record(ctx, shutdown, || {
-                    events::record_outcome(outcomes, id, EventStatus::Succeeded, None, None)
-                })
-                .await
+                && !record(ctx, shutdown, &outcome_of(id, EventStatus::Succeeded, None, None)).await
             {
                 return give_back(delivery).await;
             }
@@ -206,9 +208,11 @@ async fn settle(
         }
         Ok(Done::Skipped(reason)) => {
             if let Some(id) = &event_id
-                && !record(ctx, shutdown, || {
-                    events::record_outcome(outcomes, id, EventStatus::Skipped, Some(&reason), None)
-                })
+                && !record(
+                    ctx,
+                    shutdown,
+                    &outcome_of(id, EventStatus::Skipped, Some(&reason), None),
+                )
                 .await
             {
                 return give_back(delivery).await;
@@ -247,19 +251,16 @@ async fn settle(
             }
             if let Some(id) = &event_id {
                 let error_record = ErrorRecord {
-                    event_id: id,
                     attempt: retries as i32 + 1,
-                    step: Some(failure.step),
-                    kind: failure.kind.as_str(),
-                    error: &failure.message,
-                    action,
+                    step: Some(failure.step.to_owned()),
+                    kind: failure.kind.as_str().to_owned(),
+                    error: failure.message.clone(),
+                    action: action.to_owned(),
                 };
                 // The re-published message is durable already: on shutdown it is acked even if
                 // the history could not be written.
-                let _ = record(ctx, shutdown, || {
-                    events::record_outcome(outcomes, id, status, Some(&failure.message), Some(&error_record))
-                })
-                .await;
+                let outcome = outcome_of(id, status, Some(&failure.message), Some(&error_record));
+                let _ = record(ctx, shutdown, &outcome).await;
             }
             tracing::warn!(
                 event_id = event_id.as_deref().unwrap_or("-"), event_type, outcome, step = failure.step,
@@ -271,15 +272,12 @@ async fn settle(
     }
 }
 
-/// Writes to the event history, waiting for Postgres while it is down, so that an acked message
-/// always has its outcome recorded. False only when shutdown came first.
-async fn record<F, Fut>(ctx: &WorkerContext, shutdown: &mut watch::Receiver<bool>, mut write: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), sqlx::Error>>,
-{
+/// Writes the outcome to the event history (through the outcome writers), waiting for Postgres
+/// while it is down, so that an acked message always has its outcome recorded. False only when
+/// shutdown came first.
+async fn record(ctx: &WorkerContext, shutdown: &mut watch::Receiver<bool>, outcome: &Outcome) -> bool {
     loop {
-        match write().await {
+        match ctx.outcomes.record(outcome.clone()).await {
             Ok(()) => return true,
             Err(e) => {
                 tracing::warn!(error = %e, "could not record the event's outcome; waiting for Postgres");

@@ -8,12 +8,14 @@ use webhook_store::Store;
 use crate::clients::{InlineRetry, KeycloakClient, LagoClient};
 use crate::domain::PlanMap;
 use crate::metrics::Metrics;
+use crate::outcomes::OutcomeWriter;
 
 pub struct WorkerContext {
     /// Step writes: commits that do not wait for the disk ([`webhook_store::Commits::Deferred`]).
     pub store: Store,
-    /// The outcome written before each ack: durable, and with it every step write before it.
-    pub outcomes: Store,
+    /// The outcome written before each ack: durable, and with it every step write before it
+    /// (group commit: see [`crate::outcomes`]).
+    pub outcomes: OutcomeWriter,
     pub broker: Broker,
     pub keycloak: KeycloakClient,
     pub lago: LagoClient,

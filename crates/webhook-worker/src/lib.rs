@@ -7,6 +7,7 @@
 //! - [`dispatch`]: one message → its handler → an outcome.
 //! - [`steps`]: the provisioning steps of a checkout and the ledger that makes them exactly-once.
 //! - [`lifecycle`]: subscription updates, cancellations and invoices, applied in event order.
+//! - [`outcomes`]: the durable outcome write before each ack, shared by the jobs that finish together.
 //! - [`retry`]: the next retry tier or the dead-letter queue for a failed message.
 //! - [`clients`]: typed Keycloak and Lago clients with error classification.
 //! - [`domain`]: checkout orders, emails, plan codes.
@@ -21,6 +22,7 @@ pub mod failure;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod outcomes;
 pub mod retry;
 pub mod steps;
 
@@ -40,6 +42,11 @@ use crate::clients::{InlineRetry, KeycloakClient, LagoClient};
 use crate::context::WorkerContext;
 use crate::domain::PlanMap;
 use crate::metrics::Metrics;
+use crate::outcomes::OutcomeWriter;
+
+/// Outcome writers (group commit): two, so that one batch collects while the other waits for
+/// the disk.
+const OUTCOME_WRITERS: u32 = 2;
 
 /// Stops a running worker gracefully (what SIGTERM does).
 #[derive(Clone)]
@@ -80,9 +87,10 @@ impl Application {
         let database = settings.database.clone();
         // Step writes commit without waiting for the disk; the outcome write before each ack is
         // durable, and with it everything the job wrote (see `webhook_store::Commits`). The two
-        // pools share database.max_connections: a quarter (at most 8) for the outcomes (one
-        // short statement per job, which waits for the disk), the rest for the steps.
-        let outcome_connections = (database.max_connections / 4).clamp(1, 8);
+        // pools share database.max_connections: one connection per outcome writer (each writes
+        // the outcomes of every job waiting in one statement, which waits for the disk), the
+        // rest for the steps.
+        let outcome_connections = OUTCOME_WRITERS.min(database.max_connections / 2).max(1);
         let mut steps_db = database.clone();
         steps_db.max_connections = database
             .max_connections
@@ -99,7 +107,11 @@ impl Application {
         let w = &settings.worker;
         let ctx = Arc::new(WorkerContext {
             store,
-            outcomes,
+            outcomes: OutcomeWriter::start(
+                outcomes,
+                outcome_connections as usize,
+                metrics.outcome_batch_size.clone(),
+            ),
             broker,
             keycloak,
             lago,

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 const BUCKETS: &[f64] = &[
@@ -23,6 +24,8 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     pub in_flight: IntGauge,
     pub broker_connected: IntGauge,
+    /// Outcomes per durable write (group commit of the jobs that finish together).
+    pub outcome_batch_size: Histogram,
 }
 
 /// Downstream calls by service, operation and HTTP status (`error` when there was no answer).
@@ -96,6 +99,14 @@ impl Metrics {
             "1 while the RabbitMQ connection is up",
         )
         .unwrap();
+        let outcome_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "webhook_worker_outcome_batch_size",
+                "Job outcomes recorded per durable write (group commit of the jobs that finish together)",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )
+        .unwrap();
         let downstream = DownstreamMetrics { calls, duration };
         for c in [
             Box::new(jobs.clone()) as Box<dyn prometheus::core::Collector>,
@@ -106,6 +117,7 @@ impl Metrics {
             Box::new(queue_depth.clone()),
             Box::new(in_flight.clone()),
             Box::new(broker_connected.clone()),
+            Box::new(outcome_batch_size.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -118,6 +130,7 @@ impl Metrics {
             queue_depth,
             in_flight,
             broker_connected,
+            outcome_batch_size,
         }
     }
 

@@ -83,7 +83,13 @@ impl<'a> Steps<'a> {
         if self.unrecorded.is_empty() {
             return Ok(());
         }
-        ledger::record_steps(&self.ctx.store.pool, &self.action_key, self.event_id, &self.unrecorded).await?;
+        ledger::record_steps(
+            &self.ctx.store.pool,
+            &self.action_key,
+            self.event_id,
+            &self.unrecorded,
+        )
+        .await?;
         self.unrecorded.clear();
         Ok(())
     }
@@ -249,8 +255,14 @@ impl Steps<'_> {
             subject,
             details,
         };
-        ledger::finish_with_audit(&self.ctx.store.pool, &self.action_key, self.event_id, &self.unrecorded, &row)
-            .await?;
+        ledger::finish_with_audit(
+            &self.ctx.store.pool,
+            &self.action_key,
+            self.event_id,
+            &self.unrecorded,
+            &row,
+        )
+        .await?;
         self.unrecorded.clear();
         self.done.insert("audit".into(), json!({}));
         Ok(())
