@@ -361,6 +361,7 @@ async fn run_worker_case(
     )
     .await;
     runner.stop_ingest(ingest).await;
+    settle_database(pool).await;
     anyhow::ensure!(
         filled.accepted.len() as u64 == case.jobs,
         "filling the queue: {} of {} events accepted",
@@ -408,6 +409,20 @@ async fn run_worker_case(
         efficiency: None,
         peak_rss_kib: rss,
     })
+}
+
+/// Vacuums the run's database and checkpoints, as pgbench does before each run: the worker is
+/// then measured on its own work, not while Postgres vacuums and writes back the tens of
+/// thousands of events of the phases before it. A failure (e.g. a role that may not
+/// checkpoint) is logged and the measurement goes on.
+async fn settle_database(pool: &sqlx::PgPool) {
+    for statement in ["VACUUM (ANALYZE)", "CHECKPOINT"] {
+        if let Err(e) = sqlx::query(statement).execute(pool).await {
+            log(format!(
+                "{statement} before the worker case failed ({e}); measuring anyway"
+            ));
+        }
+    }
 }
 
 /// The directory of this run's child-process logs.

@@ -1,4 +1,7 @@
-//! Logging setup: `RUST_LOG`-style filter and `text` or `json` lines on stderr.
+//! Logging setup: `RUST_LOG`-style filter and `text` or `json` lines on stderr (text is coloured
+//! only on a terminal: a file or a log collector gets plain lines).
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -7,7 +10,8 @@ pub fn init(level: &str, format: &str) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = if format == "json" {
         builder
             .json()

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde_json::Value;
 use webhook_core::Envelope;
-use webhook_store::{events, subscriptions};
+use webhook_store::events;
 
 use crate::context::WorkerContext;
 use crate::domain::CheckoutOrder;
@@ -66,16 +66,34 @@ async fn handle(ctx: &WorkerContext, event: &Envelope) -> Result<Done, JobError>
         )
         .into());
     }
-    events::start_attempt(&ctx.store.pool, event, action_key(event).as_deref()).await?;
-    let body: Value = serde_json::from_slice(&event.body)
-        .map_err(|e| Failure::permanent("parse", format!("malformed message: {e}")))?;
+    let body: Result<Value, _> = serde_json::from_slice(&event.body);
+    let order = match (event.event_type.as_str(), &body) {
+        ("checkout.session.completed" | "checkout.session.async_payment_succeeded", Ok(body)) => Some(
+            CheckoutOrder::from_session(&body["data"]["object"], &ctx.plans.default_cycle),
+        ),
+        _ => None,
+    };
+    // A paid checkout teaches us its Stripe customer's email (later subscription and invoice
+    // events carry only the customer id): remembered in the attempt's statement.
+    let customer = match &order {
+        Some(Ok(order)) if order.is_paid() => order
+            .stripe_customer
+            .as_deref()
+            .map(|c| (c, order.email.as_str())),
+        _ => None,
+    };
+    events::start_attempt(&ctx.store.pool, event, action_key(event).as_deref(), customer).await?;
+    let body = body.map_err(|e| Failure::permanent("parse", format!("malformed message: {e}")))?;
     let object = &body["data"]["object"];
-    match event.event_type.as_str() {
-        "customer.subscription.updated" => lifecycle::subscription_updated(ctx, event, object).await,
-        "customer.subscription.deleted" => lifecycle::subscription_deleted(ctx, event, object).await,
-        "invoice.paid" => lifecycle::invoice(ctx, event, object, true).await,
-        "invoice.payment_failed" => lifecycle::invoice(ctx, event, object, false).await,
-        _ => checkout(ctx, event, object).await,
+    match (event.event_type.as_str(), order) {
+        ("customer.subscription.updated", _) => lifecycle::subscription_updated(ctx, event, object).await,
+        ("customer.subscription.deleted", _) => lifecycle::subscription_deleted(ctx, event, object).await,
+        ("invoice.paid", _) => lifecycle::invoice(ctx, event, object, true).await,
+        ("invoice.payment_failed", _) => lifecycle::invoice(ctx, event, object, false).await,
+        (_, Some(order)) => checkout(ctx, event, order.map_err(|m| Failure::permanent("parse", m))?).await,
+        (other, None) => {
+            Err(Failure::permanent("dispatch", format!("no handler for event type {other:?}")).into())
+        }
     }
 }
 
@@ -98,18 +116,13 @@ pub fn action_key(event: &Envelope) -> Option<String> {
     })
 }
 
-async fn checkout(ctx: &WorkerContext, event: &Envelope, session: &Value) -> Result<Done, JobError> {
-    let order = CheckoutOrder::from_session(session, &ctx.plans.default_cycle)
-        .map_err(|m| Failure::permanent("parse", m))?;
+/// A checkout session's order (its customer's email was remembered with the attempt).
+async fn checkout(ctx: &WorkerContext, event: &Envelope, order: CheckoutOrder) -> Result<Done, JobError> {
     if !order.is_paid() {
         return Ok(Done::Skipped(format!(
             "payment_status is {:?}: nothing to provision until checkout.session.async_payment_succeeded",
             order.payment_status
         )));
-    }
-    if let Some(customer) = &order.stripe_customer {
-        // Later subscription and invoice events carry only the customer id.
-        subscriptions::remember_customer(&ctx.store.pool, customer, order.email.as_str()).await?;
     }
     match order.stripe_subscription.clone() {
         // A subscription checkout takes its place in the subscription's event order.
