@@ -12,6 +12,7 @@ use serde_json::Value;
 use sqlx::{PgPool, Row};
 
 use crate::audit::AuditRow;
+use crate::subscriptions::MarkAndRelease;
 
 /// The finished steps of an action, by step name.
 pub type DoneSteps = HashMap<String, Value>;
@@ -89,7 +90,8 @@ pub async fn record_steps(
 }
 
 /// The last step of an action: the finished `steps` not recorded yet (as [`record_steps`]),
-/// its audit row, the `audit` ledger entry (with the row's id) and the action marked done,
+/// its audit row, the `audit` ledger entry (with the row's id), the action marked done and, for
+/// an event applied under its subscription's lease, the ordering `mark` and the lease's release,
 /// atomically in one statement. Exactly one audit row per action, even when two deliveries
 /// race: the second waits on the ledger's key, then inserts nothing. Returns the new row's id,
 /// or `None` when the action had its audit row already.
@@ -99,9 +101,11 @@ pub async fn finish_with_audit(
     event_id: &str,
     steps: &[FinishedStep],
     audit: &AuditRow<'_>,
+    mark: Option<&MarkAndRelease<'_>>,
 ) -> Result<Option<i64>, sqlx::Error> {
     let (names, results, times) = columns(steps);
-    sqlx::query_scalar(
+    let mark_cte = mark.map_or_else(String::new, |m| format!(", mark AS ({})", m.sql(10)));
+    let sql = format!(
         "WITH steps AS (
              INSERT INTO provisioning_steps (action_key, step, result, event_id, completed_at)
              SELECT $1, step, result, $2, at FROM UNNEST($6::text[], $7::jsonb[], $8::timestamptz[]) AS s(step, result, at)
@@ -119,18 +123,22 @@ pub async fn finish_with_audit(
              UPDATE provisioning_actions
              SET status = 'done', completed_at = coalesce(completed_at, now()), updated_at = now()
              WHERE action_key = $1
-         )
-         SELECT (SELECT id FROM audit)",
-    )
-    .bind(action_key)
-    .bind(event_id)
-    .bind(audit.event_type)
-    .bind(audit.subject)
-    .bind(audit.details)
-    .bind(&names)
-    .bind(&results)
-    .bind(&times)
-    .bind(Utc::now())
-    .fetch_one(pool)
-    .await
+         ){mark_cte}
+         SELECT (SELECT id FROM audit)"
+    );
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(action_key)
+        .bind(event_id)
+        .bind(audit.event_type)
+        .bind(audit.subject)
+        .bind(audit.details)
+        .bind(&names)
+        .bind(&results)
+        .bind(&times)
+        .bind(Utc::now());
+    let query = match mark {
+        Some(m) => m.bind(query),
+        None => query,
+    };
+    query.fetch_one(pool).await?.try_get(0)
 }

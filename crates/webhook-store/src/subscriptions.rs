@@ -113,60 +113,85 @@ pub struct Applied<'a> {
     pub tier: Option<&'a str>,
 }
 
-/// Records an applied checkout or subscription event (never moving the mark backwards) and gives
-/// the lease back if `owner` still holds it, in one statement.
-pub async fn mark_lifecycle_and_release(
-    pool: &PgPool,
-    a: &Applied<'_>,
-    owner: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO stripe_subscriptions AS s (subscription_id, last_event_created, last_event_id, last_event_type, status, tier)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (subscription_id) DO UPDATE SET
-             last_event_created = CASE WHEN coalesce(s.last_event_created, $2) <= $2 THEN $2 ELSE s.last_event_created END,
-             last_event_id = CASE WHEN coalesce(s.last_event_created, $2) <= $2 THEN $3 ELSE s.last_event_id END,
-             last_event_type = CASE WHEN coalesce(s.last_event_created, $2) <= $2 THEN $4 ELSE s.last_event_type END,
-             status = CASE WHEN coalesce(s.last_event_created, $2) <= $2 THEN coalesce($5, s.status) ELSE s.status END,
-             tier = CASE WHEN coalesce(s.last_event_created, $2) <= $2 THEN coalesce($6, s.tier) ELSE s.tier END,
-             lease_owner = CASE WHEN s.lease_owner = $7 THEN NULL ELSE s.lease_owner END,
-             lease_until = CASE WHEN s.lease_owner = $7 THEN NULL ELSE s.lease_until END,
-             updated_at = now()",
-    )
-    .bind(a.subscription_id)
-    .bind(a.event_created)
-    .bind(a.event_id)
-    .bind(a.event_type)
-    .bind(a.status)
-    .bind(a.tier)
-    .bind(owner)
-    .execute(pool)
-    .await?;
-    Ok(())
+/// Which ordering mark an event moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Track {
+    /// Checkout and `customer.subscription.*`: the plan and status.
+    Lifecycle,
+    /// `invoice.*`: the payment status.
+    Invoice,
 }
 
-/// Records an applied invoice event (never moving the mark backwards) and gives the lease back
-/// if `owner` still holds it, in one statement.
-pub async fn mark_invoice_and_release(
-    pool: &PgPool,
-    a: &Applied<'_>,
-    owner: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO stripe_subscriptions AS s (subscription_id, last_invoice_created, last_invoice_event_id)
-         VALUES ($1, $2, $3)
-         ON CONFLICT (subscription_id) DO UPDATE SET
-             last_invoice_created = CASE WHEN coalesce(s.last_invoice_created, $2) <= $2 THEN $2 ELSE s.last_invoice_created END,
-             last_invoice_event_id = CASE WHEN coalesce(s.last_invoice_created, $2) <= $2 THEN $3 ELSE s.last_invoice_event_id END,
-             lease_owner = CASE WHEN s.lease_owner = $4 THEN NULL ELSE s.lease_owner END,
-             lease_until = CASE WHEN s.lease_owner = $4 THEN NULL ELSE s.lease_until END,
-             updated_at = now()",
-    )
-    .bind(a.subscription_id)
-    .bind(a.event_created)
-    .bind(a.event_id)
-    .bind(owner)
-    .execute(pool)
-    .await?;
+/// An applied event's ordering mark (never moved backwards) and the release of the lease if its
+/// `owner` still holds it: one upsert, run on its own ([`mark_and_release`]) or as part of the
+/// statement that finishes the event's action ([`crate::ledger::finish_with_audit`]).
+pub struct MarkAndRelease<'a> {
+    pub track: Track,
+    pub applied: Applied<'a>,
+    pub owner: &'a str,
+}
+
+impl MarkAndRelease<'_> {
+    /// The upsert, its 7 parameters numbered from `$first` (bound by [`Self::bind`]).
+    pub fn sql(&self, first: usize) -> String {
+        let p = |i: usize| format!("${}", first + i);
+        let (sub, created, id, kind, status, tier, owner) = (p(0), p(1), p(2), p(3), p(4), p(5), p(6));
+        let release = format!(
+            "lease_owner = CASE WHEN s.lease_owner = {owner} THEN NULL ELSE s.lease_owner END,
+             lease_until = CASE WHEN s.lease_owner = {owner} THEN NULL ELSE s.lease_until END,
+             updated_at = now()"
+        );
+        match self.track {
+            Track::Lifecycle => {
+                let newer = format!("coalesce(s.last_event_created, {created}) <= {created}");
+                format!(
+                    "INSERT INTO stripe_subscriptions AS s (subscription_id, last_event_created, last_event_id, last_event_type, status, tier)
+                     VALUES ({sub}, {created}, {id}, {kind}, {status}, {tier})
+                     ON CONFLICT (subscription_id) DO UPDATE SET
+                         last_event_created = CASE WHEN {newer} THEN {created} ELSE s.last_event_created END,
+                         last_event_id = CASE WHEN {newer} THEN {id} ELSE s.last_event_id END,
+                         last_event_type = CASE WHEN {newer} THEN {kind} ELSE s.last_event_type END,
+                         status = CASE WHEN {newer} THEN coalesce({status}, s.status) ELSE s.status END,
+                         tier = CASE WHEN {newer} THEN coalesce({tier}, s.tier) ELSE s.tier END,
+                         {release}"
+                )
+            }
+            // The type, status and tier parameters are bound but not used.
+            Track::Invoice => {
+                let newer = format!("coalesce(s.last_invoice_created, {created}) <= {created}");
+                format!(
+                    "INSERT INTO stripe_subscriptions AS s (subscription_id, last_invoice_created, last_invoice_event_id)
+                     VALUES ({sub}, {created}, {id})
+                     ON CONFLICT (subscription_id) DO UPDATE SET
+                         last_invoice_created = CASE WHEN {newer} THEN {created} ELSE s.last_invoice_created END,
+                         last_invoice_event_id = CASE WHEN {newer} THEN {id} ELSE s.last_invoice_event_id END,
+                         {release}"
+                )
+            }
+        }
+    }
+
+    /// Binds the parameters of [`Self::sql`], in order.
+    pub fn bind<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
+        let a = &self.applied;
+        query
+            .bind(a.subscription_id)
+            .bind(a.event_created)
+            .bind(a.event_id)
+            .bind(a.event_type)
+            .bind(a.status)
+            .bind(a.tier)
+            .bind(self.owner)
+    }
+}
+
+/// A query of this crate, for statements put together from parts.
+pub type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Records an applied event's mark and gives the lease back, in one statement.
+pub async fn mark_and_release(pool: &PgPool, m: &MarkAndRelease<'_>) -> Result<(), sqlx::Error> {
+    m.bind(sqlx::query(sqlx::AssertSqlSafe(m.sql(1))))
+        .execute(pool)
+        .await?;
     Ok(())
 }

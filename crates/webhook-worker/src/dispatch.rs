@@ -127,15 +127,23 @@ async fn checkout(ctx: &WorkerContext, event: &Envelope, order: CheckoutOrder) -
     match order.stripe_subscription.clone() {
         // A subscription checkout takes its place in the subscription's event order.
         Some(sub_id) => {
+            let order = &order;
             let state = (Some("active"), Some(order.tier.as_str()));
-            lifecycle::in_order(ctx, &sub_id, event, Track::Lifecycle, state, || async {
-                steps::provision_checkout(ctx, event, &order)
-                    .await
-                    .map(Done::Succeeded)
-            })
+            lifecycle::in_order(
+                ctx,
+                &sub_id,
+                event,
+                Track::Lifecycle,
+                state,
+                move |turn| async move {
+                    steps::provision_checkout(ctx, event, order, Some(&turn))
+                        .await
+                        .map(Done::Succeeded)
+                },
+            )
             .await
         }
-        None => steps::provision_checkout(ctx, event, &order)
+        None => steps::provision_checkout(ctx, event, &order, None)
             .await
             .map(Done::Succeeded),
     }

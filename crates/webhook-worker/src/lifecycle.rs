@@ -7,11 +7,13 @@
 //! Each event's effects go through the same ledger, retries and dead-lettering as a checkout.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use webhook_core::Envelope;
-use webhook_store::subscriptions::{self, Applied, Marks};
+use webhook_store::subscriptions::{self, Applied, MarkAndRelease, Marks};
 
 use crate::context::WorkerContext;
 use crate::dispatch::Done;
@@ -24,26 +26,35 @@ const LEASE_SECS: f64 = 300.0;
 /// How long a job waits for the lease before it goes to the retry tier.
 const LEASE_WAIT: Duration = Duration::from_secs(10);
 
-/// Which ordering mark an event belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Track {
-    /// Checkout and `customer.subscription.*`: the plan and status.
-    Lifecycle,
-    /// `invoice.*`: the payment status.
-    Invoice,
+pub use webhook_store::subscriptions::Track;
+
+/// A job's turn on its subscription (it holds the lease), and the ordering mark its event makes
+/// once applied. The statement that finishes the event's action records the mark and gives the
+/// lease back ([`Steps::finish_with_audit`]); if the job ends otherwise, [`in_order`] does.
+pub struct Turn<'a> {
+    pub(crate) mark: MarkAndRelease<'a>,
+    released: AtomicBool,
+}
+
+impl Turn<'_> {
+    /// The mark is recorded and the lease given back.
+    pub(crate) fn set_released(&self) {
+        self.released.store(true, Ordering::Release);
+    }
 }
 
 /// Runs `apply` for `event` on `subscription_id` unless a newer event was applied already.
-pub async fn in_order<F, Fut>(
+/// `apply` gets the job's [`Turn`], for the statement that finishes its action.
+pub async fn in_order<'a, F, Fut>(
     ctx: &WorkerContext,
-    subscription_id: &str,
-    event: &Envelope,
+    subscription_id: &'a str,
+    event: &'a Envelope,
     track: Track,
-    state: (Option<&str>, Option<&str>),
+    state: (Option<&'a str>, Option<&'a str>),
     apply: F,
 ) -> Result<Done, JobError>
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(Arc<Turn<'a>>) -> Fut,
     Fut: Future<Output = Result<Done, JobError>>,
 {
     // Take turns with the other events of this subscription (on any worker). The lease outlives
@@ -64,28 +75,32 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let turn = Arc::new(Turn {
+        mark: MarkAndRelease {
+            track,
+            applied: Applied {
+                subscription_id,
+                event_created: event.created,
+                event_id: owner,
+                event_type: &event.event_type,
+                status: state.0,
+                tier: state.1,
+            },
+            owner,
+        },
+        released: AtomicBool::new(false),
+    });
     let outcome = match stale(event, subscription_id, &marks, track) {
         Some(reason) => Ok((Done::Skipped(reason), false)),
-        None => apply().await.map(|done| (done, true)),
+        None => apply(turn.clone()).await.map(|done| (done, true)),
     };
-    let applied = Applied {
-        subscription_id,
-        event_created: event.created,
-        event_id: owner,
-        event_type: &event.event_type,
-        status: state.0,
-        tier: state.1,
-    };
-    // The ordering mark and the lease's release are one write; when nothing was applied, only
-    // the release (the next attempt may come from another event). A lost release only delays
-    // the others until the lease expires, and this event's redelivery may take it at once.
-    match (&outcome, track) {
-        (Ok((_, true)), Track::Lifecycle) => {
-            subscriptions::mark_lifecycle_and_release(pool, &applied, owner).await?
-        }
-        (Ok((_, true)), Track::Invoice) => {
-            subscriptions::mark_invoice_and_release(pool, &applied, owner).await?
-        }
+    // The ordering mark and the lease's release are one write, made by the action's finish
+    // already, else now; when nothing was applied, only the release (the next attempt may come
+    // from another event). A lost release only delays the others until the lease expires, and
+    // this event's redelivery may take it at once.
+    match &outcome {
+        Ok((_, true)) if turn.released.load(Ordering::Acquire) => {}
+        Ok((_, true)) => subscriptions::mark_and_release(pool, &turn.mark).await?,
         _ => {
             let _ = subscriptions::release_lease(pool, subscription_id, owner).await;
         }
@@ -174,17 +189,18 @@ pub async fn subscription_updated(
         )
     })?;
     let sub_id = change.subscription_id.clone();
+    let (change, sub_id, tier, cycle) = (&change, sub_id.as_str(), tier.as_str(), cycle.as_str());
     in_order(
         ctx,
-        &sub_id,
+        sub_id,
         event,
         Track::Lifecycle,
-        (Some(&change.status), Some(&tier)),
-        || async {
+        (Some(&change.status), Some(tier)),
+        move |turn| async move {
             let email = email_of(ctx, Some(&change.customer), None).await?;
             let mut steps = Steps::begin(ctx, event).await?;
             let user_id = steps.lookup_user(&email).await?;
-            let plan_code = ctx.plans.plan_code(&tier, &cycle);
+            let plan_code = ctx.plans.plan_code(tier, cycle);
             // A subscription that is over has no plan to change; its deletion event terminates it.
             let lago = if matches!(
                 change.status.as_str(),
@@ -192,9 +208,7 @@ pub async fn subscription_updated(
             ) {
                 Value::Null
             } else {
-                steps
-                    .assign_plan(&email, &sub_id, &plan_code, &tier, &cycle)
-                    .await?
+                steps.assign_plan(&email, sub_id, &plan_code, tier, cycle).await?
             };
             let status = billing_status(&change.status);
             steps
@@ -202,7 +216,7 @@ pub async fn subscription_updated(
                     "keycloak_attributes",
                     &user_id,
                     &[
-                        (&ctx.tier_attribute, &tier),
+                        (&ctx.tier_attribute, tier),
                         (&ctx.billing_status_attribute, status),
                     ],
                 )
@@ -219,7 +233,7 @@ pub async fn subscription_updated(
                 "lago_next_plan_code": lago["next_plan_code"],
             });
             steps
-                .finish_with_audit("subscription.updated", &email, &details)
+                .finish_with_audit("subscription.updated", &email, &details, Some(&turn))
                 .await?;
             Ok(Done::Succeeded(details))
         },
@@ -236,15 +250,18 @@ pub async fn subscription_deleted(
 ) -> Result<Done, JobError> {
     let change =
         SubscriptionChange::from_object(object, &ctx.plans).map_err(|m| Failure::permanent("parse", m))?;
-    let sub_id = change.subscription_id.clone();
-    let free = ctx.plans.free_tier.clone();
+    let (change, sub_id, free) = (
+        &change,
+        change.subscription_id.as_str(),
+        ctx.plans.free_tier.as_str(),
+    );
     in_order(
         ctx,
-        &sub_id,
+        sub_id,
         event,
         Track::Lifecycle,
-        (Some("canceled"), Some(&free)),
-        || async {
+        (Some("canceled"), Some(free)),
+        move |turn| async move {
             let email = email_of(ctx, Some(&change.customer), None).await?;
             let mut steps = Steps::begin(ctx, event).await?;
             let user_id = steps.lookup_user(&email).await?;
@@ -252,7 +269,7 @@ pub async fn subscription_deleted(
                 .run("lago_terminate", || async {
                     let t = ctx
                         .inline_retry
-                        .run(|| ctx.lago.terminate_subscription(&sub_id))
+                        .run(|| ctx.lago.terminate_subscription(sub_id))
                         .await
                         .map_err(|e| Failure::downstream("lago_terminate", e))?;
                     Ok(match t {
@@ -267,7 +284,7 @@ pub async fn subscription_deleted(
                     "keycloak_attributes",
                     &user_id,
                     &[
-                        (&ctx.tier_attribute, &free),
+                        (&ctx.tier_attribute, free),
                         (&ctx.billing_status_attribute, "canceled"),
                     ],
                 )
@@ -280,7 +297,7 @@ pub async fn subscription_deleted(
                 "lago_status": terminated["status"],
             });
             steps
-                .finish_with_audit("subscription.canceled", &email, &details)
+                .finish_with_audit("subscription.canceled", &email, &details, Some(&turn))
                 .await?;
             Ok(Done::Succeeded(details))
         },
@@ -303,36 +320,45 @@ pub async fn invoice(
             inv.invoice_id
         )));
     };
-    in_order(ctx, &sub_id, event, Track::Invoice, (None, None), || async {
-        let email = email_of(ctx, inv.customer.as_deref(), inv.customer_email.as_ref()).await?;
-        let mut steps = Steps::begin(ctx, event).await?;
-        let user_id = steps.lookup_user(&email).await?;
-        let status = if paid { "active" } else { "past_due" };
-        steps
-            .set_attributes(
-                "keycloak_attributes",
-                &user_id,
-                &[(&ctx.billing_status_attribute, status)],
-            )
-            .await?;
-        let details = json!({
-            "stripe_event_id": event.id.as_str(),
-            "stripe_invoice_id": inv.invoice_id,
-            "stripe_subscription_id": sub_id,
-            "billing_status": status,
-        });
-        steps
-            .finish_with_audit(
-                if paid {
-                    "payment.succeeded"
-                } else {
-                    "payment.failed"
-                },
-                &email,
-                &details,
-            )
-            .await?;
-        Ok(Done::Succeeded(details))
-    })
+    let (inv, sub_id) = (&inv, sub_id.as_str());
+    in_order(
+        ctx,
+        sub_id,
+        event,
+        Track::Invoice,
+        (None, None),
+        move |turn| async move {
+            let email = email_of(ctx, inv.customer.as_deref(), inv.customer_email.as_ref()).await?;
+            let mut steps = Steps::begin(ctx, event).await?;
+            let user_id = steps.lookup_user(&email).await?;
+            let status = if paid { "active" } else { "past_due" };
+            steps
+                .set_attributes(
+                    "keycloak_attributes",
+                    &user_id,
+                    &[(&ctx.billing_status_attribute, status)],
+                )
+                .await?;
+            let details = json!({
+                "stripe_event_id": event.id.as_str(),
+                "stripe_invoice_id": inv.invoice_id,
+                "stripe_subscription_id": sub_id,
+                "billing_status": status,
+            });
+            steps
+                .finish_with_audit(
+                    if paid {
+                        "payment.succeeded"
+                    } else {
+                        "payment.failed"
+                    },
+                    &email,
+                    &details,
+                    Some(&turn),
+                )
+                .await?;
+            Ok(Done::Succeeded(details))
+        },
+    )
     .await
 }

@@ -22,6 +22,7 @@ use crate::clients::lago::NewSubscription;
 use crate::context::WorkerContext;
 use crate::domain::CheckoutOrder;
 use crate::failure::{Failure, JobError};
+use crate::lifecycle::Turn;
 
 /// Runs a step unless the ledger has it, and keeps its result for the ledger.
 pub(crate) struct Steps<'a> {
@@ -96,10 +97,13 @@ impl<'a> Steps<'a> {
 }
 
 /// Provisions one paid checkout. Returns a summary of what was done.
+/// With the job's `turn` on the order's subscription (a subscription checkout), the statement
+/// that finishes the action also records the subscription's ordering mark.
 pub async fn provision_checkout(
     ctx: &WorkerContext,
     event: &Envelope,
     order: &CheckoutOrder,
+    turn: Option<&Turn<'_>>,
 ) -> Result<Value, JobError> {
     let mut steps = Steps::begin(ctx, event).await?;
     let email = order.email.as_str();
@@ -148,7 +152,7 @@ pub async fn provision_checkout(
         "keycloak_user_id": user_id,
     });
     steps
-        .finish_with_audit("subscription.created", email, &details)
+        .finish_with_audit("subscription.created", email, &details, turn)
         .await?;
     Ok(details)
 }
@@ -244,25 +248,34 @@ impl Steps<'_> {
     /// The last step: the steps not yet in the ledger, the audit row, its ledger entry and the
     /// action marked done, atomically (one statement), so there is exactly one row per action,
     /// even when two deliveries race.
+    /// With the job's `turn` on its subscription, the same statement records the ordering mark
+    /// and gives the lease back.
     pub(crate) async fn finish_with_audit(
         &mut self,
         audit_type: &str,
         subject: &str,
         details: &Value,
+        turn: Option<&Turn<'_>>,
     ) -> Result<(), JobError> {
         let row = AuditRow {
             event_type: audit_type,
             subject,
             details,
         };
+        let pool = &self.ctx.store.pool;
+        let mark = turn.map(|t| &t.mark);
         ledger::finish_with_audit(
-            &self.ctx.store.pool,
+            pool,
             &self.action_key,
             self.event_id,
             &self.unrecorded,
             &row,
+            mark,
         )
         .await?;
+        if let Some(turn) = turn {
+            turn.set_released();
+        }
         self.unrecorded.clear();
         self.done.insert("audit".into(), json!({}));
         Ok(())
