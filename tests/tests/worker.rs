@@ -648,14 +648,15 @@ async fn outcomes_that_wait_for_a_writer_share_one_durable_write() {
         attempt: 1,
         step: Some("lago_subscription".into()),
         kind: "transient".into(),
-        error: "Lago answered 503".into(),
+        // A downstream error body may hold a NUL, which Postgres text cannot.
+        error: "Lago answered 503 \0".into(),
         action: "retry_scheduled".into(),
     };
     let in_order = [
         outcome(
             &ids[2],
             EventStatus::Retrying,
-            Some("Lago answered 503"),
+            Some("Lago answered 503 \0"),
             Some(failed),
         ),
         outcome(&ids[2], EventStatus::Succeeded, None, None),
@@ -708,12 +709,17 @@ async fn outcomes_that_wait_for_a_writer_share_one_durable_write() {
             .await
             .unwrap();
     assert_eq!(status, "succeeded", "the later outcome of the same event wins");
-    assert_eq!(last_error.as_deref(), Some("Lago answered 503"));
-    let errors: Vec<(String, String)> = sqlx::query_as("SELECT event_id, action FROM event_errors")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    assert_eq!(errors, vec![(ids[2].clone(), "retry_scheduled".to_string())]);
+    assert_eq!(last_error.as_deref(), Some("Lago answered 503 \u{FFFD}"));
+    let errors: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT event_id, action, error FROM event_errors")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let stored = "Lago answered 503 \u{FFFD}".to_string();
+    assert_eq!(
+        errors,
+        vec![(ids[2].clone(), "retry_scheduled".to_string(), stored)]
+    );
     drop(writer);
     ctx.cleanup().await;
 }

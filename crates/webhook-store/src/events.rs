@@ -168,9 +168,13 @@ pub struct Outcome {
 /// that an acked message's outcome and effects survive a crash of Postgres. The worker's
 /// outcome writer shares one such statement among the jobs that finish together.
 ///
-/// Rows are updated in event-id order (concurrent writers cannot deadlock). Several outcomes of
-/// one event in `outcomes` (in the order given) end as they would one statement after another:
-/// the last status, the last error message, and every failed attempt in `event_errors`.
+/// The rows are given to Postgres in event-id order, which makes a deadlock between two writers
+/// unlikely (Postgres does not promise to lock in that order; it would cancel one of them, and
+/// the worker's outcome writer then writes that batch's outcomes one by one). Several outcomes
+/// of one event in `outcomes` (in the order given) end as they would one statement after
+/// another: the last status, the last error message, and every failed attempt in
+/// `event_errors`. A NUL character (which Postgres text cannot hold, and which a downstream
+/// error body may contain) is stored as U+FFFD.
 pub async fn record_outcomes(store: &Store, outcomes: &[&Outcome]) -> Result<(), sqlx::Error> {
     // Per event: (id, status, last_error).
     let mut latest: Vec<(&str, EventStatus, Option<&str>)> = Vec::with_capacity(outcomes.len());
@@ -184,7 +188,7 @@ pub async fn record_outcomes(store: &Store, outcomes: &[&Outcome]) -> Result<(),
     latest.sort_by(|a, b| a.0.cmp(b.0));
     let ids: Vec<&str> = latest.iter().map(|l| l.0).collect();
     let statuses: Vec<&str> = latest.iter().map(|l| l.1.as_str()).collect();
-    let last_errors: Vec<Option<&str>> = latest.iter().map(|l| l.2).collect();
+    let last_errors: Vec<Option<String>> = latest.iter().map(|l| l.2.map(storable)).collect();
     let terminal: Vec<bool> = latest
         .iter()
         .map(|l| {
@@ -216,7 +220,7 @@ pub async fn record_outcomes(store: &Store, outcomes: &[&Outcome]) -> Result<(),
     .bind(errors.iter().map(|(_, e)| e.attempt).collect::<Vec<_>>())
     .bind(errors.iter().map(|(_, e)| e.step.as_deref()).collect::<Vec<_>>())
     .bind(errors.iter().map(|(_, e)| e.kind.as_str()).collect::<Vec<_>>())
-    .bind(errors.iter().map(|(_, e)| e.error.as_str()).collect::<Vec<_>>())
+    .bind(errors.iter().map(|(_, e)| storable(&e.error)).collect::<Vec<_>>())
     .bind(errors.iter().map(|(_, e)| e.action.as_str()).collect::<Vec<_>>());
     match store.commits {
         Commits::Durable => {
@@ -232,4 +236,9 @@ pub async fn record_outcomes(store: &Store, outcomes: &[&Outcome]) -> Result<(),
             tx.commit().await
         }
     }
+}
+
+/// `text` as Postgres can store it: without NUL characters.
+fn storable(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
 }

@@ -7,7 +7,8 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
+use std::time::Instant;
+
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 
@@ -17,13 +18,15 @@ use crate::subscriptions::MarkAndRelease;
 /// The finished steps of an action, by step name.
 pub type DoneSteps = HashMap<String, Value>;
 
-/// A finished step not yet in the ledger: its result and when it finished (the ledger is
-/// written after the fact, together with a later write, so the time is taken here).
+/// A finished step not yet in the ledger: its result and when it finished. The ledger is written
+/// after the fact, together with a later write, so the row's `completed_at` is Postgres's clock
+/// at that write minus the step's age on this process's monotonic clock (no skew between the
+/// clocks of different workers).
 #[derive(Debug, Clone)]
 pub struct FinishedStep {
     pub step: &'static str,
     pub result: Value,
-    pub completed_at: DateTime<Utc>,
+    pub finished: Instant,
 }
 
 impl FinishedStep {
@@ -32,17 +35,18 @@ impl FinishedStep {
         Self {
             step,
             result,
-            completed_at: Utc::now(),
+            finished: Instant::now(),
         }
     }
 }
 
-/// The columns of `steps`, for `UNNEST($n::text[], $n::jsonb[], $n::timestamptz[])`.
-fn columns(steps: &[FinishedStep]) -> (Vec<&str>, Vec<&Value>, Vec<DateTime<Utc>>) {
+/// The columns of `steps`, for `UNNEST($n::text[], $n::jsonb[], $n::float8[])`: the last is each
+/// step's age in seconds (`now() - make_interval(secs => age)`).
+fn columns(steps: &[FinishedStep]) -> (Vec<&str>, Vec<&Value>, Vec<f64>) {
     (
         steps.iter().map(|s| s.step).collect(),
         steps.iter().map(|s| &s.result).collect(),
-        steps.iter().map(|s| s.completed_at).collect(),
+        steps.iter().map(|s| s.finished.elapsed().as_secs_f64()).collect(),
     )
 }
 
@@ -73,17 +77,18 @@ pub async fn record_steps(
     event_id: &str,
     steps: &[FinishedStep],
 ) -> Result<(), sqlx::Error> {
-    let (names, results, times) = columns(steps);
+    let (names, results, ages) = columns(steps);
     sqlx::query(
         "INSERT INTO provisioning_steps (action_key, step, result, event_id, completed_at)
-         SELECT $1, step, result, $2, at FROM UNNEST($3::text[], $4::jsonb[], $5::timestamptz[]) AS s(step, result, at)
+         SELECT $1, step, result, $2, now() - make_interval(secs => age)
+         FROM UNNEST($3::text[], $4::jsonb[], $5::float8[]) AS s(step, result, age)
          ON CONFLICT (action_key, step) DO NOTHING",
     )
     .bind(action_key)
     .bind(event_id)
     .bind(&names)
     .bind(&results)
-    .bind(&times)
+    .bind(&ages)
     .execute(pool)
     .await?;
     Ok(())
@@ -103,16 +108,17 @@ pub async fn finish_with_audit(
     audit: &AuditRow<'_>,
     mark: Option<&MarkAndRelease<'_>>,
 ) -> Result<Option<i64>, sqlx::Error> {
-    let (names, results, times) = columns(steps);
+    let (names, results, ages) = columns(steps);
     let mark_cte = mark.map_or_else(String::new, |m| format!(", mark AS ({})", m.sql(10)));
     let sql = format!(
         "WITH steps AS (
              INSERT INTO provisioning_steps (action_key, step, result, event_id, completed_at)
-             SELECT $1, step, result, $2, at FROM UNNEST($6::text[], $7::jsonb[], $8::timestamptz[]) AS s(step, result, at)
+             SELECT $1, step, result, $2, now() - make_interval(secs => age)
+             FROM UNNEST($6::text[], $7::jsonb[], $8::float8[]) AS s(step, result, age)
              ON CONFLICT (action_key, step) DO NOTHING
          ), step AS (
              INSERT INTO provisioning_steps (action_key, step, result, event_id, completed_at)
-             VALUES ($1, 'audit', jsonb_build_object('audit_id', nextval(pg_get_serial_sequence('audit_logs', 'id'))), $2, $9)
+             VALUES ($1, 'audit', jsonb_build_object('audit_id', nextval(pg_get_serial_sequence('audit_logs', 'id'))), $2, now() + make_interval(secs => $9))
              ON CONFLICT (action_key, step) DO NOTHING
              RETURNING (result->>'audit_id')::bigint AS id
          ), audit AS (
@@ -134,8 +140,9 @@ pub async fn finish_with_audit(
         .bind(audit.details)
         .bind(&names)
         .bind(&results)
-        .bind(&times)
-        .bind(Utc::now());
+        .bind(&ages)
+        // The audit entry: a microsecond after the steps (all rows of a statement share `now()`).
+        .bind(1e-6_f64);
     let query = match mark {
         Some(m) => m.bind(query),
         None => query,

@@ -284,6 +284,11 @@ async fn record(ctx: &WorkerContext, shutdown: &mut watch::Receiver<bool>, outco
                 if !wait_for_store(ctx, shutdown).await {
                     return false;
                 }
+                // Postgres answers, yet refused the write: do not retry in a tight loop.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => {}
+                }
             }
         }
     }

@@ -30,7 +30,7 @@ pub use webhook_store::subscriptions::Track;
 
 /// A job's turn on its subscription (it holds the lease), and the ordering mark its event makes
 /// once applied. The statement that finishes the event's action records the mark and gives the
-/// lease back ([`Steps::finish_with_audit`]); if the job ends otherwise, [`in_order`] does.
+/// lease back (`Steps::finish_with_audit`); if the job ends otherwise, [`in_order`] does.
 pub struct Turn<'a> {
     pub(crate) mark: MarkAndRelease<'a>,
     released: AtomicBool,

@@ -70,10 +70,25 @@ async fn writer(store: Store, pending: Arc<Mutex<mpsc::Receiver<Pending>>>, batc
         }
         batch_size.observe(batch.len() as f64);
         let outcomes: Vec<&Outcome> = batch.iter().map(|p| &p.outcome).collect();
-        let result = events::record_outcomes(&store, &outcomes).await.map_err(Arc::new);
-        for p in batch.drain(..) {
-            // A job that was aborted (shutdown timeout) is not waiting any more.
-            let _ = p.reply.send(result.clone());
+        match events::record_outcomes(&store, &outcomes).await {
+            // Postgres refused the statement (e.g. a deadlock, or a value it cannot store):
+            // one outcome must not hold back the others, so each is written on its own.
+            Err(sqlx::Error::Database(e)) if batch.len() > 1 => {
+                tracing::warn!(error = %e, outcomes = batch.len(), "a batch of outcomes was refused; writing them one by one");
+                for p in batch.drain(..) {
+                    let result = events::record_outcomes(&store, &[&p.outcome])
+                        .await
+                        .map_err(Arc::new);
+                    let _ = p.reply.send(result);
+                }
+            }
+            result => {
+                let result = result.map_err(Arc::new);
+                for p in batch.drain(..) {
+                    // A job that was aborted (shutdown timeout) is not waiting any more.
+                    let _ = p.reply.send(result.clone());
+                }
+            }
         }
     }
 }

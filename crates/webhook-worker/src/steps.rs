@@ -5,7 +5,7 @@
 //! steps in the ledger and resumes after the last one. The steps are written to the ledger
 //! together with the audit row, in the one statement that finishes the action, or, when a step
 //! fails, before that failure goes to the retry schedule (so the retry resumes after the last
-//! finished step). Keycloak and Lago effects are idempotent (upsert, idempotent `external_id`,
+//! finished step; a read alone, the Keycloak lookup, is not written then: the retry reads again). Keycloak and Lago effects are idempotent (upsert, idempotent `external_id`,
 //! setting an attribute, a terminate that accepts "already terminated"), so the steps a crash
 //! left unrecorded are redone without changing anything; the audit row is written in the same
 //! statement as its ledger entry, so it exists exactly once.
@@ -32,6 +32,9 @@ pub(crate) struct Steps<'a> {
     done: DoneSteps,
     /// Finished steps not yet in the ledger.
     unrecorded: Vec<FinishedStep>,
+    /// Whether one of them changed something (a read alone is never written on a failure: the
+    /// retry reads again, so it sees, e.g., a Keycloak user deleted and created again).
+    unrecorded_change: bool,
 }
 
 impl<'a> Steps<'a> {
@@ -48,12 +51,32 @@ impl<'a> Steps<'a> {
             event_id,
             done,
             unrecorded: Vec::new(),
+            unrecorded_change: false,
         })
     }
 
-    /// Runs `step` unless the ledger has it (then its recorded result is returned). A failed
-    /// step first writes the steps finished before it, so that its retry resumes after them.
+    /// Runs `step`, which changes something, unless the ledger has it (then its recorded result
+    /// is returned). A failed step first writes the steps finished before it, so that its retry
+    /// resumes after them.
     pub(crate) async fn run<F, Fut>(&mut self, step: &'static str, f: F) -> Result<Value, JobError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Value, Failure>>,
+    {
+        self.run_step(step, false, f).await
+    }
+
+    /// A step that only reads (the Keycloak lookup): written to the ledger only together with a
+    /// step that changes something.
+    pub(crate) async fn run_read<F, Fut>(&mut self, step: &'static str, f: F) -> Result<Value, JobError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Value, Failure>>,
+    {
+        self.run_step(step, true, f).await
+    }
+
+    async fn run_step<F, Fut>(&mut self, step: &'static str, read_only: bool, f: F) -> Result<Value, JobError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Value, Failure>>,
@@ -65,7 +88,17 @@ impl<'a> Steps<'a> {
         let result = match f().await {
             Ok(result) => result,
             Err(failure) => {
-                self.record_unrecorded().await?;
+                if self.unrecorded_change
+                    && let Err(e) = self.record_unrecorded().await
+                {
+                    // The job is held until Postgres is back and then runs again; say why the
+                    // step failed, since this attempt will not record it.
+                    tracing::warn!(
+                        event_id = self.event_id, step, error = %failure.message,
+                        "the step failed, and the steps finished before it could not be recorded"
+                    );
+                    return Err(e);
+                }
                 return Err(failure.into());
             }
         };
@@ -75,6 +108,7 @@ impl<'a> Steps<'a> {
             .with_label_values(&[step])
             .observe(started.elapsed().as_secs_f64());
         self.unrecorded.push(FinishedStep::now(step, result.clone()));
+        self.unrecorded_change |= !read_only;
         self.done.insert(step.to_owned(), result.clone());
         Ok(result)
     }
@@ -92,6 +126,7 @@ impl<'a> Steps<'a> {
         )
         .await?;
         self.unrecorded.clear();
+        self.unrecorded_change = false;
         Ok(())
     }
 }
@@ -192,7 +227,7 @@ impl Steps<'_> {
     pub(crate) async fn lookup_user(&mut self, email: &str) -> Result<String, JobError> {
         let ctx = self.ctx;
         let user = self
-            .run("keycloak_lookup", || async {
+            .run_read("keycloak_lookup", || async {
                 let users = ctx
                     .inline_retry
                     .run(|| ctx.keycloak.find_users_by_email(email))
@@ -277,6 +312,7 @@ impl Steps<'_> {
             turn.set_released();
         }
         self.unrecorded.clear();
+        self.unrecorded_change = false;
         self.done.insert("audit".into(), json!({}));
         Ok(())
     }
