@@ -176,16 +176,18 @@ pub struct Outcome {
 /// `event_errors`. A NUL character (which Postgres text cannot hold, and which a downstream
 /// error body may contain) is stored as U+FFFD.
 pub async fn record_outcomes(store: &Store, outcomes: &[&Outcome]) -> Result<(), sqlx::Error> {
-    // Per event: (id, status, last_error).
-    let mut latest: Vec<(&str, EventStatus, Option<&str>)> = Vec::with_capacity(outcomes.len());
-    for o in outcomes {
+    // Per event, in event-id order: (id, status, last_error). The sort is stable, so an event's
+    // outcomes stay in the order given and fold into the last of them.
+    let mut by_id: Vec<&Outcome> = outcomes.to_vec();
+    by_id.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    let mut latest: Vec<(&str, EventStatus, Option<&str>)> = Vec::with_capacity(by_id.len());
+    for o in by_id {
         let last_error = o.last_error.as_deref();
-        match latest.iter_mut().find(|(id, _, _)| *id == o.event_id) {
-            Some(l) => *l = (l.0, o.status, last_error.or(l.2)),
-            None => latest.push((&o.event_id, o.status, last_error)),
+        match latest.last_mut() {
+            Some(l) if l.0 == o.event_id => *l = (l.0, o.status, last_error.or(l.2)),
+            _ => latest.push((&o.event_id, o.status, last_error)),
         }
     }
-    latest.sort_by(|a, b| a.0.cmp(b.0));
     let ids: Vec<&str> = latest.iter().map(|l| l.0).collect();
     let statuses: Vec<&str> = latest.iter().map(|l| l.1.as_str()).collect();
     let last_errors: Vec<Option<String>> = latest.iter().map(|l| l.2.map(storable)).collect();

@@ -6,7 +6,6 @@
 //! written in the same transaction as their ledger entry, so they happen exactly once.
 
 use std::collections::HashMap;
-
 use std::time::Instant;
 
 use serde_json::Value;

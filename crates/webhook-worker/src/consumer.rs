@@ -176,11 +176,11 @@ async fn settle(
     shutdown: &mut watch::Receiver<bool>,
 ) -> &'static str {
     let event_id = processed.envelope.as_ref().map(|e| e.id.to_string());
-    let outcome_of = |id: &str, status, last_error: Option<&str>, error: Option<&ErrorRecord>| Outcome {
+    let outcome_of = |id: &str, status, last_error: Option<&str>, error: Option<ErrorRecord>| Outcome {
         event_id: id.to_owned(),
         status,
         last_error: last_error.map(str::to_owned),
-        error: error.cloned(),
+        error,
     };
     let ack = || async {
         if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
@@ -259,7 +259,7 @@ async fn settle(
                 };
                 // The re-published message is durable already: on shutdown it is acked even if
                 // the history could not be written.
-                let outcome = outcome_of(id, status, Some(&failure.message), Some(&error_record));
+                let outcome = outcome_of(id, status, Some(&failure.message), Some(error_record));
                 let _ = record(ctx, shutdown, &outcome).await;
             }
             tracing::warn!(

@@ -5,7 +5,8 @@
 //! steps in the ledger and resumes after the last one. The steps are written to the ledger
 //! together with the audit row, in the one statement that finishes the action, or, when a step
 //! fails, before that failure goes to the retry schedule (so the retry resumes after the last
-//! finished step; a read alone, the Keycloak lookup, is not written then: the retry reads again). Keycloak and Lago effects are idempotent (upsert, idempotent `external_id`,
+//! finished step; a read alone, the Keycloak lookup, is not written then: the retry reads
+//! again). Keycloak and Lago effects are idempotent (upsert, idempotent `external_id`,
 //! setting an attribute, a terminate that accepts "already terminated"), so the steps a crash
 //! left unrecorded are redone without changing anything; the audit row is written in the same
 //! statement as its ledger entry, so it exists exactly once.
