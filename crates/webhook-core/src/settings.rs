@@ -137,7 +137,9 @@ pub struct KeycloakSettings {
     pub admin_password: SecretString,
     pub client_secret: SecretString,
     pub tier_attribute: String,
-    pub billing_status_attribute: String,
+    /// The optional attribute that receives the billing status; empty = not written.
+    #[serde(alias = "billing_status_attribute")]
+    pub status_attribute: String,
     pub timeout_ms: u64,
 }
 
@@ -158,6 +160,11 @@ pub struct PlanSettings {
     pub free_tier: String,
     /// Stripe price id or lookup_key → `tier:cycle`.
     pub prices: HashMap<String, String>,
+    /// Tiers from lowest to highest: an account with several subscriptions that grant access
+    /// gets the highest.
+    pub tier_order: Vec<String>,
+    /// Stripe subscription status → `grant` (the price's tier) or `none` (no access from it).
+    pub access: HashMap<String, String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -100,27 +100,14 @@ pub async fn count(pool: &PgPool, event_id: &str) -> Result<i64, sqlx::Error> {
     row.try_get("n")
 }
 
-/// Makes sure the event has a row (a message may reach the worker without passing the ingest:
-/// a replay from an archive, or a publish by hand) and counts a new attempt. Returns the
-/// number of attempts so far, this one included. Links the event to the action it works on
-/// (`webhookctl events show` lists that action's steps). With `customer` (a Stripe customer id
-/// and the email a paid checkout gave for it), remembers that email for the customer's later
-/// events (as [`crate::subscriptions::remember_customer`]). One statement.
-pub async fn start_attempt(
-    pool: &PgPool,
-    event: &Envelope,
-    action_key: Option<&str>,
-    customer: Option<(&str, &str)>,
-) -> Result<i32, sqlx::Error> {
+/// Records the start of an attempt (the event row is created if it is missing, e.g. a message
+/// published by hand): status `processing`, attempts + 1, the action key. Returns the attempt
+/// number. One statement.
+pub async fn start_attempt(pool: &PgPool, event: &Envelope, action_key: Option<&str>) -> Result<i32, sqlx::Error> {
     let payload = std::str::from_utf8(&event.body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     let created: Option<DateTime<Utc>> = Utc.timestamp_opt(event.created, 0).single();
     sqlx::query_scalar(
-        "WITH customer AS (
-             INSERT INTO stripe_customers (customer_id, email)
-             SELECT $8::text, $9::text WHERE $8::text IS NOT NULL
-             ON CONFLICT (customer_id) DO UPDATE SET email = EXCLUDED.email, updated_at = now()
-         )
-         INSERT INTO webhook_events (event_id, event_type, object_id, livemode, stripe_created_at, payload, status, attempts, action_key)
+        "INSERT INTO webhook_events (event_id, event_type, object_id, livemode, stripe_created_at, payload, status, attempts, action_key)
          VALUES ($1, $2, $3, $4, $5, $6, 'processing', 1, $7)
          ON CONFLICT (event_id) DO UPDATE SET
              status = 'processing', attempts = webhook_events.attempts + 1, updated_at = now(),
@@ -134,8 +121,6 @@ pub async fn start_attempt(
     .bind(created)
     .bind(payload)
     .bind(action_key)
-    .bind(customer.map(|(id, _)| id))
-    .bind(customer.map(|(_, email)| email))
     .fetch_one(pool)
     .await
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use sqlx::{PgPool, Row};
 
 use crate::audit::AuditRow;
-use crate::subscriptions::MarkAndRelease;
+use uuid::Uuid;
 
 /// The finished steps of an action, by step name.
 pub type DoneSteps = HashMap<String, Value>;
@@ -93,31 +93,53 @@ pub async fn record_steps(
     Ok(())
 }
 
+/// The lease that fences a write: the subscription and the attempt's token (see
+/// [`crate::billing`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Fence<'a> {
+    pub subscription_id: &'a str,
+    pub token: Uuid,
+}
+
+/// What [`finish_with_audit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The audit row was written (its id).
+    Written(i64),
+    /// The action had its audit row already (a duplicate delivery).
+    AlreadyDone,
+    /// The fence's lease is held by another attempt now: nothing was written.
+    LeaseLost,
+}
+
 /// The last step of an action: the finished `steps` not recorded yet (as [`record_steps`]),
-/// its audit row, the `audit` ledger entry (with the row's id), the action marked done and, for
-/// an event applied under its subscription's lease, the ordering `mark` and the lease's release,
-/// atomically in one statement. Exactly one audit row per action, even when two deliveries
-/// race: the second waits on the ledger's key, then inserts nothing. Returns the new row's id,
-/// or `None` when the action had its audit row already.
+/// its audit row, the `audit` ledger entry (with the row's id) and the action marked done,
+/// atomically in one statement, and only while the `fence`'s lease is held (for an event of a
+/// subscription). Exactly one audit row per action, even when two deliveries race: the second
+/// waits on the ledger's key, then inserts nothing.
 pub async fn finish_with_audit(
     pool: &PgPool,
     action_key: &str,
     event_id: &str,
     steps: &[FinishedStep],
     audit: &AuditRow<'_>,
-    mark: Option<&MarkAndRelease<'_>>,
-) -> Result<Option<i64>, sqlx::Error> {
+    fence: Option<Fence<'_>>,
+) -> Result<Finished, sqlx::Error> {
     let (names, results, ages) = columns(steps);
-    let mark_cte = mark.map_or_else(String::new, |m| format!(", mark AS ({})", m.sql(10)));
-    let sql = format!(
-        "WITH steps AS (
+    let row = sqlx::query(
+        "WITH fence AS (
+             SELECT $10::text IS NULL
+                 OR EXISTS (SELECT 1 FROM stripe_subscriptions WHERE subscription_id = $10 AND lease_token = $11) AS held
+         ), steps AS (
              INSERT INTO provisioning_steps (action_key, step, result, event_id, completed_at)
              SELECT $1, step, result, $2, now() - make_interval(secs => age)
              FROM UNNEST($6::text[], $7::jsonb[], $8::float8[]) AS s(step, result, age)
+             WHERE (SELECT held FROM fence)
              ON CONFLICT (action_key, step) DO NOTHING
          ), step AS (
              INSERT INTO provisioning_steps (action_key, step, result, event_id, completed_at)
-             VALUES ($1, 'audit', jsonb_build_object('audit_id', nextval(pg_get_serial_sequence('audit_logs', 'id'))), $2, now() + make_interval(secs => $9))
+             SELECT $1, 'audit', jsonb_build_object('audit_id', nextval(pg_get_serial_sequence('audit_logs', 'id'))), $2, now() + make_interval(secs => $9)
+             WHERE (SELECT held FROM fence)
              ON CONFLICT (action_key, step) DO NOTHING
              RETURNING (result->>'audit_id')::bigint AS id
          ), audit AS (
@@ -127,24 +149,29 @@ pub async fn finish_with_audit(
          ), done AS (
              UPDATE provisioning_actions
              SET status = 'done', completed_at = coalesce(completed_at, now()), updated_at = now()
-             WHERE action_key = $1
-         ){mark_cte}
-         SELECT (SELECT id FROM audit)"
-    );
-    let query = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(action_key)
-        .bind(event_id)
-        .bind(audit.event_type)
-        .bind(audit.subject)
-        .bind(audit.details)
-        .bind(&names)
-        .bind(&results)
-        .bind(&ages)
-        // The audit entry: a microsecond after the steps (all rows of a statement share `now()`).
-        .bind(1e-6_f64);
-    let query = match mark {
-        Some(m) => m.bind(query),
-        None => query,
-    };
-    query.fetch_one(pool).await?.try_get(0)
+             WHERE action_key = $1 AND (SELECT held FROM fence)
+         )
+         SELECT (SELECT held FROM fence), (SELECT id FROM audit)",
+    )
+    .bind(action_key)
+    .bind(event_id)
+    .bind(audit.event_type)
+    .bind(audit.subject)
+    .bind(audit.details)
+    .bind(&names)
+    .bind(&results)
+    .bind(&ages)
+    // The audit entry: a microsecond after the steps (all rows of a statement share `now()`).
+    .bind(1e-6_f64)
+    .bind(fence.map(|f| f.subscription_id))
+    .bind(fence.map(|f| f.token))
+    .fetch_one(pool)
+    .await?;
+    let held: bool = row.try_get(0)?;
+    let id: Option<i64> = row.try_get(1)?;
+    Ok(match (held, id) {
+        (false, _) => Finished::LeaseLost,
+        (true, Some(id)) => Finished::Written(id),
+        (true, None) => Finished::AlreadyDone,
+    })
 }

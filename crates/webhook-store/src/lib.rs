@@ -4,12 +4,13 @@
 //! - [`events`]: the received events (dedupe on the Stripe event id, history, payload for replay).
 //! - [`ledger`]: the worker's step ledger per business action.
 //! - [`audit`]: the audit log.
-//! - [`subscriptions`]: customer emails and per-subscription event order, across events.
+//! - [`billing`]: the billing state: per subscription its status, plan, account binding,
+//!   ordering watermarks, tombstone and lease; per customer its account.
 
 pub mod audit;
+pub mod billing;
 pub mod events;
 pub mod ledger;
-pub mod subscriptions;
 
 use std::time::Duration;
 

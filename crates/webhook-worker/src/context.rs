@@ -7,6 +7,7 @@ use webhook_store::Store;
 
 use crate::clients::{InlineRetry, KeycloakClient, LagoClient};
 use crate::domain::PlanMap;
+use crate::entitlement::Entitlements;
 use crate::metrics::Metrics;
 use crate::outcomes::OutcomeWriter;
 
@@ -20,12 +21,15 @@ pub struct WorkerContext {
     pub keycloak: KeycloakClient,
     pub lago: LagoClient,
     pub plans: PlanMap,
+    /// What a subscription status grants, and the order of tiers (`[plans]`).
+    pub entitlements: Entitlements,
     /// Delay before each broker-level retry; its length is the number of retries.
     pub retry_delays: Vec<Duration>,
     pub inline_retry: InlineRetry,
     pub metrics: Metrics,
     /// The Keycloak attribute that receives the tier (`subscription_tier`).
     pub tier_attribute: String,
-    /// The Keycloak attribute that receives the billing status (`billing_status`).
-    pub billing_status_attribute: String,
+    /// The optional Keycloak attribute that receives the billing status (`billing_status`);
+    /// `None` when `keycloak.status_attribute` is empty.
+    pub status_attribute: Option<String>,
 }

@@ -7,10 +7,8 @@ use webhook_core::Envelope;
 use webhook_store::events;
 
 use crate::context::WorkerContext;
-use crate::domain::CheckoutOrder;
 use crate::failure::{Failure, JobError};
-use crate::lifecycle::{self, Track};
-use crate::steps;
+use crate::handlers;
 
 /// Event types this worker provisions.
 pub const HANDLED_EVENT_TYPES: &[&str] = &[
@@ -66,34 +64,22 @@ async fn handle(ctx: &WorkerContext, event: &Envelope) -> Result<Done, JobError>
         )
         .into());
     }
-    let body: Result<Value, _> = serde_json::from_slice(&event.body);
-    let order = match (event.event_type.as_str(), &body) {
-        ("checkout.session.completed" | "checkout.session.async_payment_succeeded", Ok(body)) => Some(
-            CheckoutOrder::from_session(&body["data"]["object"], &ctx.plans.default_cycle),
-        ),
-        _ => None,
-    };
-    // A paid checkout teaches us its Stripe customer's email (later subscription and invoice
-    // events carry only the customer id): remembered in the attempt's statement.
-    let customer = match &order {
-        Some(Ok(order)) if order.is_paid() => order
-            .stripe_customer
-            .as_deref()
-            .map(|c| (c, order.email.as_str())),
-        _ => None,
-    };
-    events::start_attempt(&ctx.store.pool, event, action_key(event).as_deref(), customer).await?;
-    let body = body.map_err(|e| Failure::permanent("parse", format!("malformed message: {e}")))?;
+    let action_key = action_key(event);
+    events::start_attempt(&ctx.store.pool, event, action_key.as_deref()).await?;
+    let action_key = action_key
+        .ok_or_else(|| Failure::permanent("parse", "malformed message: the event has no data.object.id"))?;
+    let body: Value =
+        serde_json::from_slice(&event.body).map_err(|e| Failure::permanent("parse", format!("malformed message: {e}")))?;
     let object = &body["data"]["object"];
-    match (event.event_type.as_str(), order) {
-        ("customer.subscription.updated", _) => lifecycle::subscription_updated(ctx, event, object).await,
-        ("customer.subscription.deleted", _) => lifecycle::subscription_deleted(ctx, event, object).await,
-        ("invoice.paid", _) => lifecycle::invoice(ctx, event, object, true).await,
-        ("invoice.payment_failed", _) => lifecycle::invoice(ctx, event, object, false).await,
-        (_, Some(order)) => checkout(ctx, event, order.map_err(|m| Failure::permanent("parse", m))?).await,
-        (other, None) => {
-            Err(Failure::permanent("dispatch", format!("no handler for event type {other:?}")).into())
+    match event.event_type.as_str() {
+        "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
+            handlers::checkout::handle(ctx, event, action_key, object).await
         }
+        "customer.subscription.updated" => handlers::subscription::updated(ctx, event, action_key, object).await,
+        "customer.subscription.deleted" => handlers::subscription::deleted(ctx, event, action_key, object).await,
+        "invoice.paid" => handlers::invoice::handle(ctx, event, action_key, object, true).await,
+        "invoice.payment_failed" => handlers::invoice::handle(ctx, event, action_key, object, false).await,
+        other => Err(Failure::permanent("dispatch", format!("no handler for event type {other:?}")).into()),
     }
 }
 
@@ -114,37 +100,4 @@ pub fn action_key(event: &Envelope) -> Option<String> {
         "customer.subscription.updated" => format!("{}:{}", event.event_type, event.id),
         other => format!("{other}:{object}"),
     })
-}
-
-/// A checkout session's order (its customer's email was remembered with the attempt).
-async fn checkout(ctx: &WorkerContext, event: &Envelope, order: CheckoutOrder) -> Result<Done, JobError> {
-    if !order.is_paid() {
-        return Ok(Done::Skipped(format!(
-            "payment_status is {:?}: nothing to provision until checkout.session.async_payment_succeeded",
-            order.payment_status
-        )));
-    }
-    match order.stripe_subscription.clone() {
-        // A subscription checkout takes its place in the subscription's event order.
-        Some(sub_id) => {
-            let order = &order;
-            let state = (Some("active"), Some(order.tier.as_str()));
-            lifecycle::in_order(
-                ctx,
-                &sub_id,
-                event,
-                Track::Lifecycle,
-                state,
-                move |turn| async move {
-                    steps::provision_checkout(ctx, event, order, Some(&turn))
-                        .await
-                        .map(Done::Succeeded)
-                },
-            )
-            .await
-        }
-        None => steps::provision_checkout(ctx, event, &order, None)
-            .await
-            .map(Done::Succeeded),
-    }
 }

@@ -298,6 +298,8 @@ mod tests {
             map,
             free_tier: "free".into(),
             prices: HashMap::new(),
+            tier_order: vec![],
+            access: HashMap::new(),
         })
         .unwrap();
         assert_eq!(plans.plan_code("professional", "monthly"), "professional_monthly");
@@ -317,6 +319,8 @@ mod tests {
             map: HashMap::new(),
             free_tier: "free".into(),
             prices,
+            tier_order: vec![],
+            access: HashMap::new(),
         };
         let plans = PlanMap::new(&settings).unwrap();
         let sub: Value =

@@ -5,8 +5,13 @@
 //! - [`Application`]: builds everything from [`Settings`]; `main.rs` only loads settings and runs it.
 //! - [`consumer`]: the consume loop (acks, concurrency, reconnects, graceful shutdown).
 //! - [`dispatch`]: one message → its handler → an outcome.
-//! - [`steps`]: the provisioning steps of a checkout and the ledger that makes them exactly-once.
-//! - [`lifecycle`]: subscription updates, cancellations and invoices, applied in event order.
+//! - [`handlers`]: per event family, what the event asks of its subscription; then, for all of
+//!   them, the billing state updated and Lago and Keycloak brought to it.
+//! - [`ordering`]: is an event newer (watermarks, tombstones), and the account binding.
+//! - [`lease`]: the per-subscription lease, fenced per delivery attempt.
+//! - [`entitlement`]: what an account's subscriptions grant (status → access, tier order).
+//! - [`converge`]: Lago and Keycloak brought to the billing state.
+//! - [`steps`]: the step ledger and the audit row, exactly once per action.
 //! - [`outcomes`]: the durable outcome write before each ack, shared by the jobs that finish together.
 //! - [`retry`]: the next retry tier or the dead-letter queue for a failed message.
 //! - [`clients`]: typed Keycloak and Lago clients with error classification.
@@ -16,12 +21,16 @@
 pub mod clients;
 pub mod consumer;
 pub mod context;
+pub mod converge;
 pub mod dispatch;
 pub mod domain;
+pub mod entitlement;
 pub mod failure;
+pub mod handlers;
 pub mod http;
-pub mod lifecycle;
+pub mod lease;
 pub mod metrics;
+pub mod ordering;
 pub mod outcomes;
 pub mod retry;
 pub mod steps;
@@ -41,6 +50,7 @@ use webhook_store::{Commits, Store};
 use crate::clients::{InlineRetry, KeycloakClient, LagoClient};
 use crate::context::WorkerContext;
 use crate::domain::PlanMap;
+use crate::entitlement::Entitlements;
 use crate::metrics::Metrics;
 use crate::outcomes::OutcomeWriter;
 
@@ -116,6 +126,7 @@ impl Application {
             keycloak,
             lago,
             plans: PlanMap::new(&settings.plans).map_err(anyhow::Error::msg)?,
+            entitlements: Entitlements::new(&settings.plans).map_err(anyhow::Error::msg)?,
             retry_delays: w.retry_delays()?,
             inline_retry: InlineRetry {
                 times: w.inline_retries,
@@ -124,7 +135,8 @@ impl Application {
             },
             metrics,
             tier_attribute: settings.keycloak.tier_attribute.clone(),
-            billing_status_attribute: settings.keycloak.billing_status_attribute.clone(),
+            status_attribute: Some(settings.keycloak.status_attribute.trim().to_owned())
+                .filter(|a| !a.is_empty()),
         });
         let listener =
             TcpListener::bind(&w.bind).with_context(|| format!("cannot listen on WORKER_BIND={}", w.bind))?;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
@@ -26,6 +26,10 @@ pub struct Metrics {
     pub broker_connected: IntGauge,
     /// Outcomes per durable write (group commit of the jobs that finish together).
     pub outcome_batch_size: Histogram,
+    /// Optional attributes Keycloak accepted but did not store (undeclared in the user profile).
+    pub attribute_dropped: IntCounterVec,
+    /// Syncs that found the subscription's Keycloak account deleted.
+    pub accounts_missing: IntCounter,
 }
 
 /// Downstream calls by service, operation and HTTP status (`error` when there was no answer).
@@ -107,6 +111,19 @@ impl Metrics {
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
         )
         .unwrap();
+        let attribute_dropped = IntCounterVec::new(
+            Opts::new(
+                "webhook_worker_keycloak_attribute_dropped_total",
+                "Optional Keycloak attributes the realm did not store (declare them in the user profile)",
+            ),
+            &["attribute"],
+        )
+        .unwrap();
+        let accounts_missing = IntCounter::new(
+            "webhook_worker_keycloak_accounts_missing_total",
+            "Keycloak accounts of subscriptions that no longer exist (recorded, not retried)",
+        )
+        .unwrap();
         let downstream = DownstreamMetrics { calls, duration };
         for c in [
             Box::new(jobs.clone()) as Box<dyn prometheus::core::Collector>,
@@ -118,6 +135,8 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(broker_connected.clone()),
             Box::new(outcome_batch_size.clone()),
+            Box::new(attribute_dropped.clone()),
+            Box::new(accounts_missing.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -131,6 +150,8 @@ impl Metrics {
             in_flight,
             broker_connected,
             outcome_batch_size,
+            attribute_dropped,
+            accounts_missing,
         }
     }
 

@@ -1,29 +1,24 @@
-//! The provisioning steps of a paid checkout: Keycloak lookup → Lago customer → Lago
-//! subscription → Keycloak tier → audit row, with their results in the ledger.
-//!
-//! A redelivered message, or a second event for the same checkout session, finds the finished
-//! steps in the ledger and resumes after the last one. The steps are written to the ledger
+//! The step ledger of an action, as the handlers use it: a step runs unless the ledger has it
+//! (then its recorded result is returned), and the finished steps are written to the ledger
 //! together with the audit row, in the one statement that finishes the action, or, when a step
 //! fails, before that failure goes to the retry schedule (so the retry resumes after the last
 //! finished step; a read alone, the Keycloak lookup, is not written then: the retry reads
-//! again). Keycloak and Lago effects are idempotent (upsert, idempotent `external_id`,
-//! setting an attribute, a terminate that accepts "already terminated"), so the steps a crash
-//! left unrecorded are redone without changing anything; the audit row is written in the same
-//! statement as its ledger entry, so it exists exactly once.
+//! again). The audit row is written in the same statement as its ledger entry, so it exists
+//! exactly once per action.
+//!
+//! The effects that bring Lago and Keycloak to the billing state ([`crate::converge`]) do not
+//! skip by the ledger (they compare the state with what Lago and Keycloak were brought to); they
+//! are only noted in it, for `webhookctl events show`.
 
 use std::future::Future;
 use std::time::Instant;
 
 use serde_json::{Value, json};
-use webhook_core::Envelope;
 use webhook_store::audit::AuditRow;
-use webhook_store::ledger::{self, DoneSteps, FinishedStep};
+use webhook_store::ledger::{self, DoneSteps, Fence, Finished, FinishedStep};
 
-use crate::clients::lago::NewSubscription;
 use crate::context::WorkerContext;
-use crate::domain::CheckoutOrder;
 use crate::failure::{Failure, JobError};
-use crate::lifecycle::Turn;
 
 /// Runs a step unless the ledger has it, and keeps its result for the ledger.
 pub(crate) struct Steps<'a> {
@@ -39,12 +34,8 @@ pub(crate) struct Steps<'a> {
 }
 
 impl<'a> Steps<'a> {
-    /// Starts (or resumes) the event's action (see [`crate::dispatch::action_key`]).
-    pub(crate) async fn begin(ctx: &'a WorkerContext, event: &'a Envelope) -> Result<Self, JobError> {
-        let action_key = crate::dispatch::action_key(event).ok_or_else(|| {
-            Failure::permanent("parse", "malformed message: the event has no data.object.id")
-        })?;
-        let event_id = event.id.as_str();
+    /// Starts (or resumes) the action `action_key` of the event `event_id`.
+    pub(crate) async fn begin(ctx: &'a WorkerContext, action_key: String, event_id: &'a str) -> Result<Self, JobError> {
         let done = ledger::begin(&ctx.store.pool, &action_key, event_id).await?;
         Ok(Self {
             ctx,
@@ -132,94 +123,24 @@ impl<'a> Steps<'a> {
     }
 }
 
-/// Provisions one paid checkout. Returns a summary of what was done.
-/// With the job's `turn` on the order's subscription (a subscription checkout), the statement
-/// that finishes the action also records the subscription's ordering mark.
-pub async fn provision_checkout(
-    ctx: &WorkerContext,
-    event: &Envelope,
-    order: &CheckoutOrder,
-    turn: Option<&Turn<'_>>,
-) -> Result<Value, JobError> {
-    let mut steps = Steps::begin(ctx, event).await?;
-    let email = order.email.as_str();
+impl Steps<'_> {
+    /// Notes a finished effect in the ledger (with the action's finish), without skipping it
+    /// next time: see the module docs.
+    pub(crate) fn note(&mut self, step: &'static str, result: Value) {
+        self.unrecorded.push(FinishedStep::now(step, result));
+        self.unrecorded_change = true;
+    }
 
-    let user_id = steps.lookup_user(email).await?;
-
-    let customer = steps
-        .run("lago_customer", || async {
+    /// The `lago_customer` step: the Lago customer `external_id` = the account's email.
+    pub(crate) async fn upsert_customer(&mut self, email: &str, name: Option<&str>) -> Result<Value, JobError> {
+        let ctx = self.ctx;
+        self.run("lago_customer", || async {
             let c = ctx
                 .inline_retry
-                .run(|| {
-                    ctx.lago
-                        .upsert_customer(email, email, order.customer_name.as_deref())
-                })
+                .run(|| ctx.lago.upsert_customer(email, email, name))
                 .await
                 .map_err(|e| Failure::downstream("lago_customer", e))?;
             Ok(json!({"lago_id": c["lago_id"], "external_id": c["external_id"]}))
-        })
-        .await?;
-
-    let plan_code = ctx.plans.plan_code(&order.tier, &order.cycle);
-    let subscription = steps
-        .assign_plan(
-            email,
-            &order.subscription_external_id,
-            &plan_code,
-            &order.tier,
-            &order.cycle,
-        )
-        .await?;
-
-    steps
-        .set_attributes("keycloak_tier", &user_id, &[(&ctx.tier_attribute, &order.tier)])
-        .await?;
-
-    let details = json!({
-        "stripe_event_id": event.id.as_str(),
-        "stripe_session_id": order.session_id,
-        "stripe_subscription_id": order.subscription_external_id,
-        "stripe_customer_id": order.stripe_customer,
-        "tier": order.tier,
-        "billing_cycle": order.cycle,
-        "plan": plan_code,
-        "lago_subscription_id": subscription["lago_id"],
-        "lago_customer_id": customer["lago_id"],
-        "keycloak_user_id": user_id,
-    });
-    steps
-        .finish_with_audit("subscription.created", email, &details, turn)
-        .await?;
-    Ok(details)
-}
-
-impl Steps<'_> {
-    /// The `lago_subscription` step: the plan on the subscription `external_id` (Lago creates it,
-    /// returns it unchanged for the same plan, or upgrades / schedules a downgrade).
-    pub(crate) async fn assign_plan(
-        &mut self,
-        email: &str,
-        external_id: &str,
-        plan_code: &str,
-        tier: &str,
-        cycle: &str,
-    ) -> Result<Value, JobError> {
-        let ctx = self.ctx;
-        self.run("lago_subscription", || async {
-            let new = NewSubscription { external_customer_id: email, plan_code, external_id, name: None };
-            let s = ctx.inline_retry.run(|| ctx.lago.create_subscription(&new)).await.map_err(|e| {
-                let mut f = Failure::downstream("lago_subscription", e.clone());
-                if e.code.as_deref() == Some("plan_not_found") {
-                    f.message = format!(
-                        "Lago has no plan {plan_code:?} (tier {tier:?}, cycle {cycle:?}): create it in Lago or map it in [plans.map], then requeue"
-                    );
-                }
-                f
-            })?;
-            Ok(json!({
-                "lago_id": s["lago_id"], "external_id": s["external_id"], "plan_code": s["plan_code"],
-                "status": s["status"], "next_plan_code": s["next_plan_code"],
-            }))
         })
         .await
     }
@@ -258,59 +179,33 @@ impl Steps<'_> {
         Ok(user["user_id"].as_str().unwrap_or_default().to_owned())
     }
 
-    /// A step that sets Keycloak attributes on the user.
-    pub(crate) async fn set_attributes(
-        &mut self,
-        step: &'static str,
-        user_id: &str,
-        values: &[(&str, &str)],
-    ) -> Result<(), JobError> {
-        let ctx = self.ctx;
-        self.run(step, || async {
-            ctx.inline_retry
-                .run(|| ctx.keycloak.set_attributes(user_id, values))
-                .await
-                .map_err(|e| Failure::downstream(step, e))?;
-            let set: serde_json::Map<String, Value> = values
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
-                .collect();
-            Ok(Value::Object(set))
-        })
-        .await
-        .map(|_| ())
-    }
-
     /// The last step: the steps not yet in the ledger, the audit row, its ledger entry and the
     /// action marked done, atomically (one statement), so there is exactly one row per action,
-    /// even when two deliveries race.
-    /// With the job's `turn` on its subscription, the same statement records the ordering mark
-    /// and gives the lease back.
+    /// even when two deliveries race. With a `fence` (the job's lease on its subscription),
+    /// nothing is written unless the lease is still held.
     pub(crate) async fn finish_with_audit(
         &mut self,
         audit_type: &str,
         subject: &str,
         details: &Value,
-        turn: Option<&Turn<'_>>,
+        fence: Option<Fence<'_>>,
     ) -> Result<(), JobError> {
         let row = AuditRow {
             event_type: audit_type,
             subject,
             details,
         };
-        let pool = &self.ctx.store.pool;
-        let mark = turn.map(|t| &t.mark);
-        ledger::finish_with_audit(
-            pool,
+        let finished = ledger::finish_with_audit(
+            &self.ctx.store.pool,
             &self.action_key,
             self.event_id,
             &self.unrecorded,
             &row,
-            mark,
+            fence,
         )
         .await?;
-        if let Some(turn) = turn {
-            turn.set_released();
+        if finished == Finished::LeaseLost {
+            return Err(crate::lease::lost(fence.map_or("", |f| f.subscription_id)));
         }
         self.unrecorded.clear();
         self.unrecorded_change = false;

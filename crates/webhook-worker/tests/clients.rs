@@ -29,7 +29,7 @@ fn keycloak(server: &MockServer, timeout_ms: u64) -> KeycloakClient {
         admin_password: SecretString::from("s3cret".to_string()),
         client_secret: SecretString::from(String::new()),
         tier_attribute: "subscription_tier".into(),
-        billing_status_attribute: "billing_status".into(),
+        status_attribute: "billing_status".into(),
         timeout_ms,
     };
     KeycloakClient::new(&settings, http(timeout_ms), None).unwrap()

@@ -231,11 +231,31 @@ impl KeycloakClient {
         self.set_attributes(id, &[(key, value)]).await
     }
 
-    /// Sets attributes by GET-modify-PUT of the whole user, so that every other attribute, the
-    /// email and the names survive; then reads the user back, because Keycloak ≥ 24 silently
-    /// drops attributes that its user profile does not declare.
+    /// Sets attributes (see [`KeycloakClient::sync_attributes`]); an attribute the realm did
+    /// not store is a permanent error.
     pub async fn set_attributes(&self, id: &str, values: &[(&str, &str)]) -> Result<(), DownstreamError> {
+        let report = self.sync_attributes(id, values).await?;
+        match report.dropped.first() {
+            Some(key) => Err(dropped_attribute(key)),
+            None => Ok(()),
+        }
+    }
+
+    /// Brings the user's attributes to `values` by GET-modify-PUT of the whole user, so that
+    /// every other attribute, the email and the names survive; nothing is written when they
+    /// have these values already. After a PUT the user is read back, because Keycloak ≥ 24
+    /// silently drops attributes that its user profile does not declare: those are reported in
+    /// [`Synced::dropped`]. A user that does not exist is a 404 from `get_user`.
+    pub async fn sync_attributes(&self, id: &str, values: &[(&str, &str)]) -> Result<Synced, DownstreamError> {
         let mut user = self.get_user(id).await?;
+        let has = |user: &Value, key: &str, value: &str| {
+            user["attributes"][key]
+                .as_array()
+                .is_some_and(|v| v.len() == 1 && v[0].as_str() == Some(value))
+        };
+        if values.iter().all(|(k, v)| has(&user, k, v)) {
+            return Ok(Synced::default());
+        }
         if !user.get("attributes").is_some_and(Value::is_object) {
             user["attributes"] = Value::Object(Default::default());
         }
@@ -244,20 +264,36 @@ impl KeycloakClient {
         }
         self.put_user(id, &user).await?;
         let after = self.get_user(id).await?;
-        for (key, value) in values {
-            if after["attributes"][*key].get(0).and_then(Value::as_str) != Some(*value) {
-                return Err(DownstreamError::permanent(
-                    SERVICE,
-                    "put_user",
-                    format!(
-                        "Keycloak accepted the update but did not store the attribute {key:?}: declare it in the realm's \
-                         user profile (Realm settings > User profile) or allow admins to edit unmanaged attributes"
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        Ok(Synced {
+            written: true,
+            dropped: values
+                .iter()
+                .filter(|(k, v)| !has(&after, k, v))
+                .map(|(k, _)| (*k).to_owned())
+                .collect(),
+        })
     }
+}
+
+/// What [`KeycloakClient::sync_attributes`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Synced {
+    /// A PUT was needed (the attributes differed).
+    pub written: bool,
+    /// Attributes Keycloak accepted but did not store (undeclared in the realm's user profile).
+    pub dropped: Vec<String>,
+}
+
+/// The permanent error for an attribute the realm does not store.
+pub fn dropped_attribute(key: &str) -> DownstreamError {
+    DownstreamError::permanent(
+        SERVICE,
+        "put_user",
+        format!(
+            "Keycloak accepted the update but did not store the attribute {key:?}: declare it in the realm's \
+             user profile (Realm settings > User profile) or allow admins to edit unmanaged attributes, then requeue"
+        ),
+    )
 }
 
 /// Turns a non-2xx answer into a classified error.

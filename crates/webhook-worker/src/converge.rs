@@ -1,0 +1,208 @@
+//! Brings Lago and Keycloak to what the billing state implies (level-triggered: the whole
+//! record decides, not the event that woke the job up).
+//!
+//! - **Lago**, per subscription: terminated once the tombstone is written (it needs only the
+//!   subscription id, so it comes first and never waits for Keycloak), else on the record's plan
+//!   while the status carries one ([`crate::ordering::lago_target`]). What Lago was brought to
+//!   is kept in the record, so a redelivery calls Lago only when something is left to do.
+//! - **Keycloak**, per account: the attributes that all of the account's subscriptions imply
+//!   ([`crate::entitlement`]). The user is read first and written only when it differs; after
+//!   the write the account's state is read again and, if another job changed it meanwhile, the
+//!   account is synced again, so the last write always reflects the newest state. A user that
+//!   no longer exists is recorded (audit row, `events show`, a metric), not retried.
+
+use serde_json::{Value, json};
+use webhook_store::billing::{self, SubscriptionRecord};
+
+use crate::clients::keycloak::dropped_attribute;
+use crate::clients::lago::NewSubscription;
+use crate::context::WorkerContext;
+use crate::entitlement::AccountView;
+use crate::failure::{Failure, JobError};
+use crate::lease::Lease;
+use crate::ordering::{self, LagoTarget};
+use crate::steps::Steps;
+
+/// How many times an account is synced again when its state keeps changing under the job.
+const SYNC_ROUNDS: usize = 4;
+
+/// Brings Lago to the record; returns what was done, for the audit row.
+pub(crate) async fn lago(
+    ctx: &WorkerContext,
+    lease: &Lease,
+    record: &mut SubscriptionRecord,
+    steps: &mut Steps<'_>,
+) -> Result<Value, JobError> {
+    let sub_id = record.subscription_id.clone();
+    match ordering::lago_target(record) {
+        LagoTarget::InSync => Ok(json!({"action": "none"})),
+        LagoTarget::WaitingForAccount => Ok(json!({
+            "action": "none",
+            "waiting": "no Keycloak account is bound to the subscription yet: its checkout assigns the plan",
+        })),
+        LagoTarget::Terminate => {
+            lease.check()?;
+            let t = ctx
+                .inline_retry
+                .run(|| ctx.lago.terminate_subscription(&sub_id))
+                .await
+                .map_err(|e| Failure::downstream("lago_terminate", e))?;
+            let result = match t {
+                Some(s) => json!({"action": "terminated", "lago_id": s["lago_id"], "status": s["status"]}),
+                // Lago's 404: terminated already (or never created: canceled before its checkout).
+                None => json!({"action": "terminated", "status": "already_terminated"}),
+            };
+            record.lago_terminated = true;
+            lease.save(record).await?;
+            steps.note("lago_terminate", result.clone());
+            Ok(result)
+        }
+        LagoTarget::Assign {
+            plan_code,
+            customer,
+        } => {
+            lease.check()?;
+            let new = NewSubscription {
+                external_customer_id: &customer,
+                plan_code: &plan_code,
+                external_id: &sub_id,
+                name: None,
+            };
+            let s = ctx
+                .inline_retry
+                .run(|| ctx.lago.create_subscription(&new))
+                .await
+                .map_err(|e| {
+                    let mut f = Failure::downstream("lago_subscription", e.clone());
+                    if e.code.as_deref() == Some("plan_not_found") {
+                        f.message = format!(
+                            "Lago has no plan {plan_code:?} (tier {:?}, cycle {:?}): create it in Lago or map it in \
+                             [plans.map], then requeue",
+                            record.tier.as_deref().unwrap_or(""),
+                            record.cycle.as_deref().unwrap_or("")
+                        );
+                    }
+                    f
+                })?;
+            let result = json!({
+                "action": "assigned", "lago_id": s["lago_id"], "external_id": s["external_id"],
+                "plan_code": s["plan_code"], "status": s["status"], "next_plan_code": s["next_plan_code"],
+            });
+            record.lago_plan_code = Some(plan_code);
+            lease.save(record).await?;
+            steps.note("lago_subscription", result.clone());
+            Ok(result)
+        }
+    }
+}
+
+/// Brings Keycloak to the state of the record's account (and of the account it was bound to
+/// before, when the binding moved); returns what was done per account, for the audit row.
+pub(crate) async fn keycloak(
+    ctx: &WorkerContext,
+    lease: &Lease,
+    record: &mut SubscriptionRecord,
+    steps: &mut Steps<'_>,
+) -> Result<Value, JobError> {
+    // An account known by email only (an operator's rebinding, a customer learned before
+    // account ids were kept): its id, once.
+    if record.account_id.is_none()
+        && let Some(email) = record.account_email.clone()
+    {
+        let id = steps.lookup_user(&email).await?;
+        record.account_id = Some(id.clone());
+        lease.save(record).await?;
+        if record.bound_by.as_deref() == Some("customer")
+            && let Some(customer) = &record.customer_id
+        {
+            billing::remember_customer_account_id(&ctx.store.pool, customer, &email, &id).await?;
+        }
+    }
+    let mut accounts: Vec<String> = record.account_id.iter().cloned().collect();
+    if let Some(old) = &record.synced_account_id
+        && !accounts.contains(old)
+    {
+        accounts.push(old.clone());
+    }
+    if accounts.is_empty() {
+        return Ok(json!([]));
+    }
+    let mut results = Vec::new();
+    for account in &accounts {
+        results.push(sync_account(ctx, lease, account).await?);
+    }
+    if record.synced_account_id != record.account_id {
+        record.synced_account_id = record.account_id.clone();
+        lease.save(record).await?;
+    }
+    let results = Value::Array(results);
+    steps.note("keycloak_attributes", results.clone());
+    Ok(results)
+}
+
+/// Syncs one account's attributes until its state stops changing under the job.
+async fn sync_account(ctx: &WorkerContext, lease: &Lease, account: &str) -> Result<Value, JobError> {
+    let pool = &ctx.store.pool;
+    let mut view = ctx
+        .entitlements
+        .account_view(&billing::account_subscriptions(pool, account).await?);
+    let mut written = false;
+    for _ in 0..SYNC_ROUNDS {
+        let values = attributes(ctx, &view);
+        let values: Vec<(&str, &str)> = values.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        lease.check()?;
+        let synced = match ctx
+            .inline_retry
+            .run(|| ctx.keycloak.sync_attributes(account, &values))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) if e.status == Some(404) && e.operation == "get_user" => {
+                ctx.metrics.accounts_missing.inc();
+                tracing::warn!(
+                    account, tier = %view.tier,
+                    "the Keycloak account of a subscription no longer exists: its attributes cannot be set \
+                     (rebind the subscription with `webhookctl billing rebind` if the user has a new account)"
+                );
+                return Ok(json!({"account_id": account, "missing": true, "tier": view.tier}));
+            }
+            Err(e) => return Err(Failure::downstream("keycloak_attributes", e).into()),
+        };
+        written |= synced.written;
+        for key in &synced.dropped {
+            if *key == ctx.tier_attribute {
+                return Err(Failure::downstream("keycloak_attributes", dropped_attribute(key)).into());
+            }
+            ctx.metrics.attribute_dropped.with_label_values(&[key]).inc();
+            tracing::warn!(
+                account, attribute = %key,
+                "Keycloak did not store the optional status attribute: declare it in the realm's user profile, or \
+                 set keycloak.status_attribute = \"\" to stop writing it"
+            );
+        }
+        let now = ctx
+            .entitlements
+            .account_view(&billing::account_subscriptions(pool, account).await?);
+        if now == view {
+            return Ok(json!({
+                "account_id": account, "tier": view.tier, "billing_status": view.status,
+                "written": written, "dropped": synced.dropped,
+            }));
+        }
+        view = now;
+    }
+    Err(Failure::transient(
+        "keycloak_attributes",
+        format!("the billing state of Keycloak account {account} kept changing while it was synced (retrying)"),
+    )
+    .into())
+}
+
+/// The attributes to write for a view: the tier, and the status when it is configured and known.
+fn attributes(ctx: &WorkerContext, view: &AccountView) -> Vec<(String, String)> {
+    let mut values = vec![(ctx.tier_attribute.clone(), view.tier.clone())];
+    if let (Some(attribute), Some(status)) = (&ctx.status_attribute, &view.status) {
+        values.push((attribute.clone(), status.clone()));
+    }
+    values
+}

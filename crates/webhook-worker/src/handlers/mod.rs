@@ -1,0 +1,149 @@
+//! One handler per event family turns an event into a [`BillingJob`] (what it says about which
+//! subscription); [`run`] then applies it to the billing state and brings Lago and Keycloak to
+//! that state, top to bottom:
+//!
+//! 1. take the subscription's lease ([`crate::lease`]) and its record;
+//! 2. a paid checkout: find the Keycloak account, upsert the Lago customer, bind the
+//!    subscription and the Stripe customer to the account; any other event of a subscription
+//!    with no binding yet: the customer's account as the fallback;
+//! 3. apply the event if it is newer ([`crate::ordering`]); a stale event other than a
+//!    checkout stops here (`skipped`, with the reason); the record is saved (fenced);
+//! 4. Lago, then Keycloak, brought to the record ([`crate::converge`]);
+//! 5. the audit row and the ledger, in one fenced statement; the lease is given back.
+
+pub mod checkout;
+pub mod invoice;
+pub mod subscription;
+
+use serde_json::{Value, json};
+use webhook_core::Envelope;
+use webhook_store::billing::{self, CustomerAccount};
+
+use crate::context::WorkerContext;
+use crate::dispatch::Done;
+use crate::domain::CheckoutOrder;
+use crate::entitlement;
+use crate::failure::JobError;
+use crate::lease::Lease;
+use crate::ordering::{self, BoundBy, Change};
+use crate::steps::Steps;
+
+/// What one event asks of its subscription.
+pub struct BillingJob<'a> {
+    pub event: &'a Envelope,
+    pub subscription_id: &'a str,
+    /// The Stripe customer the event names.
+    pub customer: Option<&'a str>,
+    pub change: Change,
+    /// The business action in the step ledger (see [`crate::dispatch::action_key`]).
+    pub action_key: String,
+    /// A paid checkout's order: it binds the subscription to its account.
+    pub checkout: Option<&'a CheckoutOrder>,
+    /// The audit row's `event_type`.
+    pub audit_type: &'static str,
+    /// The event's own details for the audit row (ids of the session, invoice, …).
+    pub details: Value,
+    /// An invoice's `customer_email`: the billing contact, for the audit only.
+    pub contact: Option<&'a str>,
+}
+
+/// Applies the job under its subscription's lease (see the module docs).
+pub async fn run(ctx: &WorkerContext, job: BillingJob<'_>) -> Result<Done, JobError> {
+    let (lease, record) = Lease::acquire(ctx, job.subscription_id).await?;
+    let result = run_leased(ctx, &job, &lease, record).await;
+    lease.release().await;
+    result
+}
+
+async fn run_leased(
+    ctx: &WorkerContext,
+    job: &BillingJob<'_>,
+    lease: &Lease,
+    mut record: billing::SubscriptionRecord,
+) -> Result<Done, JobError> {
+    let event = job.event;
+    let pool = &ctx.store.pool;
+    let mut steps = Steps::begin(ctx, job.action_key.clone(), event.id.as_str()).await?;
+    if record.customer_id.is_none() {
+        record.customer_id = job.customer.map(str::to_owned);
+    }
+    let mut details = job.details.clone();
+    // 2. The binding.
+    if let Some(order) = job.checkout {
+        let email = order.email.as_str();
+        let user_id = steps.lookup_user(email).await?;
+        let customer = steps.upsert_customer(email, order.customer_name.as_deref()).await?;
+        ordering::bind(&mut record, Some(&user_id), email, BoundBy::Checkout);
+        if let Some(c) = job.customer {
+            let account = CustomerAccount {
+                account_id: Some(user_id.clone()),
+                account_email: email.to_owned(),
+            };
+            let mark = job.change.watermark(event.created, event.id.as_str());
+            billing::bind_customer(pool, c, &account, &mark).await?;
+        }
+        details["lago_customer_id"] = customer["lago_id"].clone();
+        details["keycloak_user_id"] = json!(user_id);
+    } else if record.account_email.is_none()
+        && let Some(c) = job.customer
+        && let Some(account) = billing::customer_account(pool, c).await?
+    {
+        ordering::bind(
+            &mut record,
+            account.account_id.as_deref(),
+            &account.account_email,
+            BoundBy::Customer,
+        );
+    }
+    // 3. The state.
+    let applied = ordering::apply(
+        &mut record,
+        event.id.as_str(),
+        &event.event_type,
+        event.created,
+        &job.change,
+    );
+    if let Err(reason) = &applied
+        && job.checkout.is_none()
+    {
+        return Ok(Done::Skipped(reason.clone()));
+    }
+    lease.save(&record).await?;
+    // 4. Lago, then Keycloak.
+    let lago = crate::converge::lago(ctx, lease, &mut record, &mut steps).await?;
+    let keycloak = crate::converge::keycloak(ctx, lease, &mut record, &mut steps).await?;
+    // 5. The audit row.
+    let r = &record;
+    for (key, value) in [
+        ("stripe_event_id", json!(event.id.as_str())),
+        ("stripe_subscription_id", json!(r.subscription_id)),
+        ("stripe_customer_id", json!(r.customer_id)),
+        ("applied", json!(applied.is_ok())),
+        ("status", json!(r.status)),
+        ("billing_status", json!(entitlement::billing_status(r))),
+        ("tier", json!(r.tier)),
+        ("billing_cycle", json!(r.cycle)),
+        ("plan", json!(r.plan_code)),
+        ("account_email", json!(r.account_email)),
+        ("keycloak_account_id", json!(r.account_id)),
+        ("lago_subscription_id", lago["lago_id"].clone()),
+        ("lago", lago),
+        ("keycloak", keycloak),
+    ] {
+        details[key] = value;
+    }
+    if let Err(reason) = applied {
+        details["not_applied"] = json!(reason);
+    }
+    let subject = r
+        .account_email
+        .as_deref()
+        .or(job.contact)
+        .or(r.customer_id.as_deref())
+        .unwrap_or(&r.subscription_id)
+        .to_owned();
+    steps
+        .finish_with_audit(job.audit_type, &subject, &details, Some(lease.fence()))
+        .await?;
+    Ok(Done::Succeeded(details))
+}

@@ -1,0 +1,67 @@
+//! `customer.subscription.updated` (status and plan) and `customer.subscription.deleted` (the
+//! tombstone; Lago terminated first, then the account's tier).
+
+use serde_json::{Value, json};
+use webhook_core::Envelope;
+
+use super::BillingJob;
+use crate::context::WorkerContext;
+use crate::dispatch::Done;
+use crate::domain::SubscriptionChange;
+use crate::failure::{Failure, JobError};
+use crate::ordering::{Change, Plan};
+
+pub async fn updated(ctx: &WorkerContext, event: &Envelope, action_key: String, object: &Value) -> Result<Done, JobError> {
+    let change = SubscriptionChange::from_object(object, &ctx.plans).map_err(|m| Failure::permanent("parse", m))?;
+    let plan = plan_of(ctx, &change).ok_or_else(|| {
+        Failure::permanent(
+            "parse",
+            format!(
+                "cannot tell the tier of price {}: map it in [plans.prices] (price id or lookup_key = \"tier:cycle\") \
+                 or set metadata.tier_id on the price, then requeue",
+                change.price_id.as_deref().unwrap_or("(none)")
+            ),
+        )
+    })?;
+    run(ctx, event, action_key, &change, Change::Updated { status: change.status.clone(), plan }, "subscription.updated").await
+}
+
+pub async fn deleted(ctx: &WorkerContext, event: &Envelope, action_key: String, object: &Value) -> Result<Done, JobError> {
+    let change = SubscriptionChange::from_object(object, &ctx.plans).map_err(|m| Failure::permanent("parse", m))?;
+    let plan = plan_of(ctx, &change);
+    run(ctx, event, action_key, &change, Change::Deleted { plan }, "subscription.canceled").await
+}
+
+fn plan_of(ctx: &WorkerContext, change: &SubscriptionChange) -> Option<Plan> {
+    let (tier, cycle) = change.tier.clone()?;
+    Some(Plan {
+        code: ctx.plans.plan_code(&tier, &cycle),
+        tier,
+        cycle,
+    })
+}
+
+async fn run(
+    ctx: &WorkerContext,
+    event: &Envelope,
+    action_key: String,
+    sub: &SubscriptionChange,
+    change: Change,
+    audit_type: &'static str,
+) -> Result<Done, JobError> {
+    super::run(
+        ctx,
+        BillingJob {
+            event,
+            subscription_id: &sub.subscription_id,
+            customer: Some(&sub.customer),
+            change,
+            action_key,
+            checkout: None,
+            audit_type,
+            details: json!({"stripe_status": sub.status}),
+            contact: None,
+        },
+    )
+    .await
+}

@@ -1,0 +1,145 @@
+//! The subscription lease: the jobs of one Stripe subscription take turns across all workers.
+//!
+//! Each delivery attempt takes the lease with a token of its own (two copies of one event, or an
+//! old job still running after a reconnect, never hold it together), renews it while it runs,
+//! and every write of the subscription's record and the action's finish is fenced by the token
+//! (see [`webhook_store::billing`]). A crashed holder's lease expires after [`LEASE_SECS`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use uuid::Uuid;
+use webhook_store::billing::{self, SubscriptionRecord};
+use webhook_store::ledger::Fence;
+
+use crate::context::WorkerContext;
+use crate::failure::{Failure, JobError};
+
+/// How long a lease lasts without renewal: how long a crashed holder blocks its subscription.
+pub const LEASE_SECS: f64 = 30.0;
+/// How often a running job renews its lease.
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+/// How long a job waits for the lease before it goes to the retry tier.
+const LEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// A held lease; renewed in the background until [`Lease::release`] (or drop).
+pub struct Lease {
+    pool: PgPool,
+    pub subscription_id: String,
+    token: Uuid,
+    lost: Arc<AtomicBool>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    /// Waits (up to [`LEASE_WAIT`]) for the subscription's lease; returns it with the record as
+    /// it is under the lease.
+    pub async fn acquire(
+        ctx: &WorkerContext,
+        subscription_id: &str,
+    ) -> Result<(Lease, SubscriptionRecord), JobError> {
+        let pool = ctx.store.pool.clone();
+        let token = Uuid::new_v4();
+        let waited_until = Instant::now() + LEASE_WAIT;
+        let record = loop {
+            if let Some(record) = billing::try_lease(&pool, subscription_id, token, LEASE_SECS).await? {
+                break record;
+            }
+            if Instant::now() >= waited_until {
+                return Err(Failure::transient(
+                    "subscription_lease",
+                    format!("another event of subscription {subscription_id} is being processed (retrying)"),
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let lost = Arc::new(AtomicBool::new(false));
+        let renewer = tokio::spawn(renew(
+            pool.clone(),
+            subscription_id.to_owned(),
+            token,
+            lost.clone(),
+        ));
+        Ok((
+            Lease {
+                pool,
+                subscription_id: subscription_id.to_owned(),
+                token,
+                lost,
+                renewer,
+            },
+            record,
+        ))
+    }
+
+    /// The fence of writes made under this lease.
+    pub fn fence(&self) -> Fence<'_> {
+        Fence {
+            subscription_id: &self.subscription_id,
+            token: self.token,
+        }
+    }
+
+    /// Fails when the lease was lost (another attempt holds it now): check before every
+    /// downstream write.
+    pub fn check(&self) -> Result<(), JobError> {
+        if self.lost.load(Ordering::Acquire) {
+            return Err(lost(&self.subscription_id));
+        }
+        Ok(())
+    }
+
+    /// Writes the record, fenced by the lease.
+    pub async fn save(&self, record: &SubscriptionRecord) -> Result<(), JobError> {
+        if billing::save(&self.pool, self.token, record).await? {
+            Ok(())
+        } else {
+            self.lost.store(true, Ordering::Release);
+            Err(lost(&self.subscription_id))
+        }
+    }
+
+    /// Gives the lease back. A failed release only delays the next job of the subscription
+    /// until the lease expires.
+    pub async fn release(self) {
+        self.renewer.abort();
+        if let Err(e) = billing::release_lease(&self.pool, &self.subscription_id, self.token).await {
+            tracing::warn!(subscription = %self.subscription_id, error = %e, "could not release the lease; it expires by itself");
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
+
+pub(crate) fn lost(subscription_id: &str) -> JobError {
+    Failure::transient(
+        "subscription_lease",
+        format!(
+            "the lease on subscription {subscription_id} expired and another attempt holds it now; this attempt \
+             stopped before writing (retrying)"
+        ),
+    )
+    .into()
+}
+
+async fn renew(pool: PgPool, subscription_id: String, token: Uuid, lost: Arc<AtomicBool>) {
+    loop {
+        tokio::time::sleep(RENEW_EVERY).await;
+        match billing::renew_lease(&pool, &subscription_id, token, LEASE_SECS).await {
+            Ok(true) => {}
+            Ok(false) => {
+                lost.store(true, Ordering::Release);
+                return;
+            }
+            // The next renewal tries again; the fenced writes fail by themselves if it expires.
+            Err(e) => tracing::warn!(subscription = %subscription_id, error = %e, "could not renew the lease"),
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! Stripe does not deliver in order. Each event updates its subscription's record only if it is
+//! newer than what the record has (its watermark); a deletion leaves a tombstone that nothing
+//! undoes. Pure: the record and the event in, the record out (or why the event is stale).
+//!
+//! **Watermark.** Two tracks per subscription: checkout and `customer.subscription.*` events
+//! move the lifecycle watermark (status, tier, cycle, plan); invoice events move their own
+//! (the payment status), so that a payment does not hide a plan change of the same second, nor
+//! the other way round. An event's place is `(created, rank, event id)`:
+//! - `created` is Stripe's event time, in seconds;
+//! - `rank` orders events of the same second: a checkout (0) before a subscription update
+//!   (10 + its status's place on `incomplete → trialing → active → past_due → unpaid → paused →
+//!   incomplete_expired → canceled`, the way a subscription moves) before a deletion (100);
+//!   `invoice.payment_failed` (0) before `invoice.paid` (1);
+//! - the event id breaks what is left (deterministic, if arbitrary).
+//!
+//! An event at the record's watermark is the event applied last (a redelivery): it is applied
+//! again, which changes nothing. Applying events in any order therefore gives the record that
+//! applying them in watermark order gives.
+//!
+//! **Binding.** A subscription belongs to the Keycloak account its checkout found (by user id).
+//! Before its checkout is processed, an event may bind it to its Stripe customer's account (the
+//! account of the customer's latest paid checkout): the checkout then replaces that binding. A
+//! checkout binding is never replaced by an event; only an operator rebinds
+//! (`webhookctl billing rebind`).
+
+use webhook_store::billing::{SubscriptionRecord, Watermark};
+
+/// What an event says about its subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A paid checkout: the subscription is active on this plan.
+    Checkout(Plan),
+    /// `customer.subscription.updated`: Stripe's status and the price's plan.
+    Updated { status: String, plan: Plan },
+    /// `customer.subscription.deleted`, with the plan of its price when it can be told.
+    Deleted { plan: Option<Plan> },
+    /// `invoice.paid` (`true`) or `invoice.payment_failed`.
+    Invoice { paid: bool },
+}
+
+/// A tier, a billing cycle and the Lago plan code they map to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub tier: String,
+    pub cycle: String,
+    pub code: String,
+}
+
+/// Where the binding of a subscription comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoundBy {
+    Checkout,
+    /// The Stripe customer's account (fallback before the subscription's checkout).
+    Customer,
+}
+
+impl BoundBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Checkout => "checkout",
+            Self::Customer => "customer",
+        }
+    }
+}
+
+/// Where a status stands on the way a subscription moves (for same-second updates).
+fn status_place(status: &str) -> i32 {
+    match status {
+        "incomplete" => 0,
+        "trialing" => 1,
+        "active" => 2,
+        "past_due" => 3,
+        "unpaid" => 4,
+        "paused" => 5,
+        "incomplete_expired" => 6,
+        "canceled" => 7,
+        _ => 8,
+    }
+}
+
+impl Change {
+    /// The tie-break of events of the same second (see the module docs).
+    pub fn rank(&self) -> i32 {
+        match self {
+            Self::Checkout(_) => 0,
+            Self::Updated { status, .. } => 10 + status_place(status),
+            Self::Deleted { .. } => 100,
+            Self::Invoice { paid } => i32::from(*paid),
+        }
+    }
+
+    pub fn watermark(&self, created: i64, event_id: &str) -> Watermark {
+        Watermark {
+            created,
+            rank: self.rank(),
+            event_id: event_id.to_owned(),
+        }
+    }
+}
+
+/// Applies `change` (of the event `event_id` of type `event_type`, created at `created`) to
+/// `record`. `Err` says why the event is stale; the record is then unchanged.
+pub fn apply(
+    record: &mut SubscriptionRecord,
+    event_id: &str,
+    event_type: &str,
+    created: i64,
+    change: &Change,
+) -> Result<(), String> {
+    let mark = change.watermark(created, event_id);
+    let sub = &record.subscription_id;
+    if let Some(deleted_by) = &record.deleted_by {
+        return match change {
+            // Every copy of a deletion finds the tombstone: nothing more to record.
+            Change::Deleted { .. } => Ok(()),
+            _ => Err(format!(
+                "subscription {sub} was deleted by {deleted_by}; a canceled subscription never comes back"
+            )),
+        };
+    }
+    let plan = |record: &mut SubscriptionRecord, plan: &Plan| {
+        record.tier = Some(plan.tier.clone());
+        record.cycle = Some(plan.cycle.clone());
+        record.plan_code = Some(plan.code.clone());
+    };
+    match change {
+        Change::Invoice { paid } => {
+            if let Some(newer) = record.invoice_watermark.as_ref().filter(|w| **w > mark) {
+                return Err(stale(sub, newer, &mark));
+            }
+            record.invoice_status = Some(if *paid { "active" } else { "past_due" }.to_owned());
+            record.invoice_watermark = Some(mark);
+        }
+        Change::Deleted { plan: p } => {
+            // A deletion is final whatever its place: the tombstone, and the plan it ended on.
+            record.deleted_by = Some(event_id.to_owned());
+            record.status = Some("canceled".to_owned());
+            if let Some(p) = p {
+                plan(record, p);
+            }
+            if record.watermark.as_ref().is_none_or(|w| *w < mark) {
+                record.watermark = Some(mark);
+                record.last_event_type = Some(event_type.to_owned());
+            }
+        }
+        Change::Checkout(p) | Change::Updated { plan: p, .. } => {
+            if let Some(newer) = record.watermark.as_ref().filter(|w| **w > mark) {
+                return Err(stale(sub, newer, &mark));
+            }
+            record.status = Some(match change {
+                Change::Updated { status, .. } => status.clone(),
+                _ => "active".to_owned(),
+            });
+            plan(record, p);
+            record.watermark = Some(mark);
+            record.last_event_type = Some(event_type.to_owned());
+        }
+    }
+    Ok(())
+}
+
+fn stale(sub: &str, newer: &Watermark, this: &Watermark) -> String {
+    format!(
+        "out of order: {} (created {}) was already applied to {sub}, and this event is older (created {})",
+        newer.event_id, newer.created, this.created
+    )
+}
+
+/// Binds the subscription to an account unless a binding that wins is there already: a
+/// checkout's binding replaces the customer's fallback; nothing replaces a checkout's or an
+/// operator's. Returns whether the binding changed.
+pub fn bind(record: &mut SubscriptionRecord, account_id: Option<&str>, account_email: &str, by: BoundBy) -> bool {
+    let replace = match (record.bound_by.as_deref(), by) {
+        (None, _) => true,
+        (Some("customer"), BoundBy::Checkout) => record.account_email.as_deref() != Some(account_email),
+        _ => false,
+    };
+    if replace {
+        record.account_id = account_id.map(str::to_owned);
+        record.account_email = Some(account_email.to_owned());
+        record.bound_by = Some(by.as_str().to_owned());
+    } else if record.bound_by.as_deref() == Some("customer") && by == BoundBy::Checkout {
+        // The same account: the checkout's binding is the authoritative one.
+        record.bound_by = Some(by.as_str().to_owned());
+        if record.account_id.is_none() {
+            record.account_id = account_id.map(str::to_owned);
+        }
+    }
+    replace
+}
+
+/// Statuses for which Lago carries the plan: everything but a subscription whose first payment
+/// has not succeeded (`incomplete`), or that is over (`incomplete_expired`, `canceled`: the
+/// deletion event terminates it).
+fn lago_carries_plan(status: &str) -> bool {
+    !matches!(status, "incomplete" | "incomplete_expired" | "canceled")
+}
+
+/// What Lago must be brought to for the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LagoTarget {
+    /// Lago is where the record says.
+    InSync,
+    /// Terminate the subscription (the tombstone is written).
+    Terminate,
+    /// Assign the plan (create, upgrade, or schedule a downgrade).
+    Assign { plan_code: String, customer: String },
+    /// The record wants a plan, but no account is bound yet: the checkout will assign it.
+    WaitingForAccount,
+}
+
+pub fn lago_target(record: &SubscriptionRecord) -> LagoTarget {
+    if record.deleted_by.is_some() {
+        return if record.lago_terminated {
+            LagoTarget::InSync
+        } else {
+            LagoTarget::Terminate
+        };
+    }
+    let (Some(status), Some(plan)) = (record.status.as_deref(), record.plan_code.as_deref()) else {
+        return LagoTarget::InSync;
+    };
+    if !lago_carries_plan(status) || record.lago_plan_code.as_deref() == Some(plan) {
+        return LagoTarget::InSync;
+    }
+    match &record.account_email {
+        Some(customer) => LagoTarget::Assign {
+            plan_code: plan.to_owned(),
+            customer: customer.clone(),
+        },
+        None => LagoTarget::WaitingForAccount,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(tier: &str) -> Plan {
+        Plan {
+            tier: tier.into(),
+            cycle: "monthly".into(),
+            code: format!("{tier}_monthly"),
+        }
+    }
+
+    fn updated(status: &str, tier: &str) -> Change {
+        Change::Updated {
+            status: status.into(),
+            plan: plan(tier),
+        }
+    }
+
+    fn rec() -> SubscriptionRecord {
+        SubscriptionRecord {
+            subscription_id: "sub_1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn newer_applies_older_is_stale_and_a_redelivery_applies_again() {
+        let mut r = rec();
+        apply(&mut r, "evt_2", "customer.subscription.updated", 20, &updated("active", "enterprise")).unwrap();
+        let before = r.clone();
+        let why = apply(&mut r, "evt_1", "checkout.session.completed", 10, &Change::Checkout(plan("starter")))
+            .unwrap_err();
+        assert!(why.contains("out of order") && why.contains("evt_2"), "{why}");
+        assert_eq!(r, before, "a stale event changes nothing");
+        apply(&mut r, "evt_2", "customer.subscription.updated", 20, &updated("active", "enterprise")).unwrap();
+        assert_eq!(r, before);
+        apply(&mut r, "evt_3", "customer.subscription.updated", 30, &updated("past_due", "enterprise")).unwrap();
+        assert_eq!(r.status.as_deref(), Some("past_due"));
+        assert_eq!(r.watermark.as_ref().unwrap().event_id, "evt_3");
+    }
+
+    #[test]
+    fn same_second_events_follow_the_documented_rank() {
+        // Applied in either order, the same second ends on the later rank.
+        let events = [
+            ("evt_b", "checkout.session.completed", Change::Checkout(plan("starter"))),
+            ("evt_a", "customer.subscription.updated", updated("incomplete", "starter")),
+            ("evt_c", "customer.subscription.updated", updated("active", "professional")),
+        ];
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1]] {
+            let mut r = rec();
+            for i in order {
+                let (id, t, c) = &events[i];
+                let _ = apply(&mut r, id, t, 5, c);
+            }
+            assert_eq!(r.status.as_deref(), Some("active"), "{order:?}");
+            assert_eq!(r.tier.as_deref(), Some("professional"), "{order:?}");
+        }
+        assert!(Change::Checkout(plan("x")).rank() < updated("incomplete", "x").rank());
+        assert!(updated("canceled", "x").rank() < Change::Deleted { plan: None }.rank());
+        assert!(Change::Invoice { paid: false }.rank() < Change::Invoice { paid: true }.rank());
+    }
+
+    #[test]
+    fn the_tombstone_is_final() {
+        let mut r = rec();
+        apply(&mut r, "evt_1", "checkout.session.completed", 10, &Change::Checkout(plan("starter"))).unwrap();
+        apply(&mut r, "evt_d", "customer.subscription.deleted", 5, &Change::Deleted { plan: Some(plan("pro")) })
+            .unwrap();
+        assert_eq!(r.deleted_by.as_deref(), Some("evt_d"));
+        assert_eq!(r.status.as_deref(), Some("canceled"));
+        assert_eq!(r.tier.as_deref(), Some("pro"));
+        assert_eq!(r.watermark.as_ref().unwrap().event_id, "evt_1", "an older deletion keeps the newer mark");
+        for change in [updated("active", "enterprise"), Change::Checkout(plan("x")), Change::Invoice { paid: true }] {
+            let before = r.clone();
+            let why = apply(&mut r, "evt_9", "t", 99, &change).unwrap_err();
+            assert!(why.contains("deleted by evt_d"), "{why}");
+            assert_eq!(r, before);
+        }
+        // A second deletion finds the tombstone and keeps it.
+        apply(&mut r, "evt_d2", "customer.subscription.deleted", 50, &Change::Deleted { plan: None }).unwrap();
+        assert_eq!(r.deleted_by.as_deref(), Some("evt_d"));
+    }
+
+    #[test]
+    fn invoices_have_their_own_watermark() {
+        let mut r = rec();
+        apply(&mut r, "evt_u", "customer.subscription.updated", 50, &updated("active", "pro")).unwrap();
+        apply(&mut r, "evt_i1", "invoice.payment_failed", 10, &Change::Invoice { paid: false }).unwrap();
+        assert_eq!(r.invoice_status.as_deref(), Some("past_due"));
+        apply(&mut r, "evt_i2", "invoice.paid", 20, &Change::Invoice { paid: true }).unwrap();
+        assert!(apply(&mut r, "evt_i0", "invoice.payment_failed", 15, &Change::Invoice { paid: false }).is_err());
+        assert_eq!(r.invoice_status.as_deref(), Some("active"));
+        assert_eq!(r.status.as_deref(), Some("active"));
+    }
+
+    #[test]
+    fn binding() {
+        let mut r = rec();
+        assert!(bind(&mut r, Some("u_fallback"), "payer@example.com", BoundBy::Customer));
+        assert!(!bind(&mut r, Some("u_other"), "other@example.com", BoundBy::Customer));
+        assert_eq!(r.account_id.as_deref(), Some("u_fallback"));
+        // The subscription's own checkout replaces the fallback…
+        assert!(bind(&mut r, Some("u_user"), "user@example.com", BoundBy::Checkout));
+        assert_eq!(
+            (r.account_id.as_deref(), r.bound_by.as_deref()),
+            (Some("u_user"), Some("checkout"))
+        );
+        // …and nothing replaces a checkout's binding.
+        assert!(!bind(&mut r, Some("u_late"), "late@example.com", BoundBy::Checkout));
+        assert!(!bind(&mut r, Some("u_late"), "late@example.com", BoundBy::Customer));
+        assert_eq!(r.account_email.as_deref(), Some("user@example.com"));
+        // The same account found both ways: the checkout's binding, no change.
+        let mut r = rec();
+        bind(&mut r, None, "user@example.com", BoundBy::Customer);
+        assert!(!bind(&mut r, Some("u_user"), "user@example.com", BoundBy::Checkout));
+        assert_eq!(
+            (r.account_id.as_deref(), r.bound_by.as_deref()),
+            (Some("u_user"), Some("checkout"))
+        );
+    }
+
+    #[test]
+    fn lago_targets() {
+        let mut r = rec();
+        assert_eq!(lago_target(&r), LagoTarget::InSync);
+        apply(&mut r, "evt_u", "customer.subscription.updated", 5, &updated("active", "pro")).unwrap();
+        assert_eq!(lago_target(&r), LagoTarget::WaitingForAccount);
+        bind(&mut r, Some("u"), "a@example.com", BoundBy::Checkout);
+        assert_eq!(
+            lago_target(&r),
+            LagoTarget::Assign {
+                plan_code: "pro_monthly".into(),
+                customer: "a@example.com".into()
+            }
+        );
+        r.lago_plan_code = Some("pro_monthly".into());
+        assert_eq!(lago_target(&r), LagoTarget::InSync);
+        for status in ["incomplete", "incomplete_expired", "canceled"] {
+            apply(&mut r, "evt_x", "customer.subscription.updated", 6, &updated(status, "enterprise")).unwrap();
+            assert_eq!(lago_target(&r), LagoTarget::InSync, "{status}");
+        }
+        apply(&mut r, "evt_y", "customer.subscription.updated", 7, &updated("unpaid", "enterprise")).unwrap();
+        assert!(matches!(lago_target(&r), LagoTarget::Assign { .. }));
+        apply(&mut r, "evt_d", "customer.subscription.deleted", 8, &Change::Deleted { plan: None }).unwrap();
+        assert_eq!(lago_target(&r), LagoTarget::Terminate);
+        r.lago_terminated = true;
+        assert_eq!(lago_target(&r), LagoTarget::InSync);
+    }
+}
