@@ -218,7 +218,7 @@ async fn dlq_commands_filters_history_and_replay() {
     assert_eq!(actions, ["retry_scheduled", "dead_lettered"]);
     let out = webhookctl(&env, &["events", "show", &a1.event_id]).await;
     assert!(
-        out.stdout.contains("succeeded") && out.stdout.contains("keycloak_tier"),
+        out.stdout.contains("succeeded") && out.stdout.contains("keycloak_attributes"),
         "{out:?}"
     );
     let out = webhookctl(&env, &["events", "show", "evt_nope"]).await;

@@ -484,7 +484,7 @@ async fn worker_killed_mid_job_completes_after_restart_without_doubling() {
             "keycloak_lookup",
             "lago_customer",
             "lago_subscription",
-            "keycloak_tier",
+            "keycloak_attributes",
             "audit"
         ]
     );

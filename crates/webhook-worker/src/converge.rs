@@ -35,7 +35,18 @@ pub(crate) async fn lago(
 ) -> Result<Value, JobError> {
     let sub_id = record.subscription_id.clone();
     match ordering::lago_target(record) {
-        LagoTarget::InSync => Ok(json!({"action": "none"})),
+        LagoTarget::InSync => {
+            // Noted for `events show` (a redelivery finds Lago brought there already).
+            let (step, result) = match (&record.deleted_by, &record.lago_plan_code) {
+                (Some(_), _) if record.lago_terminated => {
+                    ("lago_terminate", json!({"action": "none", "status": "terminated"}))
+                }
+                (None, Some(plan)) => ("lago_subscription", json!({"action": "none", "plan_code": plan})),
+                _ => return Ok(json!({"action": "none"})),
+            };
+            steps.note(step, result.clone());
+            Ok(result)
+        }
         LagoTarget::WaitingForAccount => Ok(json!({
             "action": "none",
             "waiting": "no Keycloak account is bound to the subscription yet: its checkout assigns the plan",

@@ -18,11 +18,13 @@ use crate::context::WorkerContext;
 use crate::failure::{Failure, JobError};
 
 /// How long a lease lasts without renewal: how long a crashed holder blocks its subscription.
-pub const LEASE_SECS: f64 = 30.0;
+pub const LEASE_SECS: f64 = 15.0;
 /// How often a running job renews its lease.
-const RENEW_EVERY: Duration = Duration::from_secs(10);
-/// How long a job waits for the lease before it goes to the retry tier.
-const LEASE_WAIT: Duration = Duration::from_secs(10);
+const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// How long a job waits for the lease before it goes to the retry tier: longer than a lease
+/// lasts, so that the lease of a crashed holder expires while its redelivery waits, without
+/// spending a retry.
+const LEASE_WAIT: Duration = Duration::from_secs(20);
 
 /// A held lease; renewed in the background until [`Lease::release`] (or drop).
 pub struct Lease {

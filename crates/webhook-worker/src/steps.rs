@@ -80,17 +80,7 @@ impl<'a> Steps<'a> {
         let result = match f().await {
             Ok(result) => result,
             Err(failure) => {
-                if self.unrecorded_change
-                    && let Err(e) = self.record_unrecorded().await
-                {
-                    // The job is held until Postgres is back and then runs again; say why the
-                    // step failed, since this attempt will not record it.
-                    tracing::warn!(
-                        event_id = self.event_id, step, error = %failure.message,
-                        "the step failed, and the steps finished before it could not be recorded"
-                    );
-                    return Err(e);
-                }
+                self.save_progress(&failure).await?;
                 return Err(failure.into());
             }
         };
@@ -103,6 +93,22 @@ impl<'a> Steps<'a> {
         self.unrecorded_change |= !read_only;
         self.done.insert(step.to_owned(), result.clone());
         Ok(result)
+    }
+
+    /// Before `failure` goes to the retry schedule: writes the finished steps not yet in the
+    /// ledger if one of them changed something, so that the retry resumes after them.
+    pub(crate) async fn save_progress(&mut self, failure: &Failure) -> Result<(), JobError> {
+        if !self.unrecorded_change {
+            return Ok(());
+        }
+        self.record_unrecorded().await.inspect_err(|_| {
+            // The job is held until Postgres is back and then runs again; say why the step
+            // failed, since this attempt will not record it.
+            tracing::warn!(
+                event_id = self.event_id, step = failure.step, error = %failure.message,
+                "the step failed, and the steps finished before it could not be recorded"
+            );
+        })
     }
 
     /// Writes the finished steps not yet in the ledger, in one statement.

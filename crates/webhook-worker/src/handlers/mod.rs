@@ -108,12 +108,31 @@ async fn run_leased(
     {
         return Ok(Done::Skipped(reason.clone()));
     }
-    lease.save(&record).await?;
+    let result = converge_and_finish(ctx, job, lease, &mut record, &mut steps, details, applied).await;
+    if let Err(JobError::Failed(failure)) = &result {
+        // The retry resumes after the steps finished before the failure.
+        steps.save_progress(failure).await?;
+    }
+    result
+}
+
+/// Steps 3 (the save) to 5 of the module docs.
+async fn converge_and_finish(
+    ctx: &WorkerContext,
+    job: &BillingJob<'_>,
+    lease: &Lease,
+    record: &mut billing::SubscriptionRecord,
+    steps: &mut Steps<'_>,
+    mut details: Value,
+    applied: Result<(), String>,
+) -> Result<Done, JobError> {
+    let event = job.event;
+    lease.save(record).await?;
     // 4. Lago, then Keycloak.
-    let lago = crate::converge::lago(ctx, lease, &mut record, &mut steps).await?;
-    let keycloak = crate::converge::keycloak(ctx, lease, &mut record, &mut steps).await?;
+    let lago = crate::converge::lago(ctx, lease, record, steps).await?;
+    let keycloak = crate::converge::keycloak(ctx, lease, record, steps).await?;
     // 5. The audit row.
-    let r = &record;
+    let r = &*record;
     for (key, value) in [
         ("stripe_event_id", json!(event.id.as_str())),
         ("stripe_subscription_id", json!(r.subscription_id)),
