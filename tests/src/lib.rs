@@ -9,6 +9,7 @@
 pub mod ingest;
 pub mod proxy;
 pub mod rabbit;
+pub mod stripe;
 pub mod worker;
 
 use std::collections::HashMap;

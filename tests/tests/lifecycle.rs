@@ -7,62 +7,8 @@ use sqlx::PgPool;
 use webhook_sandbox::SeedUser;
 use webhook_tests::ingest::TestIngest;
 use webhook_tests::worker::{TestSandbox, TestWorker, worker_settings};
+use webhook_tests::stripe::{checkout, invoice, subscription};
 use webhook_tests::{TestContext, rabbit, sign, wait_event_done};
-
-const FIXTURE_SUB: &str = include_str!("../fixtures/subscription_fixture.json");
-const FIXTURE_INVOICE: &str = include_str!("../fixtures/invoice_fixture.json");
-
-fn envelope(id: &str, event_type: &str, created: i64, object: Value) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "id": id, "object": "event", "api_version": "2026-07-29.dahlia", "created": created,
-        "data": {"object": object}, "livemode": false, "pending_webhooks": 1,
-        "request": {"id": null, "idempotency_key": null}, "type": event_type,
-    }))
-    .unwrap()
-}
-
-fn checkout(id: &str, created: i64, sub: &str, cus: &str, email: &str, tier: &str) -> Vec<u8> {
-    let spec = webhookctl::test_event::CheckoutSpec {
-        event_id: id.into(),
-        event_type: "checkout.session.completed".into(),
-        email: email.into(),
-        tier: tier.into(),
-        cycle: "monthly".into(),
-        created,
-    };
-    let mut event = webhookctl::test_event::checkout_event(&spec);
-    event["data"]["object"]["subscription"] = json!(sub);
-    event["data"]["object"]["customer"] = json!(cus);
-    serde_json::to_vec(&event).unwrap()
-}
-
-/// The subscription fixture as `sub` of `cus`, on a price whose metadata names `tier`.
-fn subscription(
-    id: &str,
-    event_type: &str,
-    created: i64,
-    sub: &str,
-    cus: &str,
-    status: &str,
-    tier: &str,
-) -> Vec<u8> {
-    let mut object: Value = serde_json::from_str(FIXTURE_SUB).unwrap();
-    object["id"] = json!(sub);
-    object["customer"] = json!(cus);
-    object["status"] = json!(status);
-    object["items"]["data"][0]["price"]["id"] = json!(format!("price_{tier}_monthly"));
-    object["items"]["data"][0]["price"]["metadata"] = json!({"tier_id": tier});
-    envelope(id, event_type, created, object)
-}
-
-/// The invoice fixture for `sub` (at `parent.subscription_details.subscription`).
-fn invoice(id: &str, event_type: &str, created: i64, invoice_id: &str, sub: &str, cus: &str) -> Vec<u8> {
-    let mut object: Value = serde_json::from_str(FIXTURE_INVOICE).unwrap();
-    object["id"] = json!(invoice_id);
-    object["customer"] = json!(cus);
-    object["parent"]["subscription_details"]["subscription"] = json!(sub);
-    envelope(id, event_type, created, object)
-}
 
 async fn audits(pool: &PgPool, email: &str) -> Vec<String> {
     sqlx::query_scalar("SELECT event_type FROM audit_logs WHERE subject = $1 ORDER BY id")

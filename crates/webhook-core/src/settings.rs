@@ -124,6 +124,9 @@ pub struct WorkerSettings {
     pub inline_retry_min_ms: u64,
     pub inline_retry_max_ms: u64,
     pub shutdown_timeout_secs: u64,
+    /// Seconds a subscription's lease lasts without renewal (a running job renews it every
+    /// third of this): how long a crashed worker blocks the events of its subscription.
+    pub lease_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -115,6 +115,28 @@ impl SandboxState {
         id
     }
 
+    /// Deletes the user with this email (as an admin would in the console); `false` if none.
+    pub fn delete_user(&self, email: &str) -> bool {
+        let email = email.to_lowercase();
+        let mut data = self.lock();
+        let before = data.users.len();
+        data.users.retain(|u| u.email.as_deref() != Some(email.as_str()));
+        data.users.len() != before
+    }
+
+    /// Changes a user's email (the user changed it in their account); `false` if none has `from`.
+    pub fn change_email(&self, from: &str, to: &str) -> bool {
+        let (from, to) = (from.to_lowercase(), to.to_lowercase());
+        let mut data = self.lock();
+        match data.users.iter_mut().find(|u| u.email.as_deref() == Some(from.as_str())) {
+            Some(u) => {
+                u.email = Some(to);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The stored user (first match, case-insensitive) as a full UserRepresentation, including
     /// attributes the admin API would hide under the current unmanaged-attribute policy.
     pub fn user_by_email(&self, email: &str) -> Option<Value> {

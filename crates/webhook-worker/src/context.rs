@@ -26,6 +26,8 @@ pub struct WorkerContext {
     /// Delay before each broker-level retry; its length is the number of retries.
     pub retry_delays: Vec<Duration>,
     pub inline_retry: InlineRetry,
+    /// The subscription lease's timing.
+    pub lease: crate::lease::LeaseTiming,
     pub metrics: Metrics,
     /// The Keycloak attribute that receives the tier (`subscription_tier`).
     pub tier_attribute: String,

@@ -3,7 +3,7 @@
 //! Each delivery attempt takes the lease with a token of its own (two copies of one event, or an
 //! old job still running after a reconnect, never hold it together), renews it while it runs,
 //! and every write of the subscription's record and the action's finish is fenced by the token
-//! (see [`webhook_store::billing`]). A crashed holder's lease expires after [`LEASE_SECS`].
+//! (see [`webhook_store::billing`]). A crashed holder's lease expires after `worker.lease_secs`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,14 +17,27 @@ use webhook_store::ledger::Fence;
 use crate::context::WorkerContext;
 use crate::failure::{Failure, JobError};
 
-/// How long a lease lasts without renewal: how long a crashed holder blocks its subscription.
-pub const LEASE_SECS: f64 = 15.0;
-/// How often a running job renews its lease.
-const RENEW_EVERY: Duration = Duration::from_secs(5);
-/// How long a job waits for the lease before it goes to the retry tier: longer than a lease
-/// lasts, so that the lease of a crashed holder expires while its redelivery waits, without
-/// spending a retry.
-const LEASE_WAIT: Duration = Duration::from_secs(20);
+/// How long a lease lasts without renewal (`worker.lease_secs`), how often a running job
+/// renews it (a third of that), and how long a job waits for it before it goes to the retry
+/// tier: longer than a lease lasts, so that the lease of a crashed holder expires while its
+/// redelivery waits, without spending a retry.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTiming {
+    pub lasts: Duration,
+    pub renew_every: Duration,
+    pub wait: Duration,
+}
+
+impl LeaseTiming {
+    pub fn new(lease_secs: u64) -> Self {
+        let lasts = Duration::from_secs(lease_secs.max(1));
+        Self {
+            lasts,
+            renew_every: lasts / 3,
+            wait: lasts + Duration::from_secs(5),
+        }
+    }
+}
 
 /// A held lease; renewed in the background until [`Lease::release`] (or drop).
 pub struct Lease {
@@ -44,9 +57,10 @@ impl Lease {
     ) -> Result<(Lease, SubscriptionRecord), JobError> {
         let pool = ctx.store.pool.clone();
         let token = Uuid::new_v4();
-        let waited_until = Instant::now() + LEASE_WAIT;
+        let timing = ctx.lease;
+        let waited_until = Instant::now() + timing.wait;
         let record = loop {
-            if let Some(record) = billing::try_lease(&pool, subscription_id, token, LEASE_SECS).await? {
+            if let Some(record) = billing::try_lease(&pool, subscription_id, token, timing.lasts.as_secs_f64()).await? {
                 break record;
             }
             if Instant::now() >= waited_until {
@@ -63,6 +77,7 @@ impl Lease {
             pool.clone(),
             subscription_id.to_owned(),
             token,
+            timing,
             lost.clone(),
         ));
         Ok((
@@ -131,10 +146,10 @@ pub(crate) fn lost(subscription_id: &str) -> JobError {
     .into()
 }
 
-async fn renew(pool: PgPool, subscription_id: String, token: Uuid, lost: Arc<AtomicBool>) {
+async fn renew(pool: PgPool, subscription_id: String, token: Uuid, timing: LeaseTiming, lost: Arc<AtomicBool>) {
     loop {
-        tokio::time::sleep(RENEW_EVERY).await;
-        match billing::renew_lease(&pool, &subscription_id, token, LEASE_SECS).await {
+        tokio::time::sleep(timing.renew_every).await;
+        match billing::renew_lease(&pool, &subscription_id, token, timing.lasts.as_secs_f64()).await {
             Ok(true) => {}
             Ok(false) => {
                 lost.store(true, Ordering::Release);

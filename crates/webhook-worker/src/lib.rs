@@ -133,6 +133,7 @@ impl Application {
                 min_delay: Duration::from_millis(w.inline_retry_min_ms),
                 max_delay: Duration::from_millis(w.inline_retry_max_ms),
             },
+            lease: lease::LeaseTiming::new(w.lease_secs),
             metrics,
             tier_attribute: settings.keycloak.tier_attribute.clone(),
             status_attribute: Some(settings.keycloak.status_attribute.trim().to_owned())

@@ -1,0 +1,453 @@
+//! Billing state that converges, end to end (real RabbitMQ and Postgres, the real worker, the
+//! sandbox downstream): the right account, the right access, whatever order Stripe delivers in.
+//! One test per case of issue 13.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use webhook_core::Settings;
+use webhook_sandbox::{Fault, Route, SandboxConfig, SeedUser, UnmanagedPolicy};
+use webhook_amqp::Topology;
+use webhook_tests::rabbit;
+use webhook_tests::stripe::{checkout, checkout_paid_by, event_type, invoice_to, subscription};
+use webhook_tests::worker::{TestSandbox, TestWorker, worker_settings};
+use webhook_tests::{TestContext, wait_event_done, wait_for};
+
+struct Env {
+    ctx: TestContext,
+    sandbox: TestSandbox,
+    worker: TestWorker,
+    pool: PgPool,
+    topo: Topology,
+    /// Event times: `t0` plus the offsets the tests give.
+    t0: i64,
+}
+
+impl Env {
+    async fn start(extra: &[(&str, &str)]) -> Self {
+        Self::start_with(extra, SandboxConfig::default()).await
+    }
+
+    async fn start_with(extra: &[(&str, &str)], config: SandboxConfig) -> Self {
+        let ctx = TestContext::new().await;
+        let sandbox = TestSandbox::spawn_with(config).await;
+        let settings: Settings = worker_settings(&ctx, &sandbox, extra);
+        let topo = rabbit::topology(&settings);
+        let worker = TestWorker::spawn(settings).await.ready().await;
+        let pool = ctx.pool().await;
+        Self {
+            ctx,
+            sandbox,
+            worker,
+            pool,
+            topo,
+            t0: webhook_core::unix_now() - 10_000,
+        }
+    }
+
+    fn id(&self, name: &str) -> String {
+        format!("{name}_{}", self.ctx.id)
+    }
+
+    async fn publish(&self, event_id: &str, body: &[u8]) {
+        rabbit::publish(&self.topo.exchange, &event_type(body), body, event_id).await;
+    }
+
+    /// Publishes and waits until the event is finished; returns its status.
+    async fn deliver(&self, event_id: &str, body: &[u8]) -> String {
+        self.publish(event_id, body).await;
+        wait_event_done(&self.pool, event_id).await
+    }
+
+    fn attr(&self, email: &str, key: &str) -> Option<String> {
+        self.sandbox.state.user_by_email(email)?["attributes"][key][0]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// Lago subscriptions with this external id: (status, plan_code).
+    fn lago(&self, sub: &str) -> Vec<(String, String)> {
+        self.sandbox
+            .subscriptions(sub)
+            .iter()
+            .map(|s| {
+                (
+                    s["status"].as_str().unwrap().to_owned(),
+                    s["plan_code"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    async fn audit(&self, event_id: &str) -> Value {
+        sqlx::query_scalar("SELECT details FROM audit_logs WHERE details->>'stripe_event_id' = $1")
+            .bind(event_id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn dead_letters(&self) -> usize {
+        rabbit::peek(&self.topo.dead_letter_queue).await.len()
+    }
+
+    async fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.worker.port))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    async fn stop(self) {
+        self.worker.stop().await;
+        self.sandbox.stop().await;
+        self.ctx.cleanup().await;
+    }
+}
+
+/// 1. Someone else pays (the billing email is not the account's): the account of
+///    `metadata.user_email` is provisioned, later invoices carrying the billing email do not
+///    rebind the subscription, and an upgrade reaches the right account.
+#[tokio::test]
+async fn a_checkout_paid_by_someone_else_keeps_its_account_through_invoices_and_upgrades() {
+    let env = Env::start(&[]).await;
+    let (user, finance) = ("dev@example.com", "finance@example.com");
+    env.sandbox.state.add_user(SeedUser::new(user));
+    // Another person's account has the billing email.
+    env.sandbox.state.add_user(SeedUser::new(finance));
+    let (sub, cus, t0) = (env.id("sub"), env.id("cus"), env.t0);
+
+    let c = checkout_paid_by("evt_b1", t0, &sub, &cus, user, finance, "starter");
+    assert_eq!(env.deliver("evt_b1", &c).await, "succeeded");
+    let paid = invoice_to("evt_b2", "invoice.paid", t0 + 1, "in_b1", &sub, &cus, Some(finance));
+    assert_eq!(env.deliver("evt_b2", &paid).await, "succeeded");
+    let up = subscription("evt_b3", "customer.subscription.updated", t0 + 2, &sub, &cus, "active", "enterprise");
+    assert_eq!(env.deliver("evt_b3", &up).await, "succeeded");
+
+    assert_eq!(env.attr(user, "subscription_tier").as_deref(), Some("enterprise"));
+    assert_eq!(env.attr(user, "billing_status").as_deref(), Some("active"));
+    assert_eq!(env.attr(finance, "subscription_tier"), None, "the payer's own account is untouched");
+    assert_eq!(env.attr(finance, "billing_status"), None);
+    let lago = env.lago(&sub);
+    assert!(lago.contains(&("active".into(), "enterprise_monthly".into())), "{lago:?}");
+    let customers = env.sandbox.state.snapshot()["customers"].clone();
+    assert!(
+        customers
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["external_id"] != finance),
+        "no Lago customer for the billing email: {customers}"
+    );
+    // The invoice's audit row is about the account; the payer is kept as the billing contact.
+    let row = env.audit("evt_b2").await;
+    assert_eq!(row["account_email"], json!(user));
+    assert_eq!(row["billing_contact"], json!(finance));
+    assert_eq!(env.dead_letters().await, 0);
+    env.stop().await;
+}
+
+/// 2. A cancellation after the Keycloak account was deleted still terminates Lago, at once, and
+///    records the missing account; after an email change the account is still found (by id).
+#[tokio::test]
+async fn a_cancellation_reaches_lago_when_the_account_is_gone_or_renamed() {
+    // A long retry schedule: a retried job would not finish within the test's wait.
+    let env = Env::start(&[("WORKER_RETRY_SCHEDULE", "10m")]).await;
+    let (gone, renamed) = ("gone@example.com", "renamed@example.com");
+    env.sandbox.state.add_user(SeedUser::new(gone));
+    env.sandbox.state.add_user(SeedUser::new(renamed));
+    let t0 = env.t0;
+    let (sub1, cus1, sub2, cus2) = (env.id("sub1"), env.id("cus1"), env.id("sub2"), env.id("cus2"));
+    assert_eq!(env.deliver("evt_g1", &checkout("evt_g1", t0, &sub1, &cus1, gone, "professional")).await, "succeeded");
+    assert_eq!(env.deliver("evt_r1", &checkout("evt_r1", t0, &sub2, &cus2, renamed, "professional")).await, "succeeded");
+
+    assert!(env.sandbox.state.delete_user(gone));
+    assert!(env.sandbox.state.change_email(renamed, "new-name@example.com"));
+    let d1 = subscription("evt_g2", "customer.subscription.deleted", t0 + 5, &sub1, &cus1, "canceled", "professional");
+    let d2 = subscription("evt_r2", "customer.subscription.deleted", t0 + 5, &sub2, &cus2, "canceled", "professional");
+    assert_eq!(env.deliver("evt_g2", &d1).await, "succeeded");
+    assert_eq!(env.deliver("evt_r2", &d2).await, "succeeded");
+
+    for sub in [&sub1, &sub2] {
+        let lago = env.lago(sub);
+        assert!(lago.iter().all(|(s, _)| s == "terminated"), "{lago:?}");
+        assert!(!lago.is_empty());
+    }
+    let row = env.audit("evt_g2").await;
+    assert_eq!(row["keycloak"][0]["missing"], json!(true), "{row}");
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM webhook_events WHERE event_id = 'evt_g2'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1, "recorded, not retried");
+    assert_eq!(
+        env.metric("webhook_worker_keycloak_accounts_missing_total").await,
+        1.0
+    );
+    // The renamed user keeps their account: free tier, canceled.
+    assert_eq!(env.attr("new-name@example.com", "subscription_tier").as_deref(), Some("free"));
+    assert_eq!(env.attr("new-name@example.com", "billing_status").as_deref(), Some("canceled"));
+    // `webhookctl events show` says so.
+    let out = webhook_tests::webhookctl(&env.ctx.env, &["events", "show", "evt_g2"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("\"missing\":true"), "{}", out.stdout);
+    env.stop().await;
+}
+
+/// 3. An incomplete subscription (first invoice unpaid, failed 3-D Secure) grants nothing; it
+///    does once Stripe says it is active.
+#[tokio::test]
+async fn an_incomplete_subscription_grants_no_access_until_it_is_active() {
+    let env = Env::start(&[]).await;
+    let email = "known@example.com";
+    env.sandbox.state.add_user(SeedUser::new(email));
+    let (sub1, sub2, cus, t0) = (env.id("sub1"), env.id("sub2"), env.id("cus"), env.t0);
+    assert_eq!(env.deliver("evt_i1", &checkout("evt_i1", t0, &sub1, &cus, email, "starter")).await, "succeeded");
+    // A second subscription of the known customer, its first payment not done.
+    let inc = subscription("evt_i2", "customer.subscription.updated", t0 + 1, &sub2, &cus, "incomplete", "enterprise");
+    assert_eq!(env.deliver("evt_i2", &inc).await, "succeeded");
+    assert_eq!(env.attr(email, "subscription_tier").as_deref(), Some("starter"));
+    assert!(env.lago(&sub2).is_empty(), "no Lago subscription while incomplete");
+    let act = subscription("evt_i3", "customer.subscription.updated", t0 + 2, &sub2, &cus, "active", "enterprise");
+    assert_eq!(env.deliver("evt_i3", &act).await, "succeeded");
+    assert_eq!(env.attr(email, "subscription_tier").as_deref(), Some("enterprise"));
+    assert_eq!(env.lago(&sub2), [("active".to_string(), "enterprise_monthly".to_string())]);
+    // Cancelling the old plan keeps the new tier.
+    let del = subscription("evt_i4", "customer.subscription.deleted", t0 + 3, &sub1, &cus, "canceled", "starter");
+    assert_eq!(env.deliver("evt_i4", &del).await, "succeeded");
+    assert_eq!(env.attr(email, "subscription_tier").as_deref(), Some("enterprise"));
+    assert_eq!(env.attr(email, "billing_status").as_deref(), Some("active"));
+    env.stop().await;
+}
+
+/// 4. A realm that declares only `subscription_tier`: every event succeeds (the status
+///    attribute is optional, with a metric); a realm without it dead-letters with the fix.
+#[tokio::test]
+async fn only_the_tier_attribute_declared_is_enough() {
+    let config = SandboxConfig {
+        managed_attributes: vec!["subscription_tier".into()],
+        unmanaged_attribute_policy: UnmanagedPolicy::Disabled,
+        ..SandboxConfig::default()
+    };
+    let env = Env::start_with(&[], config).await;
+    let email = "tier-only@example.com";
+    env.sandbox.state.add_user(SeedUser::new(email));
+    let (sub, cus, t0) = (env.id("sub"), env.id("cus"), env.t0);
+    let events = [
+        ("evt_t1", checkout("evt_t1", t0, &sub, &cus, email, "starter")),
+        ("evt_t2", subscription("evt_t2", "customer.subscription.updated", t0 + 1, &sub, &cus, "active", "professional")),
+        ("evt_t3", invoice_to("evt_t3", "invoice.payment_failed", t0 + 2, "in_t", &sub, &cus, None)),
+        ("evt_t4", invoice_to("evt_t4", "invoice.paid", t0 + 3, "in_t", &sub, &cus, None)),
+        ("evt_t5", subscription("evt_t5", "customer.subscription.deleted", t0 + 4, &sub, &cus, "canceled", "professional")),
+    ];
+    for (id, body) in &events {
+        assert_eq!(env.deliver(id, body).await, "succeeded", "{id}");
+        if *id == "evt_t2" {
+            assert_eq!(env.attr(email, "subscription_tier").as_deref(), Some("professional"));
+        }
+    }
+    assert_eq!(env.attr(email, "subscription_tier").as_deref(), Some("free"));
+    assert_eq!(env.dead_letters().await, 0);
+    assert!(
+        env.metric("webhook_worker_keycloak_attribute_dropped_total{attribute=\"billing_status\"}")
+            .await
+            >= 1.0
+    );
+    env.stop().await;
+
+    // With the status attribute switched off, nothing is dropped.
+    let config = SandboxConfig {
+        managed_attributes: vec!["subscription_tier".into()],
+        unmanaged_attribute_policy: UnmanagedPolicy::Disabled,
+        ..SandboxConfig::default()
+    };
+    let env = Env::start_with(&[("WEBHOOK__KEYCLOAK__STATUS_ATTRIBUTE", "")], config).await;
+    env.sandbox.state.add_user(SeedUser::new(email));
+    let (sub, cus, t0) = (env.id("sub"), env.id("cus"), env.t0);
+    assert_eq!(env.deliver("evt_o1", &checkout("evt_o1", t0, &sub, &cus, email, "starter")).await, "succeeded");
+    let up = subscription("evt_o2", "customer.subscription.updated", t0 + 1, &sub, &cus, "past_due", "starter");
+    assert_eq!(env.deliver("evt_o2", &up).await, "succeeded");
+    assert_eq!(env.metric("webhook_worker_keycloak_attribute_dropped_total").await, 0.0);
+    assert_eq!(env.attr(email, "billing_status"), None);
+    env.stop().await;
+
+    // No tier attribute in the profile: a permanent error that says what to declare.
+    let config = SandboxConfig {
+        managed_attributes: vec![],
+        unmanaged_attribute_policy: UnmanagedPolicy::Disabled,
+        ..SandboxConfig::default()
+    };
+    let env = Env::start_with(&[], config).await;
+    env.sandbox.state.add_user(SeedUser::new(email));
+    let (sub, cus, t0) = (env.id("sub"), env.id("cus"), env.t0);
+    assert_eq!(env.deliver("evt_n1", &checkout("evt_n1", t0, &sub, &cus, email, "starter")).await, "dead_lettered");
+    let dead = rabbit::drain(&env.topo.dead_letter_queue).await;
+    let error = rabbit::header(&dead[0], "x-error").unwrap();
+    assert!(error.contains("subscription_tier") && error.contains("user profile"), "{error}");
+    env.stop().await;
+}
+
+/// 5. A cancellation whose Keycloak part fails after Lago was terminated leaves its tombstone:
+///    an older update arriving meanwhile does not re-create the Lago subscription.
+#[tokio::test]
+async fn a_half_done_cancellation_is_never_undone_by_a_late_update() {
+    let env = Env::start(&[("WORKER_RETRY_SCHEDULE", "2s"), ("WEBHOOK__WORKER__INLINE_RETRIES", "0")]).await;
+    let email = "half@example.com";
+    env.sandbox.state.add_user(SeedUser::new(email));
+    let (sub, cus, t0) = (env.id("sub"), env.id("cus"), env.t0);
+    assert_eq!(env.deliver("evt_h1", &checkout("evt_h1", t0, &sub, &cus, email, "professional")).await, "succeeded");
+    env.sandbox.state.inject_fault(Fault {
+        route: Route::KeycloakPutUser,
+        status: 500,
+        count: 1,
+        retry_after_secs: None,
+        body: None,
+    });
+    let del = subscription("evt_h2", "customer.subscription.deleted", t0 + 10, &sub, &cus, "canceled", "professional");
+    env.publish("evt_h2", &del).await;
+    let pool = env.pool.clone();
+    wait_for("the deletion's first attempt to fail", Duration::from_secs(30), || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM event_errors WHERE event_id = 'evt_h2'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            (n >= 1).then_some(())
+        }
+    })
+    .await;
+    assert!(env.lago(&sub).iter().all(|(s, _)| s == "terminated"), "Lago first");
+    // An update older than the deletion, delivered late.
+    let late = subscription("evt_h3", "customer.subscription.updated", t0 + 5, &sub, &cus, "active", "enterprise");
+    assert_eq!(env.deliver("evt_h3", &late).await, "skipped");
+    assert_eq!(wait_event_done(&env.pool, "evt_h2").await, "succeeded");
+    let lago = env.lago(&sub);
+    assert!(lago.iter().all(|(s, _)| s == "terminated"), "nothing re-created: {lago:?}");
+    assert_eq!(env.sandbox.state.calls(Route::LagoCreateSubscription), 1);
+    assert_eq!(env.attr(email, "subscription_tier").as_deref(), Some("free"));
+    env.stop().await;
+}
+
+/// 6. A checkout that ordering finds stale still binds, upserts the Lago customer and writes
+///    its audit row; the newer update's plan is what Lago and Keycloak get.
+#[tokio::test]
+async fn a_stale_checkout_still_binds_upserts_the_customer_and_audits() {
+    let env = Env::start(&[]).await;
+    let email = "stale@example.com";
+    env.sandbox.state.add_user(SeedUser::new(email));
+    let (sub, cus, t0) = (env.id("sub"), env.id("cus"), env.t0);
+    let up = subscription("evt_s2", "customer.subscription.updated", t0 + 10, &sub, &cus, "active", "enterprise");
+    assert_eq!(env.deliver("evt_s2", &up).await, "succeeded", "recorded, waiting for the account");
+    assert!(env.lago(&sub).is_empty());
+    let c = checkout("evt_s1", t0, &sub, &cus, email, "starter");
+    assert_eq!(env.deliver("evt_s1", &c).await, "succeeded");
+    let row = env.audit("evt_s1").await;
+    assert_eq!(row["applied"], json!(false), "{row}");
+    assert!(row["not_applied"].as_str().unwrap().contains("out of order"), "{row}");
+    assert!(row["lago_customer_id"].is_string(), "{row}");
+    assert_eq!(env.lago(&sub), [("active".to_string(), "enterprise_monthly".to_string())]);
+    assert_eq!(env.attr(email, "subscription_tier").as_deref(), Some("enterprise"));
+    env.stop().await;
+}
+
+/// 7. Two deliveries of one event never hold the lease together, and a job longer than the
+///    lease keeps it (renewed): the later event's state is what Keycloak ends with.
+#[tokio::test]
+async fn leases_are_fenced_per_delivery_and_renewed() {
+    let env = Env::start(&[("WEBHOOK__WORKER__LEASE_SECS", "2")]).await;
+    let email = "lease@example.com";
+    env.sandbox.state.add_user(SeedUser::new(email));
+    let (sub, cus, t0) = (env.id("sub"), env.id("cus"), env.t0);
+    assert_eq!(env.deliver("evt_l1", &checkout("evt_l1", t0, &sub, &cus, email, "starter")).await, "succeeded");
+    let puts = env.sandbox.state.calls(Route::KeycloakPutUser);
+
+    // Two copies of one update, at once: one PUT (the second copy waits, then finds Keycloak
+    // in the state already).
+    env.sandbox
+        .state
+        .set_latency(Some(Route::KeycloakPutUser), Duration::from_millis(500));
+    let up = subscription("evt_l2", "customer.subscription.updated", t0 + 1, &sub, &cus, "active", "professional");
+    env.publish("evt_l2", &up).await;
+    env.publish("evt_l2", &up).await;
+    let pool = env.pool.clone();
+    wait_for("both copies to finish", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move {
+            let (status, attempts): (String, i32) =
+                sqlx::query_as("SELECT status, attempts FROM webhook_events WHERE event_id = 'evt_l2'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            (status == "succeeded" && attempts >= 2).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        env.sandbox.state.calls(Route::KeycloakPutUser) - puts,
+        1,
+        "one PUT for two copies"
+    );
+
+    // A job that runs three times longer than the lease (slow Keycloak) keeps it: a newer
+    // event of the subscription waits for it, and its state is the last one written.
+    env.sandbox
+        .state
+        .set_latency(Some(Route::KeycloakPutUser), Duration::from_secs(6));
+    let slow = subscription("evt_l3", "customer.subscription.updated", t0 + 2, &sub, &cus, "active", "enterprise");
+    env.publish("evt_l3", &slow).await;
+    wait_for("the slow job to hold the lease", Duration::from_secs(30), || async {
+        (env.sandbox.state.calls(Route::KeycloakPutUser) > puts + 1).then_some(())
+    })
+    .await;
+    let newer = subscription("evt_l4", "customer.subscription.updated", t0 + 3, &sub, &cus, "past_due", "enterprise");
+    env.publish("evt_l4", &newer).await;
+    assert_eq!(wait_event_done(&env.pool, "evt_l3").await, "succeeded");
+    env.sandbox.state.clear_faults();
+    assert_eq!(wait_event_done(&env.pool, "evt_l4").await, "succeeded");
+    let order: Vec<String> = sqlx::query_scalar(
+        "SELECT details->>'stripe_event_id' FROM audit_logs WHERE event_type = 'subscription.updated' ORDER BY id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(order, ["evt_l2", "evt_l3", "evt_l4"], "the newer event waited for the slow one");
+    assert_eq!(env.attr(email, "billing_status").as_deref(), Some("past_due"));
+    assert_eq!(env.attr(email, "subscription_tier").as_deref(), Some("enterprise"));
+    env.stop().await;
+}
+
+/// 8. Events of the same second apply in the documented order, whatever the delivery order.
+#[tokio::test]
+async fn same_second_events_apply_in_the_documented_order() {
+    let env = Env::start(&[("WORKER_CONCURRENCY", "1")]).await;
+    let email = "second@example.com";
+    env.sandbox.state.add_user(SeedUser::new(email));
+    let (sub, cus, t) = (env.id("sub"), env.id("cus"), env.t0);
+    // All in one second: checkout, then incomplete → active (the way a subscription moves).
+    // Delivered backwards.
+    let events = [
+        ("evt_z3", subscription("evt_z3", "customer.subscription.updated", t, &sub, &cus, "active", "enterprise")),
+        ("evt_z2", subscription("evt_z2", "customer.subscription.updated", t, &sub, &cus, "incomplete", "professional")),
+        ("evt_z1", checkout("evt_z1", t, &sub, &cus, email, "starter")),
+    ];
+    for (id, body) in &events {
+        env.publish(id, body).await;
+    }
+    let statuses = [
+        wait_event_done(&env.pool, "evt_z3").await,
+        wait_event_done(&env.pool, "evt_z2").await,
+        wait_event_done(&env.pool, "evt_z1").await,
+    ];
+    assert_eq!(statuses, ["succeeded", "skipped", "succeeded"]);
+    assert_eq!(env.attr(email, "subscription_tier").as_deref(), Some("enterprise"));
+    assert_eq!(env.attr(email, "billing_status").as_deref(), Some("active"));
+    assert_eq!(env.lago(&sub), [("active".to_string(), "enterprise_monthly".to_string())]);
+    env.stop().await;
+}
