@@ -30,8 +30,9 @@ ALTER TABLE stripe_subscriptions
     -- The tombstone: the deletion event. Nothing brings the subscription back once it is set.
     ADD COLUMN deleted_by         text,
     ADD COLUMN deleted_at         timestamptz,
-    -- What Lago was last brought to.
+    -- What Lago was last brought to: the plan, and the Lago customer (external_id) it is under.
     ADD COLUMN lago_plan_code     text,
+    ADD COLUMN lago_customer      text,
     ADD COLUMN lago_terminated    boolean NOT NULL DEFAULT false,
     -- The account whose Keycloak attributes last included this subscription: when the binding
     -- moves (a checkout after the customer's fallback, an operator's rebinding), both are synced.

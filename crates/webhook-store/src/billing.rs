@@ -47,6 +47,8 @@ pub struct SubscriptionRecord {
     pub deleted_by: Option<String>,
     /// The plan Lago was last brought to, and whether Lago's subscription is terminated.
     pub lago_plan_code: Option<String>,
+    /// The Lago customer (`external_id`) Lago has the subscription under.
+    pub lago_customer: Option<String>,
     pub lago_terminated: bool,
     /// The account whose Keycloak attributes last included this subscription.
     pub synced_account_id: Option<String>,
@@ -55,7 +57,7 @@ pub struct SubscriptionRecord {
 const COLUMNS: &str = "subscription_id, customer_id, account_id, account_email, bound_by, status, tier, cycle, plan_code,
      last_event_created, last_event_rank, last_event_id, last_event_type,
      invoice_status, last_invoice_created, last_invoice_rank, last_invoice_event_id,
-     deleted_by, lago_plan_code, lago_terminated, synced_account_id";
+     deleted_by, lago_plan_code, lago_customer, lago_terminated, synced_account_id";
 
 impl FromRow<'_, PgRow> for SubscriptionRecord {
     fn from_row(r: &PgRow) -> Result<Self, sqlx::Error> {
@@ -95,6 +97,7 @@ impl FromRow<'_, PgRow> for SubscriptionRecord {
             )?,
             deleted_by: r.try_get("deleted_by")?,
             lago_plan_code: r.try_get("lago_plan_code")?,
+            lago_customer: r.try_get("lago_customer")?,
             lago_terminated: r.try_get("lago_terminated")?,
             synced_account_id: r.try_get("synced_account_id")?,
         })
@@ -170,7 +173,8 @@ pub async fn save(pool: &PgPool, token: Uuid, r: &SubscriptionRecord) -> Result<
              last_event_created = $11, last_event_rank = $12, last_event_id = $13, last_event_type = $14,
              invoice_status = $15, last_invoice_created = $16, last_invoice_rank = $17, last_invoice_event_id = $18,
              deleted_by = $19, deleted_at = CASE WHEN $19::text IS NULL THEN NULL ELSE coalesce(deleted_at, now()) END,
-             lago_plan_code = $20, lago_terminated = $21, synced_account_id = $22, updated_at = now()
+             lago_plan_code = $20, lago_terminated = $21, synced_account_id = $22,
+             lago_customer = $23, updated_at = now()
          WHERE subscription_id = $1 AND lease_token = $2",
     )
     .bind(&r.subscription_id)
@@ -195,6 +199,7 @@ pub async fn save(pool: &PgPool, token: Uuid, r: &SubscriptionRecord) -> Result<
     .bind(&r.lago_plan_code)
     .bind(r.lago_terminated)
     .bind(&r.synced_account_id)
+    .bind(&r.lago_customer)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -71,8 +71,18 @@ pub(crate) async fn lago(
         LagoTarget::Assign {
             plan_code,
             customer,
+            move_from,
         } => {
             lease.check()?;
+            if let Some(old) = &move_from {
+                // Lago cannot move a subscription between customers: end it under the old one
+                // (Lago lets the external_id be used again), then create it under the new one.
+                ctx.inline_retry
+                    .run(|| ctx.lago.terminate_subscription(&sub_id))
+                    .await
+                    .map_err(|e| Failure::downstream("lago_subscription", e))?;
+                tracing::info!(subscription = %sub_id, from = %old, to = %customer, "moved the Lago subscription to the bound account's customer");
+            }
             let new = NewSubscription {
                 external_customer_id: &customer,
                 plan_code: &plan_code,
@@ -95,11 +105,23 @@ pub(crate) async fn lago(
                     }
                     f
                 })?;
+            // Assigning the current plan again leaves a downgrade Lago scheduled earlier in place
+            // (a downgrade, then back): cancel it, so that Lago bills the plan the state has.
+            let mut next_plan = s["next_plan_code"].clone();
+            if next_plan.as_str().is_some_and(|next| next != plan_code) && s["plan_code"] == plan_code.as_str() {
+                ctx.inline_retry
+                    .run(|| ctx.lago.cancel_pending(&sub_id))
+                    .await
+                    .map_err(|e| Failure::downstream("lago_subscription", e))?;
+                next_plan = Value::Null;
+            }
             let result = json!({
                 "action": "assigned", "lago_id": s["lago_id"], "external_id": s["external_id"],
-                "plan_code": s["plan_code"], "status": s["status"], "next_plan_code": s["next_plan_code"],
+                "plan_code": s["plan_code"], "status": s["status"], "next_plan_code": next_plan,
+                "moved_from": move_from,
             });
             record.lago_plan_code = Some(plan_code);
+            record.lago_customer = Some(customer);
             lease.save(record).await?;
             steps.note("lago_subscription", result.clone());
             Ok(result)

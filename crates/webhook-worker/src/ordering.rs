@@ -110,13 +110,18 @@ pub fn apply(
     let mark = change.watermark(created, event_id);
     let sub = &record.subscription_id;
     if let Some(deleted_by) = &record.deleted_by {
-        return match change {
+        match change {
             // Every copy of a deletion finds the tombstone: nothing more to record.
-            Change::Deleted { .. } => Ok(()),
-            _ => Err(format!(
-                "subscription {sub} was deleted by {deleted_by}; a canceled subscription never comes back"
-            )),
-        };
+            Change::Deleted { .. } => return Ok(()),
+            // The payment track goes on (a last invoice after the cancellation): it grants
+            // nothing once deleted, and recording it keeps the state independent of the order.
+            Change::Invoice { .. } => {}
+            _ => {
+                return Err(format!(
+                    "subscription {sub} was deleted by {deleted_by}; a canceled subscription never comes back"
+                ));
+            }
+        }
     }
     let plan = |record: &mut SubscriptionRecord, plan: &Plan| {
         record.tier = Some(plan.tier.clone());
@@ -203,8 +208,14 @@ pub enum LagoTarget {
     InSync,
     /// Terminate the subscription (the tombstone is written).
     Terminate,
-    /// Assign the plan (create, upgrade, or schedule a downgrade).
-    Assign { plan_code: String, customer: String },
+    /// Assign the plan (create, upgrade, or schedule a downgrade) under the Lago customer
+    /// `customer`; `move_from`: Lago has the subscription under another customer (the binding
+    /// moved), terminate it there first.
+    Assign {
+        plan_code: String,
+        customer: String,
+        move_from: Option<String>,
+    },
     /// The record wants a plan, but no account is bound yet: the checkout will assign it.
     WaitingForAccount,
 }
@@ -220,15 +231,20 @@ pub fn lago_target(record: &SubscriptionRecord) -> LagoTarget {
     let (Some(status), Some(plan)) = (record.status.as_deref(), record.plan_code.as_deref()) else {
         return LagoTarget::InSync;
     };
-    if !lago_carries_plan(status) || record.lago_plan_code.as_deref() == Some(plan) {
+    if !lago_carries_plan(status) {
         return LagoTarget::InSync;
     }
-    match &record.account_email {
-        Some(customer) => LagoTarget::Assign {
-            plan_code: plan.to_owned(),
-            customer: customer.clone(),
-        },
-        None => LagoTarget::WaitingForAccount,
+    let Some(customer) = &record.account_email else {
+        return LagoTarget::WaitingForAccount;
+    };
+    let move_from = record.lago_customer.clone().filter(|c| c != customer);
+    if record.lago_plan_code.as_deref() == Some(plan) && move_from.is_none() {
+        return LagoTarget::InSync;
+    }
+    LagoTarget::Assign {
+        plan_code: plan.to_owned(),
+        customer: customer.clone(),
+        move_from,
     }
 }
 
@@ -306,12 +322,16 @@ mod tests {
         assert_eq!(r.status.as_deref(), Some("canceled"));
         assert_eq!(r.tier.as_deref(), Some("pro"));
         assert_eq!(r.watermark.as_ref().unwrap().event_id, "evt_1", "an older deletion keeps the newer mark");
-        for change in [updated("active", "enterprise"), Change::Checkout(plan("x")), Change::Invoice { paid: true }] {
+        for change in [updated("active", "enterprise"), Change::Checkout(plan("x"))] {
             let before = r.clone();
             let why = apply(&mut r, "evt_9", "t", 99, &change).unwrap_err();
             assert!(why.contains("deleted by evt_d"), "{why}");
             assert_eq!(r, before);
         }
+        // The payment track goes on; the tombstone stays.
+        apply(&mut r, "evt_i", "invoice.paid", 99, &Change::Invoice { paid: true }).unwrap();
+        assert_eq!(r.invoice_status.as_deref(), Some("active"));
+        assert_eq!(r.deleted_by.as_deref(), Some("evt_d"));
         // A second deletion finds the tombstone and keeps it.
         apply(&mut r, "evt_d2", "customer.subscription.deleted", 50, &Change::Deleted { plan: None }).unwrap();
         assert_eq!(r.deleted_by.as_deref(), Some("evt_d"));
@@ -366,11 +386,24 @@ mod tests {
             lago_target(&r),
             LagoTarget::Assign {
                 plan_code: "pro_monthly".into(),
-                customer: "a@example.com".into()
+                customer: "a@example.com".into(),
+                move_from: None,
             }
         );
         r.lago_plan_code = Some("pro_monthly".into());
+        r.lago_customer = Some("a@example.com".into());
         assert_eq!(lago_target(&r), LagoTarget::InSync);
+        // The binding moved (a checkout after the customer's fallback): Lago follows.
+        r.lago_customer = Some("fallback@example.com".into());
+        assert_eq!(
+            lago_target(&r),
+            LagoTarget::Assign {
+                plan_code: "pro_monthly".into(),
+                customer: "a@example.com".into(),
+                move_from: Some("fallback@example.com".into()),
+            }
+        );
+        r.lago_customer = Some("a@example.com".into());
         for status in ["incomplete", "incomplete_expired", "canceled"] {
             apply(&mut r, "evt_x", "customer.subscription.updated", 6, &updated(status, "enterprise")).unwrap();
             assert_eq!(lago_target(&r), LagoTarget::InSync, "{status}");

@@ -184,4 +184,22 @@ impl LagoClient {
             Err(e) => Err(e),
         }
     }
+
+    /// Cancels the downgrade Lago scheduled for `external_id` (its pending next subscription),
+    /// if there is one: assigning the current plan again does not cancel it. `Ok(false)`: none.
+    pub async fn cancel_pending(&self, external_id: &str) -> Result<bool, DownstreamError> {
+        match self
+            .call(
+                "cancel_pending_subscription",
+                Method::DELETE,
+                &format!("/subscriptions/{external_id}?status=pending"),
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.status == Some(404) && e.code.as_deref() == Some("subscription_not_found") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
