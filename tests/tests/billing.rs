@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use webhook_amqp::Topology;
 use webhook_core::Settings;
 use webhook_sandbox::{Fault, Route, SandboxConfig, SeedUser, UnmanagedPolicy};
-use webhook_amqp::Topology;
 use webhook_tests::rabbit;
 use webhook_tests::stripe::{checkout, checkout_paid_by, event_type, invoice_to, subscription};
 use webhook_tests::worker::{TestSandbox, TestWorker, worker_settings};
@@ -125,17 +125,40 @@ async fn a_checkout_paid_by_someone_else_keeps_its_account_through_invoices_and_
 
     let c = checkout_paid_by("evt_b1", t0, &sub, &cus, user, finance, "starter");
     assert_eq!(env.deliver("evt_b1", &c).await, "succeeded");
-    let paid = invoice_to("evt_b2", "invoice.paid", t0 + 1, "in_b1", &sub, &cus, Some(finance));
+    let paid = invoice_to(
+        "evt_b2",
+        "invoice.paid",
+        t0 + 1,
+        "in_b1",
+        &sub,
+        &cus,
+        Some(finance),
+    );
     assert_eq!(env.deliver("evt_b2", &paid).await, "succeeded");
-    let up = subscription("evt_b3", "customer.subscription.updated", t0 + 2, &sub, &cus, "active", "enterprise");
+    let up = subscription(
+        "evt_b3",
+        "customer.subscription.updated",
+        t0 + 2,
+        &sub,
+        &cus,
+        "active",
+        "enterprise",
+    );
     assert_eq!(env.deliver("evt_b3", &up).await, "succeeded");
 
     assert_eq!(env.attr(user, "subscription_tier").as_deref(), Some("enterprise"));
     assert_eq!(env.attr(user, "billing_status").as_deref(), Some("active"));
-    assert_eq!(env.attr(finance, "subscription_tier"), None, "the payer's own account is untouched");
+    assert_eq!(
+        env.attr(finance, "subscription_tier"),
+        None,
+        "the payer's own account is untouched"
+    );
     assert_eq!(env.attr(finance, "billing_status"), None);
     let lago = env.lago(&sub);
-    assert!(lago.contains(&("active".into(), "enterprise_monthly".into())), "{lago:?}");
+    assert!(
+        lago.contains(&("active".into(), "enterprise_monthly".into())),
+        "{lago:?}"
+    );
     let customers = env.sandbox.state.snapshot()["customers"].clone();
     assert!(
         customers
@@ -164,13 +187,43 @@ async fn a_cancellation_reaches_lago_when_the_account_is_gone_or_renamed() {
     env.sandbox.state.add_user(SeedUser::new(renamed));
     let t0 = env.t0;
     let (sub1, cus1, sub2, cus2) = (env.id("sub1"), env.id("cus1"), env.id("sub2"), env.id("cus2"));
-    assert_eq!(env.deliver("evt_g1", &checkout("evt_g1", t0, &sub1, &cus1, gone, "professional")).await, "succeeded");
-    assert_eq!(env.deliver("evt_r1", &checkout("evt_r1", t0, &sub2, &cus2, renamed, "professional")).await, "succeeded");
+    assert_eq!(
+        env.deliver(
+            "evt_g1",
+            &checkout("evt_g1", t0, &sub1, &cus1, gone, "professional")
+        )
+        .await,
+        "succeeded"
+    );
+    assert_eq!(
+        env.deliver(
+            "evt_r1",
+            &checkout("evt_r1", t0, &sub2, &cus2, renamed, "professional")
+        )
+        .await,
+        "succeeded"
+    );
 
     assert!(env.sandbox.state.delete_user(gone));
     assert!(env.sandbox.state.change_email(renamed, "new-name@example.com"));
-    let d1 = subscription("evt_g2", "customer.subscription.deleted", t0 + 5, &sub1, &cus1, "canceled", "professional");
-    let d2 = subscription("evt_r2", "customer.subscription.deleted", t0 + 5, &sub2, &cus2, "canceled", "professional");
+    let d1 = subscription(
+        "evt_g2",
+        "customer.subscription.deleted",
+        t0 + 5,
+        &sub1,
+        &cus1,
+        "canceled",
+        "professional",
+    );
+    let d2 = subscription(
+        "evt_r2",
+        "customer.subscription.deleted",
+        t0 + 5,
+        &sub2,
+        &cus2,
+        "canceled",
+        "professional",
+    );
     assert_eq!(env.deliver("evt_g2", &d1).await, "succeeded");
     assert_eq!(env.deliver("evt_r2", &d2).await, "succeeded");
 
@@ -191,8 +244,14 @@ async fn a_cancellation_reaches_lago_when_the_account_is_gone_or_renamed() {
         1.0
     );
     // The renamed user keeps their account: free tier, canceled.
-    assert_eq!(env.attr("new-name@example.com", "subscription_tier").as_deref(), Some("free"));
-    assert_eq!(env.attr("new-name@example.com", "billing_status").as_deref(), Some("canceled"));
+    assert_eq!(
+        env.attr("new-name@example.com", "subscription_tier").as_deref(),
+        Some("free")
+    );
+    assert_eq!(
+        env.attr("new-name@example.com", "billing_status").as_deref(),
+        Some("canceled")
+    );
     // `webhookctl events show` says so.
     let out = webhook_tests::webhookctl(&env.ctx.env, &["events", "show", "evt_g2"]).await;
     assert_eq!(out.code, 0, "{out:?}");
@@ -208,20 +267,60 @@ async fn an_incomplete_subscription_grants_no_access_until_it_is_active() {
     let email = "known@example.com";
     env.sandbox.state.add_user(SeedUser::new(email));
     let (sub1, sub2, cus, t0) = (env.id("sub1"), env.id("sub2"), env.id("cus"), env.t0);
-    assert_eq!(env.deliver("evt_i1", &checkout("evt_i1", t0, &sub1, &cus, email, "starter")).await, "succeeded");
+    assert_eq!(
+        env.deliver("evt_i1", &checkout("evt_i1", t0, &sub1, &cus, email, "starter"))
+            .await,
+        "succeeded"
+    );
     // A second subscription of the known customer, its first payment not done.
-    let inc = subscription("evt_i2", "customer.subscription.updated", t0 + 1, &sub2, &cus, "incomplete", "enterprise");
+    let inc = subscription(
+        "evt_i2",
+        "customer.subscription.updated",
+        t0 + 1,
+        &sub2,
+        &cus,
+        "incomplete",
+        "enterprise",
+    );
     assert_eq!(env.deliver("evt_i2", &inc).await, "succeeded");
     assert_eq!(env.attr(email, "subscription_tier").as_deref(), Some("starter"));
-    assert!(env.lago(&sub2).is_empty(), "no Lago subscription while incomplete");
-    let act = subscription("evt_i3", "customer.subscription.updated", t0 + 2, &sub2, &cus, "active", "enterprise");
+    assert!(
+        env.lago(&sub2).is_empty(),
+        "no Lago subscription while incomplete"
+    );
+    let act = subscription(
+        "evt_i3",
+        "customer.subscription.updated",
+        t0 + 2,
+        &sub2,
+        &cus,
+        "active",
+        "enterprise",
+    );
     assert_eq!(env.deliver("evt_i3", &act).await, "succeeded");
-    assert_eq!(env.attr(email, "subscription_tier").as_deref(), Some("enterprise"));
-    assert_eq!(env.lago(&sub2), [("active".to_string(), "enterprise_monthly".to_string())]);
+    assert_eq!(
+        env.attr(email, "subscription_tier").as_deref(),
+        Some("enterprise")
+    );
+    assert_eq!(
+        env.lago(&sub2),
+        [("active".to_string(), "enterprise_monthly".to_string())]
+    );
     // Cancelling the old plan keeps the new tier.
-    let del = subscription("evt_i4", "customer.subscription.deleted", t0 + 3, &sub1, &cus, "canceled", "starter");
+    let del = subscription(
+        "evt_i4",
+        "customer.subscription.deleted",
+        t0 + 3,
+        &sub1,
+        &cus,
+        "canceled",
+        "starter",
+    );
     assert_eq!(env.deliver("evt_i4", &del).await, "succeeded");
-    assert_eq!(env.attr(email, "subscription_tier").as_deref(), Some("enterprise"));
+    assert_eq!(
+        env.attr(email, "subscription_tier").as_deref(),
+        Some("enterprise")
+    );
     assert_eq!(env.attr(email, "billing_status").as_deref(), Some("active"));
     env.stop().await;
 }
@@ -241,15 +340,54 @@ async fn only_the_tier_attribute_declared_is_enough() {
     let (sub, cus, t0) = (env.id("sub"), env.id("cus"), env.t0);
     let events = [
         ("evt_t1", checkout("evt_t1", t0, &sub, &cus, email, "starter")),
-        ("evt_t2", subscription("evt_t2", "customer.subscription.updated", t0 + 1, &sub, &cus, "active", "professional")),
-        ("evt_t3", invoice_to("evt_t3", "invoice.payment_failed", t0 + 2, "in_t", &sub, &cus, None)),
-        ("evt_t4", invoice_to("evt_t4", "invoice.paid", t0 + 3, "in_t", &sub, &cus, None)),
-        ("evt_t5", subscription("evt_t5", "customer.subscription.deleted", t0 + 4, &sub, &cus, "canceled", "professional")),
+        (
+            "evt_t2",
+            subscription(
+                "evt_t2",
+                "customer.subscription.updated",
+                t0 + 1,
+                &sub,
+                &cus,
+                "active",
+                "professional",
+            ),
+        ),
+        (
+            "evt_t3",
+            invoice_to(
+                "evt_t3",
+                "invoice.payment_failed",
+                t0 + 2,
+                "in_t",
+                &sub,
+                &cus,
+                None,
+            ),
+        ),
+        (
+            "evt_t4",
+            invoice_to("evt_t4", "invoice.paid", t0 + 3, "in_t", &sub, &cus, None),
+        ),
+        (
+            "evt_t5",
+            subscription(
+                "evt_t5",
+                "customer.subscription.deleted",
+                t0 + 4,
+                &sub,
+                &cus,
+                "canceled",
+                "professional",
+            ),
+        ),
     ];
     for (id, body) in &events {
         assert_eq!(env.deliver(id, body).await, "succeeded", "{id}");
         if *id == "evt_t2" {
-            assert_eq!(env.attr(email, "subscription_tier").as_deref(), Some("professional"));
+            assert_eq!(
+                env.attr(email, "subscription_tier").as_deref(),
+                Some("professional")
+            );
         }
     }
     assert_eq!(env.attr(email, "subscription_tier").as_deref(), Some("free"));
@@ -270,10 +408,26 @@ async fn only_the_tier_attribute_declared_is_enough() {
     let env = Env::start_with(&[("WEBHOOK__KEYCLOAK__STATUS_ATTRIBUTE", "")], config).await;
     env.sandbox.state.add_user(SeedUser::new(email));
     let (sub, cus, t0) = (env.id("sub"), env.id("cus"), env.t0);
-    assert_eq!(env.deliver("evt_o1", &checkout("evt_o1", t0, &sub, &cus, email, "starter")).await, "succeeded");
-    let up = subscription("evt_o2", "customer.subscription.updated", t0 + 1, &sub, &cus, "past_due", "starter");
+    assert_eq!(
+        env.deliver("evt_o1", &checkout("evt_o1", t0, &sub, &cus, email, "starter"))
+            .await,
+        "succeeded"
+    );
+    let up = subscription(
+        "evt_o2",
+        "customer.subscription.updated",
+        t0 + 1,
+        &sub,
+        &cus,
+        "past_due",
+        "starter",
+    );
     assert_eq!(env.deliver("evt_o2", &up).await, "succeeded");
-    assert_eq!(env.metric("webhook_worker_keycloak_attribute_dropped_total").await, 0.0);
+    assert_eq!(
+        env.metric("webhook_worker_keycloak_attribute_dropped_total")
+            .await,
+        0.0
+    );
     assert_eq!(env.attr(email, "billing_status"), None);
     env.stop().await;
 
@@ -286,10 +440,17 @@ async fn only_the_tier_attribute_declared_is_enough() {
     let env = Env::start_with(&[], config).await;
     env.sandbox.state.add_user(SeedUser::new(email));
     let (sub, cus, t0) = (env.id("sub"), env.id("cus"), env.t0);
-    assert_eq!(env.deliver("evt_n1", &checkout("evt_n1", t0, &sub, &cus, email, "starter")).await, "dead_lettered");
+    assert_eq!(
+        env.deliver("evt_n1", &checkout("evt_n1", t0, &sub, &cus, email, "starter"))
+            .await,
+        "dead_lettered"
+    );
     let dead = rabbit::drain(&env.topo.dead_letter_queue).await;
     let error = rabbit::header(&dead[0], "x-error").unwrap();
-    assert!(error.contains("subscription_tier") && error.contains("user profile"), "{error}");
+    assert!(
+        error.contains("subscription_tier") && error.contains("user profile"),
+        "{error}"
+    );
     env.stop().await;
 }
 
@@ -297,11 +458,22 @@ async fn only_the_tier_attribute_declared_is_enough() {
 ///    an older update arriving meanwhile does not re-create the Lago subscription.
 #[tokio::test]
 async fn a_half_done_cancellation_is_never_undone_by_a_late_update() {
-    let env = Env::start(&[("WORKER_RETRY_SCHEDULE", "2s"), ("WEBHOOK__WORKER__INLINE_RETRIES", "0")]).await;
+    let env = Env::start(&[
+        ("WORKER_RETRY_SCHEDULE", "2s"),
+        ("WEBHOOK__WORKER__INLINE_RETRIES", "0"),
+    ])
+    .await;
     let email = "half@example.com";
     env.sandbox.state.add_user(SeedUser::new(email));
     let (sub, cus, t0) = (env.id("sub"), env.id("cus"), env.t0);
-    assert_eq!(env.deliver("evt_h1", &checkout("evt_h1", t0, &sub, &cus, email, "professional")).await, "succeeded");
+    assert_eq!(
+        env.deliver(
+            "evt_h1",
+            &checkout("evt_h1", t0, &sub, &cus, email, "professional")
+        )
+        .await,
+        "succeeded"
+    );
     env.sandbox.state.inject_fault(Fault {
         route: Route::KeycloakPutUser,
         status: 500,
@@ -309,27 +481,54 @@ async fn a_half_done_cancellation_is_never_undone_by_a_late_update() {
         retry_after_secs: None,
         body: None,
     });
-    let del = subscription("evt_h2", "customer.subscription.deleted", t0 + 10, &sub, &cus, "canceled", "professional");
+    let del = subscription(
+        "evt_h2",
+        "customer.subscription.deleted",
+        t0 + 10,
+        &sub,
+        &cus,
+        "canceled",
+        "professional",
+    );
     env.publish("evt_h2", &del).await;
     let pool = env.pool.clone();
-    wait_for("the deletion's first attempt to fail", Duration::from_secs(30), || {
-        let pool = pool.clone();
-        async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM event_errors WHERE event_id = 'evt_h2'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            (n >= 1).then_some(())
-        }
-    })
+    wait_for(
+        "the deletion's first attempt to fail",
+        Duration::from_secs(30),
+        || {
+            let pool = pool.clone();
+            async move {
+                let n: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM event_errors WHERE event_id = 'evt_h2'")
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                (n >= 1).then_some(())
+            }
+        },
+    )
     .await;
-    assert!(env.lago(&sub).iter().all(|(s, _)| s == "terminated"), "Lago first");
+    assert!(
+        env.lago(&sub).iter().all(|(s, _)| s == "terminated"),
+        "Lago first"
+    );
     // An update older than the deletion, delivered late.
-    let late = subscription("evt_h3", "customer.subscription.updated", t0 + 5, &sub, &cus, "active", "enterprise");
+    let late = subscription(
+        "evt_h3",
+        "customer.subscription.updated",
+        t0 + 5,
+        &sub,
+        &cus,
+        "active",
+        "enterprise",
+    );
     assert_eq!(env.deliver("evt_h3", &late).await, "skipped");
     assert_eq!(wait_event_done(&env.pool, "evt_h2").await, "succeeded");
     let lago = env.lago(&sub);
-    assert!(lago.iter().all(|(s, _)| s == "terminated"), "nothing re-created: {lago:?}");
+    assert!(
+        lago.iter().all(|(s, _)| s == "terminated"),
+        "nothing re-created: {lago:?}"
+    );
     assert_eq!(env.sandbox.state.calls(Route::LagoCreateSubscription), 1);
     assert_eq!(env.attr(email, "subscription_tier").as_deref(), Some("free"));
     env.stop().await;
@@ -343,17 +542,38 @@ async fn a_stale_checkout_still_binds_upserts_the_customer_and_audits() {
     let email = "stale@example.com";
     env.sandbox.state.add_user(SeedUser::new(email));
     let (sub, cus, t0) = (env.id("sub"), env.id("cus"), env.t0);
-    let up = subscription("evt_s2", "customer.subscription.updated", t0 + 10, &sub, &cus, "active", "enterprise");
-    assert_eq!(env.deliver("evt_s2", &up).await, "succeeded", "recorded, waiting for the account");
+    let up = subscription(
+        "evt_s2",
+        "customer.subscription.updated",
+        t0 + 10,
+        &sub,
+        &cus,
+        "active",
+        "enterprise",
+    );
+    assert_eq!(
+        env.deliver("evt_s2", &up).await,
+        "succeeded",
+        "recorded, waiting for the account"
+    );
     assert!(env.lago(&sub).is_empty());
     let c = checkout("evt_s1", t0, &sub, &cus, email, "starter");
     assert_eq!(env.deliver("evt_s1", &c).await, "succeeded");
     let row = env.audit("evt_s1").await;
     assert_eq!(row["applied"], json!(false), "{row}");
-    assert!(row["not_applied"].as_str().unwrap().contains("out of order"), "{row}");
+    assert!(
+        row["not_applied"].as_str().unwrap().contains("out of order"),
+        "{row}"
+    );
     assert!(row["lago_customer_id"].is_string(), "{row}");
-    assert_eq!(env.lago(&sub), [("active".to_string(), "enterprise_monthly".to_string())]);
-    assert_eq!(env.attr(email, "subscription_tier").as_deref(), Some("enterprise"));
+    assert_eq!(
+        env.lago(&sub),
+        [("active".to_string(), "enterprise_monthly".to_string())]
+    );
+    assert_eq!(
+        env.attr(email, "subscription_tier").as_deref(),
+        Some("enterprise")
+    );
     env.stop().await;
 }
 
@@ -365,7 +585,11 @@ async fn leases_are_fenced_per_delivery_and_renewed() {
     let email = "lease@example.com";
     env.sandbox.state.add_user(SeedUser::new(email));
     let (sub, cus, t0) = (env.id("sub"), env.id("cus"), env.t0);
-    assert_eq!(env.deliver("evt_l1", &checkout("evt_l1", t0, &sub, &cus, email, "starter")).await, "succeeded");
+    assert_eq!(
+        env.deliver("evt_l1", &checkout("evt_l1", t0, &sub, &cus, email, "starter"))
+            .await,
+        "succeeded"
+    );
     let puts = env.sandbox.state.calls(Route::KeycloakPutUser);
 
     // Two copies of one update, at once: one PUT (the second copy waits, then finds Keycloak
@@ -373,7 +597,15 @@ async fn leases_are_fenced_per_delivery_and_renewed() {
     env.sandbox
         .state
         .set_latency(Some(Route::KeycloakPutUser), Duration::from_millis(500));
-    let up = subscription("evt_l2", "customer.subscription.updated", t0 + 1, &sub, &cus, "active", "professional");
+    let up = subscription(
+        "evt_l2",
+        "customer.subscription.updated",
+        t0 + 1,
+        &sub,
+        &cus,
+        "active",
+        "professional",
+    );
     env.publish("evt_l2", &up).await;
     env.publish("evt_l2", &up).await;
     let pool = env.pool.clone();
@@ -400,13 +632,31 @@ async fn leases_are_fenced_per_delivery_and_renewed() {
     env.sandbox
         .state
         .set_latency(Some(Route::KeycloakPutUser), Duration::from_secs(6));
-    let slow = subscription("evt_l3", "customer.subscription.updated", t0 + 2, &sub, &cus, "active", "enterprise");
+    let slow = subscription(
+        "evt_l3",
+        "customer.subscription.updated",
+        t0 + 2,
+        &sub,
+        &cus,
+        "active",
+        "enterprise",
+    );
     env.publish("evt_l3", &slow).await;
-    wait_for("the slow job to hold the lease", Duration::from_secs(30), || async {
-        (env.sandbox.state.calls(Route::KeycloakPutUser) > puts + 1).then_some(())
-    })
+    wait_for(
+        "the slow job to hold the lease",
+        Duration::from_secs(30),
+        || async { (env.sandbox.state.calls(Route::KeycloakPutUser) > puts + 1).then_some(()) },
+    )
     .await;
-    let newer = subscription("evt_l4", "customer.subscription.updated", t0 + 3, &sub, &cus, "past_due", "enterprise");
+    let newer = subscription(
+        "evt_l4",
+        "customer.subscription.updated",
+        t0 + 3,
+        &sub,
+        &cus,
+        "past_due",
+        "enterprise",
+    );
     env.publish("evt_l4", &newer).await;
     assert_eq!(wait_event_done(&env.pool, "evt_l3").await, "succeeded");
     env.sandbox.state.clear_faults();
@@ -417,9 +667,16 @@ async fn leases_are_fenced_per_delivery_and_renewed() {
     .fetch_all(&env.pool)
     .await
     .unwrap();
-    assert_eq!(order, ["evt_l2", "evt_l3", "evt_l4"], "the newer event waited for the slow one");
+    assert_eq!(
+        order,
+        ["evt_l2", "evt_l3", "evt_l4"],
+        "the newer event waited for the slow one"
+    );
     assert_eq!(env.attr(email, "billing_status").as_deref(), Some("past_due"));
-    assert_eq!(env.attr(email, "subscription_tier").as_deref(), Some("enterprise"));
+    assert_eq!(
+        env.attr(email, "subscription_tier").as_deref(),
+        Some("enterprise")
+    );
     env.stop().await;
 }
 
@@ -433,8 +690,30 @@ async fn same_second_events_apply_in_the_documented_order() {
     // All in one second: checkout, then incomplete → active (the way a subscription moves).
     // Delivered backwards.
     let events = [
-        ("evt_z3", subscription("evt_z3", "customer.subscription.updated", t, &sub, &cus, "active", "enterprise")),
-        ("evt_z2", subscription("evt_z2", "customer.subscription.updated", t, &sub, &cus, "incomplete", "professional")),
+        (
+            "evt_z3",
+            subscription(
+                "evt_z3",
+                "customer.subscription.updated",
+                t,
+                &sub,
+                &cus,
+                "active",
+                "enterprise",
+            ),
+        ),
+        (
+            "evt_z2",
+            subscription(
+                "evt_z2",
+                "customer.subscription.updated",
+                t,
+                &sub,
+                &cus,
+                "incomplete",
+                "professional",
+            ),
+        ),
         ("evt_z1", checkout("evt_z1", t, &sub, &cus, email, "starter")),
     ];
     for (id, body) in &events {
@@ -446,8 +725,14 @@ async fn same_second_events_apply_in_the_documented_order() {
         wait_event_done(&env.pool, "evt_z1").await,
     ];
     assert_eq!(statuses, ["succeeded", "skipped", "succeeded"]);
-    assert_eq!(env.attr(email, "subscription_tier").as_deref(), Some("enterprise"));
+    assert_eq!(
+        env.attr(email, "subscription_tier").as_deref(),
+        Some("enterprise")
+    );
     assert_eq!(env.attr(email, "billing_status").as_deref(), Some("active"));
-    assert_eq!(env.lago(&sub), [("active".to_string(), "enterprise_monthly".to_string())]);
+    assert_eq!(
+        env.lago(&sub),
+        [("active".to_string(), "enterprise_monthly".to_string())]
+    );
     env.stop().await;
 }

@@ -47,7 +47,11 @@ struct History {
 fn subscription_history(sub: usize) -> impl Strategy<Value = Vec<(i64, Ev)>> {
     (
         0..8i64,
-        if sub == 0 { Just(0usize).boxed() } else { (0..2usize).boxed() },
+        if sub == 0 {
+            Just(0usize).boxed()
+        } else {
+            (0..2usize).boxed()
+        },
         0..3usize,
         prop::collection::vec((0..3i64, 0..STATUSES.len(), 0..3usize), 0..4),
         prop::option::weighted(0.4, 0..3i64),
@@ -146,7 +150,11 @@ impl Run<'_> {
             ),
             Ev::Invoice { sub, paid } => invoice(
                 &id,
-                if *paid { "invoice.paid" } else { "invoice.payment_failed" },
+                if *paid {
+                    "invoice.paid"
+                } else {
+                    "invoice.payment_failed"
+                },
                 t,
                 &format!("in_{i}{}", self.suffix),
                 &self.sub(*sub),
@@ -174,10 +182,19 @@ fn in_order(run: &Run<'_>) -> Vec<usize> {
 
 /// The documented same-second place of a status (docs/architecture.md, "Watermark").
 fn status_place(status: &str) -> i32 {
-    ["incomplete", "trialing", "active", "past_due", "unpaid", "paused", "incomplete_expired", "canceled"]
-        .iter()
-        .position(|s| *s == status)
-        .map_or(8, |p| p as i32)
+    [
+        "incomplete",
+        "trialing",
+        "active",
+        "past_due",
+        "unpaid",
+        "paused",
+        "incomplete_expired",
+        "canceled",
+    ]
+    .iter()
+    .position(|s| *s == status)
+    .map_or(8, |p| p as i32)
 }
 
 struct Harness {
@@ -204,7 +221,9 @@ impl Harness {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Err(TestCaseError::fail(format!("{event_id} did not finish within 30 s")))
+        Err(TestCaseError::fail(format!(
+            "{event_id} did not finish within 30 s"
+        )))
     }
 
     /// Nothing ready in the work or retry queues and no job in flight, twice in a row.
@@ -226,7 +245,11 @@ impl Harness {
                 .find_map(|l| l.strip_prefix("webhook_worker_jobs_in_flight "))
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .unwrap_or(0.0);
-            quiet = if busy == 0 && in_flight == 0.0 { quiet + 1 } else { 0 };
+            quiet = if busy == 0 && in_flight == 0.0 {
+                quiet + 1
+            } else {
+                0
+            };
             if quiet >= 3 {
                 return Ok(());
             }
@@ -288,7 +311,8 @@ impl Harness {
         .fetch_optional(&self.pool)
         .await
         .unwrap();
-        let text = json!({"keycloak": keycloak, "lago": lago, "state": state, "customer": customer}).to_string();
+        let text =
+            json!({"keycloak": keycloak, "lago": lago, "state": state, "customer": customer}).to_string();
         serde_json::from_str(&text.replace(&run.suffix, "")).unwrap()
     }
 }
@@ -314,9 +338,10 @@ async fn check(h: &Harness, case: u64, history: &History) -> Result<(), TestCase
         .events
         .iter()
         .map(|(_, e)| match e {
-            Ev::Checkout { sub, .. } | Ev::Updated { sub, .. } | Ev::Deleted { sub, .. } | Ev::Invoice { sub, .. } => {
-                *sub
-            }
+            Ev::Checkout { sub, .. }
+            | Ev::Updated { sub, .. }
+            | Ev::Deleted { sub, .. }
+            | Ev::Invoice { sub, .. } => *sub,
         })
         .max()
         .unwrap_or(0)
@@ -346,9 +371,17 @@ async fn check(h: &Harness, case: u64, history: &History) -> Result<(), TestCase
     a?;
     b?;
     h.wait_idle().await?;
-    prop_assert_eq!(rabbit::depth(&h.topo.dead_letter_queue).await, 0, "nothing dead-lettered");
+    prop_assert_eq!(
+        rabbit::depth(&h.topo.dead_letter_queue).await,
+        0,
+        "nothing dead-lettered"
+    );
     let (got, want) = (h.outcome(&shuffled, subs).await, h.outcome(&ordered, subs).await);
-    prop_assert_eq!(got, want, "shuffled delivery (left) differs from in-order delivery (right)");
+    prop_assert_eq!(
+        got,
+        want,
+        "shuffled delivery (left) differs from in-order delivery (right)"
+    );
     Ok(())
 }
 
@@ -365,7 +398,10 @@ fn any_delivery_order_ends_in_the_state_of_in_order_delivery() {
         let settings = worker_settings(
             &ctx,
             &sandbox,
-            &[("WORKER_RETRY_SCHEDULE", "1s,1s,1s,1s,1s,1s,1s,1s"), ("WEBHOOK__WORKER__LEASE_SECS", "5")],
+            &[
+                ("WORKER_RETRY_SCHEDULE", "1s,1s,1s,1s,1s,1s,1s,1s"),
+                ("WEBHOOK__WORKER__LEASE_SECS", "5"),
+            ],
         );
         let topo = rabbit::topology(&settings);
         let worker = TestWorker::spawn(settings).await.ready().await;
@@ -408,7 +444,9 @@ fn any_delivery_order_ends_in_the_state_of_in_order_delivery() {
     match result {
         Ok(()) => {}
         Err(TestError::Fail(why, history)) => {
-            panic!("{why}\nshrunk counterexample (events as (created offset, event), then delivery order):\n{history:#?}")
+            panic!(
+                "{why}\nshrunk counterexample (events as (created offset, event), then delivery order):\n{history:#?}"
+            )
         }
         Err(TestError::Abort(why)) => panic!("aborted: {why}"),
     }

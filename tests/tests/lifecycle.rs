@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use webhook_sandbox::SeedUser;
 use webhook_tests::ingest::TestIngest;
-use webhook_tests::worker::{TestSandbox, TestWorker, worker_settings};
 use webhook_tests::stripe::{checkout, invoice, subscription};
+use webhook_tests::worker::{TestSandbox, TestWorker, worker_settings};
 use webhook_tests::{TestContext, rabbit, sign, wait_event_done};
 
 async fn audits(pool: &PgPool, email: &str) -> Vec<String> {
@@ -239,20 +239,21 @@ async fn every_delivery_order_of_checkout_update_and_delete_ends_canceled() {
             statuses.push(wait_event_done(&pool, id).await);
         }
         // The checkout always binds and writes its row; the update is stale once deleted.
-        let update = if update_before_delete { "succeeded" } else { "skipped" };
+        let update = if update_before_delete {
+            "succeeded"
+        } else {
+            "skipped"
+        };
         assert_eq!(statuses, ["succeeded", update, "succeeded"], "{order:?}");
         let lago = sandbox.subscriptions(sub);
         assert!(
-            lago.iter().all(|s| s["status"] != "active" && s["status"] != "pending"),
+            lago.iter()
+                .all(|s| s["status"] != "active" && s["status"] != "pending"),
             "{order:?}: no live Lago subscription: {lago:?}"
         );
         // Lago sees the subscription only if something assigned a plan before the deletion:
         // the checkout, or the update once the checkout bound the account.
-        assert_eq!(
-            !lago.is_empty(),
-            position(0) < position(2),
-            "{order:?}: {lago:?}"
-        );
+        assert_eq!(!lago.is_empty(), position(0) < position(2), "{order:?}: {lago:?}");
         assert_eq!(
             attr(&sandbox, email, "subscription_tier").as_deref(),
             Some("free"),
@@ -354,7 +355,10 @@ async fn a_late_checkout_does_not_resurrect_a_canceled_subscription() {
     .unwrap();
     assert_eq!(details["applied"], json!(false));
     assert!(
-        details["not_applied"].as_str().unwrap().contains("deleted by evt_late_d"),
+        details["not_applied"]
+            .as_str()
+            .unwrap()
+            .contains("deleted by evt_late_d"),
         "{details}"
     );
     assert_eq!(details["account_email"], json!(email));

@@ -128,7 +128,11 @@ impl SandboxState {
     pub fn change_email(&self, from: &str, to: &str) -> bool {
         let (from, to) = (from.to_lowercase(), to.to_lowercase());
         let mut data = self.lock();
-        match data.users.iter_mut().find(|u| u.email.as_deref() == Some(from.as_str())) {
+        match data
+            .users
+            .iter_mut()
+            .find(|u| u.email.as_deref() == Some(from.as_str()))
+        {
             Some(u) => {
                 u.email = Some(to);
                 true

@@ -54,7 +54,8 @@ pub struct SubscriptionRecord {
     pub synced_account_id: Option<String>,
 }
 
-const COLUMNS: &str = "subscription_id, customer_id, account_id, account_email, bound_by, status, tier, cycle, plan_code,
+const COLUMNS: &str =
+    "subscription_id, customer_id, account_id, account_email, bound_by, status, tier, cycle, plan_code,
      last_event_created, last_event_rank, last_event_id, last_event_type,
      invoice_status, last_invoice_created, last_invoice_rank, last_invoice_event_id,
      deleted_by, lago_plan_code, lago_customer, lago_terminated, synced_account_id";
@@ -206,7 +207,10 @@ pub async fn save(pool: &PgPool, token: Uuid, r: &SubscriptionRecord) -> Result<
 }
 
 /// One subscription's record, if the store knows it.
-pub async fn subscription(pool: &PgPool, subscription_id: &str) -> Result<Option<SubscriptionRecord>, sqlx::Error> {
+pub async fn subscription(
+    pool: &PgPool,
+    subscription_id: &str,
+) -> Result<Option<SubscriptionRecord>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM stripe_subscriptions WHERE subscription_id = $1"
     )))
@@ -236,7 +240,10 @@ pub struct CustomerAccount {
     pub account_email: String,
 }
 
-pub async fn customer_account(pool: &PgPool, customer_id: &str) -> Result<Option<CustomerAccount>, sqlx::Error> {
+pub async fn customer_account(
+    pool: &PgPool,
+    customer_id: &str,
+) -> Result<Option<CustomerAccount>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT account_id, account_email FROM stripe_customers
          WHERE customer_id = $1 AND account_email IS NOT NULL",
@@ -324,4 +331,3 @@ pub async fn rebind(
         .fetch_optional(pool)
         .await
 }
-

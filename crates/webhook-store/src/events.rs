@@ -103,7 +103,11 @@ pub async fn count(pool: &PgPool, event_id: &str) -> Result<i64, sqlx::Error> {
 /// Records the start of an attempt (the event row is created if it is missing, e.g. a message
 /// published by hand): status `processing`, attempts + 1, the action key. Returns the attempt
 /// number. One statement.
-pub async fn start_attempt(pool: &PgPool, event: &Envelope, action_key: Option<&str>) -> Result<i32, sqlx::Error> {
+pub async fn start_attempt(
+    pool: &PgPool,
+    event: &Envelope,
+    action_key: Option<&str>,
+) -> Result<i32, sqlx::Error> {
     let payload = std::str::from_utf8(&event.body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     let created: Option<DateTime<Utc>> = Utc.timestamp_opt(event.created, 0).single();
     sqlx::query_scalar(

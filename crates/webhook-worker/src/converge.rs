@@ -38,9 +38,10 @@ pub(crate) async fn lago(
         LagoTarget::InSync => {
             // Noted for `events show` (a redelivery finds Lago brought there already).
             let (step, result) = match (&record.deleted_by, &record.lago_plan_code) {
-                (Some(_), _) if record.lago_terminated => {
-                    ("lago_terminate", json!({"action": "none", "status": "terminated"}))
-                }
+                (Some(_), _) if record.lago_terminated => (
+                    "lago_terminate",
+                    json!({"action": "none", "status": "terminated"}),
+                ),
                 (None, Some(plan)) => ("lago_subscription", json!({"action": "none", "plan_code": plan})),
                 _ => return Ok(json!({"action": "none"})),
             };
@@ -51,6 +52,20 @@ pub(crate) async fn lago(
             "action": "none",
             "waiting": "no Keycloak account is bound to the subscription yet: its checkout assigns the plan",
         })),
+        LagoTarget::End => {
+            lease.check()?;
+            let t = ctx
+                .inline_retry
+                .run(|| ctx.lago.terminate_subscription(&sub_id))
+                .await
+                .map_err(|e| Failure::downstream("lago_subscription", e))?;
+            let result = json!({"action": "ended", "lago_id": t.as_ref().map(|s| s["lago_id"].clone()), "status": record.status});
+            record.lago_plan_code = None;
+            record.lago_customer = None;
+            lease.save(record).await?;
+            steps.note("lago_subscription", result.clone());
+            Ok(result)
+        }
         LagoTarget::Terminate => {
             lease.check()?;
             let t = ctx
@@ -108,7 +123,9 @@ pub(crate) async fn lago(
             // Assigning the current plan again leaves a downgrade Lago scheduled earlier in place
             // (a downgrade, then back): cancel it, so that Lago bills the plan the state has.
             let mut next_plan = s["next_plan_code"].clone();
-            if next_plan.as_str().is_some_and(|next| next != plan_code) && s["plan_code"] == plan_code.as_str() {
+            if next_plan.as_str().is_some_and(|next| next != plan_code)
+                && s["plan_code"] == plan_code.as_str()
+            {
                 ctx.inline_retry
                     .run(|| ctx.lago.cancel_pending(&sub_id))
                     .await
@@ -226,7 +243,9 @@ async fn sync_account(ctx: &WorkerContext, lease: &Lease, account: &str) -> Resu
     }
     Err(Failure::transient(
         "keycloak_attributes",
-        format!("the billing state of Keycloak account {account} kept changing while it was synced (retrying)"),
+        format!(
+            "the billing state of Keycloak account {account} kept changing while it was synced (retrying)"
+        ),
     )
     .into())
 }

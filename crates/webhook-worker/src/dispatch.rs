@@ -68,15 +68,19 @@ async fn handle(ctx: &WorkerContext, event: &Envelope) -> Result<Done, JobError>
     events::start_attempt(&ctx.store.pool, event, action_key.as_deref()).await?;
     let action_key = action_key
         .ok_or_else(|| Failure::permanent("parse", "malformed message: the event has no data.object.id"))?;
-    let body: Value =
-        serde_json::from_slice(&event.body).map_err(|e| Failure::permanent("parse", format!("malformed message: {e}")))?;
+    let body: Value = serde_json::from_slice(&event.body)
+        .map_err(|e| Failure::permanent("parse", format!("malformed message: {e}")))?;
     let object = &body["data"]["object"];
     match event.event_type.as_str() {
         "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
             handlers::checkout::handle(ctx, event, action_key, object).await
         }
-        "customer.subscription.updated" => handlers::subscription::updated(ctx, event, action_key, object).await,
-        "customer.subscription.deleted" => handlers::subscription::deleted(ctx, event, action_key, object).await,
+        "customer.subscription.updated" => {
+            handlers::subscription::updated(ctx, event, action_key, object).await
+        }
+        "customer.subscription.deleted" => {
+            handlers::subscription::deleted(ctx, event, action_key, object).await
+        }
         "invoice.paid" => handlers::invoice::handle(ctx, event, action_key, object, true).await,
         "invoice.payment_failed" => handlers::invoice::handle(ctx, event, action_key, object, false).await,
         other => Err(Failure::permanent("dispatch", format!("no handler for event type {other:?}")).into()),

@@ -60,7 +60,9 @@ impl Lease {
         let timing = ctx.lease;
         let waited_until = Instant::now() + timing.wait;
         let record = loop {
-            if let Some(record) = billing::try_lease(&pool, subscription_id, token, timing.lasts.as_secs_f64()).await? {
+            if let Some(record) =
+                billing::try_lease(&pool, subscription_id, token, timing.lasts.as_secs_f64()).await?
+            {
                 break record;
             }
             if Instant::now() >= waited_until {
@@ -146,7 +148,13 @@ pub(crate) fn lost(subscription_id: &str) -> JobError {
     .into()
 }
 
-async fn renew(pool: PgPool, subscription_id: String, token: Uuid, timing: LeaseTiming, lost: Arc<AtomicBool>) {
+async fn renew(
+    pool: PgPool,
+    subscription_id: String,
+    token: Uuid,
+    timing: LeaseTiming,
+    lost: Arc<AtomicBool>,
+) {
     loop {
         tokio::time::sleep(timing.renew_every).await;
         match billing::renew_lease(&pool, &subscription_id, token, timing.lasts.as_secs_f64()).await {
@@ -156,7 +164,9 @@ async fn renew(pool: PgPool, subscription_id: String, token: Uuid, timing: Lease
                 return;
             }
             // The next renewal tries again; the fenced writes fail by themselves if it expires.
-            Err(e) => tracing::warn!(subscription = %subscription_id, error = %e, "could not renew the lease"),
+            Err(e) => {
+                tracing::warn!(subscription = %subscription_id, error = %e, "could not renew the lease")
+            }
         }
     }
 }

@@ -174,7 +174,12 @@ fn stale(sub: &str, newer: &Watermark, this: &Watermark) -> String {
 /// Binds the subscription to an account unless a binding that wins is there already: a
 /// checkout's binding replaces the customer's fallback; nothing replaces a checkout's or an
 /// operator's. Returns whether the binding changed.
-pub fn bind(record: &mut SubscriptionRecord, account_id: Option<&str>, account_email: &str, by: BoundBy) -> bool {
+pub fn bind(
+    record: &mut SubscriptionRecord,
+    account_id: Option<&str>,
+    account_email: &str,
+    by: BoundBy,
+) -> bool {
     let replace = match (record.bound_by.as_deref(), by) {
         (None, _) => true,
         (Some("customer"), BoundBy::Checkout) => record.account_email.as_deref() != Some(account_email),
@@ -208,6 +213,9 @@ pub enum LagoTarget {
     InSync,
     /// Terminate the subscription (the tombstone is written).
     Terminate,
+    /// End the live subscription: the status no longer carries a plan (Lago bills nothing for
+    /// it, as if it had never been assigned).
+    End,
     /// Assign the plan (create, upgrade, or schedule a downgrade) under the Lago customer
     /// `customer`; `move_from`: Lago has the subscription under another customer (the binding
     /// moved), terminate it there first.
@@ -228,12 +236,12 @@ pub fn lago_target(record: &SubscriptionRecord) -> LagoTarget {
             LagoTarget::Terminate
         };
     }
-    let (Some(status), Some(plan)) = (record.status.as_deref(), record.plan_code.as_deref()) else {
-        return LagoTarget::InSync;
+    let plan = match (record.status.as_deref(), record.plan_code.as_deref()) {
+        (Some(status), Some(plan)) if lago_carries_plan(status) => plan,
+        // Level-triggered: Lago carries a live subscription exactly while the status does.
+        _ if record.lago_plan_code.is_some() => return LagoTarget::End,
+        _ => return LagoTarget::InSync,
     };
-    if !lago_carries_plan(status) {
-        return LagoTarget::InSync;
-    }
     let Some(customer) = &record.account_email else {
         return LagoTarget::WaitingForAccount;
     };
@@ -277,15 +285,42 @@ mod tests {
     #[test]
     fn newer_applies_older_is_stale_and_a_redelivery_applies_again() {
         let mut r = rec();
-        apply(&mut r, "evt_2", "customer.subscription.updated", 20, &updated("active", "enterprise")).unwrap();
+        apply(
+            &mut r,
+            "evt_2",
+            "customer.subscription.updated",
+            20,
+            &updated("active", "enterprise"),
+        )
+        .unwrap();
         let before = r.clone();
-        let why = apply(&mut r, "evt_1", "checkout.session.completed", 10, &Change::Checkout(plan("starter")))
-            .unwrap_err();
+        let why = apply(
+            &mut r,
+            "evt_1",
+            "checkout.session.completed",
+            10,
+            &Change::Checkout(plan("starter")),
+        )
+        .unwrap_err();
         assert!(why.contains("out of order") && why.contains("evt_2"), "{why}");
         assert_eq!(r, before, "a stale event changes nothing");
-        apply(&mut r, "evt_2", "customer.subscription.updated", 20, &updated("active", "enterprise")).unwrap();
+        apply(
+            &mut r,
+            "evt_2",
+            "customer.subscription.updated",
+            20,
+            &updated("active", "enterprise"),
+        )
+        .unwrap();
         assert_eq!(r, before);
-        apply(&mut r, "evt_3", "customer.subscription.updated", 30, &updated("past_due", "enterprise")).unwrap();
+        apply(
+            &mut r,
+            "evt_3",
+            "customer.subscription.updated",
+            30,
+            &updated("past_due", "enterprise"),
+        )
+        .unwrap();
         assert_eq!(r.status.as_deref(), Some("past_due"));
         assert_eq!(r.watermark.as_ref().unwrap().event_id, "evt_3");
     }
@@ -294,9 +329,21 @@ mod tests {
     fn same_second_events_follow_the_documented_rank() {
         // Applied in either order, the same second ends on the later rank.
         let events = [
-            ("evt_b", "checkout.session.completed", Change::Checkout(plan("starter"))),
-            ("evt_a", "customer.subscription.updated", updated("incomplete", "starter")),
-            ("evt_c", "customer.subscription.updated", updated("active", "professional")),
+            (
+                "evt_b",
+                "checkout.session.completed",
+                Change::Checkout(plan("starter")),
+            ),
+            (
+                "evt_a",
+                "customer.subscription.updated",
+                updated("incomplete", "starter"),
+            ),
+            (
+                "evt_c",
+                "customer.subscription.updated",
+                updated("active", "professional"),
+            ),
         ];
         for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1]] {
             let mut r = rec();
@@ -315,13 +362,32 @@ mod tests {
     #[test]
     fn the_tombstone_is_final() {
         let mut r = rec();
-        apply(&mut r, "evt_1", "checkout.session.completed", 10, &Change::Checkout(plan("starter"))).unwrap();
-        apply(&mut r, "evt_d", "customer.subscription.deleted", 5, &Change::Deleted { plan: Some(plan("pro")) })
-            .unwrap();
+        apply(
+            &mut r,
+            "evt_1",
+            "checkout.session.completed",
+            10,
+            &Change::Checkout(plan("starter")),
+        )
+        .unwrap();
+        apply(
+            &mut r,
+            "evt_d",
+            "customer.subscription.deleted",
+            5,
+            &Change::Deleted {
+                plan: Some(plan("pro")),
+            },
+        )
+        .unwrap();
         assert_eq!(r.deleted_by.as_deref(), Some("evt_d"));
         assert_eq!(r.status.as_deref(), Some("canceled"));
         assert_eq!(r.tier.as_deref(), Some("pro"));
-        assert_eq!(r.watermark.as_ref().unwrap().event_id, "evt_1", "an older deletion keeps the newer mark");
+        assert_eq!(
+            r.watermark.as_ref().unwrap().event_id,
+            "evt_1",
+            "an older deletion keeps the newer mark"
+        );
         for change in [updated("active", "enterprise"), Change::Checkout(plan("x"))] {
             let before = r.clone();
             let why = apply(&mut r, "evt_9", "t", 99, &change).unwrap_err();
@@ -329,22 +395,66 @@ mod tests {
             assert_eq!(r, before);
         }
         // The payment track goes on; the tombstone stays.
-        apply(&mut r, "evt_i", "invoice.paid", 99, &Change::Invoice { paid: true }).unwrap();
+        apply(
+            &mut r,
+            "evt_i",
+            "invoice.paid",
+            99,
+            &Change::Invoice { paid: true },
+        )
+        .unwrap();
         assert_eq!(r.invoice_status.as_deref(), Some("active"));
         assert_eq!(r.deleted_by.as_deref(), Some("evt_d"));
         // A second deletion finds the tombstone and keeps it.
-        apply(&mut r, "evt_d2", "customer.subscription.deleted", 50, &Change::Deleted { plan: None }).unwrap();
+        apply(
+            &mut r,
+            "evt_d2",
+            "customer.subscription.deleted",
+            50,
+            &Change::Deleted { plan: None },
+        )
+        .unwrap();
         assert_eq!(r.deleted_by.as_deref(), Some("evt_d"));
     }
 
     #[test]
     fn invoices_have_their_own_watermark() {
         let mut r = rec();
-        apply(&mut r, "evt_u", "customer.subscription.updated", 50, &updated("active", "pro")).unwrap();
-        apply(&mut r, "evt_i1", "invoice.payment_failed", 10, &Change::Invoice { paid: false }).unwrap();
+        apply(
+            &mut r,
+            "evt_u",
+            "customer.subscription.updated",
+            50,
+            &updated("active", "pro"),
+        )
+        .unwrap();
+        apply(
+            &mut r,
+            "evt_i1",
+            "invoice.payment_failed",
+            10,
+            &Change::Invoice { paid: false },
+        )
+        .unwrap();
         assert_eq!(r.invoice_status.as_deref(), Some("past_due"));
-        apply(&mut r, "evt_i2", "invoice.paid", 20, &Change::Invoice { paid: true }).unwrap();
-        assert!(apply(&mut r, "evt_i0", "invoice.payment_failed", 15, &Change::Invoice { paid: false }).is_err());
+        apply(
+            &mut r,
+            "evt_i2",
+            "invoice.paid",
+            20,
+            &Change::Invoice { paid: true },
+        )
+        .unwrap();
+        assert!(
+            apply(
+                &mut r,
+                "evt_i0",
+                "invoice.payment_failed",
+                15,
+                &Change::Invoice { paid: false }
+            )
+            .is_err()
+        );
         assert_eq!(r.invoice_status.as_deref(), Some("active"));
         assert_eq!(r.status.as_deref(), Some("active"));
     }
@@ -352,23 +462,53 @@ mod tests {
     #[test]
     fn binding() {
         let mut r = rec();
-        assert!(bind(&mut r, Some("u_fallback"), "payer@example.com", BoundBy::Customer));
-        assert!(!bind(&mut r, Some("u_other"), "other@example.com", BoundBy::Customer));
+        assert!(bind(
+            &mut r,
+            Some("u_fallback"),
+            "payer@example.com",
+            BoundBy::Customer
+        ));
+        assert!(!bind(
+            &mut r,
+            Some("u_other"),
+            "other@example.com",
+            BoundBy::Customer
+        ));
         assert_eq!(r.account_id.as_deref(), Some("u_fallback"));
         // The subscription's own checkout replaces the fallback…
-        assert!(bind(&mut r, Some("u_user"), "user@example.com", BoundBy::Checkout));
+        assert!(bind(
+            &mut r,
+            Some("u_user"),
+            "user@example.com",
+            BoundBy::Checkout
+        ));
         assert_eq!(
             (r.account_id.as_deref(), r.bound_by.as_deref()),
             (Some("u_user"), Some("checkout"))
         );
         // …and nothing replaces a checkout's binding.
-        assert!(!bind(&mut r, Some("u_late"), "late@example.com", BoundBy::Checkout));
-        assert!(!bind(&mut r, Some("u_late"), "late@example.com", BoundBy::Customer));
+        assert!(!bind(
+            &mut r,
+            Some("u_late"),
+            "late@example.com",
+            BoundBy::Checkout
+        ));
+        assert!(!bind(
+            &mut r,
+            Some("u_late"),
+            "late@example.com",
+            BoundBy::Customer
+        ));
         assert_eq!(r.account_email.as_deref(), Some("user@example.com"));
         // The same account found both ways: the checkout's binding, no change.
         let mut r = rec();
         bind(&mut r, None, "user@example.com", BoundBy::Customer);
-        assert!(!bind(&mut r, Some("u_user"), "user@example.com", BoundBy::Checkout));
+        assert!(!bind(
+            &mut r,
+            Some("u_user"),
+            "user@example.com",
+            BoundBy::Checkout
+        ));
         assert_eq!(
             (r.account_id.as_deref(), r.bound_by.as_deref()),
             (Some("u_user"), Some("checkout"))
@@ -379,7 +519,14 @@ mod tests {
     fn lago_targets() {
         let mut r = rec();
         assert_eq!(lago_target(&r), LagoTarget::InSync);
-        apply(&mut r, "evt_u", "customer.subscription.updated", 5, &updated("active", "pro")).unwrap();
+        apply(
+            &mut r,
+            "evt_u",
+            "customer.subscription.updated",
+            5,
+            &updated("active", "pro"),
+        )
+        .unwrap();
         assert_eq!(lago_target(&r), LagoTarget::WaitingForAccount);
         bind(&mut r, Some("u"), "a@example.com", BoundBy::Checkout);
         assert_eq!(
@@ -405,12 +552,39 @@ mod tests {
         );
         r.lago_customer = Some("a@example.com".into());
         for status in ["incomplete", "incomplete_expired", "canceled"] {
-            apply(&mut r, "evt_x", "customer.subscription.updated", 6, &updated(status, "enterprise")).unwrap();
-            assert_eq!(lago_target(&r), LagoTarget::InSync, "{status}");
+            apply(
+                &mut r,
+                "evt_x",
+                "customer.subscription.updated",
+                6,
+                &updated(status, "enterprise"),
+            )
+            .unwrap();
+            assert_eq!(
+                lago_target(&r),
+                LagoTarget::End,
+                "{status}: a live subscription ends"
+            );
         }
-        apply(&mut r, "evt_y", "customer.subscription.updated", 7, &updated("unpaid", "enterprise")).unwrap();
+        r.lago_plan_code = None;
+        assert_eq!(lago_target(&r), LagoTarget::InSync, "nothing live: nothing to do");
+        apply(
+            &mut r,
+            "evt_y",
+            "customer.subscription.updated",
+            7,
+            &updated("unpaid", "enterprise"),
+        )
+        .unwrap();
         assert!(matches!(lago_target(&r), LagoTarget::Assign { .. }));
-        apply(&mut r, "evt_d", "customer.subscription.deleted", 8, &Change::Deleted { plan: None }).unwrap();
+        apply(
+            &mut r,
+            "evt_d",
+            "customer.subscription.deleted",
+            8,
+            &Change::Deleted { plan: None },
+        )
+        .unwrap();
         assert_eq!(lago_target(&r), LagoTarget::Terminate);
         r.lago_terminated = true;
         assert_eq!(lago_target(&r), LagoTarget::InSync);

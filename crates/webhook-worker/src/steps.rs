@@ -35,7 +35,11 @@ pub(crate) struct Steps<'a> {
 
 impl<'a> Steps<'a> {
     /// Starts (or resumes) the action `action_key` of the event `event_id`.
-    pub(crate) async fn begin(ctx: &'a WorkerContext, action_key: String, event_id: &'a str) -> Result<Self, JobError> {
+    pub(crate) async fn begin(
+        ctx: &'a WorkerContext,
+        action_key: String,
+        event_id: &'a str,
+    ) -> Result<Self, JobError> {
         let done = ledger::begin(&ctx.store.pool, &action_key, event_id).await?;
         Ok(Self {
             ctx,
@@ -138,7 +142,11 @@ impl Steps<'_> {
     }
 
     /// The `lago_customer` step: the Lago customer `external_id` = the account's email.
-    pub(crate) async fn upsert_customer(&mut self, email: &str, name: Option<&str>) -> Result<Value, JobError> {
+    pub(crate) async fn upsert_customer(
+        &mut self,
+        email: &str,
+        name: Option<&str>,
+    ) -> Result<Value, JobError> {
         let ctx = self.ctx;
         self.run("lago_customer", || async {
             let c = ctx

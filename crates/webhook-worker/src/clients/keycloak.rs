@@ -246,7 +246,11 @@ impl KeycloakClient {
     /// have these values already. After a PUT the user is read back, because Keycloak ≥ 24
     /// silently drops attributes that its user profile does not declare: those are reported in
     /// [`Synced::dropped`]. A user that does not exist is a 404 from `get_user`.
-    pub async fn sync_attributes(&self, id: &str, values: &[(&str, &str)]) -> Result<Synced, DownstreamError> {
+    pub async fn sync_attributes(
+        &self,
+        id: &str,
+        values: &[(&str, &str)],
+    ) -> Result<Synced, DownstreamError> {
         let mut user = self.get_user(id).await?;
         let has = |user: &Value, key: &str, value: &str| {
             user["attributes"][key]

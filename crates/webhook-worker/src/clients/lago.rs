@@ -198,7 +198,9 @@ impl LagoClient {
             .await
         {
             Ok(_) => Ok(true),
-            Err(e) if e.status == Some(404) && e.code.as_deref() == Some("subscription_not_found") => Ok(false),
+            Err(e) if e.status == Some(404) && e.code.as_deref() == Some("subscription_not_found") => {
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }

@@ -13,7 +13,12 @@ use crate::domain::CheckoutOrder;
 use crate::failure::{Failure, JobError};
 use crate::ordering::{Change, Plan};
 
-pub async fn handle(ctx: &WorkerContext, event: &Envelope, action_key: String, object: &serde_json::Value) -> Result<Done, JobError> {
+pub async fn handle(
+    ctx: &WorkerContext,
+    event: &Envelope,
+    action_key: String,
+    object: &serde_json::Value,
+) -> Result<Done, JobError> {
     let order = CheckoutOrder::from_session(object, &ctx.plans.default_cycle)
         .map_err(|m| Failure::permanent("parse", m))?;
     if !order.is_paid() {

@@ -37,7 +37,11 @@ pub async fn handle(
             change: Change::Invoice { paid },
             action_key,
             checkout: None,
-            audit_type: if paid { "payment.succeeded" } else { "payment.failed" },
+            audit_type: if paid {
+                "payment.succeeded"
+            } else {
+                "payment.failed"
+            },
             details: json!({"stripe_invoice_id": inv.invoice_id, "billing_contact": contact}),
             contact,
         },

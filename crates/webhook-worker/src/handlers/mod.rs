@@ -72,7 +72,9 @@ async fn run_leased(
     if let Some(order) = job.checkout {
         let email = order.email.as_str();
         let user_id = steps.lookup_user(email).await?;
-        let customer = steps.upsert_customer(email, order.customer_name.as_deref()).await?;
+        let customer = steps
+            .upsert_customer(email, order.customer_name.as_deref())
+            .await?;
         ordering::bind(&mut record, Some(&user_id), email, BoundBy::Checkout);
         if let Some(c) = job.customer {
             let account = CustomerAccount {

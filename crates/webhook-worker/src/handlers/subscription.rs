@@ -11,8 +11,14 @@ use crate::domain::SubscriptionChange;
 use crate::failure::{Failure, JobError};
 use crate::ordering::{Change, Plan};
 
-pub async fn updated(ctx: &WorkerContext, event: &Envelope, action_key: String, object: &Value) -> Result<Done, JobError> {
-    let change = SubscriptionChange::from_object(object, &ctx.plans).map_err(|m| Failure::permanent("parse", m))?;
+pub async fn updated(
+    ctx: &WorkerContext,
+    event: &Envelope,
+    action_key: String,
+    object: &Value,
+) -> Result<Done, JobError> {
+    let change =
+        SubscriptionChange::from_object(object, &ctx.plans).map_err(|m| Failure::permanent("parse", m))?;
     let plan = plan_of(ctx, &change).ok_or_else(|| {
         Failure::permanent(
             "parse",
@@ -23,13 +29,38 @@ pub async fn updated(ctx: &WorkerContext, event: &Envelope, action_key: String, 
             ),
         )
     })?;
-    run(ctx, event, action_key, &change, Change::Updated { status: change.status.clone(), plan }, "subscription.updated").await
+    run(
+        ctx,
+        event,
+        action_key,
+        &change,
+        Change::Updated {
+            status: change.status.clone(),
+            plan,
+        },
+        "subscription.updated",
+    )
+    .await
 }
 
-pub async fn deleted(ctx: &WorkerContext, event: &Envelope, action_key: String, object: &Value) -> Result<Done, JobError> {
-    let change = SubscriptionChange::from_object(object, &ctx.plans).map_err(|m| Failure::permanent("parse", m))?;
+pub async fn deleted(
+    ctx: &WorkerContext,
+    event: &Envelope,
+    action_key: String,
+    object: &Value,
+) -> Result<Done, JobError> {
+    let change =
+        SubscriptionChange::from_object(object, &ctx.plans).map_err(|m| Failure::permanent("parse", m))?;
     let plan = plan_of(ctx, &change);
-    run(ctx, event, action_key, &change, Change::Deleted { plan }, "subscription.canceled").await
+    run(
+        ctx,
+        event,
+        action_key,
+        &change,
+        Change::Deleted { plan },
+        "subscription.canceled",
+    )
+    .await
 }
 
 fn plan_of(ctx: &WorkerContext, change: &SubscriptionChange) -> Option<Plan> {
