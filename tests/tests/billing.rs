@@ -736,3 +736,86 @@ async fn same_second_events_apply_in_the_documented_order() {
     );
     env.stop().await;
 }
+
+/// An operator rebinds a subscription to another account: Keycloak (both accounts) and Lago
+/// follow, and `billing show` says so.
+#[tokio::test]
+async fn an_operator_rebinds_a_subscription_to_another_account() {
+    let env = Env::start(&[]).await;
+    let (old, new) = ("old-owner@example.com", "new-owner@example.com");
+    env.sandbox.state.add_user(SeedUser::new(old));
+    env.sandbox.state.add_user(SeedUser::new(new));
+    let (sub, cus, t0) = (env.id("sub"), env.id("cus"), env.t0);
+    assert_eq!(
+        env.deliver("evt_o1", &checkout("evt_o1", t0, &sub, &cus, old, "professional"))
+            .await,
+        "succeeded"
+    );
+    assert_eq!(
+        env.attr(old, "subscription_tier").as_deref(),
+        Some("professional")
+    );
+
+    let out = webhook_tests::webhookctl(
+        &env.ctx.env,
+        &["billing", "rebind", &sub, "--email", "New-Owner@example.com"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("rebound {sub}: {old} → {new}")),
+        "{}",
+        out.stdout
+    );
+    let pool = env.pool.clone();
+    wait_for(
+        "the replayed checkout to be applied",
+        Duration::from_secs(60),
+        || {
+            let pool = pool.clone();
+            async move {
+                let (status, attempts): (String, i32) =
+                    sqlx::query_as("SELECT status, attempts FROM webhook_events WHERE event_id = 'evt_o1'")
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                (status == "succeeded" && attempts == 2).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        env.attr(new, "subscription_tier").as_deref(),
+        Some("professional")
+    );
+    assert_eq!(env.attr(old, "subscription_tier").as_deref(), Some("free"));
+    let live: Vec<Value> = env
+        .sandbox
+        .subscriptions(&sub)
+        .into_iter()
+        .filter(|s| s["status"] == "active")
+        .collect();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0]["external_customer_id"], json!(new));
+
+    let out = webhook_tests::webhookctl(&env.ctx.env, &["billing", "show", &sub, "--json"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let shown: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(shown["account"]["email"], json!(new));
+    assert_eq!(shown["account"]["bound_by"], json!("operator"));
+    assert_eq!(shown["lago"]["customer"], json!(new));
+    // Bad input changes nothing and says what to do.
+    let out =
+        webhook_tests::webhookctl(&env.ctx.env, &["billing", "rebind", &sub, "--email", "nobody"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("not an email address"), "{}", out.stderr);
+    let out = webhook_tests::webhookctl(&env.ctx.env, &["billing", "show", "sub_unknown"]).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("no billing state for subscription sub_unknown"),
+        "{}",
+        out.stderr
+    );
+    env.stop().await;
+}

@@ -159,7 +159,7 @@ pub(crate) async fn keycloak(
     if record.account_id.is_none()
         && let Some(email) = record.account_email.clone()
     {
-        let id = steps.lookup_user(&email).await?;
+        let id = crate::steps::find_account(ctx, &email).await?;
         record.account_id = Some(id.clone());
         lease.save(record).await?;
         if record.bound_by.as_deref() == Some("customer")

@@ -159,35 +159,12 @@ impl Steps<'_> {
         .await
     }
 
-    /// The `keycloak_lookup` step: the one user with this email.
+    /// The `keycloak_lookup` step: the one user with this email (see [`find_account`]).
     pub(crate) async fn lookup_user(&mut self, email: &str) -> Result<String, JobError> {
         let ctx = self.ctx;
         let user = self
             .run_read("keycloak_lookup", || async {
-                let users = ctx
-                    .inline_retry
-                    .run(|| ctx.keycloak.find_users_by_email(email))
-                    .await
-                    .map_err(|e| Failure::downstream("keycloak_lookup", e))?;
-                // Defensive: a Keycloak older than 11 ignores exact=true and matches substrings.
-                let matching: Vec<&Value> = users
-                    .iter()
-                    .filter(|u| u["email"].as_str().is_some_and(|e| e.eq_ignore_ascii_case(email)))
-                    .collect();
-                match matching.as_slice() {
-                    [] => Err(Failure::transient(
-                        "keycloak_lookup",
-                        format!("no Keycloak user has the email {email} yet (the account may still be being created; retried through the schedule)"),
-                    )),
-                    [u] => Ok(json!({"user_id": u["id"], "username": u["username"]})),
-                    many => Err(Failure::permanent(
-                        "keycloak_lookup",
-                        format!(
-                            "{} Keycloak users share the email {email}; merge them or make emails unique in the realm, then requeue",
-                            many.len()
-                        ),
-                    )),
-                }
+                find_account(ctx, email).await.map(|id| json!({"user_id": id}))
             })
             .await?;
         Ok(user["user_id"].as_str().unwrap_or_default().to_owned())
@@ -225,5 +202,37 @@ impl Steps<'_> {
         self.unrecorded_change = false;
         self.done.insert("audit".into(), json!({}));
         Ok(())
+    }
+}
+
+/// The id of the one Keycloak user with this email. None yet is transient (the account may
+/// still be being created: retried through the schedule); several is permanent.
+pub(crate) async fn find_account(ctx: &WorkerContext, email: &str) -> Result<String, Failure> {
+    let users = ctx
+        .inline_retry
+        .run(|| ctx.keycloak.find_users_by_email(email))
+        .await
+        .map_err(|e| Failure::downstream("keycloak_lookup", e))?;
+    // Defensive: a Keycloak older than 11 ignores exact=true and matches substrings.
+    let matching: Vec<&Value> = users
+        .iter()
+        .filter(|u| u["email"].as_str().is_some_and(|e| e.eq_ignore_ascii_case(email)))
+        .collect();
+    match matching.as_slice() {
+        [] => Err(Failure::transient(
+            "keycloak_lookup",
+            format!(
+                "no Keycloak user has the email {email} yet (the account may still be being created; retried \
+                 through the schedule)"
+            ),
+        )),
+        [u] => Ok(u["id"].as_str().unwrap_or_default().to_owned()),
+        many => Err(Failure::permanent(
+            "keycloak_lookup",
+            format!(
+                "{} Keycloak users share the email {email}; merge them or make emails unique in the realm, then requeue",
+                many.len()
+            ),
+        )),
     }
 }

@@ -35,6 +35,9 @@ pub enum Command {
     /// Event history from Postgres.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// The billing state of a Stripe subscription: look at it, or rebind it to another account.
+    #[command(subcommand)]
+    Billing(BillingCommand),
     /// Publish a stored event again from its payload (e.g. after fixing its cause). Safe: the
     /// worker's ledger makes a second run of a finished event change nothing.
     Replay {
@@ -44,6 +47,32 @@ pub enum Command {
     /// Sign a realistic checkout.session.completed event with the configured secret and POST it to
     /// the ingest, like `stripe trigger`. Safe: it goes through the normal pipeline.
     SendTestEvent(SendTestEventArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BillingCommand {
+    /// A subscription's billing state: status, plan, the Keycloak account it is bound to, its
+    /// watermark and tombstone, and what Lago was brought to. Read-only.
+    Show {
+        /// The Stripe subscription id (sub_…).
+        subscription_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bind a subscription to the Keycloak account with EMAIL (e.g. the buyer's account was
+    /// replaced by another), then replay its newest event so that the worker brings Keycloak
+    /// (both accounts) and Lago to the new binding. Events never rebind by themselves. Safe to
+    /// repeat; run it while no event of the subscription is in flight.
+    Rebind {
+        /// The Stripe subscription id (sub_…).
+        subscription_id: String,
+        /// The email of the Keycloak account that owns the subscription now.
+        #[arg(long)]
+        email: String,
+        /// Record the binding only; the next event of the subscription applies it.
+        #[arg(long)]
+        no_replay: bool,
+    },
 }
 
 /// Which dead letters a command touches. Several criteria must all match.

@@ -7,7 +7,7 @@ pub mod commands;
 pub mod progress;
 pub mod test_event;
 
-pub use cli::{Cli, Command, DlqCommand, EventsCommand};
+pub use cli::{BillingCommand, Cli, Command, DlqCommand, EventsCommand};
 
 use webhook_core::Settings;
 
@@ -20,12 +20,21 @@ pub struct UsageError(pub String);
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     webhook_core::telemetry::init(&format!("warn,{}", cli.log_level), &settings.log.format);
-    use commands::{dlq, events, replay, send_test_event, setup};
+    use commands::{billing, dlq, events, replay, send_test_event, setup};
     match cli.command {
         Command::Migrate => setup::migrate(&settings).await,
         Command::Setup => setup::setup(&settings).await,
         Command::SendTestEvent(args) => send_test_event::run(&settings, args).await,
         Command::Replay { event_id } => replay::run(&settings, &event_id).await,
+        Command::Billing(BillingCommand::Show {
+            subscription_id,
+            json,
+        }) => billing::show(&settings, &subscription_id, json).await,
+        Command::Billing(BillingCommand::Rebind {
+            subscription_id,
+            email,
+            no_replay,
+        }) => billing::rebind(&settings, &subscription_id, &email, !no_replay).await,
         Command::Events(EventsCommand::Show { event_id, json }) => {
             events::show(&settings, &event_id, json).await
         }
