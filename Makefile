@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 1
 
-.PHONY: services build release run test unit lint fmt ci clean-test-resources deploy-check chaos fuzz deny bench
+.PHONY: services build release run test unit lint fmt ci clean-test-resources deploy-check chaos model fuzz deny bench
 
 ## Make sure PostgreSQL and RabbitMQ run (installs them on Debian when absent) and the database exists.
 services:
@@ -37,6 +37,10 @@ deploy-check: services build
 chaos: services build
 	CHAOS_EVENTS=$${CHAOS_EVENTS:-3000} CHAOS_SECONDS=$${CHAOS_SECONDS:-120} CHAOS_REAL_RESTARTS=$${CHAOS_REAL_RESTARTS:-1} \
 		$(CARGO) test -p webhook-tests --test chaos -- --nocapture
+
+## The billing model property test, longer than in `make test` (PROPTEST_CASES, default 2000).
+model: services build
+	PROPTEST_CASES=$${PROPTEST_CASES:-2000} $(CARGO) test -p webhook-tests --test billing_model -- --nocapture
 
 ## Coverage-guided fuzzing of the untrusted-input parsers (FUZZ_SECONDS per target, default 60).
 fuzz:
