@@ -56,3 +56,7 @@ CREATE INDEX stripe_subscriptions_account ON stripe_subscriptions (account_id) W
 -- from an invoice's customer_email); the worker looks the account up by it when it needs the
 -- fallback, and then remembers the account's id.
 UPDATE stripe_customers SET account_email = email WHERE account_id IS NULL;
+
+-- The attempt whose outcome the event's status is: an outcome never overwrites that of a later
+-- attempt (two copies of one event finishing in the other order).
+ALTER TABLE webhook_events ADD COLUMN outcome_attempt integer;

@@ -611,6 +611,7 @@ async fn outcomes_that_wait_for_a_writer_share_one_durable_write() {
     let writer = OutcomeWriter::start(store, 2, batch_size.clone());
     let outcome = |id: &str, status, last_error: Option<&str>, error: Option<ErrorRecord>| Outcome {
         event_id: id.to_owned(),
+        attempt: 1,
         status,
         last_error: last_error.map(str::to_owned),
         error,
@@ -720,6 +721,35 @@ async fn outcomes_that_wait_for_a_writer_share_one_durable_write() {
         errors,
         vec![(ids[2].clone(), "retry_scheduled".to_string(), stored)]
     );
+
+    // Two copies of one event: the later attempt (2) finished first; the earlier attempt's
+    // outcome, written after it, does not overwrite it, alone or in one batch with it.
+    let copy = |attempt, status| Outcome {
+        attempt,
+        ..outcome(&ids[3], status, None, None)
+    };
+    writer.record(copy(2, EventStatus::Succeeded)).await.unwrap();
+    writer.record(copy(1, EventStatus::DeadLettered)).await.unwrap();
+    let store = Store::connect_lazy_with(&ctx.settings().database, Commits::Durable).unwrap();
+    let (late, early) = (copy(3, EventStatus::Succeeded), copy(1, EventStatus::Retrying));
+    webhook_store::events::record_outcomes(&store, &[&late, &early])
+        .await
+        .unwrap();
+    let status: String = sqlx::query_scalar("SELECT status FROM webhook_events WHERE event_id = $1")
+        .bind(&ids[3])
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        status, "succeeded",
+        "an outcome never overwrites that of a later attempt"
+    );
+    let attempt: i32 = sqlx::query_scalar("SELECT outcome_attempt FROM webhook_events WHERE event_id = $1")
+        .bind(&ids[3])
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(attempt, 3);
     drop(writer);
     ctx.cleanup().await;
 }

@@ -27,6 +27,8 @@ pub const CONTENT_TYPE_JSON: &str = "application/json";
 pub enum ErrorKind {
     Transient,
     Permanent,
+    /// Our own infrastructure failed the message, not the job (e.g. its retry queue is missing).
+    Infrastructure,
 }
 
 impl ErrorKind {
@@ -34,6 +36,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Transient => "transient",
             ErrorKind::Permanent => "permanent",
+            ErrorKind::Infrastructure => "infrastructure",
         }
     }
 }

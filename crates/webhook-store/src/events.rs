@@ -144,6 +144,9 @@ pub struct ErrorRecord {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub event_id: String,
+    /// The attempt it is the outcome of (from [`start_attempt`]; 0 when unknown): an outcome
+    /// never overwrites that of a later attempt (a concurrent copy that finished first).
+    pub attempt: i32,
     pub status: EventStatus,
     /// Kept as the event's `last_error` (a skip's reason, a failure's message).
     pub last_error: Option<String>,
@@ -165,16 +168,19 @@ pub struct Outcome {
 /// `event_errors`. A NUL character (which Postgres text cannot hold, and which a downstream
 /// error body may contain) is stored as U+FFFD.
 pub async fn record_outcomes(store: &Store, outcomes: &[&Outcome]) -> Result<(), sqlx::Error> {
-    // Per event, in event-id order: (id, status, last_error). The sort is stable, so an event's
-    // outcomes stay in the order given and fold into the last of them.
+    // Per event, in event-id order: (id, status, last_error, attempt). The sort is stable, so an
+    // event's outcomes stay in the order given and fold into the last of its latest attempt.
     let mut by_id: Vec<&Outcome> = outcomes.to_vec();
     by_id.sort_by(|a, b| a.event_id.cmp(&b.event_id));
-    let mut latest: Vec<(&str, EventStatus, Option<&str>)> = Vec::with_capacity(by_id.len());
+    let mut latest: Vec<(&str, EventStatus, Option<&str>, i32)> = Vec::with_capacity(by_id.len());
     for o in by_id {
         let last_error = o.last_error.as_deref();
         match latest.last_mut() {
-            Some(l) if l.0 == o.event_id => *l = (l.0, o.status, last_error.or(l.2)),
-            _ => latest.push((&o.event_id, o.status, last_error)),
+            Some(l) if l.0 == o.event_id && o.attempt >= l.3 => {
+                *l = (l.0, o.status, last_error.or(l.2), o.attempt)
+            }
+            Some(l) if l.0 == o.event_id => {}
+            _ => latest.push((&o.event_id, o.status, last_error, o.attempt)),
         }
     }
     let ids: Vec<&str> = latest.iter().map(|l| l.0).collect();
@@ -199,9 +205,10 @@ pub async fn record_outcomes(store: &Store, outcomes: &[&Outcome]) -> Result<(),
              SELECT * FROM UNNEST($5::text[], $6::int[], $7::text[], $8::text[], $9::text[], $10::text[])
          )
          UPDATE webhook_events e SET status = o.status, last_error = coalesce(o.last_error, e.last_error),
-                updated_at = now(), completed_at = CASE WHEN o.terminal THEN now() ELSE e.completed_at END
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::boolean[]) AS o(event_id, status, last_error, terminal)
-         WHERE e.event_id = o.event_id",
+                updated_at = now(), completed_at = CASE WHEN o.terminal THEN now() ELSE e.completed_at END,
+                outcome_attempt = o.attempt
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::boolean[], $11::int[]) AS o(event_id, status, last_error, terminal, attempt)
+         WHERE e.event_id = o.event_id AND coalesce(e.outcome_attempt, 0) <= o.attempt",
     )
     .bind(&ids)
     .bind(&statuses)
@@ -212,7 +219,8 @@ pub async fn record_outcomes(store: &Store, outcomes: &[&Outcome]) -> Result<(),
     .bind(errors.iter().map(|(_, e)| e.step.as_deref()).collect::<Vec<_>>())
     .bind(errors.iter().map(|(_, e)| e.kind.as_str()).collect::<Vec<_>>())
     .bind(errors.iter().map(|(_, e)| storable(&e.error)).collect::<Vec<_>>())
-    .bind(errors.iter().map(|(_, e)| e.action.as_str()).collect::<Vec<_>>());
+    .bind(errors.iter().map(|(_, e)| e.action.as_str()).collect::<Vec<_>>())
+    .bind(latest.iter().map(|l| l.3).collect::<Vec<_>>());
     match store.commits {
         Commits::Durable => {
             query.execute(&store.pool).await?;

@@ -10,9 +10,11 @@
 pub mod audit;
 pub mod billing;
 pub mod events;
+pub mod fault;
 pub mod ledger;
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
@@ -30,6 +32,8 @@ pub struct Store {
     pub pool: PgPool,
     /// How the pool's commits behave.
     pub commits: Commits,
+    /// Connections opened before this instant are closed instead of used (see [`Store::recycle`]).
+    recycle_before: Arc<Mutex<Option<Instant>>>,
 }
 
 /// When a commit on the pool's connections returns.
@@ -66,12 +70,35 @@ impl Store {
         // every statement. A connection that died with its server fails its next statement
         // instead, is dropped by the pool, and that failure is handled like Postgres being
         // down (the ingest answers 503, the worker waits and retries).
+        let recycle_before: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let before = recycle_before.clone();
         let pool = PgPoolOptions::new()
             .test_before_acquire(false)
             .max_connections(db.max_connections)
             .acquire_timeout(Duration::from_secs(db.acquire_timeout_secs))
+            .before_acquire(move |_, meta| {
+                let recycle = before
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_some_and(|at| {
+                        Instant::now()
+                            .checked_sub(meta.age)
+                            .is_some_and(|opened| opened < at)
+                    });
+                Box::pin(async move { Ok(!recycle) })
+            })
             .connect_lazy_with(options);
-        Ok(Self { pool, commits })
+        Ok(Self {
+            pool,
+            commits,
+            recycle_before,
+        })
+    }
+
+    /// Replaces every pooled connection opened until now by a new one, as it is next taken
+    /// (after a failover, the old ones may still point at the server that became read-only).
+    pub fn recycle(&self) {
+        *self.recycle_before.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
     }
 
     /// Applies pending migrations. Idempotent; safe to run from several replicas at once

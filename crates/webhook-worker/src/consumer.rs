@@ -17,11 +17,15 @@ use webhook_amqp::lapin::options::{
 };
 use webhook_amqp::lapin::types::FieldTable;
 use webhook_store::events::{ErrorRecord, EventStatus, Outcome};
+use webhook_store::fault::DbFault;
 
 use crate::context::WorkerContext;
 use crate::dispatch::{self, Done};
-use crate::failure::JobError;
+use crate::failure::{Failure, JobError};
+use crate::health::Hold;
 use crate::retry::{self, Next};
+use webhook_amqp::PublishError;
+use webhook_core::message::ErrorKind;
 
 /// Consumes until `shutdown` turns true, then waits up to `drain_timeout` for in-flight jobs.
 pub async fn run(
@@ -117,6 +121,7 @@ async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, mut shutdown: watch
     ctx.metrics.in_flight.inc();
     let started = Instant::now();
     let retries = retry::retries_so_far(&delivery);
+    let mut hold = Hold::new(ctx.health.clone());
     let (event_type, outcome) = loop {
         let processed = dispatch::process(&ctx, Bytes::copy_from_slice(&delivery.data)).await;
         let event_type = processed
@@ -125,11 +130,24 @@ async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, mut shutdown: watch
             .map(|e| e.event_type.clone())
             .or_else(|| delivery.properties.kind().as_ref().map(|t| t.as_str().to_owned()))
             .unwrap_or_else(|| "unknown".into());
-        if let Err(JobError::Infrastructure(msg)) = &processed.result {
-            // Postgres is down: nothing can be recorded. Keep the message (unacked) and try
-            // again once it is back, so an outage neither loses nor burns through retries.
-            tracing::warn!(error = %msg, "infrastructure unavailable; holding the message until it is back");
-            if !wait_for_store(&ctx, &mut shutdown).await {
+        if let Err(JobError::Infrastructure(unavailable)) = &processed.result {
+            // Postgres cannot take the work (down, read-only, full, …): nothing can be recorded.
+            // Keep the message (unacked) and try again with a growing delay, so an outage
+            // neither loses nor burns through the retries, nor spins.
+            let delay = hold.wait(unavailable);
+            if unavailable.recycle {
+                ctx.store.recycle();
+                ctx.outcomes.recycle();
+            }
+            tracing::warn!(
+                error = %unavailable, retry_in_ms = delay.as_millis() as u64,
+                "Postgres unavailable; holding the message"
+            );
+            let resumed = tokio::select! {
+                _ = tokio::time::sleep(delay) => wait_for_store(&ctx, &mut shutdown).await,
+                _ = shutdown.changed() => false,
+            };
+            if !resumed || *shutdown.borrow() {
                 let _ = delivery
                     .nack(BasicNackOptions {
                         requeue: true,
@@ -140,6 +158,7 @@ async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, mut shutdown: watch
             }
             continue;
         }
+        drop(hold);
         let outcome = settle(&ctx, &delivery, &event_type, processed, retries, &mut shutdown).await;
         break (event_type, outcome);
     };
@@ -176,8 +195,10 @@ async fn settle(
     shutdown: &mut watch::Receiver<bool>,
 ) -> &'static str {
     let event_id = processed.envelope.as_ref().map(|e| e.id.to_string());
+    let attempt = processed.attempt;
     let outcome_of = |id: &str, status, last_error: Option<&str>, error: Option<ErrorRecord>| Outcome {
         event_id: id.to_owned(),
+        attempt,
         status,
         last_error: last_error.map(str::to_owned),
         error,
@@ -223,32 +244,17 @@ async fn settle(
         }
         Err(JobError::Infrastructure(_)) => unreachable!("handled by the caller"),
         Err(JobError::Failed(failure)) => {
-            let next = retry::next(ctx, &failure, retries);
-            let (published, outcome, status, action) = match &next {
-                Next::Retry { attempt, queue, .. } => (
-                    retry::schedule(ctx, delivery, event_type, &failure, *attempt, queue).await,
-                    "retry_scheduled",
-                    EventStatus::Retrying,
-                    "retry_scheduled",
-                ),
-                Next::DeadLetter => (
-                    retry::dead_letter(ctx, delivery, event_type, &failure, retries).await,
-                    "dead_lettered",
-                    EventStatus::DeadLettered,
-                    "dead_lettered",
-                ),
+            let Some((next, failure)) =
+                route_failure(ctx, delivery, event_type, failure, retries, shutdown).await
+            else {
+                // Neither the retry tier nor the dead-letter queue took it: back to the work
+                // queue (after a delay), to be tried again.
+                return give_back(delivery).await;
             };
-            if let Err(e) = published {
-                tracing::warn!(error = %e, "could not re-publish the failed message; returning it to the queue");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
-                return "requeued";
-            }
+            let (outcome, status, action) = match &next {
+                Next::Retry { .. } => ("retry_scheduled", EventStatus::Retrying, "retry_scheduled"),
+                Next::DeadLetter => ("dead_lettered", EventStatus::DeadLettered, "dead_lettered"),
+            };
             if let Some(id) = &event_id {
                 let error_record = ErrorRecord {
                     attempt: retries as i32 + 1,
@@ -276,22 +282,104 @@ async fn settle(
 /// while it is down, so that an acked message always has its outcome recorded. False only when
 /// shutdown came first.
 async fn record(ctx: &WorkerContext, shutdown: &mut watch::Receiver<bool>, outcome: &Outcome) -> bool {
+    let mut hold = Hold::new(ctx.health.clone());
     loop {
         match ctx.outcomes.record(outcome.clone()).await {
             Ok(()) => return true,
             Err(e) => {
-                tracing::warn!(error = %e, "could not record the event's outcome; waiting for Postgres");
-                if !wait_for_store(ctx, shutdown).await {
-                    return false;
+                let (reason, recycle) = match webhook_store::fault::classify(&e) {
+                    DbFault::Unavailable { reason, recycle } => (reason, recycle),
+                    // Refused (a schema older than this worker): nothing to do but wait for
+                    // the fix (`webhookctl migrate`); the message is never acked unrecorded.
+                    DbFault::Refused { reason, .. } => (reason, false),
+                };
+                if recycle {
+                    ctx.store.recycle();
+                    ctx.outcomes.recycle();
                 }
-                // Postgres answers, yet refused the write: do not retry in a tight loop.
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.changed() => {}
+                let delay = hold.wait(&crate::failure::Unavailable { reason, recycle });
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "could not record the event's outcome; holding the message");
+                let resumed = tokio::select! {
+                    _ = tokio::time::sleep(delay) => wait_for_store(ctx, shutdown).await,
+                    _ = shutdown.changed() => false,
+                };
+                if !resumed || *shutdown.borrow() {
+                    return false;
                 }
             }
         }
     }
+}
+
+/// How many times a refused re-publish is tried again (with the hold delays) before the next
+/// way out: a missing or refusing retry queue sends the message to the dead-letter queue.
+const REPUBLISH_TRIES: usize = 3;
+
+/// Re-publishes a failed message where it goes next ([`retry::next`]), with a confirm. A retry
+/// queue that does not exist (a changed schedule with the topology not declared again) or that
+/// keeps refusing sends the message to the dead-letter queue instead, as an infrastructure
+/// failure that says so. Returns where it went and the failure it carries; `None` when even the
+/// dead-letter queue refused it (after delays: the message then goes back to the work queue).
+async fn route_failure(
+    ctx: &WorkerContext,
+    delivery: &Delivery,
+    event_type: &str,
+    failure: Failure,
+    retries: u32,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(Next, Failure)> {
+    let mut next = retry::next(ctx, &failure, retries);
+    let mut failure = failure;
+    let mut delays = crate::health::backoff();
+    for attempt in 0.. {
+        let published = match &next {
+            Next::Retry { attempt, queue, .. } => {
+                retry::schedule(ctx, delivery, event_type, &failure, *attempt, queue).await
+            }
+            Next::DeadLetter => retry::dead_letter(ctx, delivery, event_type, &failure, retries).await,
+        };
+        let e = match published {
+            Ok(()) => return Some((next, failure)),
+            Err(e) => e,
+        };
+        let unroutable = matches!(e, PublishError::Returned(_));
+        if let Next::Retry { queue, .. } = &next
+            && (unroutable || attempt + 1 >= REPUBLISH_TRIES)
+        {
+            let why = if unroutable {
+                format!("the retry queue {queue} does not exist")
+            } else {
+                format!("the retry queue {queue} refused the message ({e})")
+            };
+            tracing::error!(%queue, error = %e, "cannot schedule a retry; dead-lettering the message");
+            failure = Failure {
+                kind: ErrorKind::Infrastructure,
+                step: failure.step,
+                message: format!(
+                    "{why}, so the retry could not be scheduled: declare the topology (`webhookctl setup`), then \
+                     requeue. The job had failed with: {}",
+                    failure.message
+                ),
+            };
+            next = Next::DeadLetter;
+            continue;
+        }
+        if matches!(next, Next::DeadLetter) && attempt + 1 >= 2 * REPUBLISH_TRIES {
+            tracing::error!(error = %e, "the dead-letter queue refused the message too; returning it to the queue");
+            tokio::select! {
+                _ = tokio::time::sleep(delays.next().unwrap_or(crate::health::HOLD_MAX)) => {}
+                _ = shutdown.changed() => {}
+            }
+            return None;
+        }
+        let delay = delays.next().unwrap_or(crate::health::HOLD_MAX);
+        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "could not re-publish the failed message; trying again");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return None,
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// Returns the message to the queue: its redelivery finds the ledger done and records the outcome.

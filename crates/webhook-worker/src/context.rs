@@ -29,6 +29,8 @@ pub struct WorkerContext {
     /// The subscription lease's timing.
     pub lease: crate::lease::LeaseTiming,
     pub metrics: Metrics,
+    /// Jobs held for Postgres, missing queues: for `/readyz`.
+    pub health: std::sync::Arc<crate::health::Health>,
     /// The Keycloak attribute that receives the tier (`subscription_tier`).
     pub tier_attribute: String,
     /// The optional Keycloak attribute that receives the billing status (`billing_status`);

@@ -33,6 +33,8 @@ pub enum Done {
 pub struct Processed {
     /// `None` when the body is not a Stripe event at all.
     pub envelope: Option<Envelope>,
+    /// The attempt number recorded for the event (0 when none could be recorded).
+    pub attempt: i32,
     pub result: Result<Done, JobError>,
 }
 
@@ -42,18 +44,21 @@ pub async fn process(ctx: &WorkerContext, body: Bytes) -> Processed {
         Err(e) => {
             return Processed {
                 envelope: None,
+                attempt: 0,
                 result: Err(Failure::permanent("parse", format!("malformed message: {e}")).into()),
             };
         }
     };
-    let result = handle(ctx, &envelope).await;
+    let mut attempt = 0;
+    let result = handle(ctx, &envelope, &mut attempt).await;
     Processed {
         envelope: Some(envelope),
+        attempt,
         result,
     }
 }
 
-async fn handle(ctx: &WorkerContext, event: &Envelope) -> Result<Done, JobError> {
+async fn handle(ctx: &WorkerContext, event: &Envelope, attempt: &mut i32) -> Result<Done, JobError> {
     if !HANDLED_EVENT_TYPES.contains(&event.event_type.as_str()) {
         return Err(Failure::permanent(
             "dispatch",
@@ -65,7 +70,7 @@ async fn handle(ctx: &WorkerContext, event: &Envelope) -> Result<Done, JobError>
         .into());
     }
     let action_key = action_key(event);
-    events::start_attempt(&ctx.store.pool, event, action_key.as_deref()).await?;
+    *attempt = events::start_attempt(&ctx.store.pool, event, action_key.as_deref()).await?;
     let action_key = action_key
         .ok_or_else(|| Failure::permanent("parse", "malformed message: the event has no data.object.id"))?;
     let body: Value = serde_json::from_slice(&event.body)

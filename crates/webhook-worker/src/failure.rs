@@ -1,6 +1,7 @@
 //! How a job can fail, and what that means for the message.
 
 use webhook_core::message::ErrorKind;
+use webhook_store::fault::{self, DbFault};
 
 use crate::clients::DownstreamError;
 
@@ -43,13 +44,34 @@ pub enum JobError {
     /// The job failed; the message moves on (retry tier or dead letter).
     Failed(Failure),
     /// Our own infrastructure (Postgres) is unavailable: nothing can be recorded, so the
-    /// message is returned to the queue untouched and tried again once it is back.
-    Infrastructure(String),
+    /// message is held (unacked) and tried again with a growing delay until it is back.
+    Infrastructure(Unavailable),
 }
 
+/// Postgres cannot take the work now (see [`webhook_store::fault`]).
+#[derive(Debug, Clone)]
+pub struct Unavailable {
+    pub reason: String,
+    /// The pool's connections may point at the wrong server (a failover): replace them.
+    pub recycle: bool,
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// By SQLSTATE: Postgres unavailable (held), or the job's statement refused (retried through
+/// the schedule, then dead-lettered with the SQLSTATE in `x-error`).
 impl From<sqlx::Error> for JobError {
     fn from(e: sqlx::Error) -> Self {
-        JobError::Infrastructure(format!("Postgres: {e}"))
+        match fault::classify(&e) {
+            DbFault::Unavailable { reason, recycle } => {
+                JobError::Infrastructure(Unavailable { reason, recycle })
+            }
+            DbFault::Refused { reason, .. } => JobError::Failed(Failure::transient("postgres", reason)),
+        }
     }
 }
 

@@ -13,15 +13,28 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+/// 200 when Postgres and RabbitMQ answer, no job is held for Postgres and every queue of the
+/// topology exists; else 503 saying which.
 pub async fn readyz(ctx: web::Data<Arc<WorkerContext>>) -> HttpResponse {
     let postgres = ctx.store.is_ready().await;
     let rabbitmq = ctx.broker.is_connected();
-    let body = json!({
-        "status": if postgres && rabbitmq { "ready" } else { "not_ready" },
-        "postgres": if postgres { "up" } else { "down" },
+    let held = ctx.health.held_because();
+    let missing = ctx.health.missing_queues();
+    let ready = postgres && rabbitmq && held.is_none() && missing.is_empty();
+    let mut body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "postgres": match (postgres, &held) {
+            (false, _) => "down".to_owned(),
+            (true, Some(why)) => format!("holding jobs: {why}"),
+            (true, None) => "up".to_owned(),
+        },
         "rabbitmq": if rabbitmq { "up" } else { "down" },
     });
-    if postgres && rabbitmq {
+    if !missing.is_empty() {
+        body["missing_queues"] = json!(missing);
+        body["fix"] = json!("declare the topology: `webhookctl setup` (or the deploy's definitions)");
+    }
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
@@ -37,25 +50,46 @@ pub async fn metrics(ctx: web::Data<Arc<WorkerContext>>) -> HttpResponse {
         .body(ctx.metrics.render())
 }
 
-/// Samples the depth of every queue of the topology every `every` (passive declares).
+/// Samples the depth of every queue of the topology every `every` (passive declares), and
+/// which of them are missing (for `/readyz` and `webhook_worker_queue_missing`).
 pub async fn sample_queue_depths(ctx: Arc<WorkerContext>, every: Duration) {
     loop {
-        if let Some(link) = ctx.broker.current()
-            && let Ok(channel) = link.connection.create_channel().await
-        {
+        if let Some(link) = ctx.broker.current() {
             // Sample the whole round first, then publish it: a scrape never sees half a round.
             let mut depths = Vec::new();
+            let mut exists = Vec::new();
+            let mut channel = None;
             for queue in ctx.broker.topology().all_queues() {
-                match queue_depth(&channel, queue).await {
-                    Ok(n) => depths.push((queue, i64::from(n))),
-                    Err(_) => break, // a missing queue closes the channel; try again next round
+                if channel.is_none() {
+                    channel = link.connection.create_channel().await.ok();
+                }
+                let Some(ch) = &channel else { break };
+                match queue_depth(ch, queue).await {
+                    Ok(n) => {
+                        depths.push((queue, i64::from(n)));
+                        exists.push((queue.to_owned(), true));
+                    }
+                    // A missing queue closes the channel: the next queue gets a new one.
+                    Err(e) if is_not_found(&e) => {
+                        exists.push((queue.to_owned(), false));
+                        channel = None;
+                    }
+                    Err(_) => break,
                 }
             }
             for (queue, depth) in depths {
                 ctx.metrics.queue_depth.with_label_values(&[queue]).set(depth);
             }
-            let _ = channel.close(200, "sampled".into()).await;
+            ctx.health.set_queues(&exists);
+            if let Some(ch) = channel {
+                let _ = ch.close(200, "sampled".into()).await;
+            }
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// The broker's 404 NOT_FOUND to a passive declare.
+fn is_not_found(e: &webhook_amqp::lapin::Error) -> bool {
+    e.to_string().contains("NOT_FOUND")
 }

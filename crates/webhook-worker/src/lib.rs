@@ -27,6 +27,7 @@ pub mod domain;
 pub mod entitlement;
 pub mod failure;
 pub mod handlers;
+pub mod health;
 pub mod http;
 pub mod lease;
 pub mod metrics;
@@ -134,6 +135,7 @@ impl Application {
                 max_delay: Duration::from_millis(w.inline_retry_max_ms),
             },
             lease: lease::LeaseTiming::new(w.lease_secs),
+            health: health::Health::new(metrics.jobs_held.clone(), metrics.queue_missing.clone()),
             metrics,
             tier_attribute: settings.keycloak.tier_attribute.clone(),
             status_attribute: Some(settings.keycloak.status_attribute.trim().to_owned())

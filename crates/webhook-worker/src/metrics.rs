@@ -30,6 +30,10 @@ pub struct Metrics {
     pub attribute_dropped: IntCounterVec,
     /// Syncs that found the subscription's Keycloak account deleted.
     pub accounts_missing: IntCounter,
+    /// Messages held (unacked) because Postgres cannot take work.
+    pub jobs_held: IntGauge,
+    /// 1 for each queue of the topology that does not exist (sampled).
+    pub queue_missing: IntGaugeVec,
 }
 
 /// Downstream calls by service, operation and HTTP status (`error` when there was no answer).
@@ -124,6 +128,19 @@ impl Metrics {
             "Keycloak accounts of subscriptions that no longer exist (recorded, not retried)",
         )
         .unwrap();
+        let jobs_held = IntGauge::new(
+            "webhook_worker_jobs_held",
+            "Messages held because Postgres cannot take work (down, read-only, disk full, …)",
+        )
+        .unwrap();
+        let queue_missing = IntGaugeVec::new(
+            Opts::new(
+                "webhook_worker_queue_missing",
+                "1 when a queue of the topology does not exist (declare it: webhookctl setup)",
+            ),
+            &["queue"],
+        )
+        .unwrap();
         let downstream = DownstreamMetrics { calls, duration };
         for c in [
             Box::new(jobs.clone()) as Box<dyn prometheus::core::Collector>,
@@ -137,6 +154,8 @@ impl Metrics {
             Box::new(outcome_batch_size.clone()),
             Box::new(attribute_dropped.clone()),
             Box::new(accounts_missing.clone()),
+            Box::new(jobs_held.clone()),
+            Box::new(queue_missing.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -152,6 +171,8 @@ impl Metrics {
             outcome_batch_size,
             attribute_dropped,
             accounts_missing,
+            jobs_held,
+            queue_missing,
         }
     }
 

@@ -30,6 +30,7 @@ struct Pending {
 #[derive(Clone)]
 pub struct OutcomeWriter {
     pending: mpsc::Sender<Pending>,
+    store: Store,
 }
 
 impl OutcomeWriter {
@@ -42,7 +43,12 @@ impl OutcomeWriter {
         for _ in 0..writers.max(1) {
             tokio::spawn(writer(store.clone(), rx.clone(), batch_size.clone()));
         }
-        Self { pending: tx }
+        Self { pending: tx, store }
+    }
+
+    /// Replaces the writers' connections (see [`Store::recycle`]).
+    pub fn recycle(&self) {
+        self.store.recycle();
     }
 
     /// Outcomes handed over and not yet taken by a writer.

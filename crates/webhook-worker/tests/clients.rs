@@ -441,3 +441,74 @@ async fn inline_retry_honours_retry_after_then_succeeds() {
         "waited for Retry-After"
     );
 }
+
+#[tokio::test]
+async fn lago_customer_create_race_is_retried_once_as_the_upsert_it_is() {
+    let server = MockServer::start().await;
+    // The concurrent create's loser: Lago's RecordNotUnique answer.
+    Mock::given(method("POST"))
+        .and(path("/api/v1/customers"))
+        .respond_with(ResponseTemplate::new(422).set_body_json(json!({
+            "status": 422, "error": "Unprocessable Entity", "code": "validation_errors",
+            "error_details": {"external_id": ["value_already_exist"]}
+        })))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/customers"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "customer": {"lago_id": "c1", "external_id": "ada@example.com"}
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let c = lago(&server, 2000)
+        .upsert_customer("ada@example.com", "ada@example.com", None)
+        .await
+        .unwrap();
+    assert_eq!(c["lago_id"], "c1");
+
+    // Any other 422 is not retried.
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/customers"))
+        .respond_with(ResponseTemplate::new(422).set_body_json(json!({
+            "status": 422, "code": "validation_errors", "error_details": {"email": ["invalid_format"]}
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let e = lago(&server, 2000)
+        .upsert_customer("ada@example.com", "bad", None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Permanent);
+}
+
+#[tokio::test]
+async fn keycloak_sync_writes_nothing_when_the_attributes_are_already_there() {
+    let server = MockServer::start().await;
+    token_endpoint(&server, "tok", 1).await;
+    let mut u = user("u1", "ada@example.com");
+    u["attributes"]["subscription_tier"] = json!(["pro"]);
+    Mock::given(method("GET"))
+        .and(path("/admin/realms/uchub/users/u1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(u))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path("/admin/realms/uchub/users/u1"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let synced = keycloak(&server, 2000)
+        .sync_attributes("u1", &[("subscription_tier", "pro")])
+        .await
+        .unwrap();
+    assert!(!synced.written);
+    assert!(synced.dropped.is_empty());
+}

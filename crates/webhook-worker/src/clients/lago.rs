@@ -111,14 +111,19 @@ impl LagoClient {
         if let Some(n) = name {
             customer["name"] = json!(n);
         }
-        let resp = self
-            .call(
-                "create_customer",
-                Method::POST,
-                "/customers",
-                Some(&json!({"customer": customer})),
-            )
-            .await?;
+        let body = json!({"customer": customer});
+        let resp = match self
+            .call("create_customer", Method::POST, "/customers", Some(&body))
+            .await
+        {
+            // Two jobs created the same new customer at once and this one lost the race
+            // (`RecordNotUnique`): the customer exists now, so the same upsert updates it.
+            Err(e) if e.status == Some(422) && e.message.contains("value_already_exist") => {
+                self.call("create_customer", Method::POST, "/customers", Some(&body))
+                    .await?
+            }
+            other => other?,
+        };
         Self::json(resp, "create_customer", "customer").await
     }
 
