@@ -52,10 +52,54 @@ WHERE last_event_type = 'customer.subscription.deleted';
 -- An account's subscriptions, for its tier (several subscriptions of one account).
 CREATE INDEX stripe_subscriptions_account ON stripe_subscriptions (account_id) WHERE account_id IS NOT NULL;
 
--- Customers learned before this migration: their email was the account's (from a checkout, or
--- from an invoice's customer_email); the worker looks the account up by it when it needs the
--- fallback, and then remembers the account's id.
-UPDATE stripe_customers SET account_email = email WHERE account_id IS NULL;
+-- Subscriptions provisioned before this migration: their checkout's audit row names the
+-- account (subject = the email it was found by, details.keycloak_user_id) and the customer; the
+-- newest of their checkout and plan-change rows names the plan Lago was brought to.
+WITH created AS (
+    SELECT DISTINCT ON (details->>'stripe_subscription_id')
+           details->>'stripe_subscription_id' AS subscription_id, subject,
+           details->>'keycloak_user_id' AS account_id, details->>'stripe_customer_id' AS customer_id
+    FROM audit_logs
+    WHERE event_type = 'subscription.created' AND details ? 'stripe_subscription_id'
+    ORDER BY details->>'stripe_subscription_id', id DESC
+), planned AS (
+    SELECT DISTINCT ON (details->>'stripe_subscription_id')
+           details->>'stripe_subscription_id' AS subscription_id,
+           details->>'plan' AS plan_code, details->>'billing_cycle' AS cycle
+    FROM audit_logs
+    WHERE event_type IN ('subscription.created', 'subscription.updated') AND details ? 'plan'
+    ORDER BY details->>'stripe_subscription_id', id DESC
+)
+UPDATE stripe_subscriptions s SET
+    account_id = c.account_id,
+    account_email = c.subject,
+    bound_by = 'checkout',
+    customer_id = coalesce(s.customer_id, c.customer_id),
+    plan_code = coalesce(s.plan_code, p.plan_code),
+    cycle = coalesce(s.cycle, p.cycle),
+    lago_plan_code = CASE WHEN s.deleted_by IS NULL THEN p.plan_code END,
+    lago_customer = CASE WHEN s.deleted_by IS NULL THEN c.subject END,
+    synced_account_id = c.account_id
+FROM created c LEFT JOIN planned p USING (subscription_id)
+WHERE s.subscription_id = c.subscription_id AND s.account_email IS NULL;
+
+-- Customers learned before this migration: the account of their newest checkout's audit row.
+-- (Their old `email` column is not trusted: the old worker overwrote it with invoices' billing
+-- contacts.)
+WITH latest AS (
+    SELECT DISTINCT ON (details->>'stripe_customer_id')
+           details->>'stripe_customer_id' AS customer_id, subject, details->>'keycloak_user_id' AS account_id,
+           details->>'stripe_event_id' AS event_id
+    FROM audit_logs
+    WHERE event_type = 'subscription.created' AND details ? 'stripe_customer_id'
+      AND jsonb_typeof(details->'stripe_customer_id') = 'string'
+    ORDER BY details->>'stripe_customer_id', id DESC
+)
+UPDATE stripe_customers c SET
+    account_id = l.account_id, account_email = l.subject,
+    bound_event_created = 0, bound_event_id = l.event_id
+FROM latest l
+WHERE c.customer_id = l.customer_id AND c.account_email IS NULL;
 
 -- The attempt whose outcome the event's status is: an outcome never overwrites that of a later
 -- attempt (two copies of one event finishing in the other order).

@@ -819,3 +819,228 @@ async fn an_operator_rebinds_a_subscription_to_another_account() {
     );
     env.stop().await;
 }
+
+/// Subscriptions and customers the worker knew before the billing state (migration 0006) keep
+/// their account: bound from their checkout's audit row, never from the customer's old email
+/// (which the old worker overwrote with invoices' billing contacts).
+#[tokio::test]
+async fn the_migration_binds_what_the_old_worker_provisioned() {
+    use sqlx::Connection;
+    let name = format!("webhooks_test_mig_{}", &uuid_suffix());
+    let mut admin = sqlx::PgConnection::connect(&webhook_tests::admin_database_url())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = webhook_store::with_database_name(&webhook_tests::admin_database_url(), &name);
+    let pool = PgPool::connect(&url).await.unwrap();
+    webhook_store::MIGRATOR.run_to(5, &pool).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO stripe_subscriptions (subscription_id, last_event_created, last_event_id, last_event_type, status, tier, lease_owner, lease_until)
+         VALUES ('sub_old', 100, 'evt_up', 'customer.subscription.updated', 'active', 'enterprise', 'evt_up', now() + interval '1 hour'),
+                ('sub_gone', 90, 'evt_del', 'customer.subscription.deleted', 'canceled', 'free', NULL, NULL);
+         INSERT INTO stripe_customers (customer_id, email) VALUES ('cus_1', 'finance@example.com');
+         INSERT INTO audit_logs (event_type, subject, details) VALUES
+           ('subscription.created', 'dev@example.com', '{\"stripe_event_id\": \"evt_c\", \"stripe_subscription_id\": \"sub_old\", \"stripe_customer_id\": \"cus_1\", \"keycloak_user_id\": \"kc-1\", \"plan\": \"starter_monthly\", \"billing_cycle\": \"monthly\"}'),
+           ('subscription.updated', 'dev@example.com', '{\"stripe_event_id\": \"evt_up\", \"stripe_subscription_id\": \"sub_old\", \"plan\": \"enterprise_monthly\", \"billing_cycle\": \"monthly\"}'),
+           ('subscription.created', 'gone@example.com', '{\"stripe_event_id\": \"evt_g\", \"stripe_subscription_id\": \"sub_gone\", \"stripe_customer_id\": null, \"keycloak_user_id\": \"kc-2\", \"plan\": \"pro_monthly\"}');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    webhook_store::MIGRATOR.run(&pool).await.unwrap();
+
+    let old = webhook_store::billing::subscription(&pool, "sub_old")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.account_id.as_deref(), Some("kc-1"));
+    assert_eq!(old.account_email.as_deref(), Some("dev@example.com"));
+    assert_eq!(old.bound_by.as_deref(), Some("checkout"));
+    assert_eq!(old.customer_id.as_deref(), Some("cus_1"));
+    assert_eq!(
+        old.plan_code.as_deref(),
+        Some("enterprise_monthly"),
+        "the newest plan"
+    );
+    assert_eq!(old.lago_plan_code.as_deref(), Some("enterprise_monthly"));
+    assert_eq!(old.lago_customer.as_deref(), Some("dev@example.com"));
+    assert_eq!(old.synced_account_id.as_deref(), Some("kc-1"));
+    let token: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT lease_token FROM stripe_subscriptions WHERE subscription_id = 'sub_old'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(token, None, "an old lease is dropped");
+    let gone = webhook_store::billing::subscription(&pool, "sub_gone")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gone.deleted_by.as_deref(), Some("evt_del"));
+    assert!(gone.lago_terminated);
+    assert_eq!(gone.lago_plan_code, None);
+    let customer = webhook_store::billing::customer_account(&pool, "cus_1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        customer.account_email, "dev@example.com",
+        "not the invoice's billing contact"
+    );
+    assert_eq!(customer.account_id.as_deref(), Some("kc-1"));
+
+    pool.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
+
+fn uuid_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// The fence itself: once another attempt took an expired lease, the stale attempt's record
+/// write, renewal, release and finishing statement change nothing; an operator's rebinding
+/// waits for the holder.
+#[tokio::test]
+async fn a_stale_attempt_writes_nothing_once_its_lease_is_taken() {
+    use webhook_store::billing::{self, Rebound};
+    use webhook_store::ledger::{self, Fence, Finished};
+    let ctx = TestContext::new().await;
+    let pool = ctx.pool().await;
+    let (a, b, c) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let record = billing::try_lease(&pool, "sub_f", a, 0.5).await.unwrap().unwrap();
+    assert!(
+        billing::try_lease(&pool, "sub_f", b, 5.0)
+            .await
+            .unwrap()
+            .is_none(),
+        "held by a"
+    );
+    assert!(billing::renew_lease(&pool, "sub_f", a, 1.0).await.unwrap());
+    wait_for(
+        "a's lease to expire and b to take it",
+        Duration::from_secs(10),
+        || async {
+            billing::try_lease(&pool, "sub_f", b, 30.0)
+                .await
+                .unwrap()
+                .map(|_| ())
+        },
+    )
+    .await;
+
+    let mut stale = record.clone();
+    stale.status = Some("active".into());
+    assert!(
+        !billing::save(&pool, a, &stale).await.unwrap(),
+        "a's write is refused"
+    );
+    assert!(!billing::renew_lease(&pool, "sub_f", a, 30.0).await.unwrap());
+    ledger::begin(&pool, "act_f", "evt_f").await.unwrap();
+    let details = json!({});
+    let row = webhook_store::audit::AuditRow {
+        event_type: "subscription.updated",
+        subject: "x@example.com",
+        details: &details,
+    };
+    let fence = |token| Fence {
+        subscription_id: "sub_f",
+        token,
+    };
+    let finished = ledger::finish_with_audit(&pool, "act_f", "evt_f", &[], &row, Some(fence(a)))
+        .await
+        .unwrap();
+    assert_eq!(finished, Finished::LeaseLost);
+    let audits: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_logs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(audits, 0, "a stale attempt writes no audit row");
+    billing::release_lease(&pool, "sub_f", a).await.unwrap();
+    assert!(
+        billing::try_lease(&pool, "sub_f", c, 5.0)
+            .await
+            .unwrap()
+            .is_none(),
+        "a's release freed nothing"
+    );
+    assert!(matches!(
+        billing::rebind(&pool, "sub_f", "new@example.com").await.unwrap(),
+        Rebound::InFlight
+    ));
+
+    assert!(
+        billing::save(&pool, b, &stale).await.unwrap(),
+        "the holder writes"
+    );
+    let finished = ledger::finish_with_audit(&pool, "act_f", "evt_f", &[], &row, Some(fence(b)))
+        .await
+        .unwrap();
+    assert!(matches!(finished, Finished::Written(_)));
+    billing::release_lease(&pool, "sub_f", b).await.unwrap();
+    assert!(matches!(
+        billing::rebind(&pool, "sub_f", "new@example.com").await.unwrap(),
+        Rebound::Done(_)
+    ));
+    assert!(matches!(
+        billing::rebind(&pool, "sub_unknown", "new@example.com")
+            .await
+            .unwrap(),
+        Rebound::Unknown
+    ));
+    ctx.cleanup().await;
+}
+
+/// A second seat bought by the same Stripe customer for another person: the subscription's own
+/// `metadata.user_email` binds it before its checkout arrives, so the first buyer never gets
+/// the second seat's tier, and Lago never bills them for it.
+#[tokio::test]
+async fn a_second_seat_named_in_its_metadata_goes_to_its_own_account() {
+    let env = Env::start(&[]).await;
+    let (a, b) = ("seat-a@example.com", "seat-b@example.com");
+    env.sandbox.state.add_user(SeedUser::new(a));
+    env.sandbox.state.add_user(SeedUser::new(b));
+    let (s1, s2, cus, t0) = (env.id("s1"), env.id("s2"), env.id("cus"), env.t0);
+    assert_eq!(
+        env.deliver("evt_a1", &checkout("evt_a1", t0, &s1, &cus, a, "starter"))
+            .await,
+        "succeeded"
+    );
+    let mut u2: Value = serde_json::from_slice(&subscription(
+        "evt_b0",
+        "customer.subscription.updated",
+        t0 + 10,
+        &s2,
+        &cus,
+        "active",
+        "enterprise",
+    ))
+    .unwrap();
+    u2["data"]["object"]["metadata"] = json!({"user_email": b, "tier_id": "enterprise"});
+    let u2 = serde_json::to_vec(&u2).unwrap();
+    assert_eq!(env.deliver("evt_b0", &u2).await, "succeeded");
+    assert_eq!(
+        env.attr(a, "subscription_tier").as_deref(),
+        Some("starter"),
+        "A never gets B's seat"
+    );
+    assert_eq!(env.attr(b, "subscription_tier").as_deref(), Some("enterprise"));
+    assert_eq!(
+        env.deliver("evt_b1", &checkout("evt_b1", t0 + 10, &s2, &cus, b, "enterprise"))
+            .await,
+        "succeeded"
+    );
+    let subs = env.sandbox.subscriptions(&s2);
+    assert!(
+        subs.iter().all(|s| s["external_customer_id"] == b),
+        "never under A: {subs:?}"
+    );
+    assert_eq!(env.attr(a, "subscription_tier").as_deref(), Some("starter"));
+    env.stop().await;
+}

@@ -307,27 +307,45 @@ pub async fn remember_customer_account_id(
     Ok(())
 }
 
+/// What [`rebind`] did.
+#[derive(Debug)]
+pub enum Rebound {
+    /// Bound; the record as it was before.
+    Done(Box<SubscriptionRecord>),
+    /// An event of the subscription holds its lease now (until `lease_until`): nothing changed.
+    InFlight,
+    /// The store knows no such subscription.
+    Unknown,
+}
+
 /// An operator's rebinding (`webhookctl billing rebind`): the subscription now belongs to the
 /// Keycloak account with `account_email` (its id is looked up by the worker when it next works
-/// on the subscription). Returns the record before, or `None` when the subscription is unknown.
-/// Not fenced: the operator runs it while nothing is in flight for the subscription, and then
-/// replays its newest event so that the worker brings Keycloak and Lago to the new binding.
+/// on the subscription). Only while no job holds the subscription's lease, so that no job can
+/// write its older copy of the record over the new binding.
 pub async fn rebind(
     pool: &PgPool,
     subscription_id: &str,
     account_email: &str,
-) -> Result<Option<SubscriptionRecord>, sqlx::Error> {
+) -> Result<Rebound, sqlx::Error> {
     let sql = format!(
         "WITH old AS (SELECT {COLUMNS} FROM stripe_subscriptions WHERE subscription_id = $1),
          new AS (
              UPDATE stripe_subscriptions SET account_id = NULL, account_email = $2, bound_by = 'operator', updated_at = now()
-             WHERE subscription_id = $1
+             WHERE subscription_id = $1 AND (lease_token IS NULL OR lease_until < now())
+             RETURNING 1
          )
-         SELECT * FROM old"
+         SELECT old.*, EXISTS (SELECT 1 FROM new) AS rebound FROM old"
     );
-    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(subscription_id)
         .bind(account_email)
         .fetch_optional(pool)
-        .await
+        .await?;
+    Ok(match row {
+        None => Rebound::Unknown,
+        Some(r) if r.try_get::<bool, _>("rebound")? => {
+            Rebound::Done(Box::new(SubscriptionRecord::from_row(&r)?))
+        }
+        Some(_) => Rebound::InFlight,
+    })
 }

@@ -355,6 +355,7 @@ async fn route_failure(
             failure = Failure {
                 kind: ErrorKind::Infrastructure,
                 step: failure.step,
+                spends_retry: true,
                 message: format!(
                     "{why}, so the retry could not be scheduled: declare the topology (`webhookctl setup`), then \
                      requeue. The job had failed with: {}",

@@ -91,12 +91,23 @@ pub(crate) async fn lago(
             lease.check()?;
             if let Some(old) = &move_from {
                 // Lago cannot move a subscription between customers: end it under the old one
-                // (Lago lets the external_id be used again), then create it under the new one.
+                // without billing or crediting the old customer for it (Lago lets the
+                // external_id be used again), then create it under the new one.
                 ctx.inline_retry
-                    .run(|| ctx.lago.terminate_subscription(&sub_id))
+                    .run(|| ctx.lago.terminate_subscription_for_move(&sub_id))
                     .await
                     .map_err(|e| Failure::downstream("lago_subscription", e))?;
                 tracing::info!(subscription = %sub_id, from = %old, to = %customer, "moved the Lago subscription to the bound account's customer");
+            }
+            if record.lago_customer.as_deref() != Some(customer.as_str())
+                && record.bound_by.as_deref() != Some("checkout")
+            {
+                // A customer the checkout did not upsert (an operator's rebinding, the
+                // subscription's own metadata): with its email, so that invoices reach someone.
+                ctx.inline_retry
+                    .run(|| ctx.lago.upsert_customer(&customer, &customer, None))
+                    .await
+                    .map_err(|e| Failure::downstream("lago_customer", e))?;
             }
             let new = NewSubscription {
                 external_customer_id: &customer,
@@ -159,7 +170,30 @@ pub(crate) async fn keycloak(
     if record.account_id.is_none()
         && let Some(email) = record.account_email.clone()
     {
-        let id = crate::steps::find_account(ctx, &email).await?;
+        let id = match crate::steps::find_account(ctx, &email).await {
+            Ok(id) => id,
+            // An operator named an account that does not exist: say so, do not wait for it.
+            Err(f) if f.step == "keycloak_lookup" && record.bound_by.as_deref() == Some("operator") => {
+                return Err(Failure::permanent(
+                    "keycloak_lookup",
+                    format!(
+                        "no Keycloak user has the email {email} that `webhookctl billing rebind` bound {} to: rebind it \
+                         to the right email, then requeue",
+                        record.subscription_id
+                    ),
+                )
+                .into());
+            }
+            // The fallback account (a customer learned before account ids were kept) is gone:
+            // recorded like a deleted account, not retried for hours.
+            Err(f)
+                if f.step == "keycloak_lookup" && f.kind == webhook_core::message::ErrorKind::Transient =>
+            {
+                ctx.metrics.accounts_missing.inc();
+                return Ok(json!([{"account_email": email, "missing": true}]));
+            }
+            Err(f) => return Err(f.into()),
+        };
         record.account_id = Some(id.clone());
         lease.save(record).await?;
         if record.bound_by.as_deref() == Some("customer")
@@ -207,7 +241,8 @@ async fn sync_account(ctx: &WorkerContext, lease: &Lease, account: &str) -> Resu
             .await
         {
             Ok(s) => s,
-            Err(e) if e.status == Some(404) && e.operation == "get_user" => {
+            // Deleted (before the GET, or between the GET and the PUT).
+            Err(e) if e.status == Some(404) && matches!(e.operation, "get_user" | "put_user") => {
                 ctx.metrics.accounts_missing.inc();
                 tracing::warn!(
                     account, tier = %view.tier,
@@ -250,11 +285,13 @@ async fn sync_account(ctx: &WorkerContext, lease: &Lease, account: &str) -> Resu
     .into())
 }
 
-/// The attributes to write for a view: the tier, and the status when it is configured and known.
+/// The attributes to write for a view: the tier, and the status when it is configured (`none`
+/// for an account left without any subscription, e.g. after a rebinding moved it away).
 fn attributes(ctx: &WorkerContext, view: &AccountView) -> Vec<(String, String)> {
     let mut values = vec![(ctx.tier_attribute.clone(), view.tier.clone())];
-    if let (Some(attribute), Some(status)) = (&ctx.status_attribute, &view.status) {
-        values.push((attribute.clone(), status.clone()));
+    if let Some(attribute) = &ctx.status_attribute {
+        let status = view.status.clone().unwrap_or_else(|| "none".to_owned());
+        values.push((attribute.clone(), status));
     }
     values
 }

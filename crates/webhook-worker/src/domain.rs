@@ -180,6 +180,9 @@ pub struct SubscriptionChange {
     /// `None` when the price cannot be mapped to a tier.
     pub tier: Option<(String, String)>,
     pub price_id: Option<String>,
+    /// `metadata.user_email`: the Keycloak account the subscription is for, when the checkout
+    /// (`subscription_data.metadata`) or the API call that created it says so.
+    pub user_email: Option<Email>,
 }
 
 impl SubscriptionChange {
@@ -206,6 +209,9 @@ impl SubscriptionChange {
             status,
             tier,
             price_id: text(price, "id"),
+            user_email: sub["metadata"]["user_email"]
+                .as_str()
+                .and_then(|e| Email::parse(e).ok()),
         })
     }
 }

@@ -12,29 +12,35 @@ pub struct Failure {
     /// The step that failed (`parse`, `keycloak_lookup`, `lago_subscription`, …).
     pub step: &'static str,
     pub message: String,
+    /// Whether the retry counts against the schedule. Waiting for another job of the same
+    /// subscription does not: the lease is free again within `worker.lease_secs`.
+    pub spends_retry: bool,
 }
 
 impl Failure {
-    pub fn permanent(step: &'static str, message: impl Into<String>) -> Self {
+    fn new(kind: ErrorKind, step: &'static str, message: impl Into<String>) -> Self {
         Self {
-            kind: ErrorKind::Permanent,
+            kind,
             step,
             message: message.into(),
+            spends_retry: true,
         }
     }
+    pub fn permanent(step: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Permanent, step, message)
+    }
     pub fn transient(step: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Transient, step, message)
+    }
+    /// Transient, without spending a retry (see [`Failure::spends_retry`]).
+    pub fn contention(step: &'static str, message: impl Into<String>) -> Self {
         Self {
-            kind: ErrorKind::Transient,
-            step,
-            message: message.into(),
+            spends_retry: false,
+            ..Self::transient(step, message)
         }
     }
     pub fn downstream(step: &'static str, e: DownstreamError) -> Self {
-        Self {
-            kind: e.kind,
-            step,
-            message: e.to_string(),
-        }
+        Self::new(e.kind, step, e.to_string())
     }
 }
 

@@ -6,7 +6,7 @@
 //! (see [`webhook_store::billing`]). A crashed holder's lease expires after `worker.lease_secs`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
@@ -45,6 +45,10 @@ pub struct Lease {
     pub subscription_id: String,
     token: Uuid,
     lost: Arc<AtomicBool>,
+    /// When the lease was last taken or renewed (milliseconds since `started`).
+    renewed_ms: Arc<AtomicU64>,
+    started: Instant,
+    timing: LeaseTiming,
     renewer: tokio::task::JoinHandle<()>,
 }
 
@@ -66,7 +70,7 @@ impl Lease {
                 break record;
             }
             if Instant::now() >= waited_until {
-                return Err(Failure::transient(
+                return Err(Failure::contention(
                     "subscription_lease",
                     format!("another event of subscription {subscription_id} is being processed (retrying)"),
                 )
@@ -75,12 +79,15 @@ impl Lease {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let lost = Arc::new(AtomicBool::new(false));
+        let renewed_ms = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
         let renewer = tokio::spawn(renew(
             pool.clone(),
             subscription_id.to_owned(),
             token,
             timing,
             lost.clone(),
+            (started, renewed_ms.clone()),
         ));
         Ok((
             Lease {
@@ -88,6 +95,9 @@ impl Lease {
                 subscription_id: subscription_id.to_owned(),
                 token,
                 lost,
+                renewed_ms,
+                started,
+                timing,
                 renewer,
             },
             record,
@@ -102,10 +112,13 @@ impl Lease {
         }
     }
 
-    /// Fails when the lease was lost (another attempt holds it now): check before every
-    /// downstream write.
+    /// Fails when the lease was lost (another attempt holds it now), or when it was not renewed
+    /// for half its length (Postgres unreachable: it may expire while the next call runs):
+    /// check before every downstream write.
     pub fn check(&self) -> Result<(), JobError> {
-        if self.lost.load(Ordering::Acquire) {
+        let renewed = Duration::from_millis(self.renewed_ms.load(Ordering::Acquire));
+        let since = self.started.elapsed().saturating_sub(renewed);
+        if self.lost.load(Ordering::Acquire) || since > self.timing.lasts / 2 {
             return Err(lost(&self.subscription_id));
         }
         Ok(())
@@ -138,11 +151,11 @@ impl Drop for Lease {
 }
 
 pub(crate) fn lost(subscription_id: &str) -> JobError {
-    Failure::transient(
+    Failure::contention(
         "subscription_lease",
         format!(
-            "the lease on subscription {subscription_id} expired and another attempt holds it now; this attempt \
-             stopped before writing (retrying)"
+            "this attempt lost (or could not renew) its lease on subscription {subscription_id}; it stopped before \
+             its next write, and the retry brings Lago and Keycloak to the state (retrying)"
         ),
     )
     .into()
@@ -154,11 +167,13 @@ async fn renew(
     token: Uuid,
     timing: LeaseTiming,
     lost: Arc<AtomicBool>,
+    (started, renewed_ms): (Instant, Arc<AtomicU64>),
 ) {
     loop {
         tokio::time::sleep(timing.renew_every).await;
+        let asked = started.elapsed();
         match billing::renew_lease(&pool, &subscription_id, token, timing.lasts.as_secs_f64()).await {
-            Ok(true) => {}
+            Ok(true) => renewed_ms.store(asked.as_millis() as u64, Ordering::Release),
             Ok(false) => {
                 lost.store(true, Ordering::Release);
                 return;

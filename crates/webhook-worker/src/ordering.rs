@@ -30,8 +30,9 @@ use webhook_store::billing::{SubscriptionRecord, Watermark};
 pub enum Change {
     /// A paid checkout: the subscription is active on this plan.
     Checkout(Plan),
-    /// `customer.subscription.updated`: Stripe's status and the price's plan.
-    Updated { status: String, plan: Plan },
+    /// `customer.subscription.updated`: Stripe's status and the price's plan (`None`: a price
+    /// the plan map cannot tell; the record keeps its plan).
+    Updated { status: String, plan: Option<Plan> },
     /// `customer.subscription.deleted`, with the plan of its price when it can be told.
     Deleted { plan: Option<Plan> },
     /// `invoice.paid` (`true`) or `invoice.payment_failed`.
@@ -50,7 +51,9 @@ pub struct Plan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BoundBy {
     Checkout,
-    /// The Stripe customer's account (fallback before the subscription's checkout).
+    /// The subscription's own `metadata.user_email` (as strong as its checkout).
+    Subscription,
+    /// The Stripe customer's account (fallback: the account of its latest paid checkout).
     Customer,
 }
 
@@ -58,9 +61,16 @@ impl BoundBy {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Checkout => "checkout",
+            Self::Subscription => "subscription",
             Self::Customer => "customer",
         }
     }
+}
+
+/// Whether the record's binding is only the customer's fallback (or none): events may still
+/// bind it.
+pub fn weakly_bound(record: &SubscriptionRecord) -> bool {
+    matches!(record.bound_by.as_deref(), None | Some("customer"))
 }
 
 /// Where a status stands on the way a subscription moves (for same-second updates).
@@ -148,15 +158,19 @@ pub fn apply(
                 record.last_event_type = Some(event_type.to_owned());
             }
         }
-        Change::Checkout(p) | Change::Updated { plan: p, .. } => {
+        Change::Checkout(_) | Change::Updated { .. } => {
             if let Some(newer) = record.watermark.as_ref().filter(|w| **w > mark) {
                 return Err(stale(sub, newer, &mark));
             }
-            record.status = Some(match change {
-                Change::Updated { status, .. } => status.clone(),
-                _ => "active".to_owned(),
-            });
-            plan(record, p);
+            let (status, p) = match change {
+                Change::Updated { status, plan } => (status.clone(), plan.as_ref()),
+                Change::Checkout(p) => ("active".to_owned(), Some(p)),
+                _ => unreachable!("matched above"),
+            };
+            record.status = Some(status);
+            if let Some(p) = p {
+                plan(record, p);
+            }
             record.watermark = Some(mark);
             record.last_event_type = Some(event_type.to_owned());
         }
@@ -171,32 +185,31 @@ fn stale(sub: &str, newer: &Watermark, this: &Watermark) -> String {
     )
 }
 
-/// Binds the subscription to an account unless a binding that wins is there already: a
-/// checkout's binding replaces the customer's fallback; nothing replaces a checkout's or an
-/// operator's. Returns whether the binding changed.
+/// Binds the subscription to an account unless a binding that wins is there already: the
+/// subscription's checkout or its own metadata replace the customer's fallback, and the
+/// fallback follows the customer (it is resolved again by every event while it is all there
+/// is); nothing replaces a checkout's, a metadata's or an operator's binding. Returns whether
+/// the account changed.
 pub fn bind(
     record: &mut SubscriptionRecord,
     account_id: Option<&str>,
     account_email: &str,
     by: BoundBy,
 ) -> bool {
-    let replace = match (record.bound_by.as_deref(), by) {
-        (None, _) => true,
-        (Some("customer"), BoundBy::Checkout) => record.account_email.as_deref() != Some(account_email),
-        _ => false,
-    };
-    if replace {
+    if !weakly_bound(record) {
+        return false;
+    }
+    let changed = record.account_email.as_deref() != Some(account_email);
+    if changed || by != BoundBy::Customer {
+        record.bound_by = Some(by.as_str().to_owned());
+    }
+    if changed {
         record.account_id = account_id.map(str::to_owned);
         record.account_email = Some(account_email.to_owned());
-        record.bound_by = Some(by.as_str().to_owned());
-    } else if record.bound_by.as_deref() == Some("customer") && by == BoundBy::Checkout {
-        // The same account: the checkout's binding is the authoritative one.
-        record.bound_by = Some(by.as_str().to_owned());
-        if record.account_id.is_none() {
-            record.account_id = account_id.map(str::to_owned);
-        }
+    } else if record.account_id.is_none() {
+        record.account_id = account_id.map(str::to_owned);
     }
-    replace
+    changed
 }
 
 /// Statuses for which Lago carries the plan: everything but a subscription whose first payment
@@ -271,7 +284,7 @@ mod tests {
     fn updated(status: &str, tier: &str) -> Change {
         Change::Updated {
             status: status.into(),
-            plan: plan(tier),
+            plan: Some(plan(tier)),
         }
     }
 
@@ -415,6 +428,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.deleted_by.as_deref(), Some("evt_d"));
+    }
+
+    #[test]
+    fn an_update_whose_price_cannot_be_told_keeps_the_plan_and_applies_the_status() {
+        let mut r = rec();
+        apply(
+            &mut r,
+            "evt_1",
+            "checkout.session.completed",
+            10,
+            &Change::Checkout(plan("pro")),
+        )
+        .unwrap();
+        let unknown = Change::Updated {
+            status: "unpaid".into(),
+            plan: None,
+        };
+        apply(&mut r, "evt_2", "customer.subscription.updated", 20, &unknown).unwrap();
+        assert_eq!(
+            (r.status.as_deref(), r.tier.as_deref()),
+            (Some("unpaid"), Some("pro"))
+        );
     }
 
     #[test]

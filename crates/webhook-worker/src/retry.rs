@@ -29,10 +29,16 @@ pub fn next(ctx: &WorkerContext, failure: &Failure, retries_so_far: u32) -> Next
     if failure.kind == ErrorKind::Permanent {
         return Next::DeadLetter;
     }
-    match ctx.retry_delays.get(retries_so_far as usize) {
+    // Contention waits in the first tier and keeps its count.
+    let (tier, attempt) = if failure.spends_retry {
+        (retries_so_far as usize, retries_so_far + 1)
+    } else {
+        (0, retries_so_far)
+    };
+    match ctx.retry_delays.get(tier) {
         Some(&delay) => match ctx.broker.topology().retry_queue(delay) {
             Some(queue) => Next::Retry {
-                attempt: retries_so_far + 1,
+                attempt,
                 delay,
                 queue: queue.to_owned(),
             },

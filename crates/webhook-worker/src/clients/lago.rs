@@ -171,11 +171,28 @@ impl LagoClient {
     /// Terminates `external_id`. Lago answers 404 `subscription_not_found` to a second
     /// termination, so `Ok(None)` means "already terminated (or never existed)".
     pub async fn terminate_subscription(&self, external_id: &str) -> Result<Option<Value>, DownstreamError> {
+        self.terminate(external_id, "").await
+    }
+
+    /// [`LagoClient::terminate_subscription`] for a subscription that moves to another customer:
+    /// no closing invoice and no credit note for the customer it leaves.
+    pub async fn terminate_subscription_for_move(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<Value>, DownstreamError> {
+        self.terminate(
+            external_id,
+            "?on_termination_invoice=skip&on_termination_credit_note=skip",
+        )
+        .await
+    }
+
+    async fn terminate(&self, external_id: &str, query: &str) -> Result<Option<Value>, DownstreamError> {
         match self
             .call(
                 "terminate_subscription",
                 Method::DELETE,
-                &format!("/subscriptions/{external_id}"),
+                &format!("/subscriptions/{external_id}{query}"),
                 None,
             )
             .await

@@ -41,6 +41,8 @@ pub async fn handle(
             change: Change::Checkout(plan),
             action_key,
             checkout: Some(&order),
+            owner: None,
+            price_id: None,
             audit_type: "subscription.created",
             details: json!({"stripe_session_id": order.session_id}),
             contact: None,

@@ -37,6 +37,8 @@ pub async fn handle(
             change: Change::Invoice { paid },
             action_key,
             checkout: None,
+            owner: None,
+            price_id: None,
             audit_type: if paid {
                 "payment.succeeded"
             } else {

@@ -21,9 +21,9 @@ use webhook_store::billing::{self, CustomerAccount};
 
 use crate::context::WorkerContext;
 use crate::dispatch::Done;
-use crate::domain::CheckoutOrder;
+use crate::domain::{CheckoutOrder, Email};
 use crate::entitlement;
-use crate::failure::JobError;
+use crate::failure::{Failure, JobError};
 use crate::lease::Lease;
 use crate::ordering::{self, BoundBy, Change};
 use crate::steps::Steps;
@@ -39,6 +39,10 @@ pub struct BillingJob<'a> {
     pub action_key: String,
     /// A paid checkout's order: it binds the subscription to its account.
     pub checkout: Option<&'a CheckoutOrder>,
+    /// The account the subscription object itself names (`metadata.user_email`).
+    pub owner: Option<&'a Email>,
+    /// The price of a subscription event, for the error when its plan cannot be told.
+    pub price_id: Option<&'a str>,
     /// The audit row's `event_type`.
     pub audit_type: &'static str,
     /// The event's own details for the audit row (ids of the session, invoice, …).
@@ -71,31 +75,44 @@ async fn run_leased(
     // 2. The binding.
     if let Some(order) = job.checkout {
         let email = order.email.as_str();
-        let user_id = steps.lookup_user(email).await?;
-        let customer = steps
-            .upsert_customer(email, order.customer_name.as_deref())
-            .await?;
-        ordering::bind(&mut record, Some(&user_id), email, BoundBy::Checkout);
-        if let Some(c) = job.customer {
-            let account = CustomerAccount {
-                account_id: Some(user_id.clone()),
-                account_email: email.to_owned(),
-            };
-            let mark = job.change.watermark(event.created, event.id.as_str());
-            billing::bind_customer(pool, c, &account, &mark).await?;
+        match steps.lookup_user(email).await {
+            Ok(user_id) => {
+                let customer = steps
+                    .upsert_customer(email, order.customer_name.as_deref())
+                    .await?;
+                ordering::bind(&mut record, Some(&user_id), email, BoundBy::Checkout);
+                if let Some(c) = job.customer {
+                    let account = CustomerAccount {
+                        account_id: Some(user_id.clone()),
+                        account_email: email.to_owned(),
+                    };
+                    let mark = job.change.watermark(event.created, event.id.as_str());
+                    billing::bind_customer(pool, c, &account, &mark).await?;
+                }
+                details["lago_customer_id"] = customer["lago_id"].clone();
+                details["keycloak_user_id"] = json!(user_id);
+            }
+            // A late checkout of a canceled subscription whose account is gone: nothing to
+            // provision, nothing to wait for.
+            Err(JobError::Failed(f)) if f.step == "keycloak_lookup" && record.deleted_by.is_some() => {
+                details["keycloak_account_missing"] = json!(email);
+            }
+            Err(e) => return Err(e),
         }
-        details["lago_customer_id"] = customer["lago_id"].clone();
-        details["keycloak_user_id"] = json!(user_id);
-    } else if record.account_email.is_none()
-        && let Some(c) = job.customer
-        && let Some(account) = billing::customer_account(pool, c).await?
-    {
-        ordering::bind(
-            &mut record,
-            account.account_id.as_deref(),
-            &account.account_email,
-            BoundBy::Customer,
-        );
+    } else if ordering::weakly_bound(&record) {
+        if let Some(owner) = job.owner {
+            let id = crate::steps::find_account(ctx, owner.as_str()).await?;
+            ordering::bind(&mut record, Some(&id), owner.as_str(), BoundBy::Subscription);
+        } else if let Some(c) = job.customer
+            && let Some(account) = billing::customer_account(pool, c).await?
+        {
+            ordering::bind(
+                &mut record,
+                account.account_id.as_deref(),
+                &account.account_email,
+                BoundBy::Customer,
+            );
+        }
     }
     // 3. The state.
     let applied = ordering::apply(
@@ -109,6 +126,20 @@ async fn run_leased(
         && job.checkout.is_none()
     {
         return Ok(Done::Skipped(reason.clone()));
+    }
+    if record.plan_code.is_none()
+        && record.deleted_by.is_none()
+        && matches!(job.change, Change::Updated { plan: None, .. })
+    {
+        return Err(Failure::permanent(
+            "parse",
+            format!(
+                "cannot tell the tier of price {}: map it in [plans.prices] (price id or lookup_key = \"tier:cycle\") \
+                 or set metadata.tier_id on the price, then requeue",
+                job.price_id.unwrap_or("(none)")
+            ),
+        )
+        .into());
     }
     let result = converge_and_finish(ctx, job, lease, &mut record, &mut steps, details, applied).await;
     if let Err(JobError::Failed(failure)) = &result {

@@ -19,16 +19,10 @@ pub async fn updated(
 ) -> Result<Done, JobError> {
     let change =
         SubscriptionChange::from_object(object, &ctx.plans).map_err(|m| Failure::permanent("parse", m))?;
-    let plan = plan_of(ctx, &change).ok_or_else(|| {
-        Failure::permanent(
-            "parse",
-            format!(
-                "cannot tell the tier of price {}: map it in [plans.prices] (price id or lookup_key = \"tier:cycle\") \
-                 or set metadata.tier_id on the price, then requeue",
-                change.price_id.as_deref().unwrap_or("(none)")
-            ),
-        )
-    })?;
+    // A price the plan map cannot tell still carries its status (e.g. `unpaid` revokes access);
+    // the record keeps its plan, and only a subscription with no plan at all fails (see
+    // `super::run`).
+    let plan = plan_of(ctx, &change);
     run(
         ctx,
         event,
@@ -89,6 +83,8 @@ async fn run(
             change,
             action_key,
             checkout: None,
+            owner: sub.user_email.as_ref(),
+            price_id: sub.price_id.as_deref(),
             audit_type,
             details: json!({"stripe_status": sub.status}),
             contact: None,

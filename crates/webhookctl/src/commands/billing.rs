@@ -5,7 +5,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use webhook_core::Settings;
 use webhook_store::Store;
-use webhook_store::billing::{self, SubscriptionRecord};
+use webhook_store::billing::{self, Rebound, SubscriptionRecord};
 
 fn view(r: &SubscriptionRecord) -> Value {
     let mark = |w: &Option<billing::Watermark>| {
@@ -95,10 +95,17 @@ pub async fn rebind(
         anyhow::bail!("--email {email:?} is not an email address: give the email of the Keycloak account");
     }
     let store = store(settings).await?;
-    let before = billing::rebind(&store.pool, subscription_id, &email)
+    let rebound = billing::rebind(&store.pool, subscription_id, &email)
         .await
-        .context("cannot write the billing state (check DATABASE_URL; run `webhookctl migrate`)")?
-        .ok_or_else(|| unknown(subscription_id))?;
+        .context("cannot write the billing state (check DATABASE_URL; run `webhookctl migrate`)")?;
+    let before = match rebound {
+        Rebound::Done(before) => before,
+        Rebound::Unknown => return Err(unknown(subscription_id)),
+        Rebound::InFlight => anyhow::bail!(
+            "an event of {subscription_id} is being processed right now (it holds the subscription's lease): nothing \
+             changed; run the command again in a few seconds"
+        ),
+    };
     println!(
         "rebound {subscription_id}: {} → {email}",
         before.account_email.as_deref().unwrap_or("(no account)")
