@@ -496,54 +496,35 @@ mod tests {
 
     #[test]
     fn binding() {
+        use BoundBy::{Checkout, Customer, Subscription};
         let mut r = rec();
-        assert!(bind(
-            &mut r,
-            Some("u_fallback"),
-            "payer@example.com",
-            BoundBy::Customer
-        ));
-        assert!(!bind(
-            &mut r,
-            Some("u_other"),
-            "other@example.com",
-            BoundBy::Customer
-        ));
-        assert_eq!(r.account_id.as_deref(), Some("u_fallback"));
+        assert!(bind(&mut r, Some("u_fallback"), "payer@example.com", Customer));
+        assert!(!bind(&mut r, Some("u_fallback"), "payer@example.com", Customer));
+        // The fallback follows the customer's latest checkout.
+        assert!(bind(&mut r, Some("u_other"), "other@example.com", Customer));
+        assert_eq!(r.account_id.as_deref(), Some("u_other"));
+        assert_eq!(r.bound_by.as_deref(), Some("customer"));
         // The subscription's own checkout replaces the fallback…
-        assert!(bind(
-            &mut r,
-            Some("u_user"),
-            "user@example.com",
-            BoundBy::Checkout
-        ));
+        assert!(bind(&mut r, Some("u_user"), "user@example.com", Checkout));
         assert_eq!(
             (r.account_id.as_deref(), r.bound_by.as_deref()),
             (Some("u_user"), Some("checkout"))
         );
         // …and nothing replaces a checkout's binding.
-        assert!(!bind(
-            &mut r,
-            Some("u_late"),
-            "late@example.com",
-            BoundBy::Checkout
-        ));
-        assert!(!bind(
-            &mut r,
-            Some("u_late"),
-            "late@example.com",
-            BoundBy::Customer
-        ));
+        assert!(!bind(&mut r, Some("u_late"), "late@example.com", Checkout));
+        assert!(!bind(&mut r, Some("u_late"), "late@example.com", Subscription));
+        assert!(!bind(&mut r, Some("u_late"), "late@example.com", Customer));
         assert_eq!(r.account_email.as_deref(), Some("user@example.com"));
+        // The subscription's own metadata is as strong as its checkout.
+        let mut r = rec();
+        bind(&mut r, Some("u_fallback"), "payer@example.com", Customer);
+        assert!(bind(&mut r, Some("u_seat"), "seat@example.com", Subscription));
+        assert!(!bind(&mut r, Some("u_x"), "x@example.com", Customer));
+        assert_eq!(r.account_email.as_deref(), Some("seat@example.com"));
         // The same account found both ways: the checkout's binding, no change.
         let mut r = rec();
-        bind(&mut r, None, "user@example.com", BoundBy::Customer);
-        assert!(!bind(
-            &mut r,
-            Some("u_user"),
-            "user@example.com",
-            BoundBy::Checkout
-        ));
+        bind(&mut r, None, "user@example.com", Customer);
+        assert!(!bind(&mut r, Some("u_user"), "user@example.com", Checkout));
         assert_eq!(
             (r.account_id.as_deref(), r.bound_by.as_deref()),
             (Some("u_user"), Some("checkout"))
