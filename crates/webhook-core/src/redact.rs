@@ -30,6 +30,12 @@ pub fn url(raw: &str) -> String {
     parts.join(",")
 }
 
+/// [`url`] of a URL kept as a secret (`DATABASE_URL`, `AMQP_URL` in the settings).
+pub fn secret_url(secret: &secrecy::SecretString) -> String {
+    use secrecy::ExposeSecret;
+    url(secret.expose_secret())
+}
+
 /// `text` (typically a library's error message about the URL `raw`) with `raw` and each of its
 /// URLs replaced by their [`url`] form, and with each password they hold (as written and
 /// percent-decoded, when at least 4 characters long) replaced by `***`.
