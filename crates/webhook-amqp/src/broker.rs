@@ -328,7 +328,12 @@ mod tests {
         let nodes: Vec<_> = (1..=4).map(|a| super::node(url, a)).collect();
         assert_eq!(
             nodes,
-            ["amqp://u:p@r0/%2f", "amqp://u:p@r1/%2f", "amqp://u:p@r2/%2f", "amqp://u:p@r0/%2f"]
+            [
+                "amqp://u:p@r0/%2f",
+                "amqp://u:p@r1/%2f",
+                "amqp://u:p@r2/%2f",
+                "amqp://u:p@r0/%2f"
+            ]
         );
         assert_eq!(super::node("amqp://h", 7), "amqp://h");
         assert_eq!(super::node("", 1), "");

@@ -94,11 +94,7 @@ fn parse_with_authority(raw: &str) -> Option<Url> {
     if parsed.cannot_be_a_base() || !raw[urls::scheme_len(raw)..].starts_with("://") {
         return None;
     }
-    let after_authority = [
-        Some(parsed.path()),
-        parsed.query(),
-        parsed.fragment(),
-    ];
+    let after_authority = [Some(parsed.path()), parsed.query(), parsed.fragment()];
     if after_authority.into_iter().flatten().any(|s| s.contains('@')) {
         return None;
     }
@@ -278,7 +274,10 @@ mod tests {
     #[test]
     fn secret_query_parameters_are_hidden() {
         let shown = url("postgres://u@h/db?sslmode=require&password=hunter22&application_name=x");
-        assert_eq!(shown, "postgres://u@h/db?sslmode=require&password=***&application_name=x");
+        assert_eq!(
+            shown,
+            "postgres://u@h/db?sslmode=require&password=***&application_name=x"
+        );
         let shown = url("http://lago:3000/?api_key=abc123&Access%5FToken=t0k3n");
         hides(&shown, &["abc123", "t0k3n"]);
     }
@@ -286,7 +285,10 @@ mod tests {
     #[test]
     fn every_node_of_a_list_is_redacted() {
         let shown = url("amqp://u:one111@h1:5672/%2f, amqp://u:two222@h2:5672/%2f,amqps://h3");
-        assert_eq!(shown, "amqp://u:***@h1:5672/%2f,amqp://u:***@h2:5672/%2f,amqps://h3");
+        assert_eq!(
+            shown,
+            "amqp://u:***@h1:5672/%2f,amqp://u:***@h2:5672/%2f,amqps://h3"
+        );
         // A node without its "//" is no list boundary (a password may hold ",x:"): it is
         // hidden as part of the node before it.
         let shown = url("amqp://u:one111@h1:5672/%2f,amqp:u:three333@h3");

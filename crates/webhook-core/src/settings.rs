@@ -537,7 +537,10 @@ mod tests {
             let err = Settings::load_from(None, &env(&[(variable, value)]))
                 .unwrap_err()
                 .to_string();
-            assert!(err.starts_with(&format!("{variable} is invalid: ")), "{value}: {err}");
+            assert!(
+                err.starts_with(&format!("{variable} is invalid: ")),
+                "{value}: {err}"
+            );
             assert!(!err.contains("Hunter2") && !err.contains("xyz"), "{value}: {err}");
         }
         // Empty Keycloak and Lago URLs are fine (only the worker needs them, and says so).
@@ -546,7 +549,10 @@ mod tests {
         // Lists of nodes are checked node by node.
         Settings::load_from(
             None,
-            &env(&[("AMQP_URL", "amqp://u:p@rabbit-0:5672/%2f,amqp://u:p@rabbit-1:5672/%2f")]),
+            &env(&[(
+                "AMQP_URL",
+                "amqp://u:p@rabbit-0:5672/%2f,amqp://u:p@rabbit-1:5672/%2f",
+            )]),
         )
         .unwrap();
     }
@@ -565,7 +571,10 @@ mod tests {
         let err = Settings::load_from(None, &env(&[("WEBHOOK__STRIPE__LIVEMODE", "prod")]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("WEBHOOK__STRIPE__LIVEMODE") && err.contains("\"live\""), "{err}");
+        assert!(
+            err.contains("WEBHOOK__STRIPE__LIVEMODE") && err.contains("\"live\""),
+            "{err}"
+        );
     }
 
     #[test]

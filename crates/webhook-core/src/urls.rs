@@ -93,9 +93,11 @@ fn check_amqp_node(node: &str) -> Result<(), String> {
         Some(url::Host::Domain("")) => return Err(format!("it names no host; write it as {AMQP_FORM}")),
         // The AMQP client reads only domain names from a URL and would connect to localhost.
         Some(url::Host::Ipv6(_)) => {
-            return Err("an IPv6 address is not supported by the AMQP client (it would connect to \
+            return Err(
+                "an IPv6 address is not supported by the AMQP client (it would connect to \
                         localhost instead): use a host name that resolves to it"
-                .into());
+                    .into(),
+            );
         }
         Some(_) => {}
     }
@@ -220,29 +222,59 @@ mod tests {
     #[test]
     fn malformed_amqp_urls_are_refused_without_their_password() {
         let cases = [
-            ("amqp:guest:hunter2xyz@host:5672/%2f", "\"//\" after \"amqp:\" is missing"),
-            ("http://guest:hunter2xyz@host:5672/", "must start with amqp:// or amqps://"),
+            (
+                "amqp:guest:hunter2xyz@host:5672/%2f",
+                "\"//\" after \"amqp:\" is missing",
+            ),
+            (
+                "http://guest:hunter2xyz@host:5672/",
+                "must start with amqp:// or amqps://",
+            ),
             ("guest:hunter2xyz@host", "must start with amqp://"),
             ("host:5672", "must start with amqp://"),
             ("hunter2xyz@host", "does not start with amqp://"),
             ("amqp://guest:hunter2xyz@host:99999/%2f", "port"),
             ("amqp://guest:hunter/2xyz@host:5672/%2f", "port"),
-            ("amqp://guest:1234/hunter2xyz@host:5672/%2f", "\"@\" after its host"),
-            ("amqp://guest:hunter2xyz@host:5672/%2f?heartbeat=often", "AMQP client refuses it"),
+            (
+                "amqp://guest:1234/hunter2xyz@host:5672/%2f",
+                "\"@\" after its host",
+            ),
+            (
+                "amqp://guest:hunter2xyz@host:5672/%2f?heartbeat=often",
+                "AMQP client refuses it",
+            ),
             ("amqp://guest:hunter2xyz@[::1]:5672/%2f", "IPv6"),
             ("amqp://guest:hunter2xyz@:5672/%2f", "host"),
-            ("amqp://guest:hunter2xyz@h1:5672,h2:5672/%2f", "a comma separates whole URLs"),
-            ("amqp://u:p@h1/%2f,amqp://guest:hunter2xyz@h2:port/%2f", "node 2 of 2"),
-            ("amqp://u:p@h1/%2f,amqp:guest:hunter2xyz@h2/%2f", "a comma separates whole URLs"),
-            ("amqp://guest:hunter2xyz@h1/%2f,h2/%2f", "a comma separates whole URLs"),
-            ("amqp://guest:hunter2xyz@h1,h2/%2f", "a comma separates whole URLs"),
+            (
+                "amqp://guest:hunter2xyz@h1:5672,h2:5672/%2f",
+                "a comma separates whole URLs",
+            ),
+            (
+                "amqp://u:p@h1/%2f,amqp://guest:hunter2xyz@h2:port/%2f",
+                "node 2 of 2",
+            ),
+            (
+                "amqp://u:p@h1/%2f,amqp:guest:hunter2xyz@h2/%2f",
+                "a comma separates whole URLs",
+            ),
+            (
+                "amqp://guest:hunter2xyz@h1/%2f,h2/%2f",
+                "a comma separates whole URLs",
+            ),
+            (
+                "amqp://guest:hunter2xyz@h1,h2/%2f",
+                "a comma separates whole URLs",
+            ),
             ("", "empty"),
         ];
         for (raw, want) in cases {
             let err = check_amqp(raw).expect_err(raw);
             assert!(err.contains(want), "{raw}: {err}");
             assert!(!err.contains("hunter") && !err.contains("2xyz"), "{raw}: {err}");
-            assert!(err.contains("amqp://USER:PASSWORD@HOST") || err.contains("IPv6") || err.contains("refuses"), "{raw}: {err}");
+            assert!(
+                err.contains("amqp://USER:PASSWORD@HOST") || err.contains("IPv6") || err.contains("refuses"),
+                "{raw}: {err}"
+            );
         }
         let err = check_amqp("amqp:guest:hunter2xyz@host:5672/%2f").unwrap_err();
         assert!(err.starts_with("\"amqp:***@host:5672/%2f\": "), "{err}");
@@ -258,8 +290,14 @@ mod tests {
             check_postgres(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
         }
         for (raw, want) in [
-            ("postgres:webhooks:hunter2xyz@db/webhooks", "\"//\" after \"postgres:\" is missing"),
-            ("mysql://u:hunter2xyz@db/webhooks", "must start with postgres:// or postgresql://"),
+            (
+                "postgres:webhooks:hunter2xyz@db/webhooks",
+                "\"//\" after \"postgres:\" is missing",
+            ),
+            (
+                "mysql://u:hunter2xyz@db/webhooks",
+                "must start with postgres:// or postgresql://",
+            ),
             ("postgres://u:hunter2xyz@db:port/webhooks", "port"),
             ("webhooks", "does not start with postgres://"),
         ] {
@@ -271,8 +309,18 @@ mod tests {
 
     #[test]
     fn http_base_urls() {
-        let check = |raw| check_http(raw, "http://keycloak:8080", "KEYCLOAK_ADMIN_USER and KEYCLOAK_ADMIN_PASSWORD");
-        for raw in ["http://keycloak:8080", "https://sso.example.com/auth/", "http://127.0.0.1:8180"] {
+        let check = |raw| {
+            check_http(
+                raw,
+                "http://keycloak:8080",
+                "KEYCLOAK_ADMIN_USER and KEYCLOAK_ADMIN_PASSWORD",
+            )
+        };
+        for raw in [
+            "http://keycloak:8080",
+            "https://sso.example.com/auth/",
+            "http://127.0.0.1:8180",
+        ] {
             check(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
         }
         for (raw, want) in [

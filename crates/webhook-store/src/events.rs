@@ -44,7 +44,10 @@ pub async fn insert_new(
     conn: &mut PgConnection,
     batch: &[(&Envelope, EventStatus)],
 ) -> Result<Vec<String>, sqlx::Error> {
-    let batch: Vec<_> = batch.iter().map(|&(event, status)| (event, status, None)).collect();
+    let batch: Vec<_> = batch
+        .iter()
+        .map(|&(event, status)| (event, status, None))
+        .collect();
     insert_new_with_reasons(conn, &batch).await
 }
 
