@@ -666,6 +666,9 @@ def check_k8s(state: dict) -> None:
     R.check(s, env_cm.get("WEBHOOK__DATABASE__MIGRATE_ON_START") == "false"
             and env_cm.get("WEBHOOK__AMQP__DECLARE_ON_START") == "false",
             "ConfigMap webhook-env turns migrate_on_start and declare_on_start off (the Job does both)")
+    R.check(s, env_cm.get("WEBHOOK__STRIPE__LIVEMODE") == "live",
+            "ConfigMap webhook-env queues live-mode Stripe events only (WEBHOOK__STRIPE__LIVEMODE=live)",
+            f"got {env_cm.get('WEBHOOK__STRIPE__LIVEMODE')!r}")
     toml_text = configmaps.get("webhook-config", {}).get("data", {}).get("webhook.toml", "")
     try:
         shipped = tomllib.loads(toml_text)
@@ -891,7 +894,10 @@ def check_live(state: dict) -> None:
            "STRIPE_WEBHOOK_SECRET": "whsec_deploy_check",
            "RUST_LOG": "warn", "NO_COLOR": "1"}
     state["amqp_url"] = env["AMQP_URL"]
-    servers = dict(env,
+    # `webhookctl send-test-event` signs test-mode events, which the ConfigMap's
+    # WEBHOOK__STRIPE__LIVEMODE=live stores as ignored (checked statically in `k8s`, and by
+    # tests/tests/ingest.rs): this run accepts both modes so that the worker gets its job.
+    servers = dict(env, WEBHOOK__STRIPE__LIVEMODE="any",
                    INGEST_BIND=f"127.0.0.1:{ports['ingest']}", WORKER_BIND=f"127.0.0.1:{ports['worker']}",
                    KEYCLOAK_URL=f"http://127.0.0.1:{ports['sandbox']}", KEYCLOAK_REALM="uchub",
                    KEYCLOAK_ADMIN_USER="admin", KEYCLOAK_ADMIN_PASSWORD="admin",

@@ -1,11 +1,15 @@
 //! The ingest against the real Postgres and RabbitMQ: each test has its own database and its
 //! own queue prefix.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
+use webhook_core::settings::Livemode;
 use webhook_tests::ingest::TestIngest;
-use webhook_tests::{TcpProxy, TestContext, rabbit, sign, signed_event, wait_for};
+use webhook_tests::{Output, TcpProxy, TestContext, bin_path, rabbit, sign, signed_event, wait_for};
 
 async fn json(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
@@ -708,5 +712,259 @@ async fn an_event_the_broker_refuses_gets_503_and_no_row_while_the_rest_of_its_b
     assert_eq!(rabbit::drain(&topo.work_queue).await.len(), 1 + checkouts.len());
 
     ingest.stop().await;
+    ctx.cleanup().await;
+}
+
+/// A checkout event of the given Stripe mode (`livemode`), signed now.
+fn signed_event_in_mode(livemode: bool) -> webhook_tests::SignedEvent {
+    let mut event = signed_event("checkout.session.completed", "buyer@example.com");
+    let mut body: Value = serde_json::from_slice(&event.body).unwrap();
+    body["livemode"] = Value::Bool(livemode);
+    event.body = serde_json::to_vec(&body).unwrap();
+    event.signature = sign(&event.body, webhook_core::unix_now());
+    event
+}
+
+/// `status`, `livemode` and `last_error` of a stored event.
+async fn stored_event(pool: &sqlx::PgPool, event_id: &str) -> (String, bool, Option<String>) {
+    sqlx::query_as("SELECT status, livemode, last_error FROM webhook_events WHERE event_id = $1")
+        .bind(event_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The message ids in `queue`, taken off it.
+async fn queued_ids(queue: &str) -> Vec<String> {
+    rabbit::drain(queue)
+        .await
+        .iter()
+        .map(|m| {
+            m.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_event_of_the_other_stripe_mode_is_stored_as_ignored_with_the_reason_and_never_queued() {
+    let ctx = TestContext::new().await;
+    let pool = ctx.pool().await;
+
+    // Production: live events only.
+    let settings = ctx.settings_with(&[("WEBHOOK__STRIPE__LIVEMODE", "live")]);
+    assert_eq!(settings.stripe.livemode, Livemode::Live);
+    let topo = rabbit::topology(&settings);
+    let ingest = TestIngest::spawn(settings).await.ready().await;
+
+    let test_event = signed_event_in_mode(false);
+    let (status, body) = json(ingest.post_event(&test_event).await).await;
+    assert_eq!(
+        (status, body["status"].as_str(), body["event_id"].as_str()),
+        (200, Some("ignored"), Some(test_event.event_id.as_str())),
+        "{body}"
+    );
+    let (status, body) = json(ingest.post_event(&test_event).await).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("duplicate")),
+        "Stripe's retry of it is a duplicate: {body}"
+    );
+    let (status_col, livemode, reason) = stored_event(&pool, &test_event.event_id).await;
+    assert_eq!((status_col.as_str(), livemode), ("ignored", false));
+    let reason = reason.expect("the reason is stored with the event");
+    assert!(
+        reason.contains("test-mode event") && reason.contains("stripe.livemode is \"live\""),
+        "{reason}"
+    );
+
+    let live_event = signed_event_in_mode(true);
+    let (status, body) = json(ingest.post_event(&live_event).await).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("accepted")),
+        "{body}"
+    );
+    assert_eq!(
+        stored_event(&pool, &live_event.event_id).await,
+        ("queued".to_string(), true, None)
+    );
+    // Each answer comes after the broker's confirm of its publish (if any), so the queue now
+    // holds everything that was ever published.
+    assert_eq!(
+        queued_ids(&topo.work_queue).await,
+        [live_event.event_id.as_str()],
+        "only the live event is queued"
+    );
+    ingest.stop().await;
+
+    // A staging endpoint on Stripe's test mode: the other way round.
+    let settings = ctx.settings_with(&[("WEBHOOK__STRIPE__LIVEMODE", "test")]);
+    let ingest = TestIngest::spawn(settings).await.ready().await;
+    let live_event = signed_event_in_mode(true);
+    let (status, body) = json(ingest.post_event(&live_event).await).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ignored")),
+        "{body}"
+    );
+    let (status_col, livemode, reason) = stored_event(&pool, &live_event.event_id).await;
+    assert_eq!((status_col.as_str(), livemode), ("ignored", true));
+    assert!(reason.unwrap().contains("live-mode event"));
+    let test_event = signed_event_in_mode(false);
+    let (status, body) = json(ingest.post_event(&test_event).await).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("accepted")),
+        "{body}"
+    );
+    assert_eq!(queued_ids(&topo.work_queue).await, [test_event.event_id.as_str()]);
+
+    ingest.stop().await;
+    ctx.cleanup().await;
+}
+
+/// A password that must never be shown; its middle part catches a partial leak too.
+const PASSWORD: &str = "Pw-4f9c1e7a-secret";
+
+fn leaks(text: &str) -> bool {
+    text.contains(PASSWORD) || text.contains("4f9c1e7a")
+}
+
+/// Runs a built binary with exactly `env` until it exits; fails the test if it still runs
+/// after `within` (it is killed then).
+async fn run_until_exit(
+    binary: &str,
+    args: &[&str],
+    env: &HashMap<String, String>,
+    within: Duration,
+) -> Output {
+    let child = tokio::process::Command::new(bin_path(binary))
+        .env_clear()
+        .envs(env)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(within, child)
+        .await
+        .unwrap_or_else(|_| {
+            panic!("{binary} {args:?} still runs after {within:?}: a malformed setting must stop it at start")
+        })
+        .expect("run the binary");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_url_stops_every_binary_at_start_naming_the_variable_without_its_password() {
+    let ctx = TestContext::new().await;
+    let cases = [
+        // The case: the "//" is missing.
+        ("AMQP_URL", format!("amqp:guest:{PASSWORD}@127.0.0.1:5672/%2f")),
+        // An unencoded '/' in the password.
+        (
+            "AMQP_URL",
+            format!("amqp://guest:{PASSWORD}/x@127.0.0.1:5672/%2f"),
+        ),
+        // A list of nodes written as hosts rather than URLs.
+        (
+            "AMQP_URL",
+            format!("amqp://guest:{PASSWORD}@127.0.0.1:5672/%2f,127.0.0.1:5673"),
+        ),
+        (
+            "DATABASE_URL",
+            format!(
+                "postgres:postgres:{PASSWORD}@127.0.0.1:5432/{}",
+                ctx.database_name
+            ),
+        ),
+        ("KEYCLOAK_URL", format!("http://admin:{PASSWORD}@127.0.0.1:8180")),
+    ];
+    let binaries: [(&str, &[&str]); 3] = [
+        ("webhook-ingest", &[]),
+        ("webhook-worker", &[]),
+        ("webhookctl", &["dlq", "list"]),
+    ];
+    for (variable, value) in &cases {
+        for (binary, args) in binaries {
+            let mut env = ctx.env.clone();
+            env.insert(variable.to_string(), value.clone());
+            let out = run_until_exit(binary, args, &env, Duration::from_secs(10)).await;
+            let what = format!("{binary} with {variable} malformed: {out:?}");
+            assert_ne!(out.code, 0, "{what}");
+            assert!(out.stderr.contains(&format!("{variable} is invalid: ")), "{what}");
+            assert!(out.stderr.contains("***"), "the URL is shown redacted: {what}");
+            assert!(!leaks(&out.stdout) && !leaks(&out.stderr), "{what}");
+        }
+    }
+    assert!(
+        !rabbit::exists(&rabbit::topology(&ctx.settings()).work_queue).await,
+        "nothing started"
+    );
+    ctx.cleanup().await;
+}
+
+#[tokio::test]
+async fn while_rabbitmq_is_unreachable_the_reconnect_log_never_shows_the_password() {
+    let ctx = TestContext::new().await;
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut env = ctx.env.clone();
+    env.insert(
+        "AMQP_URL".into(),
+        format!("amqp://guest:{PASSWORD}@127.0.0.1:{port}/%2f"),
+    );
+    env.insert("RUST_LOG".into(), "info".into());
+    let mut child = tokio::process::Command::new(bin_path("webhook-ingest"))
+        .env_clear()
+        .envs(&env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start webhook-ingest");
+    let log = Arc::new(Mutex::new(String::new()));
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+    }
+    wait_for(
+        "three failed connection attempts in the log",
+        Duration::from_secs(20),
+        || {
+            let log = log.clone();
+            async move { (log.lock().unwrap().matches("cannot connect to RabbitMQ").count() >= 3).then_some(()) }
+        },
+    )
+    .await;
+    child.kill().await.unwrap();
+    let log = log.lock().unwrap().clone();
+    assert!(!leaks(&log), "{log}");
+    let shown = format!("guest:***@127.0.0.1:{port}/%2f");
+    assert!(
+        log.contains("webhook-ingest starting") && log.contains(&shown),
+        "{log}"
+    );
     ctx.cleanup().await;
 }

@@ -5,6 +5,9 @@
 //! dies (broker restart, network cut, a channel error from a publish). Callers never block on a
 //! dead broker: [`Broker::publish`] fails fast with [`PublishError::Unavailable`] and the HTTP
 //! layer answers 503, and consumers (the worker) watch [`Broker::links`] to resume consuming.
+//!
+//! `AMQP_URL` may list a cluster's nodes, comma-separated: each connection attempt takes the
+//! next node in turn. A URL shows in logs only through `webhook_core::redact` (no password).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +20,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Notify, watch};
+use webhook_core::{redact, urls};
 
 use crate::topology::{self, Topology};
 
@@ -42,6 +46,7 @@ impl Link {
 /// How the broker should be reached.
 #[derive(Clone)]
 pub struct BrokerConfig {
+    /// One URL, or several (a cluster's nodes) comma-separated; see `webhook_core::urls`.
     pub url: SecretString,
     pub topology: Topology,
     pub declare_topology: bool,
@@ -195,10 +200,19 @@ impl Broker {
     }
 }
 
-async fn connect(shared: &Shared, generation: u64) -> Result<Link, lapin::Error> {
+/// The node the `attempt`-th connection attempt (from 1) goes to: the nodes in turn.
+fn node(url: &str, attempt: u64) -> &str {
+    let nodes = urls::split_list(url);
+    if nodes.is_empty() {
+        return url;
+    }
+    nodes[((attempt.max(1) - 1) % nodes.len() as u64) as usize]
+}
+
+async fn connect(shared: &Shared, node: &str, generation: u64) -> Result<Link, lapin::Error> {
     let cfg = &shared.config;
     let props = ConnectionProperties::default().with_connection_name(cfg.connection_name.clone().into());
-    let connection = Connection::connect(cfg.url.expose_secret(), props).await?;
+    let connection = Connection::connect(node, props).await?;
     if cfg.declare_topology {
         let ch = connection.create_channel().await?;
         topology::declare(&ch, &cfg.topology).await?;
@@ -225,15 +239,19 @@ async fn supervise(shared: Arc<Shared>) {
             .build()
     };
     let mut delays = backoff();
+    let url = shared.config.url.expose_secret();
     loop {
         generation += 1;
+        let node = node(url, generation);
+        // Shown as `node` in every log line of this connection; never with its password.
+        let shown = redact::url(node);
         let attempt = tokio::select! {
-            r = connect(&shared, generation) => r,
+            r = connect(&shared, node, generation) => r,
             _ = shared.shutdown.notified() => return,
         };
         match attempt {
             Ok(link) => {
-                tracing::info!(generation, "connected to RabbitMQ");
+                tracing::info!(generation, node = %shown, "connected to RabbitMQ");
                 let mut events = link.connection.events_listener();
                 let link = Arc::new(link);
                 shared.link.send_replace(Some(link.clone()));
@@ -242,7 +260,10 @@ async fn supervise(shared: Arc<Shared>) {
                 loop {
                     tokio::select! {
                         ev = events.next() => match ev {
-                            Some(Event::Error(e)) => { tracing::warn!(error = %e, "RabbitMQ connection failed"); break; }
+                            Some(Event::Error(e)) => {
+                                tracing::warn!(node = %shown, error = %redact::scrub(&e.to_string(), url), "RabbitMQ connection failed");
+                                break;
+                            }
                             Some(Event::ConnectionBlocked(reason)) => tracing::warn!(%reason, "RabbitMQ blocked publishing (resource alarm)"),
                             Some(Event::ConnectionUnblocked) => tracing::info!("RabbitMQ unblocked publishing"),
                             Some(_) => {}
@@ -271,7 +292,12 @@ async fn supervise(shared: Arc<Shared>) {
                 .await;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot connect to RabbitMQ; retrying");
+                // lapin's errors may quote the URL (an unparsable one whole): scrubbed.
+                tracing::warn!(
+                    node = %shown,
+                    error = %redact::scrub(&e.to_string(), url),
+                    "cannot connect to RabbitMQ; retrying (check AMQP_URL and that RabbitMQ is running)"
+                );
             }
         }
         let delay = delays.next().unwrap_or(shared.config.reconnect_max);
@@ -292,4 +318,24 @@ pub fn job_properties(message_id: &str, event_type: &str, headers: FieldTable) -
         .with_delivery_mode(2)
         .with_timestamp(webhook_core::unix_now().max(0) as u64)
         .with_headers(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_attempt_takes_the_next_node() {
+        let url = "amqp://u:p@r0/%2f, amqp://u:p@r1/%2f,amqp://u:p@r2/%2f";
+        let nodes: Vec<_> = (1..=4).map(|a| super::node(url, a)).collect();
+        assert_eq!(
+            nodes,
+            [
+                "amqp://u:p@r0/%2f",
+                "amqp://u:p@r1/%2f",
+                "amqp://u:p@r2/%2f",
+                "amqp://u:p@r0/%2f"
+            ]
+        );
+        assert_eq!(super::node("amqp://h", 7), "amqp://h");
+        assert_eq!(super::node("", 1), "");
+    }
 }

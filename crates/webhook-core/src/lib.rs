@@ -3,6 +3,8 @@
 //! - [`signature`]: `Stripe-Signature` verification; only it can make a [`signature::VerifiedPayload`].
 //! - [`envelope`]: the event envelope and the [`envelope::VerifiedEvent`] the publisher takes.
 //! - [`settings`]: the typed configuration of every binary (defaults in `default.toml`).
+//! - [`urls`]: the configured URLs, checked at start.
+//! - [`redact`]: credentials out of URLs before they are shown.
 //! - [`message`]: the queue message schema and header names.
 //! - [`error_code`]: the ingest's JSON error contract.
 //! - [`telemetry`]: logging setup.
@@ -10,9 +12,11 @@
 pub mod envelope;
 pub mod error_code;
 pub mod message;
+pub mod redact;
 pub mod settings;
 pub mod signature;
 pub mod telemetry;
+pub mod urls;
 
 pub use envelope::{Envelope, EnvelopeError, EventId, VerifiedEvent};
 pub use settings::Settings;

@@ -97,6 +97,61 @@ pub struct StripeSettings {
     pub webhook_secret: SecretString,
     pub tolerance_secs: u64,
     pub handled_event_types: Vec<String>,
+    /// Which mode's events are queued (`WEBHOOK__STRIPE__LIVEMODE`).
+    pub livemode: Livemode,
+}
+
+/// Which Stripe mode's events the ingest queues (`stripe.livemode`): an event of the other
+/// mode is verified, stored with the reason and answered `ignored`, never queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Livemode {
+    /// Only events with `"livemode": true` (production).
+    Live,
+    /// Only events with `"livemode": false` (a staging endpoint on Stripe's test mode).
+    Test,
+    /// Both (local runs, where `webhookctl send-test-event` and `stripe listen` send test events).
+    Any,
+}
+
+impl TryFrom<String> for Livemode {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "live" => Ok(Self::Live),
+            "test" => Ok(Self::Test),
+            "any" => Ok(Self::Any),
+            _ => Err(format!(
+                "WEBHOOK__STRIPE__LIVEMODE (stripe.livemode) is {raw:?}; set \"live\" (production), \"test\" or \"any\""
+            )),
+        }
+    }
+}
+
+impl Livemode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Test => "test",
+            Self::Any => "any",
+        }
+    }
+
+    /// Why an event whose `livemode` is `event_livemode` is not for this endpoint (the reason
+    /// stored with the ignored event), or `None` when it is.
+    pub fn refuses(self, event_livemode: bool) -> Option<String> {
+        let (event, wanted) = match (self, event_livemode) {
+            (Self::Live, false) => ("a test-mode event (livemode: false)", "live"),
+            (Self::Test, true) => ("a live-mode event (livemode: true)", "test"),
+            _ => return None,
+        };
+        Some(format!(
+            "ignored: {event}, and stripe.livemode is \"{wanted}\" (WEBHOOK__STRIPE__LIVEMODE); \
+             not queued. If it should be processed, check which Stripe mode's endpoint secret is in \
+             STRIPE_WEBHOOK_SECRET, or set stripe.livemode"
+        ))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -244,6 +299,24 @@ impl Settings {
                 variable: "AMQP_URL",
                 why: "",
             });
+        }
+        // Each URL with a real parser; the reasons show them redacted, never a password.
+        let invalid = |variable: &'static str| move |reason| SettingsError::Invalid { variable, reason };
+        crate::urls::check_postgres(self.database.url.expose_secret()).map_err(invalid("DATABASE_URL"))?;
+        crate::urls::check_amqp(self.amqp.url.expose_secret()).map_err(invalid("AMQP_URL"))?;
+        // Only the worker needs Keycloak and Lago (it requires them when it starts); anyone who
+        // sets them gets them checked.
+        if !self.keycloak.url.trim().is_empty() {
+            crate::urls::check_http(
+                &self.keycloak.url,
+                "http://keycloak:8080",
+                "KEYCLOAK_CLIENT_SECRET, or KEYCLOAK_ADMIN_USER and KEYCLOAK_ADMIN_PASSWORD,",
+            )
+            .map_err(invalid("KEYCLOAK_URL"))?;
+        }
+        if !self.lago.api_url.trim().is_empty() {
+            crate::urls::check_http(&self.lago.api_url, "http://lago-api:3000", "LAGO_API_KEY")
+                .map_err(invalid("LAGO_API_URL"))?;
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(SettingsError::Invalid {
@@ -456,6 +529,61 @@ mod tests {
         let dump = format!("{s:?}");
         assert!(
             !dump.contains("topsecret") && !dump.contains("lago_key_xyz") && !dump.contains("guest:guest")
+        );
+    }
+
+    #[test]
+    fn a_malformed_url_names_its_variable_and_hides_its_password() {
+        let cases = [
+            ("AMQP_URL", "amqp:guest:Hunter2xyz@rabbit:5672/%2f"),
+            ("AMQP_URL", "amqp://guest:Hunter2xyz@rabbit:5672/%2f,rabbit2:5672"),
+            ("DATABASE_URL", "postgres:webhooks:Hunter2xyz@db/webhooks"),
+            ("DATABASE_URL", "postgres://webhooks:Hunter2/xyz@db/webhooks"),
+            ("KEYCLOAK_URL", "keycloak:8080"),
+            ("KEYCLOAK_URL", "http://admin:Hunter2xyz@keycloak:8080"),
+            ("LAGO_API_URL", "lago-api:3000"),
+        ];
+        for (variable, value) in cases {
+            let err = Settings::load_from(None, &env(&[(variable, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("{variable} is invalid: ")),
+                "{value}: {err}"
+            );
+            assert!(!err.contains("Hunter2") && !err.contains("xyz"), "{value}: {err}");
+        }
+        // Empty Keycloak and Lago URLs are fine (only the worker needs them, and says so).
+        let s = Settings::load_from(None, &env(&[("KEYCLOAK_URL", ""), ("LAGO_API_URL", " ")])).unwrap();
+        assert!(s.keycloak.url.is_empty());
+        // Lists of nodes are checked node by node.
+        Settings::load_from(
+            None,
+            &env(&[(
+                "AMQP_URL",
+                "amqp://u:p@rabbit-0:5672/%2f,amqp://u:p@rabbit-1:5672/%2f",
+            )]),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn livemode() {
+        let s = Settings::load_from(None, &env(&[])).unwrap();
+        assert_eq!(s.stripe.livemode, Livemode::Any, "default for local runs");
+        let s = Settings::load_from(None, &env(&[("WEBHOOK__STRIPE__LIVEMODE", "live")])).unwrap();
+        assert_eq!(s.stripe.livemode, Livemode::Live);
+        assert!(Livemode::Live.refuses(true).is_none());
+        assert!(Livemode::Live.refuses(false).unwrap().contains("test-mode event"));
+        assert!(Livemode::Test.refuses(true).unwrap().contains("live-mode event"));
+        assert!(Livemode::Test.refuses(false).is_none());
+        assert!(Livemode::Any.refuses(true).is_none() && Livemode::Any.refuses(false).is_none());
+        let err = Settings::load_from(None, &env(&[("WEBHOOK__STRIPE__LIVEMODE", "prod")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("WEBHOOK__STRIPE__LIVEMODE") && err.contains("\"live\""),
+            "{err}"
         );
     }
 

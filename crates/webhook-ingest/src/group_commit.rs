@@ -40,8 +40,17 @@ pub enum Disposition {
     Accepted,
     /// Recorded before (or by an earlier copy in the same batch).
     Duplicate,
-    /// An event type nobody handles: recorded, not queued.
+    /// An event type nobody handles, or an event of the other Stripe mode: recorded, not queued.
     Ignored,
+}
+
+/// What to do with a verified event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Record it and queue it for the worker.
+    Queue,
+    /// Record it as `ignored`, with the reason (kept as its `last_error`), and do not queue it.
+    Ignore { reason: Option<String> },
 }
 
 impl Disposition {
@@ -58,7 +67,7 @@ type Answer = Result<Disposition, ApiError>;
 
 struct Job {
     event: VerifiedEvent,
-    handled: bool,
+    route: Route,
     reply: oneshot::Sender<Answer>,
 }
 
@@ -90,14 +99,10 @@ impl GroupCommit {
         Self { jobs: tx, metrics }
     }
 
-    /// Records and (if `handled`) queues the event; answers once that is durable, or why not.
-    pub async fn submit(&self, event: VerifiedEvent, handled: bool) -> Answer {
+    /// Records and (for [`Route::Queue`]) queues the event; answers once that is durable, or why not.
+    pub async fn submit(&self, event: VerifiedEvent, route: Route) -> Answer {
         let (reply, answer) = oneshot::channel();
-        let job = Job {
-            event,
-            handled,
-            reply,
-        };
+        let job = Job { event, route, reply };
         self.metrics.commit_waiting.inc();
         if self.jobs.send(job).await.is_err() {
             self.metrics.commit_waiting.dec();
@@ -158,17 +163,15 @@ async fn record_and_queue(
         .iter()
         .map(|&i| {
             let job = &batch[i];
-            let status = if job.handled {
-                EventStatus::Queued
-            } else {
-                EventStatus::Ignored
-            };
-            (job.event.envelope(), status)
+            match &job.route {
+                Route::Queue => (job.event.envelope(), EventStatus::Queued, None),
+                Route::Ignore { reason } => (job.event.envelope(), EventStatus::Ignored, reason.as_deref()),
+            }
         })
         .collect();
     let started = Instant::now();
     let mut tx = backend.store.pool.begin().await.map_err(db_unavailable)?;
-    let inserted: HashSet<String> = events::insert_new(&mut tx, &rows)
+    let inserted: HashSet<String> = events::insert_new_with_reasons(&mut tx, &rows)
         .await
         .map_err(db_unavailable)?
         .into_iter()
@@ -187,7 +190,7 @@ async fn record_and_queue(
             if !new {
                 return Ok(Disposition::Duplicate);
             }
-            if !job.handled {
+            if job.route != Route::Queue {
                 return Ok(Disposition::Ignored);
             }
             let started = Instant::now();

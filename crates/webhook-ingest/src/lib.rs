@@ -18,6 +18,8 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use webhook_amqp::{Broker, BrokerConfig};
+use webhook_core::redact;
+use webhook_core::settings::Livemode;
 use webhook_core::{Settings, SignatureVerifier};
 use webhook_store::Store;
 
@@ -37,6 +39,8 @@ pub struct AppState {
     pub broker: Broker,
     pub metrics: Metrics,
     pub handled_event_types: HashSet<String>,
+    /// Which Stripe mode's events are queued; the others are stored as ignored.
+    pub livemode: Livemode,
     pub body_limit: usize,
     pub body_timeout: Duration,
     pub max_header_bytes: usize,
@@ -55,6 +59,12 @@ impl Application {
     /// The broker may still be down when this returns: requests get 503 until it is up.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let secrets = settings.stripe.secrets()?;
+        tracing::info!(
+            database = %redact::secret_url(&settings.database.url),
+            rabbitmq = %redact::secret_url(&settings.amqp.url),
+            livemode = settings.stripe.livemode.as_str(),
+            "webhook-ingest starting"
+        );
         let verifier = SignatureVerifier::new(secrets, settings.stripe.tolerance_secs);
         let store = Store::connect_lazy(&settings.database)?;
         if settings.database.migrate_on_start {
@@ -80,6 +90,7 @@ impl Application {
             broker: broker.clone(),
             metrics,
             handled_event_types: settings.stripe.handled_event_types.iter().cloned().collect(),
+            livemode: settings.stripe.livemode,
             body_limit: settings.ingest.body_limit_bytes,
             body_timeout: Duration::from_secs(settings.ingest.body_timeout_secs),
             max_header_bytes: MAX_HEADER_BYTES,

@@ -44,19 +44,34 @@ pub async fn insert_new(
     conn: &mut PgConnection,
     batch: &[(&Envelope, EventStatus)],
 ) -> Result<Vec<String>, sqlx::Error> {
+    let batch: Vec<_> = batch
+        .iter()
+        .map(|&(event, status)| (event, status, None))
+        .collect();
+    insert_new_with_reasons(conn, &batch).await
+}
+
+/// [`insert_new`], each event with the reason it gets its status, kept as its `last_error`
+/// (why an `ignored` event was not queued, e.g. an event of the other Stripe mode; `None` for
+/// an event type nobody handles).
+pub async fn insert_new_with_reasons(
+    conn: &mut PgConnection,
+    batch: &[(&Envelope, EventStatus, Option<&str>)],
+) -> Result<Vec<String>, sqlx::Error> {
     let n = batch.len();
     let (mut ids, mut types, mut objects) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let (mut livemode, mut created, mut payloads, mut statuses) = (
+    let (mut livemode, mut created, mut payloads, mut statuses, mut reasons) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    for (event, status) in batch {
+    for (event, status, reason) in batch {
         ids.push(event.id.as_str());
         types.push(event.event_type.as_str());
         objects.push(event.object_id.as_deref());
@@ -64,10 +79,11 @@ pub async fn insert_new(
         created.push(Utc.timestamp_opt(event.created, 0).single());
         payloads.push(std::str::from_utf8(&event.body).map_err(|e| sqlx::Error::Decode(Box::new(e)))?);
         statuses.push(status.as_str());
+        reasons.push(reason.map(storable));
     }
     sqlx::query_scalar(
-        "INSERT INTO webhook_events (event_id, event_type, object_id, livemode, stripe_created_at, payload, status)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::boolean[], $5::timestamptz[], $6::text[], $7::text[])
+        "INSERT INTO webhook_events (event_id, event_type, object_id, livemode, stripe_created_at, payload, status, last_error)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::boolean[], $5::timestamptz[], $6::text[], $7::text[], $8::text[])
          ON CONFLICT (event_id) DO NOTHING
          RETURNING event_id",
     )
@@ -78,6 +94,7 @@ pub async fn insert_new(
     .bind(&created)
     .bind(&payloads)
     .bind(&statuses)
+    .bind(&reasons)
     .fetch_all(conn)
     .await
 }

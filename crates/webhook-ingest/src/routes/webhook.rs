@@ -16,7 +16,7 @@ use webhook_core::VerifiedEvent;
 use webhook_core::error_code::ApiError;
 
 use crate::AppState;
-use crate::group_commit::Disposition;
+use crate::group_commit::{Disposition, Route};
 
 /// The facts a log line and a metric need, whatever the outcome.
 #[derive(Default)]
@@ -90,9 +90,24 @@ async fn handle(
     let event = VerifiedEvent::parse(verified).map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
     seen.event_id = Some(event.id.to_string());
     seen.event_type = Some(event.event_type.clone());
-    let handled = state.handled_event_types.contains(&event.event_type);
+    let route = match state.livemode.refuses(event.livemode) {
+        // Verified and stored, with the reason, but never queued: with a test-mode secret
+        // configured beside the live one, a test event must not provision a real account.
+        Some(reason) => {
+            tracing::info!(
+                event_id = %event.id,
+                event_type = %event.event_type,
+                event_livemode = event.livemode,
+                stripe_livemode = state.livemode.as_str(),
+                "event of the other Stripe mode: stored as ignored, not queued"
+            );
+            Route::Ignore { reason: Some(reason) }
+        }
+        None if state.handled_event_types.contains(&event.event_type) => Route::Queue,
+        None => Route::Ignore { reason: None },
+    };
     // Recorded and queued together with the other requests in flight (group commit).
-    state.queue.submit(event, handled).await
+    state.queue.submit(event, route).await
 }
 
 /// Content type and header size, checked before the body is read.

@@ -28,10 +28,12 @@ pub async fn run(settings: &Settings, args: SendTestEventArgs) -> anyhow::Result
         .body(body)
         .send()
         .await
+        // reqwest's message would quote the URL whole, password included: shown redacted.
+        .map_err(reqwest::Error::without_url)
         .with_context(|| {
             format!(
                 "could not reach the ingest at {} (is it running? make run)",
-                args.url
+                webhook_core::redact::url(&args.url)
             )
         })?;
     let status = response.status();
