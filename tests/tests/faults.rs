@@ -1,0 +1,201 @@
+//! Faults that are not outages (issue 14), against the real worker, Postgres and RabbitMQ:
+//! nothing spins, and every message ends succeeded or dead-lettered with a reason.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::{Connection, PgConnection, PgPool};
+use webhook_sandbox::{Fault, Route, SeedUser};
+use webhook_tests::worker::{TestSandbox, TestWorker, worker_settings};
+use webhook_tests::{TestContext, admin_database_url, rabbit, signed_event, wait_event_done, wait_for};
+
+async fn admin() -> PgConnection {
+    PgConnection::connect(&admin_database_url()).await.unwrap()
+}
+
+/// Sets the test database read-only (or back) for new sessions, and ends the open ones so that
+/// the worker's next statements meet the new setting — what a failover to a replica looks like.
+async fn set_read_only(ctx: &TestContext, on: bool) {
+    let mut admin = admin().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{}\" SET default_transaction_read_only = {}",
+        ctx.database_name,
+        if on { "on" } else { "off" }
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+        .bind(&ctx.database_name)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
+/// Transactions of the test database that ended in a rollback (every refused statement is one).
+async fn rollbacks(ctx: &TestContext) -> i64 {
+    let mut admin = admin().await;
+    sqlx::query_scalar("SELECT xact_rollback FROM pg_stat_database WHERE datname = $1")
+        .bind(&ctx.database_name)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+}
+
+async fn get(url: String) -> (u16, Value) {
+    let r = reqwest::get(url).await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+async fn metric(port: u16, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A failover in progress (the database read-only): the message is held with a growing delay —
+/// a handful of tries, not a hot loop — `/readyz` says why, and once the database takes writes
+/// again the event completes, once.
+#[tokio::test]
+async fn a_read_only_database_holds_the_message_with_backoff_then_completes_once() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(SeedUser::new("ro@example.com"));
+    let settings = worker_settings(&ctx, &sandbox, &[]);
+    let topo = rabbit::topology(&settings);
+    let worker = TestWorker::spawn(settings).await.ready().await;
+
+    set_read_only(&ctx, true).await;
+    let before = rollbacks(&ctx).await;
+    let started = Instant::now();
+    let event = signed_event("checkout.session.completed", "ro@example.com");
+    rabbit::publish(&topo.exchange, "checkout.session.completed", &event.body, &event.event_id).await;
+    let port = worker.port;
+    let (status, body) = wait_for("/readyz to say jobs are held", Duration::from_secs(20), || async move {
+        let (status, body) = get(format!("http://127.0.0.1:{port}/readyz")).await;
+        (status == 503 && body["postgres"].as_str().is_some_and(|p| p.contains("holding"))).then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert!(body["postgres"].as_str().unwrap().contains("25006"), "{body}");
+    assert_eq!(metric(port, "webhook_worker_jobs_held").await, 1.0);
+    // Six seconds of holding: with the delays doubling from 200 ms, a handful of tries.
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(started.elapsed())).await;
+    let tries = rollbacks(&ctx).await - before;
+    assert!((1..=25).contains(&tries), "{tries} refused statements in 6 s: the hold must back off");
+    assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 0, "nothing downstream while held");
+
+    set_read_only(&ctx, false).await;
+    let pool = ctx.pool().await;
+    assert_eq!(wait_event_done(&pool, &event.event_id).await, "succeeded");
+    assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 1, "once");
+    let audits: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_logs").fetch_one(&pool).await.unwrap();
+    assert_eq!(audits, 1);
+    wait_for("/readyz to be ready again", Duration::from_secs(20), || async move {
+        (get(format!("http://127.0.0.1:{port}/readyz")).await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(metric(port, "webhook_worker_jobs_held").await, 0.0);
+    worker.stop().await;
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}
+
+/// The job's own statement refused (a worker newer than the schema: a column missing): retried
+/// through the schedule, then dead-lettered with the SQLSTATE and the fix in `x-error`.
+#[tokio::test]
+async fn a_refused_statement_goes_through_the_schedule_to_the_dead_letter_queue() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(SeedUser::new("schema@example.com"));
+    let settings = worker_settings(&ctx, &sandbox, &[("WORKER_RETRY_SCHEDULE", "1s")]);
+    let topo = rabbit::topology(&settings);
+    let pool: PgPool = ctx.pool().await;
+    sqlx::query("ALTER TABLE webhook_events RENAME COLUMN action_key TO action_key_renamed")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let worker = TestWorker::spawn(settings).await.ready().await;
+    let event = signed_event("checkout.session.completed", "schema@example.com");
+    rabbit::publish(&topo.exchange, "checkout.session.completed", &event.body, &event.event_id).await;
+    let dlq = topo.dead_letter_queue.clone();
+    let dead = wait_for("the dead letter", Duration::from_secs(30), || {
+        let dlq = dlq.clone();
+        async move {
+            let got = rabbit::drain(&dlq).await;
+            (!got.is_empty()).then_some(got)
+        }
+    })
+    .await;
+    let error = rabbit::header(&dead[0], "x-error").unwrap();
+    assert!(error.contains("SQLSTATE 42703") && error.contains("webhookctl migrate"), "{error}");
+    assert_eq!(rabbit::header(&dead[0], "x-retry-attempt").as_deref(), Some("1"), "after the schedule");
+    worker.stop().await;
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}
+
+/// A retry queue missing (the schedule changed, the topology not declared again): the failed
+/// message is dead-lettered at once as an infrastructure failure that says what to do, and
+/// `/readyz` and `webhook_worker_queue_missing` name the queue.
+#[tokio::test]
+async fn a_missing_retry_queue_dead_letters_with_the_fix_and_shows_in_readyz() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(SeedUser::new("noretry@example.com"));
+    sandbox.state.inject_fault(Fault {
+        route: Route::LagoCreateSubscription,
+        status: 503,
+        count: 100,
+        retry_after_secs: None,
+        body: None,
+    });
+    let settings = worker_settings(
+        &ctx,
+        &sandbox,
+        &[("WORKER_RETRY_SCHEDULE", "7s"), ("WEBHOOK__WORKER__INLINE_RETRIES", "0")],
+    );
+    let topo = rabbit::topology(&settings);
+    let worker = TestWorker::spawn(settings).await.ready().await;
+    let retry_queue = topo.retry_tiers[0].queue.clone();
+    let (_conn, channel) = rabbit::channel().await;
+    channel
+        .queue_delete(retry_queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+
+    let event = signed_event("checkout.session.completed", "noretry@example.com");
+    rabbit::publish(&topo.exchange, "checkout.session.completed", &event.body, &event.event_id).await;
+    let pool = ctx.pool().await;
+    assert_eq!(wait_event_done(&pool, &event.event_id).await, "dead_lettered");
+    let dead = rabbit::drain(&topo.dead_letter_queue).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(rabbit::header(&dead[0], "x-error-kind").as_deref(), Some("infrastructure"));
+    let error = rabbit::header(&dead[0], "x-error").unwrap();
+    assert!(error.contains(&retry_queue) && error.contains("webhookctl setup"), "{error}");
+    assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 1, "no loop of the job's steps");
+
+    let port = worker.port;
+    let body = wait_for("/readyz to name the missing queue", Duration::from_secs(20), || {
+        let retry_queue = retry_queue.clone();
+        async move {
+            let (status, body) = get(format!("http://127.0.0.1:{port}/readyz")).await;
+            (status == 503 && body["missing_queues"].to_string().contains(&retry_queue)).then_some(body)
+        }
+    })
+    .await;
+    assert!(body["fix"].as_str().unwrap().contains("webhookctl setup"));
+    let gauge = format!("webhook_worker_queue_missing{{queue=\"{retry_queue}\"}}");
+    assert_eq!(metric(port, &gauge).await, 1.0);
+    worker.stop().await;
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}
