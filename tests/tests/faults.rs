@@ -77,12 +77,23 @@ async fn a_read_only_database_holds_the_message_with_backoff_then_completes_once
     let before = rollbacks(&ctx).await;
     let started = Instant::now();
     let event = signed_event("checkout.session.completed", "ro@example.com");
-    rabbit::publish(&topo.exchange, "checkout.session.completed", &event.body, &event.event_id).await;
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        &event.body,
+        &event.event_id,
+    )
+    .await;
     let port = worker.port;
-    let (status, body) = wait_for("/readyz to say jobs are held", Duration::from_secs(20), || async move {
-        let (status, body) = get(format!("http://127.0.0.1:{port}/readyz")).await;
-        (status == 503 && body["postgres"].as_str().is_some_and(|p| p.contains("holding"))).then_some((status, body))
-    })
+    let (status, body) = wait_for(
+        "/readyz to say jobs are held",
+        Duration::from_secs(20),
+        || async move {
+            let (status, body) = get(format!("http://127.0.0.1:{port}/readyz")).await;
+            (status == 503 && body["postgres"].as_str().is_some_and(|p| p.contains("holding")))
+                .then_some((status, body))
+        },
+    )
     .await;
     assert_eq!(status, 503);
     assert!(body["postgres"].as_str().unwrap().contains("25006"), "{body}");
@@ -90,18 +101,30 @@ async fn a_read_only_database_holds_the_message_with_backoff_then_completes_once
     // Six seconds of holding: with the delays doubling from 200 ms, a handful of tries.
     tokio::time::sleep(Duration::from_secs(6).saturating_sub(started.elapsed())).await;
     let tries = rollbacks(&ctx).await - before;
-    assert!((1..=25).contains(&tries), "{tries} refused statements in 6 s: the hold must back off");
-    assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 0, "nothing downstream while held");
+    assert!(
+        (1..=25).contains(&tries),
+        "{tries} refused statements in 6 s: the hold must back off"
+    );
+    assert_eq!(
+        sandbox.state.calls(Route::LagoCreateSubscription),
+        0,
+        "nothing downstream while held"
+    );
 
     set_read_only(&ctx, false).await;
     let pool = ctx.pool().await;
     assert_eq!(wait_event_done(&pool, &event.event_id).await, "succeeded");
     assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 1, "once");
-    let audits: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_logs").fetch_one(&pool).await.unwrap();
+    let audits: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_logs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(audits, 1);
-    wait_for("/readyz to be ready again", Duration::from_secs(20), || async move {
-        (get(format!("http://127.0.0.1:{port}/readyz")).await.0 == 200).then_some(())
-    })
+    wait_for(
+        "/readyz to be ready again",
+        Duration::from_secs(20),
+        || async move { (get(format!("http://127.0.0.1:{port}/readyz")).await.0 == 200).then_some(()) },
+    )
     .await;
     assert_eq!(metric(port, "webhook_worker_jobs_held").await, 0.0);
     worker.stop().await;
@@ -125,7 +148,13 @@ async fn a_refused_statement_goes_through_the_schedule_to_the_dead_letter_queue(
         .unwrap();
     let worker = TestWorker::spawn(settings).await.ready().await;
     let event = signed_event("checkout.session.completed", "schema@example.com");
-    rabbit::publish(&topo.exchange, "checkout.session.completed", &event.body, &event.event_id).await;
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        &event.body,
+        &event.event_id,
+    )
+    .await;
     let dlq = topo.dead_letter_queue.clone();
     let dead = wait_for("the dead letter", Duration::from_secs(30), || {
         let dlq = dlq.clone();
@@ -136,8 +165,15 @@ async fn a_refused_statement_goes_through_the_schedule_to_the_dead_letter_queue(
     })
     .await;
     let error = rabbit::header(&dead[0], "x-error").unwrap();
-    assert!(error.contains("SQLSTATE 42703") && error.contains("webhookctl migrate"), "{error}");
-    assert_eq!(rabbit::header(&dead[0], "x-retry-attempt").as_deref(), Some("1"), "after the schedule");
+    assert!(
+        error.contains("SQLSTATE 42703") && error.contains("webhookctl migrate"),
+        "{error}"
+    );
+    assert_eq!(
+        rabbit::header(&dead[0], "x-retry-attempt").as_deref(),
+        Some("1"),
+        "after the schedule"
+    );
     worker.stop().await;
     sandbox.stop().await;
     ctx.cleanup().await;
@@ -161,7 +197,10 @@ async fn a_missing_retry_queue_dead_letters_with_the_fix_and_shows_in_readyz() {
     let settings = worker_settings(
         &ctx,
         &sandbox,
-        &[("WORKER_RETRY_SCHEDULE", "7s"), ("WEBHOOK__WORKER__INLINE_RETRIES", "0")],
+        &[
+            ("WORKER_RETRY_SCHEDULE", "7s"),
+            ("WEBHOOK__WORKER__INLINE_RETRIES", "0"),
+        ],
     );
     let topo = rabbit::topology(&settings);
     let worker = TestWorker::spawn(settings).await.ready().await;
@@ -173,24 +212,44 @@ async fn a_missing_retry_queue_dead_letters_with_the_fix_and_shows_in_readyz() {
         .unwrap();
 
     let event = signed_event("checkout.session.completed", "noretry@example.com");
-    rabbit::publish(&topo.exchange, "checkout.session.completed", &event.body, &event.event_id).await;
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        &event.body,
+        &event.event_id,
+    )
+    .await;
     let pool = ctx.pool().await;
     assert_eq!(wait_event_done(&pool, &event.event_id).await, "dead_lettered");
     let dead = rabbit::drain(&topo.dead_letter_queue).await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(rabbit::header(&dead[0], "x-error-kind").as_deref(), Some("infrastructure"));
+    assert_eq!(
+        rabbit::header(&dead[0], "x-error-kind").as_deref(),
+        Some("infrastructure")
+    );
     let error = rabbit::header(&dead[0], "x-error").unwrap();
-    assert!(error.contains(&retry_queue) && error.contains("webhookctl setup"), "{error}");
-    assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 1, "no loop of the job's steps");
+    assert!(
+        error.contains(&retry_queue) && error.contains("webhookctl setup"),
+        "{error}"
+    );
+    assert_eq!(
+        sandbox.state.calls(Route::LagoCreateSubscription),
+        1,
+        "no loop of the job's steps"
+    );
 
     let port = worker.port;
-    let body = wait_for("/readyz to name the missing queue", Duration::from_secs(20), || {
-        let retry_queue = retry_queue.clone();
-        async move {
-            let (status, body) = get(format!("http://127.0.0.1:{port}/readyz")).await;
-            (status == 503 && body["missing_queues"].to_string().contains(&retry_queue)).then_some(body)
-        }
-    })
+    let body = wait_for(
+        "/readyz to name the missing queue",
+        Duration::from_secs(20),
+        || {
+            let retry_queue = retry_queue.clone();
+            async move {
+                let (status, body) = get(format!("http://127.0.0.1:{port}/readyz")).await;
+                (status == 503 && body["missing_queues"].to_string().contains(&retry_queue)).then_some(body)
+            }
+        },
+    )
     .await;
     assert!(body["fix"].as_str().unwrap().contains("webhookctl setup"));
     let gauge = format!("webhook_worker_queue_missing{{queue=\"{retry_queue}\"}}");

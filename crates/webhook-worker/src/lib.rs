@@ -116,6 +116,12 @@ impl Application {
         }
         let broker = Broker::start(BrokerConfig::from_settings(&settings, "webhook-worker")?);
         let w = &settings.worker;
+        let status_attribute =
+            Some(settings.keycloak.status_attribute.trim().to_owned()).filter(|a| !a.is_empty());
+        if let Some(a) = &status_attribute {
+            // The series exists from the start (at 0), so that a rate over it is defined.
+            metrics.attribute_dropped.with_label_values(&[a]).inc_by(0);
+        }
         let ctx = Arc::new(WorkerContext {
             store,
             outcomes: OutcomeWriter::start(
@@ -138,8 +144,7 @@ impl Application {
             health: health::Health::new(metrics.jobs_held.clone(), metrics.queue_missing.clone()),
             metrics,
             tier_attribute: settings.keycloak.tier_attribute.clone(),
-            status_attribute: Some(settings.keycloak.status_attribute.trim().to_owned())
-                .filter(|a| !a.is_empty()),
+            status_attribute,
         });
         let listener =
             TcpListener::bind(&w.bind).with_context(|| format!("cannot listen on WORKER_BIND={}", w.bind))?;
