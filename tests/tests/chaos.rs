@@ -4,6 +4,12 @@
 //! from the services), and the sandbox fails or stalls. Whatever was not answered 2xx is sent
 //! again, as Stripe does. At the end every accepted event must have all its effects exactly once.
 //!
+//! Faults that are not outages too: the database turned read-only (a failover) for a while and
+//! back, a retry queue deleted (then declared again by `webhookctl setup`, and what it sent to
+//! the dead-letter queue requeued, as an operator would), Lago answering `422
+//! value_already_exist` to a customer create. Each kind of fault is injected once, in turn,
+//! before they are drawn at random.
+//!
 //! `make test` runs a short version. `make chaos` runs the long one
 //! (`CHAOS_EVENTS=3000 CHAOS_REAL_RESTARTS=1`), which also restarts the real RabbitMQ and
 //! Postgres servers (Postgres half the time as a crash: an immediate stop, then crash recovery),
@@ -19,6 +25,32 @@ use tokio::sync::Mutex;
 use webhook_sandbox::{Fault, Route, SeedUser};
 use webhook_tests::worker::{TestSandbox, binary_env};
 use webhook_tests::{SignedEvent, TcpProxy, TestContext, bin_path, rabbit, signed_event, wait_for};
+
+/// Sets the test database read-only (or back) for new sessions and ends the open ones: what a
+/// failover to a replica looks like from the services.
+async fn set_read_only(database: &str, on: bool) {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(&webhook_tests::admin_database_url())
+        .await
+        .expect("admin connection");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{database}\" SET default_transaction_read_only = {}",
+        if on { "on" } else { "off" }
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+        .bind(database)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
+/// The environment of `webhookctl` for this test's resources (direct, not through the proxies).
+fn env_for_ctl(ctx: &TestContext) -> HashMap<String, String> {
+    ctx.env.clone()
+}
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -150,14 +182,27 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
     let sending_done = Arc::new(AtomicBool::new(false));
     let mut faults: BTreeMap<&'static str, u32> = BTreeMap::new();
     let mut rng = Rng(seed);
+    let read_only_for = Duration::from_secs(if real_restarts { 60 } else { 2 });
+    let (database_name, ctl_env, retry_queues) = (
+        ctx.database_name.clone(),
+        env.clone(),
+        topo.retry_tiers
+            .iter()
+            .map(|t| t.queue.clone())
+            .collect::<Vec<_>>(),
+    );
     let chaos = {
         let sending_done = sending_done.clone();
         async move {
             let until = Instant::now() + Duration::from_secs(seconds);
+            let mut step = 0u64;
             while !sending_done.load(Ordering::SeqCst) || Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(300 + rng.below(1200))).await;
-                let kinds = if real_restarts { 7 } else { 5 };
-                let kind = match rng.below(kinds) {
+                let kinds = if real_restarts { 10 } else { 8 };
+                // Every kind once, in turn, then at random.
+                let pick = if step < kinds { step } else { rng.below(kinds) };
+                step += 1;
+                let kind = match pick {
                     0 => {
                         let mut w = worker.lock().await;
                         let _ = w.start_kill();
@@ -211,6 +256,40 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
                         }
                     }
                     5 => {
+                        // Two jobs creating one new customer at once: the loser's answer.
+                        sandbox.state.inject_fault(Fault {
+                            route: Route::LagoCreateCustomer,
+                            status: 422,
+                            count: 1,
+                            retry_after_secs: None,
+                            body: Some(serde_json::json!({
+                                "status": 422, "error": "Unprocessable Entity", "code": "validation_errors",
+                                "error_details": {"external_id": ["value_already_exist"]}
+                            })),
+                        });
+                        "Lago 422 value_already_exist"
+                    }
+                    6 => {
+                        // A retry queue missing (the schedule changed, the topology not
+                        // declared): failures meanwhile are dead-lettered as infrastructure,
+                        // requeued at the end once `setup` declared it again.
+                        let queue = &retry_queues[rng.below(retry_queues.len() as u64) as usize];
+                        let (_conn, channel) = rabbit::channel().await;
+                        let _ = channel
+                            .queue_delete(queue.as_str().into(), Default::default())
+                            .await;
+                        tokio::time::sleep(Duration::from_millis(1000 + rng.below(2000))).await;
+                        let out = webhook_tests::webhookctl(&ctl_env, &["setup"]).await;
+                        assert_eq!(out.code, 0, "webhookctl setup: {out:?}");
+                        "retry queue deleted"
+                    }
+                    7 => {
+                        set_read_only(&database_name, true).await;
+                        tokio::time::sleep(read_only_for).await;
+                        set_read_only(&database_name, false).await;
+                        "database read-only"
+                    }
+                    8 => {
                         let ok = std::process::Command::new("rabbitmqctl")
                             .args(["stop_app"])
                             .status()
@@ -268,6 +347,28 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
     }
     sending_done.store(true, Ordering::SeqCst);
     let (faults, worker, ingest, sandbox) = chaos.await.unwrap();
+
+    // What a missing retry queue sent to the dead-letter queue (and only that) goes back, as an
+    // operator would do once the topology is declared again.
+    let out = webhook_tests::webhookctl(&env_for_ctl(&ctx), &["setup"]).await;
+    assert_eq!(out.code, 0, "webhookctl setup: {out:?}");
+    let mut requeued = 0;
+    for m in rabbit::peek(&topo.dead_letter_queue).await {
+        let kind =
+            m.1.as_ref()
+                .and_then(|h| h.inner().get("x-error-kind"))
+                .map(|v| format!("{v:?}"));
+        assert!(
+            kind.as_deref().is_some_and(|k| k.contains("infrastructure")),
+            "only infrastructure dead letters are expected: {kind:?}"
+        );
+        requeued += 1;
+    }
+    if requeued > 0 {
+        let out = webhook_tests::webhookctl(&env_for_ctl(&ctx), &["dlq", "requeue", "--all"]).await;
+        assert_eq!(out.code, 0, "webhookctl dlq requeue: {out:?}");
+    }
+    eprintln!("chaos: {requeued} infrastructure dead letters requeued");
 
     // Let the pipeline drain, then check every effect.
     wait_for(
