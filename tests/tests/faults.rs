@@ -258,3 +258,55 @@ async fn a_missing_retry_queue_dead_letters_with_the_fix_and_shows_in_readyz() {
     sandbox.stop().await;
     ctx.cleanup().await;
 }
+
+/// The outcome of a finished job cannot be written (a column missing: a worker newer than the
+/// schema): the message is never acked unrecorded, the write is tried again with a growing
+/// delay (not in a loop), the job's effects are not redone, and once the schema is fixed the
+/// outcome is recorded.
+#[tokio::test]
+async fn an_outcome_that_cannot_be_written_is_held_with_backoff() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(SeedUser::new("outcome@example.com"));
+    let settings = worker_settings(&ctx, &sandbox, &[]);
+    let topo = rabbit::topology(&settings);
+    let worker = TestWorker::spawn(settings).await.ready().await;
+    let pool = ctx.pool().await;
+    sqlx::query("ALTER TABLE webhook_events RENAME COLUMN completed_at TO completed_at_renamed")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let before = rollbacks(&ctx).await;
+    let event = signed_event("checkout.session.completed", "outcome@example.com");
+    rabbit::publish(&topo.exchange, "checkout.session.completed", &event.body, &event.event_id).await;
+    let port = worker.port;
+    wait_for("the outcome write to be held", Duration::from_secs(20), || async move {
+        (metric(port, "webhook_worker_jobs_held").await == 1.0).then_some(())
+    })
+    .await;
+    let (status, body) = get(format!("http://127.0.0.1:{port}/readyz")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["postgres"].as_str().unwrap().contains("42703"), "{body}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let tries = rollbacks(&ctx).await - before;
+    assert!((1..=25).contains(&tries), "{tries} refused writes in about 5 s: the hold must back off");
+    assert_eq!(
+        rabbit::depth(&topo.work_queue).await,
+        0,
+        "the message is held by the worker (unacked), not requeued"
+    );
+
+    sqlx::query("ALTER TABLE webhook_events RENAME COLUMN completed_at_renamed TO completed_at")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(wait_event_done(&pool, &event.event_id).await, "succeeded");
+    assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 1, "the effects were not redone");
+    wait_for("nothing held", Duration::from_secs(20), || async move {
+        (metric(port, "webhook_worker_jobs_held").await == 0.0).then_some(())
+    })
+    .await;
+    worker.stop().await;
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}
