@@ -310,3 +310,31 @@ async fn an_outcome_that_cannot_be_written_is_held_with_backoff() {
     sandbox.stop().await;
     ctx.cleanup().await;
 }
+
+/// An event of the other Stripe mode that reaches the queue anyway (a replay, a publish by
+/// hand) is skipped by the worker with the reason, and changes nothing.
+#[tokio::test]
+async fn the_worker_skips_an_event_of_the_other_stripe_mode() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(SeedUser::new("mode@example.com"));
+    let settings = worker_settings(&ctx, &sandbox, &[("WEBHOOK__STRIPE__LIVEMODE", "live")]);
+    let topo = rabbit::topology(&settings);
+    let worker = TestWorker::spawn(settings).await.ready().await;
+    // The test checkouts are test-mode events (livemode: false).
+    let event = signed_event("checkout.session.completed", "mode@example.com");
+    rabbit::publish(&topo.exchange, "checkout.session.completed", &event.body, &event.event_id).await;
+    let pool = ctx.pool().await;
+    assert_eq!(wait_event_done(&pool, &event.event_id).await, "skipped");
+    let reason: String = sqlx::query_scalar("SELECT last_error FROM webhook_events WHERE event_id = $1")
+        .bind(&event.event_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(reason.contains("test-mode event"), "{reason}");
+    assert_eq!(sandbox.state.calls(Route::KeycloakSearchUsers), 0);
+    assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 0);
+    worker.stop().await;
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}

@@ -21,6 +21,8 @@ pub struct WorkerContext {
     pub keycloak: KeycloakClient,
     pub lago: LagoClient,
     pub plans: PlanMap,
+    /// Which Stripe mode's events are provisioned (`stripe.livemode`).
+    pub livemode: webhook_core::settings::Livemode,
     /// What a subscription status grants, and the order of tiers (`[plans]`).
     pub entitlements: Entitlements,
     /// Delay before each broker-level retry; its length is the number of retries.

@@ -71,6 +71,11 @@ async fn handle(ctx: &WorkerContext, event: &Envelope, attempt: &mut i32) -> Res
     }
     let action_key = action_key(event);
     *attempt = events::start_attempt(&ctx.store.pool, event, action_key.as_deref()).await?;
+    // The ingest does not queue events of the other Stripe mode; one replayed or published by
+    // hand is refused here too.
+    if let Some(reason) = ctx.livemode.refuses(event.livemode) {
+        return Ok(Done::Skipped(reason));
+    }
     let action_key = action_key
         .ok_or_else(|| Failure::permanent("parse", "malformed message: the event has no data.object.id"))?;
     let body: Value = serde_json::from_slice(&event.body)

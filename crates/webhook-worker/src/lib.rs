@@ -133,6 +133,7 @@ impl Application {
             keycloak,
             lago,
             plans: PlanMap::new(&settings.plans).map_err(anyhow::Error::msg)?,
+            livemode: settings.stripe.livemode,
             entitlements: Entitlements::new(&settings.plans).map_err(anyhow::Error::msg)?,
             retry_delays: w.retry_delays()?,
             inline_retry: InlineRetry {
