@@ -278,18 +278,29 @@ async fn an_outcome_that_cannot_be_written_is_held_with_backoff() {
         .unwrap();
     let before = rollbacks(&ctx).await;
     let event = signed_event("checkout.session.completed", "outcome@example.com");
-    rabbit::publish(&topo.exchange, "checkout.session.completed", &event.body, &event.event_id).await;
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        &event.body,
+        &event.event_id,
+    )
+    .await;
     let port = worker.port;
-    wait_for("the outcome write to be held", Duration::from_secs(20), || async move {
-        (metric(port, "webhook_worker_jobs_held").await == 1.0).then_some(())
-    })
+    wait_for(
+        "the outcome write to be held",
+        Duration::from_secs(20),
+        || async move { (metric(port, "webhook_worker_jobs_held").await == 1.0).then_some(()) },
+    )
     .await;
     let (status, body) = get(format!("http://127.0.0.1:{port}/readyz")).await;
     assert_eq!(status, 503, "{body}");
     assert!(body["postgres"].as_str().unwrap().contains("42703"), "{body}");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let tries = rollbacks(&ctx).await - before;
-    assert!((1..=25).contains(&tries), "{tries} refused writes in about 5 s: the hold must back off");
+    assert!(
+        (1..=25).contains(&tries),
+        "{tries} refused writes in about 5 s: the hold must back off"
+    );
     assert_eq!(
         rabbit::depth(&topo.work_queue).await,
         0,
@@ -301,7 +312,11 @@ async fn an_outcome_that_cannot_be_written_is_held_with_backoff() {
         .await
         .unwrap();
     assert_eq!(wait_event_done(&pool, &event.event_id).await, "succeeded");
-    assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 1, "the effects were not redone");
+    assert_eq!(
+        sandbox.state.calls(Route::LagoCreateSubscription),
+        1,
+        "the effects were not redone"
+    );
     wait_for("nothing held", Duration::from_secs(20), || async move {
         (metric(port, "webhook_worker_jobs_held").await == 0.0).then_some(())
     })
@@ -323,7 +338,13 @@ async fn the_worker_skips_an_event_of_the_other_stripe_mode() {
     let worker = TestWorker::spawn(settings).await.ready().await;
     // The test checkouts are test-mode events (livemode: false).
     let event = signed_event("checkout.session.completed", "mode@example.com");
-    rabbit::publish(&topo.exchange, "checkout.session.completed", &event.body, &event.event_id).await;
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        &event.body,
+        &event.event_id,
+    )
+    .await;
     let pool = ctx.pool().await;
     assert_eq!(wait_event_done(&pool, &event.event_id).await, "skipped");
     let reason: String = sqlx::query_scalar("SELECT last_error FROM webhook_events WHERE event_id = $1")
