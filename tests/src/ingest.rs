@@ -49,8 +49,15 @@ impl TestIngest {
         self.post(event.body.clone(), Some(&event.signature)).await
     }
 
+    /// Stops gracefully (what SIGTERM does) and asserts that the ingest stopped in time and
+    /// without an error.
     pub async fn stop(self) {
         self.handle.stop(true).await;
-        let _ = self.task.await;
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), self.task)
+            .await
+            .expect("the ingest stops within 30 s");
+        ended
+            .expect("the ingest task did not panic")
+            .expect("the ingest stopped without an error");
     }
 }

@@ -89,9 +89,16 @@ impl TestWorker {
         self
     }
 
+    /// Stops gracefully (what SIGTERM does) and asserts that the worker stopped within its
+    /// drain timeout and returned `Ok`.
     pub async fn stop(self) {
         self.shutdown.shutdown();
-        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+        let ended = tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("the worker stops within 20 s");
+        ended
+            .expect("the worker task did not panic")
+            .expect("the worker stopped without an error");
     }
 }
 

@@ -90,8 +90,11 @@ async fn a_read_only_database_holds_the_message_with_backoff_then_completes_once
         Duration::from_secs(20),
         || async move {
             let (status, body) = get(format!("http://127.0.0.1:{port}/readyz")).await;
-            (status == 503 && body["postgres"].as_str().is_some_and(|p| p.contains("holding")))
-                .then_some((status, body))
+            // The first tries may meet the ended sessions (57P01), then the read-only ones.
+            let held = body["postgres"]
+                .as_str()
+                .is_some_and(|p| p.contains("holding") && p.contains("25006"));
+            (status == 503 && held).then_some((status, body))
         },
     )
     .await;

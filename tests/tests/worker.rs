@@ -154,15 +154,26 @@ async fn the_same_event_twice_and_two_events_for_one_session_provision_once() {
                 .await
                 .ok()?;
         let in_flight = metric_value(worker.port, "webhook_worker_jobs_in_flight").await;
-        (status == "succeeded" && attempts == 2 && in_flight == 0.0 && rabbit::depth(&topo.work_queue).await == 0)
+        (status == "succeeded"
+            && attempts == 2
+            && in_flight == 0.0
+            && rabbit::depth(&topo.work_queue).await == 0)
             .then_some(())
     })
     .await;
 
     // The sandbox counts the calls: the Lago effects were made once for three deliveries
     // (the ledger and the billing state, not Lago's idempotency, kept them from repeating).
-    assert_eq!(sandbox.state.calls(Route::LagoCreateCustomer), 1, "one customer create");
-    assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 1, "one subscription create");
+    assert_eq!(
+        sandbox.state.calls(Route::LagoCreateCustomer),
+        1,
+        "one customer create"
+    );
+    assert_eq!(
+        sandbox.state.calls(Route::LagoCreateSubscription),
+        1,
+        "one subscription create"
+    );
     assert_eq!(sandbox.state.calls(Route::KeycloakPutUser), 1, "one tier update");
     assert_eq!(
         sandbox
@@ -177,7 +188,13 @@ async fn the_same_event_twice_and_two_events_for_one_session_provision_once() {
         .unwrap();
     assert_eq!(
         steps,
-        ["audit", "keycloak_attributes", "keycloak_lookup", "lago_customer", "lago_subscription"]
+        [
+            "audit",
+            "keycloak_attributes",
+            "keycloak_lookup",
+            "lago_customer",
+            "lago_subscription"
+        ]
     );
 
     worker.stop().await;
