@@ -182,48 +182,61 @@ async fn a_refused_statement_goes_through_the_schedule_to_the_dead_letter_queue(
     ctx.cleanup().await;
 }
 
-/// A retry queue missing (the schedule changed, the topology not declared again): the failed
-/// message is dead-lettered at once as an infrastructure failure that says what to do, and
-/// `/readyz` and `webhook_worker_queue_missing` name the queue.
+/// A retry queue missing (the schedule changed, the topology not declared again, as in
+/// production with `declare_on_start` off): the failed message is dead-lettered at once as an
+/// infrastructure failure that says what to do, `/readyz` and `webhook_worker_queue_missing`
+/// name the queue, and the worker's connection is left alone: a healthy job in flight meanwhile
+/// runs once (the queue sampler's 404 is a channel error, not a reason to reconnect, which
+/// would hand back every unacked message).
 #[tokio::test]
 async fn a_missing_retry_queue_dead_letters_with_the_fix_and_shows_in_readyz() {
     let ctx = TestContext::new().await;
     let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(SeedUser::new("noretry@example.com"));
-    sandbox.state.inject_fault(Fault {
-        route: Route::LagoCreateSubscription,
-        status: 503,
-        count: 100,
-        retry_after_secs: None,
-        body: None,
-    });
+    sandbox.state.add_user(SeedUser::new("healthy@example.com"));
+    // A job that takes longer than a round of the queue sampler (5 s).
+    sandbox
+        .state
+        .set_latency(Some(Route::KeycloakPutUser), Duration::from_secs(7));
     let settings = worker_settings(
         &ctx,
         &sandbox,
         &[
             ("WORKER_RETRY_SCHEDULE", "7s"),
             ("WEBHOOK__WORKER__INLINE_RETRIES", "0"),
+            ("WEBHOOK__AMQP__DECLARE_ON_START", "false"),
         ],
     );
     let topo = rabbit::topology(&settings);
-    let worker = TestWorker::spawn(settings).await.ready().await;
+    let out = webhook_tests::webhookctl(&ctx.env, &["setup"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
     let retry_queue = topo.retry_tiers[0].queue.clone();
     let (_conn, channel) = rabbit::channel().await;
     channel
         .queue_delete(retry_queue.as_str().into(), Default::default())
         .await
         .unwrap();
+    let worker = TestWorker::spawn(settings).await;
+    let port = worker.port;
 
-    let event = signed_event("checkout.session.completed", "noretry@example.com");
+    let healthy = signed_event("checkout.session.completed", "healthy@example.com");
     rabbit::publish(
         &topo.exchange,
         "checkout.session.completed",
-        &event.body,
-        &event.event_id,
+        &healthy.body,
+        &healthy.event_id,
+    )
+    .await;
+    // No such Keycloak user: a transient failure, for the retry queue that is missing.
+    let failing = signed_event("checkout.session.completed", "nobody@example.com");
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        &failing.body,
+        &failing.event_id,
     )
     .await;
     let pool = ctx.pool().await;
-    assert_eq!(wait_event_done(&pool, &event.event_id).await, "dead_lettered");
+    assert_eq!(wait_event_done(&pool, &failing.event_id).await, "dead_lettered");
     let dead = rabbit::drain(&topo.dead_letter_queue).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(
@@ -235,13 +248,7 @@ async fn a_missing_retry_queue_dead_letters_with_the_fix_and_shows_in_readyz() {
         error.contains(&retry_queue) && error.contains("webhookctl setup"),
         "{error}"
     );
-    assert_eq!(
-        sandbox.state.calls(Route::LagoCreateSubscription),
-        1,
-        "no loop of the job's steps"
-    );
 
-    let port = worker.port;
     let body = wait_for(
         "/readyz to name the missing queue",
         Duration::from_secs(20),
@@ -257,6 +264,79 @@ async fn a_missing_retry_queue_dead_letters_with_the_fix_and_shows_in_readyz() {
     assert!(body["fix"].as_str().unwrap().contains("webhookctl setup"));
     let gauge = format!("webhook_worker_queue_missing{{queue=\"{retry_queue}\"}}");
     assert_eq!(metric(port, &gauge).await, 1.0);
+
+    assert_eq!(wait_event_done(&pool, &healthy.event_id).await, "succeeded");
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM webhook_events WHERE event_id = $1")
+        .bind(&healthy.event_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1, "the healthy job was not handed back by a reconnect");
+    assert_eq!(sandbox.state.calls(Route::KeycloakPutUser), 1);
+    assert!(rabbit::drain(&topo.dead_letter_queue).await.is_empty());
+    worker.stop().await;
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}
+
+/// The dead-letter queue refusing too (deleted): the failed message is held unacked, its
+/// publish tried again with a growing delay, and its job never run again for it.
+#[tokio::test]
+async fn a_refusing_dead_letter_queue_holds_the_message_without_rerunning_the_job() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    let settings = worker_settings(&ctx, &sandbox, &[("WEBHOOK__AMQP__DECLARE_ON_START", "false")]);
+    let topo = rabbit::topology(&settings);
+    let out = webhook_tests::webhookctl(&ctx.env, &["setup"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let (_conn, channel) = rabbit::channel().await;
+    channel
+        .queue_delete(topo.dead_letter_queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let worker = TestWorker::spawn(settings).await;
+    let port = worker.port;
+    // Malformed: a permanent failure, straight to the (missing) dead-letter queue.
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        b"{not json",
+        "garbage-dlq",
+    )
+    .await;
+    wait_for("the message to be held", Duration::from_secs(20), || async move {
+        (metric(port, "webhook_worker_jobs_held").await == 1.0).then_some(())
+    })
+    .await;
+    let (status, body) = get(format!("http://127.0.0.1:{port}/readyz")).await;
+    assert_eq!(status, 503);
+    assert!(body.to_string().contains("dead-letter queue refuses"), "{body}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let jobs = metric(
+        port,
+        "webhook_worker_jobs_total{event_type=\"checkout.session.completed\",outcome=\"requeued\"}",
+    )
+    .await;
+    assert_eq!(jobs, 0.0, "never handed back to run again");
+    assert_eq!(
+        rabbit::depth(&topo.work_queue).await,
+        0,
+        "held by the worker, unacked"
+    );
+    // Once the topology is declared again, the dead letter lands.
+    let out = webhook_tests::webhookctl(&ctx.env, &["setup"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let dlq = topo.dead_letter_queue.clone();
+    let dead = wait_for("the dead letter", Duration::from_secs(40), || {
+        let dlq = dlq.clone();
+        async move {
+            let d = rabbit::drain(&dlq).await;
+            (!d.is_empty()).then_some(d)
+        }
+    })
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].delivery.data, b"{not json");
     worker.stop().await;
     sandbox.stop().await;
     ctx.cleanup().await;

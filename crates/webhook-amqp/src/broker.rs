@@ -260,6 +260,13 @@ async fn supervise(shared: Arc<Shared>) {
                 loop {
                     tokio::select! {
                         ev = events.next() => match ev {
+                            // lapin reports a channel's error (e.g. a passive declare of a
+                            // missing queue: 404 closes that channel) here too: only an error
+                            // that left the connection or the publisher unusable is a reason to
+                            // reconnect, which would hand back every unacked delivery.
+                            Some(Event::Error(e)) if link.is_usable() => {
+                                tracing::debug!(node = %shown, error = %redact::scrub(&e.to_string(), url), "RabbitMQ channel error; the connection is fine");
+                            }
                             Some(Event::Error(e)) => {
                                 tracing::warn!(node = %shown, error = %redact::scrub(&e.to_string(), url), "RabbitMQ connection failed");
                                 break;

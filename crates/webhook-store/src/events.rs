@@ -223,9 +223,10 @@ pub async fn record_outcomes(store: &Store, outcomes: &[&Outcome]) -> Result<(),
          )
          UPDATE webhook_events e SET status = o.status, last_error = coalesce(o.last_error, e.last_error),
                 updated_at = now(), completed_at = CASE WHEN o.terminal THEN now() ELSE e.completed_at END,
-                outcome_attempt = o.attempt
+                outcome_attempt = CASE WHEN o.attempt = 0 THEN e.outcome_attempt ELSE o.attempt END
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::boolean[], $11::int[]) AS o(event_id, status, last_error, terminal, attempt)
-         WHERE e.event_id = o.event_id AND coalesce(e.outcome_attempt, 0) <= o.attempt",
+         -- Attempt 0: not known (the attempt could not be recorded): written.
+         WHERE e.event_id = o.event_id AND (o.attempt = 0 OR coalesce(e.outcome_attempt, 0) <= o.attempt)",
     )
     .bind(&ids)
     .bind(&statuses)

@@ -40,6 +40,13 @@ pub fn classify(e: &sqlx::Error) -> DbFault {
                     false,
                     "aborted the transaction (serialization failure or deadlock)",
                 ),
+                "53400" => unavailable(false, "reached a configuration limit"),
+                "57014" => unavailable(
+                    false,
+                    "cancelled the statement (a statement timeout, e.g. behind a lock)",
+                ),
+                "55P03" => unavailable(false, "could not take a lock in time"),
+                s if s.starts_with("58") => unavailable(false, "had a system or I/O error"),
                 s if s.starts_with("08") => unavailable(true, "lost the connection"),
                 _ => {
                     let hint = match state {
@@ -68,5 +75,87 @@ pub fn classify(e: &sqlx::Error) -> DbFault {
                 "Postgres answered what this build cannot read: {e} (is the schema migrated? run `webhookctl migrate`)"
             ),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Postgres error with this SQLSTATE, as the server sends it.
+    fn db(code: &'static str) -> sqlx::Error {
+        #[derive(Debug)]
+        struct E(&'static str);
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "error {}", self.0)
+            }
+        }
+        impl std::error::Error for E {}
+        impl sqlx::error::DatabaseError for E {
+            fn message(&self) -> &str {
+                "boom"
+            }
+            fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+                Some(self.0.into())
+            }
+            fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+                self
+            }
+            fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+                self
+            }
+            fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+                self
+            }
+            fn kind(&self) -> sqlx::error::ErrorKind {
+                sqlx::error::ErrorKind::Other
+            }
+        }
+        sqlx::Error::Database(Box::new(E(code)))
+    }
+
+    #[test]
+    fn by_sqlstate() {
+        for (code, recycle) in [
+            ("25006", true),
+            ("57P01", true),
+            ("08006", true),
+            ("53100", false),
+            ("53300", false),
+            ("53400", false),
+            ("40P01", false),
+            ("57014", false),
+            ("55P03", false),
+            ("58030", false),
+        ] {
+            match classify(&db(code)) {
+                DbFault::Unavailable { reason, recycle: r } => {
+                    assert_eq!(r, recycle, "{code}");
+                    assert!(reason.contains(code), "{reason}");
+                }
+                other => panic!("{code}: {other:?}"),
+            }
+        }
+        for code in ["42703", "42P01", "22001", "23505", "XX000"] {
+            match classify(&db(code)) {
+                DbFault::Refused { sqlstate, reason } => {
+                    assert_eq!(sqlstate.as_deref(), Some(code));
+                    assert!(reason.contains(code), "{reason}");
+                }
+                other => panic!("{code}: {other:?}"),
+            }
+        }
+        assert!(
+            matches!(classify(&db("42703")), DbFault::Refused { reason, .. } if reason.contains("webhookctl migrate"))
+        );
+        assert!(matches!(
+            classify(&sqlx::Error::PoolTimedOut),
+            DbFault::Unavailable { .. }
+        ));
+        assert!(matches!(
+            classify(&sqlx::Error::RowNotFound),
+            DbFault::Refused { .. }
+        ));
     }
 }

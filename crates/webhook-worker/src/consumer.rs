@@ -134,8 +134,10 @@ async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, mut shutdown: watch
             // Postgres cannot take the work (down, read-only, full, …): nothing can be recorded.
             // Keep the message (unacked) and try again with a growing delay, so an outage
             // neither loses nor burns through the retries, nor spins.
+            // Recycled once per hold: the connections opened after it reach the new primary.
+            let first = hold.is_first();
             let delay = hold.wait(unavailable);
-            if unavailable.recycle {
+            if unavailable.recycle && first {
                 ctx.store.recycle();
                 ctx.outcomes.recycle();
             }
@@ -293,7 +295,7 @@ async fn record(ctx: &WorkerContext, shutdown: &mut watch::Receiver<bool>, outco
                     // the fix (`webhookctl migrate`); the message is never acked unrecorded.
                     DbFault::Refused { reason, .. } => (reason, false),
                 };
-                if recycle {
+                if recycle && hold.is_first() {
                     ctx.store.recycle();
                     ctx.outcomes.recycle();
                 }
@@ -311,15 +313,18 @@ async fn record(ctx: &WorkerContext, shutdown: &mut watch::Receiver<bool>, outco
     }
 }
 
-/// How many times a refused re-publish is tried again (with the hold delays) before the next
-/// way out: a missing or refusing retry queue sends the message to the dead-letter queue.
+/// How many times a retry queue may refuse a message (a nack) before the message goes to the
+/// dead-letter queue instead. Broker outages and confirm timeouts do not count: they wait.
 const REPUBLISH_TRIES: usize = 3;
 
 /// Re-publishes a failed message where it goes next ([`retry::next`]), with a confirm. A retry
 /// queue that does not exist (a changed schedule with the topology not declared again) or that
 /// keeps refusing sends the message to the dead-letter queue instead, as an infrastructure
-/// failure that says so. Returns where it went and the failure it carries; `None` when even the
-/// dead-letter queue refused it (after delays: the message then goes back to the work queue).
+/// failure that says so. A dead-letter queue that refuses holds the message (unacked, counted in
+/// `/readyz`) and tries again with a growing delay: the job is never run again for it. While
+/// the broker is unreachable, the publish waits with the same delays. Returns where the message
+/// went and the failure it carries; `None` only on shutdown (the message then goes back to the
+/// queue).
 async fn route_failure(
     ctx: &WorkerContext,
     delivery: &Delivery,
@@ -331,7 +336,9 @@ async fn route_failure(
     let mut next = retry::next(ctx, &failure, retries);
     let mut failure = failure;
     let mut delays = crate::health::backoff();
-    for attempt in 0.. {
+    let mut hold = Hold::new(ctx.health.clone());
+    let mut refused = 0;
+    loop {
         let published = match &next {
             Next::Retry { attempt, queue, .. } => {
                 retry::schedule(ctx, delivery, event_type, &failure, *attempt, queue).await
@@ -343,8 +350,11 @@ async fn route_failure(
             Err(e) => e,
         };
         let unroutable = matches!(e, PublishError::Returned(_));
+        if unroutable || matches!(e, PublishError::Nacked) {
+            refused += 1;
+        }
         if let Next::Retry { queue, .. } = &next
-            && (unroutable || attempt + 1 >= REPUBLISH_TRIES)
+            && (unroutable || refused >= REPUBLISH_TRIES)
         {
             let why = if unroutable {
                 format!("the retry queue {queue} does not exist")
@@ -363,24 +373,29 @@ async fn route_failure(
                 ),
             };
             next = Next::DeadLetter;
+            refused = 0;
             continue;
         }
-        if matches!(next, Next::DeadLetter) && attempt + 1 >= 2 * REPUBLISH_TRIES {
-            tracing::error!(error = %e, "the dead-letter queue refused the message too; returning it to the queue");
-            tokio::select! {
-                _ = tokio::time::sleep(delays.next().unwrap_or(crate::health::HOLD_MAX)) => {}
-                _ = shutdown.changed() => {}
-            }
-            return None;
-        }
-        let delay = delays.next().unwrap_or(crate::health::HOLD_MAX);
-        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "could not re-publish the failed message; trying again");
+        let delay = if matches!(next, Next::DeadLetter) && refused > 0 {
+            let why = crate::failure::Unavailable {
+                reason: format!(
+                    "the dead-letter queue refuses messages ({e}): declare the topology (`webhookctl setup`)"
+                ),
+                recycle: false,
+            };
+            let delay = hold.wait(&why);
+            tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "the dead-letter queue refused the message; holding it");
+            delay
+        } else {
+            let delay = delays.next().unwrap_or(crate::health::HOLD_MAX);
+            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "could not re-publish the failed message; trying again");
+            delay
+        };
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.changed() => return None,
         }
     }
-    unreachable!("the loop returns")
 }
 
 /// Returns the message to the queue: its redelivery finds the ledger done and records the outcome.

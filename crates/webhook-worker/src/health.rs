@@ -93,6 +93,11 @@ impl Hold {
         }
     }
 
+    /// Whether this is the hold's first wait (e.g. to recycle connections once, not every time).
+    pub fn is_first(&self) -> bool {
+        !self.counted
+    }
+
     /// Records why the job is held and returns how long to wait before trying again.
     pub fn wait(&mut self, why: &Unavailable) -> Duration {
         *self.health.reason.lock().unwrap_or_else(PoisonError::into_inner) = Some(why.reason.clone());

@@ -80,7 +80,10 @@ pub async fn sample_queue_depths(ctx: Arc<WorkerContext>, every: Duration) {
             for (queue, depth) in depths {
                 ctx.metrics.queue_depth.with_label_values(&[queue]).set(depth);
             }
-            ctx.health.set_queues(&exists);
+            // Only a complete round says which queues are missing.
+            if exists.len() == ctx.broker.topology().all_queues().len() {
+                ctx.health.set_queues(&exists);
+            }
             if let Some(ch) = channel {
                 let _ = ch.close(200, "sampled".into()).await;
             }
