@@ -161,13 +161,13 @@ pub async fn publish_dead_letters(exchange: &str, messages: &[(String, Vec<u8>)]
     }
 }
 
-/// Publishes `n` dead letters to the dead-letter exchange `exchange` as fast as the broker takes
-/// them (publisher confirms awaited per batch of 2,000), shaped as the worker dead-letters:
-/// message `i` has the id `evt_bulk_{i}`, the event type `event_type(i)` (in
+/// Publishes dead letters numbered `ids` to the dead-letter exchange `exchange` as fast as the
+/// broker takes them (publisher confirms awaited per batch of 2,000), shaped as the worker
+/// dead-letters: message `i` has the id `evt_bulk_{i}`, the event type `event_type(i)` (in
 /// `x-original-routing-key`, as the worker sets it) and a JSON body of about `body_bytes`.
 pub async fn publish_many_dead_letters(
     exchange: &str,
-    n: usize,
+    ids: std::ops::Range<usize>,
     body_bytes: usize,
     event_type: impl Fn(usize) -> &'static str,
 ) {
@@ -178,9 +178,9 @@ pub async fn publish_many_dead_letters(
     ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     let padding = "x".repeat(body_bytes.saturating_sub(120));
     let s = |v: &str| AMQPValue::LongString(LongString::from(v));
-    for start in (0..n).step_by(BATCH) {
+    for start in ids.clone().step_by(BATCH) {
         let mut confirms = Vec::with_capacity(BATCH);
-        for i in start..(start + BATCH).min(n) {
+        for i in start..(start + BATCH).min(ids.end) {
             let (id, kind) = (format!("evt_bulk_{i}"), event_type(i));
             let body = serde_json::json!({
                 "id": id, "type": kind, "created": 1_700_000_000,

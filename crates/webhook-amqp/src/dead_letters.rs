@@ -32,7 +32,7 @@ use futures_util::StreamExt;
 use lapin::message::{BasicGetMessage, Delivery};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions,
+    BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer, PublisherConfirm};
@@ -298,7 +298,7 @@ const SCAN_IDLE: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     #[error(
-        "another `webhookctl dlq requeue` or `dlq drain` is reading the dead-letter queue {0}: wait for it to finish (or stop it), then run this again"
+        "something else is consuming the dead-letter queue {0} (another `webhookctl dlq requeue` or `dlq drain`?): wait for it to finish or stop it, then run this again"
     )]
     Busy(String),
     #[error("RabbitMQ cancelled the read of the dead-letter queue {0} (was it deleted?)")]
@@ -308,8 +308,9 @@ pub enum ScanError {
 }
 
 /// One pass over a queue, oldest first, through a consumer of its own with a prefetch of
-/// [`PREFETCH`] (see the module docs).
-/// The consumer is exclusive, so two scans of one queue cannot interleave their copies.
+/// [`PREFETCH`] (see the module docs). It refuses to run beside another consumer of the queue
+/// ([`ScanError::Busy`]): two scans at once would lose nothing, but each could read the other's
+/// copies and miss messages of its own.
 pub struct Scan {
     channel: Channel,
     consumer: Consumer,
@@ -340,12 +341,29 @@ impl Scan {
                 lapin::ErrorKind::ProtocolError(p) if p.get_id() == 403 => ScanError::Busy(queue.to_owned()),
                 _ => ScanError::Amqp(e),
             })?;
-        Ok(Self {
+        let scan = Self {
             channel,
             consumer,
             queue: queue.to_owned(),
             remaining: limit,
-        })
+        };
+        // Quorum queues do not enforce `exclusive` (RabbitMQ 3.10 lets a second consumer in), so
+        // count the consumers once this one is in: of two scans started together, at least the
+        // later one sees the other and stops before it has settled anything.
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let consumers = scan
+            .channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await?
+            .consumer_count();
+        if consumers > 1 {
+            scan.close().await;
+            return Err(ScanError::Busy(queue.to_owned()));
+        }
+        Ok(scan)
     }
 
     /// The next message, or `None` once `limit` messages were read or the queue has none left
