@@ -880,6 +880,7 @@ async fn replay_that_cannot_publish_puts_the_previous_status_back() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("was not replayed"), "{out:?}");
     assert!(out.stderr.contains("its status is succeeded again"), "{out:?}");
+    assert!(out.stderr.contains("webhookctl setup"), "{out:?}");
     assert!(out.stderr.contains("run the same command again"), "{out:?}");
     assert_eq!(
         row(e.event_id.clone()).await,

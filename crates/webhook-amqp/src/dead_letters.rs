@@ -552,7 +552,11 @@ impl<R: BufRead> ArchiveReader<R> {
                             .into(),
                     );
                 }
-                Err(e) => return invalid(format!("is not an archived message (from `dlq drain`): {e}")),
+                Err(e) => {
+                    // serde's position is within the line, which is always its "line 1".
+                    let e = e.to_string().replace(" at line 1 column ", " at column ");
+                    return invalid(format!("is not an archived message (from `dlq drain`): {e}"));
+                }
             };
             let body = match archived.body() {
                 Ok(b) => b,
@@ -603,5 +607,108 @@ fn header_u32(h: Option<&FieldTable>, key: &str) -> Option<u32> {
         AMQPValue::ShortInt(n) => u32::try_from(*n).ok(),
         AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok(),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archived_line(id: &str, body: &[u8]) -> String {
+        serde_json::to_string(&Archived {
+            event_id: id.into(),
+            event_type: "checkout.session.completed".into(),
+            message_id: Some(id.into()),
+            kind: None,
+            content_type: None,
+            timestamp: None,
+            headers: None,
+            body_base64: base64::engine::general_purpose::STANDARD.encode(body),
+        })
+        .unwrap()
+    }
+
+    /// A line read: `Ok((number, body))` or `Err((number, reason))`.
+    type LineRead = Result<(u64, Vec<u8>), (u64, String)>;
+
+    fn read_all(text: &[u8]) -> Vec<LineRead> {
+        let mut r = ArchiveReader::new(std::io::BufReader::with_capacity(16, text));
+        let mut out = Vec::new();
+        while let Some(line) = r.next_line().unwrap() {
+            out.push(match line {
+                ArchiveLine::Message {
+                    number,
+                    archived,
+                    body,
+                } => {
+                    assert!(archived.body_base64.is_empty(), "the encoded copy is dropped");
+                    Ok((number, body))
+                }
+                ArchiveLine::Invalid { number, reason } => Err((number, reason)),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn archive_lines_are_numbered_as_in_an_editor_and_blank_ones_skipped() {
+        let text = format!(
+            "{}\n\n{}\r\n   \n{}",
+            archived_line("evt_1", b"one"),
+            archived_line("evt_2", b"two"),
+            archived_line("evt_3", b"three")
+        );
+        let lines = read_all(text.as_bytes());
+        assert_eq!(
+            lines,
+            vec![
+                Ok((1, b"one".to_vec())),
+                Ok((3, b"two".to_vec())),
+                Ok((5, b"three".to_vec()))
+            ],
+            "CRLF and a last line without a newline are fine"
+        );
+    }
+
+    #[test]
+    fn a_cut_off_last_line_and_bad_lines_are_named_with_why() {
+        let whole = archived_line("evt_1", b"one");
+        let text = format!(
+            "{whole}\nnot json\n{}\n{whole}\n{}",
+            whole.replace("\"body_base64\":\"b25l\"", "\"body_base64\":\"@@@\""),
+            &whole[..whole.len() / 2]
+        );
+        let lines = read_all(text.as_bytes());
+        assert_eq!(lines.len(), 5);
+        assert_eq!(lines[0], Ok((1, b"one".to_vec())));
+        let Err((2, reason)) = &lines[1] else {
+            panic!("{:?}", lines[1])
+        };
+        assert!(
+            reason.starts_with("is not an archived message") && reason.contains("at column 2"),
+            "{reason}"
+        );
+        let Err((3, reason)) = &lines[2] else {
+            panic!("{:?}", lines[2])
+        };
+        assert!(reason.contains("invalid body_base64"), "{reason}");
+        assert_eq!(lines[3], Ok((4, b"one".to_vec())));
+        let Err((5, reason)) = &lines[4] else {
+            panic!("{:?}", lines[4])
+        };
+        assert!(reason.starts_with("is cut off"), "{reason}");
+    }
+
+    #[test]
+    fn a_line_longer_than_any_message_is_skipped_without_being_held_whole() {
+        let long = "x".repeat(MAX_ARCHIVE_LINE + 10);
+        let text = format!("{long}\n{}\n", archived_line("evt_1", b"one"));
+        let lines = read_all(text.as_bytes());
+        assert_eq!(lines.len(), 2);
+        let Err((1, reason)) = &lines[0] else {
+            panic!("{:?}", lines[0])
+        };
+        assert!(reason.contains("longer than 32 MiB"), "{reason}");
+        assert_eq!(lines[1], Ok((2, b"one".to_vec())), "reading goes on after it");
     }
 }

@@ -4,7 +4,7 @@
 //! `webhook_amqp::dead_letters` for why that makes each command safe to interrupt, and how
 //! `requeue` and `drain` read a DLQ of any size in bounded memory: one pass over the messages
 //! the DLQ held when the command started, each settled as the pass goes (moved, archived, or
-//! kept by a confirmed copy at the DLQ's tail), never more than `WINDOW` of them at once.
+//! kept by a confirmed copy at the DLQ's tail), never more than `PREFETCH` of them at once.
 //! `restore` reads its archive twice, a line at a time: once to check every line (nothing is
 //! published from a file with a bad line unless `--skip-invalid` says to skip it), once to
 //! publish.
@@ -191,8 +191,8 @@ enum Then {
 /// Counts of a scan so far.
 #[derive(Default)]
 struct Tally {
+    /// Dead letters put on the work queue (and removed from the DLQ).
     moved: u64,
-    kept: u64,
 }
 
 /// `requeue --json`'s object, written while the scan goes so that the list of ids is never
@@ -245,7 +245,6 @@ async fn settle(
             dead_letters::ack(&d).await.context(
                 "removing a skipped message after copying it to the dead-letter queue's tail failed (it is there twice now, which is harmless)",
             )?;
-            tally.kept += 1;
         }
         (Err(e), Then::Requeued(d)) => {
             return Err(anyhow::Error::new(e).context(format!(

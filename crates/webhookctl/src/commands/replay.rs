@@ -73,6 +73,13 @@ pub async fn run(settings: &Settings, event_id: &str) -> anyhow::Result<()> {
             "RabbitMQ has no queue bound to {} on {} (run `webhookctl setup`)",
             mark.event_type, topo.exchange
         ),
+        PublishError::Amqp(a) if matches!(a.kind(), webhook_amqp::lapin::ErrorKind::ProtocolError(p) if p.get_id() == 404) =>
+        {
+            format!(
+                "RabbitMQ has no exchange {} (run `webhookctl setup`): {a}",
+                topo.exchange
+            )
+        }
         other => other.to_string(),
     };
     let undo = match events::unmark_replay(&store.pool, event_id, &mark).await {
