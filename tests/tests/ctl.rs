@@ -518,7 +518,8 @@ async fn webhookctl_peak_rss(
 
 /// The case: a DLQ far larger than a filter's matches. The old requeue held every
 /// skipped message (unacked, with its body) for the whole scan: 50,000 × ~2 KiB here, well over
-/// the bound. The new one holds at most a window of messages whatever the DLQ's size. Its
+/// the bound. The new one holds at most a window of messages whatever the DLQ's size; so do the
+/// dry run, a drain of the other 50,000 and their restore from the ~170 MB archive. Its
 /// 100,000 messages are removed even if the test fails (they would weigh on every later test).
 #[tokio::test]
 async fn dlq_requeue_of_100000_dead_letters_by_type_runs_in_bounded_memory() {
@@ -591,8 +592,55 @@ async fn requeue_100000(env: HashMap<String, String>, topo: webhook_amqp::Topolo
     assert_eq!(out.stdout.trim(), "would requeue 0 messages", "{out:?}");
     wait_depth(&topo.dead_letter_queue, (N / 2) as u32).await;
     eprintln!(
-        "100k requeue: dry run of 50,000 {:?}, peak RSS {dry_peak_kib} KiB; whole test {:?}",
-        t.elapsed(),
+        "100k requeue: dry run of 50,000 {:?}, peak RSS {dry_peak_kib} KiB",
+        t.elapsed()
+    );
+
+    // Drain the other half to an archive (~170 MB) and restore it: both in bounded memory too
+    // (the old restore read the whole file into memory first).
+    let dir = std::env::temp_dir().join(format!("webhookctl-100k-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let archive = dir.join("half.jsonl");
+    let path = archive.to_str().unwrap();
+    let t = std::time::Instant::now();
+    let (out, drain_peak_kib) = webhookctl_peak_rss(
+        &env,
+        &["dlq", "drain", "--out", path],
+        BOUND_MIB * 1024,
+        Duration::from_secs(300),
+    )
+    .await;
+    let drain_time = t.elapsed();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout.trim(),
+        format!("drained {} messages to {path}", N / 2),
+        "{out:?}"
+    );
+    assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 0);
+    let t = std::time::Instant::now();
+    let (out, restore_peak_kib) = webhookctl_peak_rss(
+        &env,
+        &["dlq", "restore", "--from", path],
+        BOUND_MIB * 1024,
+        Duration::from_secs(300),
+    )
+    .await;
+    let restore_time = t.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout.trim(),
+        format!("restored {} messages from {path}", N / 2),
+        "{out:?}"
+    );
+    assert_eq!(
+        rabbit::depth(&topo.work_queue).await as usize,
+        N,
+        "every message on the work queue once"
+    );
+    eprintln!(
+        "100k requeue: drain of 50,000 {drain_time:?} (peak RSS {drain_peak_kib} KiB), restore {restore_time:?} (peak RSS {restore_peak_kib} KiB); whole test {:?}",
         started.elapsed()
     );
 }
