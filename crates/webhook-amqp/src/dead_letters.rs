@@ -148,6 +148,14 @@ pub struct Archived {
 
 impl Archived {
     pub fn from_dead_letter(d: &DeadLetter) -> Self {
+        Self {
+            body_base64: base64::engine::general_purpose::STANDARD.encode(&d.delivery.data),
+            ..Self::properties_of(d)
+        }
+    }
+
+    /// The archive of `d` without its body (`body_base64` empty).
+    fn properties_of(d: &DeadLetter) -> Self {
         let p = &d.delivery.properties;
         Self {
             event_id: d.event_id.clone(),
@@ -157,7 +165,7 @@ impl Archived {
             content_type: p.content_type().as_ref().map(|s| s.as_str().to_owned()),
             timestamp: *p.timestamp(),
             headers: p.headers().clone(),
-            body_base64: base64::engine::general_purpose::STANDARD.encode(&d.delivery.data),
+            body_base64: String::new(),
         }
     }
 
@@ -216,7 +224,7 @@ pub fn reset_retry_count(headers: Option<&FieldTable>) -> FieldTable {
 
 /// The properties of a dead letter put back on the work queue.
 pub fn requeue_properties(d: &DeadLetter) -> BasicProperties {
-    Archived::from_dead_letter(d).properties()
+    Archived::properties_of(d).properties()
 }
 
 /// The properties of the copy that keeps a skipped dead letter at the DLQ's tail: everything
