@@ -11,9 +11,10 @@
 //! settled as the scan goes. A message the filter skips is *kept* by publishing a confirmed copy
 //! of it (body and headers unchanged) to the DLQ's tail and then acking the original: it cannot
 //! simply be given back (nack with requeue), because where a requeued message goes differs
-//! between brokers (the back of a quorum queue on RabbitMQ 3.10, its old place at the head on
-//! newer ones, where the scan would get the same message again at once), and a scan that held
-//! every skipped message unacked until the end (as before) holds the whole DLQ. The copies at
+//! between brokers (a quorum queue on RabbitMQ 3.10 puts it at the back, measured; RabbitMQ
+//! documents its original place, near the head, where the scan would get the same message again
+//! at once), and a scan that held every skipped message unacked until the end (as before) holds
+//! the whole DLQ. The copies at
 //! the tail must not be read again by the same scan, so a scan takes exactly as many messages
 //! as the DLQ held when it started ([`Scan::start`]'s `limit`): those are the oldest, the ones
 //! that were there. Dead letters that arrive during the scan queue up behind them and are left
