@@ -388,7 +388,7 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
     assert_eq!(out.code, 0, "{out:?}");
     assert!(rabbit::depth(&topo.work_queue).await as usize >= N);
 
-    // The DLQ holds every skipped message (one may be there twice, copied but not yet removed
+    // The DLQ holds every skipped message (some may be there twice, copied but not yet removed
     // when the first run was killed), and nothing else.
     let dir = std::env::temp_dir().join(format!("webhookctl-{}", ctx.id));
     std::fs::create_dir_all(&dir).unwrap();

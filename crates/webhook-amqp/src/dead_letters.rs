@@ -19,8 +19,8 @@
 //! as the DLQ held when it started ([`Scan::start`]'s `limit`): those are the oldest, the ones
 //! that were there. Dead letters that arrive during the scan queue up behind them and are left
 //! for the next run. The cost: the skipped messages move to the DLQ's tail (their order among
-//! themselves is kept), and an interruption between a copy's confirm and the original's ack
-//! leaves that one message twice in the DLQ (requeueing both is harmless).
+//! themselves is kept), and an interruption between copies' confirms and the originals' acks
+//! leaves those messages (at most [`WINDOW`]) twice in the DLQ (requeueing both is harmless).
 //!
 //! `dlq restore` reads its archive with [`ArchiveReader`], one line at a time.
 
