@@ -160,3 +160,63 @@ pub async fn publish_dead_letters(exchange: &str, messages: &[(String, Vec<u8>)]
         ));
     }
 }
+
+/// Publishes dead letters numbered `ids` to the dead-letter exchange `exchange` as fast as the
+/// broker takes them (publisher confirms awaited per batch of 2,000), shaped as the worker
+/// dead-letters: message `i` has the id `evt_bulk_{i}`, the event type `event_type(i)` (in
+/// `x-original-routing-key`, as the worker sets it) and a JSON body of about `body_bytes`.
+pub async fn publish_many_dead_letters(
+    exchange: &str,
+    ids: std::ops::Range<usize>,
+    body_bytes: usize,
+    event_type: impl Fn(usize) -> &'static str,
+) {
+    use webhook_amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use webhook_amqp::lapin::types::{AMQPValue, LongString};
+    const BATCH: usize = 2_000;
+    let (conn, ch) = channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let padding = "x".repeat(body_bytes.saturating_sub(120));
+    let s = |v: &str| AMQPValue::LongString(LongString::from(v));
+    for start in ids.clone().step_by(BATCH) {
+        let mut confirms = Vec::with_capacity(BATCH);
+        for i in start..(start + BATCH).min(ids.end) {
+            let (id, kind) = (format!("evt_bulk_{i}"), event_type(i));
+            let body = serde_json::json!({
+                "id": id, "type": kind, "created": 1_700_000_000,
+                "data": {"object": {"id": format!("cs_bulk_{i}"), "padding": padding}},
+            })
+            .to_string();
+            let mut h = FieldTable::default();
+            h.insert("x-error".into(), s("no Keycloak user has the email (bulk)"));
+            h.insert("x-error-kind".into(), s("transient"));
+            h.insert("x-failed-step".into(), s("keycloak_lookup"));
+            h.insert("x-retry-attempt".into(), AMQPValue::LongInt(8));
+            h.insert("x-original-routing-key".into(), s(kind));
+            h.insert("x-dead-lettered-at".into(), s("2026-11-27T16:00:00.000Z"));
+            let props = webhook_amqp::job_properties(&id, kind, h);
+            confirms.push(
+                ch.basic_publish(
+                    exchange.into(),
+                    kind.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    body.as_bytes(),
+                    props,
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for c in confirms {
+            assert!(
+                matches!(c.await.unwrap(), webhook_amqp::lapin::Confirmation::Ack(None)),
+                "dead letter confirmed and routed"
+            );
+        }
+    }
+    let _ = ch.close(200, "published".into()).await;
+    let _ = conn.close(200, "published".into()).await;
+}

@@ -1,5 +1,7 @@
 //! `webhookctl` against the real broker and database: every dlq command and filter, the event
-//! history, replay, retention, and the safety of an interrupted requeue.
+//! history, replay (its order of status write and publish), retention, the safety of an
+//! interrupted requeue, the memory bound of a requeue of 100,000 dead letters, and restoring a
+//! damaged archive.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,7 +10,7 @@ use serde_json::Value;
 use webhook_sandbox::SeedUser;
 use webhook_tests::worker::{TestSandbox, TestWorker, binary_env, worker_settings};
 use webhook_tests::{
-    TestContext, event_status, rabbit, signed_event, wait_event_status, wait_for, webhookctl,
+    Output, TestContext, event_status, rabbit, signed_event, wait_event_status, wait_for, webhookctl,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -301,9 +303,16 @@ async fn dlq_commands_filters_history_and_replay() {
     ctx.cleanup().await;
 }
 
+/// A requeue killed (SIGKILL) halfway, then run again: every message ends on the work queue or
+/// in the DLQ (some possibly in both, which is harmless), and each event's effects happen once.
+/// The 1,000 events are spread among 20,000 dead letters the filter skips, so the scan takes
+/// seconds (the kill lands halfway, not after the end) and is killed while it copies skipped
+/// messages to the DLQ's tail: none of them may be lost either.
 #[tokio::test]
 async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exactly_once() {
     const N: usize = 1000;
+    const SKIPPED: usize = 20_000;
+    const CHUNKS: usize = 10;
     let ctx = TestContext::new().await;
     let sandbox = TestSandbox::spawn().await;
     let settings = worker_settings(&ctx, &sandbox, &[("WORKER_CONCURRENCY", "32")]);
@@ -320,24 +329,35 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
         .iter()
         .map(|e| (e.event_id.clone(), e.body.clone()))
         .collect();
-    rabbit::publish_dead_letters(
-        &topo.dead_letter_exchange,
-        &messages,
-        "no Keycloak user has the email (cause now fixed)",
-    )
-    .await;
-    wait_depth(&topo.dead_letter_queue, N as u32).await;
+    for (c, chunk) in messages.chunks(N / CHUNKS).enumerate() {
+        rabbit::publish_dead_letters(
+            &topo.dead_letter_exchange,
+            chunk,
+            "no Keycloak user has the email (cause now fixed)",
+        )
+        .await;
+        let per = SKIPPED / CHUNKS;
+        rabbit::publish_many_dead_letters(
+            &topo.dead_letter_exchange,
+            c * per..(c + 1) * per,
+            512,
+            |_| "invoice.paid",
+        )
+        .await;
+    }
+    wait_depth(&topo.dead_letter_queue, (N + SKIPPED) as u32).await;
     for i in 0..N {
         sandbox
             .state
             .add_user(SeedUser::new(format!("bulk{i}@example.com")));
     }
 
-    // Start a requeue of everything and kill it (SIGKILL) about halfway.
+    // Start a requeue of the checkouts and kill it (SIGKILL) about halfway.
+    let requeue = ["dlq", "requeue", "--type", "checkout.session.completed"];
     let mut child = tokio::process::Command::new(webhook_tests::bin_path("webhookctl"))
         .env_clear()
         .envs(&env)
-        .args(["dlq", "requeue", "--all"])
+        .args(requeue)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -348,25 +368,43 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
     .await;
     child.start_kill().unwrap();
     let _ = child.wait().await;
-    // Every message is in the DLQ or on the work queue (or, at most for the one in flight, both).
-    // The one the killed requeue had taken but not acked counts as ready again only once the
-    // broker has seen its connection close: wait for that (a lost message never comes back).
+    // Every message is in the DLQ or on the work queue (or, for those in flight, both). The ones
+    // the killed requeue had taken but not acked count as ready again only once the broker has
+    // seen its connection close: wait for that (a lost message never comes back).
     let (moved, left) = wait_for(
         "every message to be in the DLQ or on the work queue",
         LONG,
         || async {
             let moved = rabbit::depth(&topo.work_queue).await as usize;
             let left = rabbit::depth(&topo.dead_letter_queue).await as usize;
-            (moved + left >= N).then_some((moved, left))
+            (moved + left >= N + SKIPPED).then_some((moved, left))
         },
     )
     .await;
     assert!(moved < N, "killed before the end ({moved} moved, {left} left)");
 
     // Run it again to completion.
-    let out = webhookctl(&env, &["dlq", "requeue", "--all"]).await;
+    let out = webhookctl(&env, &requeue).await;
     assert_eq!(out.code, 0, "{out:?}");
-    assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 0);
+    assert!(rabbit::depth(&topo.work_queue).await as usize >= N);
+
+    // The DLQ holds every skipped message (some may be there twice, copied but not yet removed
+    // when the first run was killed), and nothing else.
+    let dir = std::env::temp_dir().join(format!("webhookctl-{}", ctx.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let archive = dir.join("left.jsonl");
+    let out = webhookctl(&env, &["dlq", "drain", "--out", archive.to_str().unwrap()]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let mut left_ids = std::collections::HashSet::new();
+    for line in std::fs::read_to_string(&archive).unwrap().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            v["event_type"], "invoice.paid",
+            "only skipped messages are left: {line}"
+        );
+        left_ids.insert(v["event_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(left_ids.len(), SKIPPED, "every skipped message is still there");
 
     // Process: every event's effects exactly once.
     let worker = TestWorker::spawn(settings).await.ready().await;
@@ -401,5 +439,518 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
 
     worker.stop().await;
     sandbox.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+    ctx.cleanup().await;
+}
+
+/// Runs `webhookctl` (exactly this environment) and samples its peak resident memory (`VmHWM` of
+/// /proc/PID/status, a high-water mark kept by the kernel) every 10 ms until it exits. Returns
+/// what it printed, how it exited, and the peak in KiB: the last sample before the exit, which
+/// misses at most growth in the final 10 ms (the command is then closing its connections).
+/// Fails as soon as the peak passes `bound_kib` (the process is killed), or at `timeout`.
+async fn webhookctl_peak_rss(
+    env: &HashMap<String, String>,
+    args: &[&str],
+    bound_kib: u64,
+    timeout: Duration,
+) -> (Output, u64) {
+    use tokio::io::AsyncReadExt;
+    let mut child = tokio::process::Command::new(webhook_tests::bin_path("webhookctl"))
+        .env_clear()
+        .envs(env)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run webhookctl");
+    let pid = child.id().expect("a running child has a pid");
+    let (mut stdout, mut stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let out_task = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s).await;
+        s
+    });
+    let err_task = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s).await;
+        s
+    });
+    let vm_hwm = || -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let started = tokio::time::Instant::now();
+    let mut peak_kib = 0u64;
+    let status = loop {
+        if let Some(kib) = vm_hwm() {
+            peak_kib = peak_kib.max(kib);
+        }
+        assert!(
+            peak_kib <= bound_kib,
+            "webhookctl {args:?} reached {} MiB resident after {:?}, over the {} MiB bound",
+            peak_kib / 1024,
+            started.elapsed(),
+            bound_kib / 1024
+        );
+        tokio::select! {
+            status = child.wait() => break status.expect("wait for webhookctl"),
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "webhookctl {args:?} did not finish within {timeout:?} (peak so far {} MiB)",
+            peak_kib / 1024
+        );
+    };
+    let output = Output {
+        code: status.code().unwrap_or(-1),
+        stdout: out_task.await.unwrap(),
+        stderr: err_task.await.unwrap(),
+    };
+    assert!(
+        peak_kib > 0,
+        "no memory sample of webhookctl {args:?}: {output:?}"
+    );
+    (output, peak_kib)
+}
+
+/// The issue's case: a DLQ far larger than a filter's matches. The old requeue held every
+/// skipped message (unacked, with its body) for the whole scan: 50,000 × ~2 KiB here, well over
+/// the bound. The new one holds at most a window of messages whatever the DLQ's size; so do the
+/// dry run, a drain of the other 50,000 and their restore from the ~170 MB archive. Its
+/// 100,000 messages are removed even if the test fails (they would weigh on every later test).
+#[tokio::test]
+async fn dlq_requeue_of_100000_dead_letters_by_type_runs_in_bounded_memory() {
+    let ctx = TestContext::new().await;
+    let (env, topo) = (ctx.env.clone(), rabbit::topology(&ctx.settings()));
+    let outcome = tokio::spawn(requeue_100000(env, topo)).await;
+    ctx.cleanup().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn requeue_100000(env: HashMap<String, String>, topo: webhook_amqp::Topology) {
+    const N: usize = 100_000;
+    const BOUND_MIB: u64 = 64;
+    const WANTED: &str = "customer.subscription.updated";
+    let started = std::time::Instant::now();
+    let out = webhookctl(&env, &["setup"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // Every other dead letter is of the wanted type.
+    let kind = |i: usize| {
+        if i.is_multiple_of(2) {
+            WANTED
+        } else {
+            "checkout.session.completed"
+        }
+    };
+    rabbit::publish_many_dead_letters(&topo.dead_letter_exchange, 0..N, 2048, kind).await;
+    wait_depth(&topo.dead_letter_queue, N as u32).await;
+    let published = started.elapsed();
+
+    let t = std::time::Instant::now();
+    let (out, peak_kib) = webhookctl_peak_rss(
+        &env,
+        &["dlq", "requeue", "--type", WANTED],
+        BOUND_MIB * 1024,
+        Duration::from_secs(300),
+    )
+    .await;
+    let requeue_time = t.elapsed();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout.trim(),
+        format!("requeued {} messages", N / 2),
+        "{out:?}"
+    );
+    let moved = rabbit::depth(&topo.work_queue).await as usize;
+    let left = rabbit::depth(&topo.dead_letter_queue).await as usize;
+    assert_eq!(
+        (moved, left),
+        (N / 2, N / 2),
+        "moved + left == N, nothing lost or doubled"
+    );
+    eprintln!(
+        "100k requeue: publishing took {published:?}, requeue {requeue_time:?}, peak RSS {peak_kib} KiB"
+    );
+
+    // What is left is exactly the skipped half: nothing of the wanted type. The dry run reads
+    // all 50,000 in bounded memory too, and gives them back.
+    let t = std::time::Instant::now();
+    let (out, dry_peak_kib) = webhookctl_peak_rss(
+        &env,
+        &["dlq", "requeue", "--type", WANTED, "--dry-run"],
+        BOUND_MIB * 1024,
+        Duration::from_secs(300),
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), "would requeue 0 messages", "{out:?}");
+    wait_depth(&topo.dead_letter_queue, (N / 2) as u32).await;
+    eprintln!(
+        "100k requeue: dry run of 50,000 {:?}, peak RSS {dry_peak_kib} KiB",
+        t.elapsed()
+    );
+
+    // Drain the other half to an archive (~170 MB) and restore it: both in bounded memory too
+    // (the old restore read the whole file into memory first).
+    let dir = std::env::temp_dir().join(format!("webhookctl-100k-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let archive = dir.join("half.jsonl");
+    let path = archive.to_str().unwrap();
+    let t = std::time::Instant::now();
+    let (out, drain_peak_kib) = webhookctl_peak_rss(
+        &env,
+        &["dlq", "drain", "--out", path],
+        BOUND_MIB * 1024,
+        Duration::from_secs(300),
+    )
+    .await;
+    let drain_time = t.elapsed();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout.trim(),
+        format!("drained {} messages to {path}", N / 2),
+        "{out:?}"
+    );
+    assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 0);
+    let t = std::time::Instant::now();
+    let (out, restore_peak_kib) = webhookctl_peak_rss(
+        &env,
+        &["dlq", "restore", "--from", path],
+        BOUND_MIB * 1024,
+        Duration::from_secs(300),
+    )
+    .await;
+    let restore_time = t.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout.trim(),
+        format!("restored {} messages from {path}", N / 2),
+        "{out:?}"
+    );
+    assert_eq!(
+        rabbit::depth(&topo.work_queue).await as usize,
+        N,
+        "every message on the work queue once"
+    );
+    eprintln!(
+        "100k requeue: drain of 50,000 {drain_time:?} (peak RSS {drain_peak_kib} KiB), restore {restore_time:?} (peak RSS {restore_peak_kib} KiB); whole test {:?}",
+        started.elapsed()
+    );
+}
+
+/// A filter's skipped messages stay in the DLQ unchanged (body, reason headers, retry count);
+/// an archive with a bad line (the cut-off last line of an interrupted drain, and garbage in
+/// the middle) is refused before anything is published, and `--skip-invalid` restores the rest
+/// and names the lines it skipped.
+#[tokio::test]
+async fn dlq_skipped_messages_are_kept_whole_and_restore_handles_a_cut_off_archive() {
+    let ctx = TestContext::new().await;
+    let env = ctx.env.clone();
+    let topo = rabbit::topology(&ctx.settings());
+    assert_eq!(webhookctl(&env, &["setup"]).await.code, 0);
+    let events: Vec<_> = (0..3)
+        .map(|i| signed_event("checkout.session.completed", &format!("keep{i}@example.com")))
+        .collect();
+    let messages: Vec<(String, Vec<u8>)> = events
+        .iter()
+        .map(|e| (e.event_id.clone(), e.body.clone()))
+        .collect();
+    rabbit::publish_dead_letters(&topo.dead_letter_exchange, &messages, "kept as it was").await;
+    rabbit::publish_many_dead_letters(&topo.dead_letter_exchange, 0..2, 512, |_| "invoice.paid").await;
+    wait_depth(&topo.dead_letter_queue, 5).await;
+
+    // While something else consumes the DLQ, requeue refuses to start and touches nothing.
+    let (conn, ch) = rabbit::channel().await;
+    ch.basic_qos(1, Default::default()).await.unwrap();
+    let _other = ch
+        .basic_consume(
+            topo.dead_letter_queue.as_str().into(),
+            "someone-else".into(),
+            webhook_amqp::lapin::options::BasicConsumeOptions::default(),
+            webhook_amqp::lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let out = webhookctl(&env, &["dlq", "requeue", "--all"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("something else is consuming the dead-letter queue"),
+        "{out:?}"
+    );
+    let _ = conn.close(200, "done".into()).await;
+    wait_depth(&topo.dead_letter_queue, 5).await;
+    assert_eq!(rabbit::depth(&topo.work_queue).await, 0);
+
+    // Requeue the two invoices: the three checkouts stay, whole.
+    let out = webhookctl(&env, &["dlq", "requeue", "--type", "invoice.paid", "--json"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let summary = &json_lines(&out.stdout)[0];
+    assert_eq!(summary["requeued"], 2, "{out:?}");
+    assert_eq!(summary["matched"], 2, "{out:?}");
+    assert_eq!(summary["dry_run"], false, "{out:?}");
+    let mut ids: Vec<&str> = summary["event_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["evt_bulk_0", "evt_bulk_1"]);
+    assert_eq!(rabbit::drain(&topo.work_queue).await.len(), 2);
+    let kept = rabbit::peek(&topo.dead_letter_queue).await;
+    assert_eq!(kept.len(), 3, "the skipped messages are all still there");
+    for e in &events {
+        let (_, headers) = kept
+            .iter()
+            .find(|(body, _)| body == &e.body)
+            .unwrap_or_else(|| panic!("{} kept with its body byte for byte", e.event_id));
+        let h = headers.as_ref().expect("headers kept");
+        let text = |k: &str| match h.inner().get(k) {
+            Some(webhook_amqp::lapin::types::AMQPValue::LongString(s)) => {
+                String::from_utf8_lossy(s.as_bytes()).into_owned()
+            }
+            other => format!("{other:?}"),
+        };
+        assert_eq!(text("x-error"), "kept as it was");
+        assert_eq!(text("x-failed-step"), "keycloak_lookup");
+        assert_eq!(
+            h.inner().get("x-retry-attempt"),
+            Some(&webhook_amqp::lapin::types::AMQPValue::LongInt(8)),
+            "a skipped message's retry count is not reset"
+        );
+    }
+
+    // Drain the three to an archive, then damage it as an interrupted drain and a bad edit would.
+    let dir = std::env::temp_dir().join(format!("webhookctl-{}", ctx.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("dlq.jsonl");
+    let path = file.to_str().unwrap();
+    let out = webhookctl(&env, &["dlq", "drain", "--out", path]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("drained 3 messages"), "{out:?}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3);
+    let torn = &lines[0][..lines[0].len() / 2];
+    let damaged = format!("{}\nnot a message\n{}\n{}\n{torn}", lines[0], lines[1], lines[2]);
+    std::fs::write(&file, damaged).unwrap();
+
+    // Without --skip-invalid: refused before anything is published, naming the lines.
+    let out = webhookctl(&env, &["dlq", "restore", "--from", path]).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("line 2 is not an archived message"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("2 invalid lines in all: 2, 5"), "{out:?}");
+    assert!(out.stderr.contains("--skip-invalid"), "{out:?}");
+    assert!(out.stderr.contains("Nothing was restored"), "{out:?}");
+    assert_eq!(rabbit::depth(&topo.work_queue).await, 0, "nothing published");
+    // Only the cut-off last line: named as such.
+    let torn_only = dir.join("torn.jsonl");
+    std::fs::write(&torn_only, format!("{}\n{torn}", lines[0])).unwrap();
+    let out = webhookctl(&env, &["dlq", "restore", "--from", torn_only.to_str().unwrap()]).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("line 2 is cut off"), "{out:?}");
+    assert!(out.stderr.contains("--skip-invalid"), "{out:?}");
+    assert_eq!(rabbit::depth(&topo.work_queue).await, 0, "nothing published");
+
+    // With it: the valid lines are restored, the invalid ones named.
+    let out = webhookctl(&env, &["dlq", "restore", "--from", path, "--skip-invalid"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout.trim(),
+        format!("restored 3 messages from {path}; skipped 2 invalid lines: 2, 5"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("line 5: it is cut off"), "{out:?}");
+    let restored = rabbit::drain(&topo.work_queue).await;
+    let mut bodies: Vec<&[u8]> = restored.iter().map(|m| m.delivery.data.as_slice()).collect();
+    bodies.sort();
+    let mut want: Vec<&[u8]> = events.iter().map(|e| e.body.as_slice()).collect();
+    want.sort();
+    assert_eq!(bodies, want, "each valid line restored once, byte for byte");
+    let out = webhookctl(
+        &env,
+        &["dlq", "restore", "--from", path, "--skip-invalid", "--json"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let summary = &json_lines(&out.stdout)[0];
+    assert_eq!(summary["restored"], 3, "{out:?}");
+    assert_eq!(summary["skipped"], 2, "{out:?}");
+    assert_eq!(summary["skipped_lines"], serde_json::json!([2, 5]), "{out:?}");
+    assert_eq!(rabbit::depth(&topo.work_queue).await, 3);
+
+    let _ = std::fs::remove_dir_all(dir);
+    ctx.cleanup().await;
+}
+
+/// `replay` must record `queued` before it publishes: with the other order, a worker that takes
+/// the replayed message at once writes its outcome first, the late `queued` overwrites it, and
+/// the event stays `queued` for good. Proved deterministically by holding the event's row:
+/// while replay waits for it, nothing may have been published yet.
+#[tokio::test]
+async fn replay_records_queued_before_it_publishes_so_a_fast_worker_s_outcome_stands() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(SeedUser::new("replay@example.com"));
+    let settings = worker_settings(&ctx, &sandbox, &[]);
+    let topo = rabbit::topology(&settings);
+    let env = binary_env(&ctx, &sandbox, &[]);
+    let pool = ctx.pool().await;
+    let e = signed_event("checkout.session.completed", "replay@example.com");
+    let worker = TestWorker::spawn(settings.clone()).await.ready().await;
+    rabbit::publish(&topo.exchange, "checkout.session.completed", &e.body, &e.event_id).await;
+    wait_event_status(&pool, &e.event_id, "succeeded").await;
+    worker.stop().await;
+
+    let mut row_lock = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM webhook_events WHERE event_id = $1 FOR UPDATE")
+        .bind(&e.event_id)
+        .execute(&mut *row_lock)
+        .await
+        .unwrap();
+    let replay = tokio::process::Command::new(webhook_tests::bin_path("webhookctl"))
+        .env_clear()
+        .envs(&env)
+        .args(["replay", &e.event_id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for("replay to wait for the event's row", LONG, || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (waiting > 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        rabbit::depth(&topo.work_queue).await,
+        0,
+        "replay published before it recorded `queued`: a fast worker's outcome would be overwritten"
+    );
+    row_lock.rollback().await.unwrap();
+    let out = replay.wait_with_output().await.unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout} {stderr}");
+    assert!(stdout.contains(&format!("replayed {}", e.event_id)), "{stdout}");
+    assert_eq!(event_status(&pool, &e.event_id).await.as_deref(), Some("queued"));
+    assert_eq!(rabbit::depth(&topo.work_queue).await, 1, "published once");
+
+    // The worker's outcome is the last word, however fast it comes: with the worker running
+    // during a replay too.
+    let worker = TestWorker::spawn(settings).await.ready().await;
+    wait_event_status(&pool, &e.event_id, "succeeded").await;
+    let out = webhookctl(&env, &["replay", &e.event_id]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    wait_for("the second replay to be processed", LONG, || async {
+        let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM webhook_events WHERE event_id = $1")
+            .bind(&e.event_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (attempts == 3).then_some(())
+    })
+    .await;
+    wait_event_status(&pool, &e.event_id, "succeeded").await;
+    let audits: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_logs WHERE subject = 'replay@example.com'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(audits, 1, "the replays changed nothing downstream");
+    worker.stop().await;
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}
+
+/// A replay whose publish fails leaves the event as it was (status and `updated_at`), and says
+/// so; an event type no queue handles is refused before anything is touched.
+#[tokio::test]
+async fn replay_that_cannot_publish_puts_the_previous_status_back() {
+    let ctx = TestContext::new().await;
+    let env = ctx.env.clone();
+    let topo = rabbit::topology(&ctx.settings());
+    let pool = ctx.pool().await;
+    assert_eq!(webhookctl(&env, &["setup"]).await.code, 0);
+    let e = signed_event("checkout.session.completed", "nobody@example.com");
+    let insert = "INSERT INTO webhook_events (event_id, event_type, payload, status, attempts, updated_at)
+                  VALUES ($1, $2, $3, $4, 1, now() - interval '1 hour')";
+    sqlx::query(insert)
+        .bind(&e.event_id)
+        .bind("checkout.session.completed")
+        .bind(String::from_utf8(e.body.clone()).unwrap())
+        .bind("succeeded")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let row = |id: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, String)>(
+                "SELECT status, updated_at::text FROM webhook_events WHERE event_id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let before = row(e.event_id.clone()).await;
+
+    // The exchange is gone (topology not declared): the publish fails.
+    let (conn, ch) = rabbit::channel().await;
+    ch.exchange_delete(
+        topo.exchange.as_str().into(),
+        webhook_amqp::lapin::options::ExchangeDeleteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let _ = conn.close(200, "done".into()).await;
+    let out = webhookctl(&env, &["replay", &e.event_id]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("was not replayed"), "{out:?}");
+    assert!(out.stderr.contains("its status is succeeded again"), "{out:?}");
+    assert!(out.stderr.contains("webhookctl setup"), "{out:?}");
+    assert!(out.stderr.contains("run the same command again"), "{out:?}");
+    assert_eq!(
+        row(e.event_id.clone()).await,
+        before,
+        "status and updated_at as they were"
+    );
+    assert_eq!(rabbit::depth(&topo.work_queue).await, 0);
+
+    // A type nothing handles: refused, nothing touched.
+    let ignored = signed_event("customer.created", "nobody@example.com");
+    sqlx::query(insert)
+        .bind(&ignored.event_id)
+        .bind("customer.created")
+        .bind(String::from_utf8(ignored.body.clone()).unwrap())
+        .bind("ignored")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let before = row(ignored.event_id.clone()).await;
+    let out = webhookctl(&env, &["replay", &ignored.event_id]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("which no queue handles"), "{out:?}");
+    assert_eq!(row(ignored.event_id.clone()).await, before);
     ctx.cleanup().await;
 }

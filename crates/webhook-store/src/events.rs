@@ -259,3 +259,64 @@ pub async fn record_outcomes(store: &Store, outcomes: &[&Outcome]) -> Result<(),
 fn storable(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
 }
+
+/// A stored event marked `queued` for `webhookctl replay`, and what it was before.
+#[derive(Debug, Clone)]
+pub struct ReplayMark {
+    pub event_type: String,
+    pub payload: String,
+    /// The status and `updated_at` before the mark, restored by [`unmark_replay`].
+    pub previous_status: String,
+    pub previous_updated_at: DateTime<Utc>,
+    /// The `updated_at` the mark wrote: [`unmark_replay`] undoes the mark only while it stands.
+    pub marked_at: DateTime<Utc>,
+}
+
+/// Marks a stored event `queued` for a replay, BEFORE its message is published. The other order
+/// loses outcomes: a worker that took the replayed message at once could write `succeeded`
+/// before the replay wrote `queued`, and the event would stay `queued` forever. One statement;
+/// waits for a concurrent writer of the row. `None` if no event has this id.
+pub async fn mark_queued_for_replay(
+    pool: &PgPool,
+    event_id: &str,
+) -> Result<Option<ReplayMark>, sqlx::Error> {
+    let row = sqlx::query(
+        "WITH old AS (
+             SELECT event_id, status, updated_at FROM webhook_events WHERE event_id = $1 FOR UPDATE
+         )
+         UPDATE webhook_events e SET status = 'queued', updated_at = clock_timestamp()
+         FROM old WHERE e.event_id = old.event_id
+         RETURNING e.event_type, e.payload, old.status AS previous_status,
+                   old.updated_at AS previous_updated_at, e.updated_at AS marked_at",
+    )
+    .bind(event_id)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| {
+        Ok(ReplayMark {
+            event_type: r.try_get("event_type")?,
+            payload: r.try_get("payload")?,
+            previous_status: r.try_get("previous_status")?,
+            previous_updated_at: r.try_get("previous_updated_at")?,
+            marked_at: r.try_get("marked_at")?,
+        })
+    })
+    .transpose()
+}
+
+/// Undoes [`mark_queued_for_replay`] after the publish failed: the status and `updated_at`
+/// go back to what they were, unless the event changed since the mark (a worker took a message
+/// of it: its outcome stands). Returns whether the mark was undone.
+pub async fn unmark_replay(pool: &PgPool, event_id: &str, mark: &ReplayMark) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE webhook_events SET status = $2, updated_at = $3
+         WHERE event_id = $1 AND status = 'queued' AND updated_at = $4",
+    )
+    .bind(event_id)
+    .bind(&mark.previous_status)
+    .bind(mark.previous_updated_at)
+    .bind(mark.marked_at)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -105,7 +105,9 @@ pub enum DlqCommand {
         json: bool,
     },
     /// Put dead letters back on the work queue with a fresh retry count. Safe to interrupt and
-    /// run again: each message is published (confirmed) before it leaves the DLQ.
+    /// run again: each message is published (confirmed) before it leaves the DLQ. Looks at the
+    /// messages the DLQ holds when it starts, in bounded memory; those the filter skips stay in
+    /// the DLQ (moved to its tail).
     Requeue {
         #[command(flatten)]
         filter: DlqFilterArgs,
@@ -117,6 +119,7 @@ pub enum DlqCommand {
     },
     /// Archive whole dead letters (payload and headers) to a JSON-lines file, then remove them.
     /// Safe to interrupt: a message leaves the DLQ only after the file is written and fsynced.
+    /// Like requeue, looks at the messages the DLQ holds when it starts, in bounded memory.
     Drain {
         /// File to create (must not exist).
         #[arg(long)]
@@ -127,10 +130,16 @@ pub enum DlqCommand {
         json: bool,
     },
     /// Put archived messages (from `dlq drain`) back on the work queue with a fresh retry count.
-    /// Running it twice queues them twice, which the worker's ledger makes harmless.
+    /// Running it twice queues them twice, which the worker's ledger makes harmless. The file is
+    /// checked first: one that has an invalid line (such as the cut-off last line of an
+    /// interrupted drain) is refused before anything is published, unless --skip-invalid.
     Restore {
         #[arg(long)]
         from: PathBuf,
+        /// Restore the valid lines and skip the invalid ones (each is named on stderr and the
+        /// summary lists their line numbers).
+        #[arg(long)]
+        skip_invalid: bool,
         #[arg(long)]
         json: bool,
     },

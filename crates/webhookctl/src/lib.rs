@@ -58,7 +58,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(DlqCommand::Drain { out, filter, json }) => {
             dlq::drain(&settings, &out, filter.into(), json).await
         }
-        Command::Dlq(DlqCommand::Restore { from, json }) => dlq::restore(&settings, &from, json).await,
+        Command::Dlq(DlqCommand::Restore {
+            from,
+            skip_invalid,
+            json,
+        }) => dlq::restore(&settings, &from, skip_invalid, json).await,
         Command::Dlq(DlqCommand::Purge { yes, json }) => dlq::purge(&settings, yes, json).await,
     }
 }
