@@ -413,10 +413,17 @@ async fn slow_clients_are_cut_off() {
         .await
         .unwrap();
     let mut buf = Vec::new();
+    let started = std::time::Instant::now();
     let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
     assert!(
         read.is_ok(),
         "the server must close a connection whose headers never finish"
+    );
+    // The configured 1 s, not the 5 s default: well under 3 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed after {:?}, with header_timeout_secs = 1",
+        started.elapsed()
     );
 
     // A body that never finishes: 400 body_timeout.
