@@ -1,4 +1,4 @@
-//! One supervised RabbitMQ connection per process, with a confirm-mode publishing channel.
+//! One supervised RabbitMQ connection per process, with confirm-mode publishing channels.
 //!
 //! A background task connects, declares the topology (if asked), publishes the live [`Link`]
 //! through a `watch` channel, and reconnects with exponential backoff whenever the connection
@@ -24,11 +24,11 @@ use webhook_core::{redact, urls};
 
 use crate::topology::{self, Topology};
 
-/// A live connection and its confirm-mode publishing channel.
+/// A live connection and its confirm-mode publishing channels.
 pub struct Link {
     pub connection: Connection,
-    /// Confirm mode; shared by all publishers of the process (confirms are pipelined).
-    pub publisher: Channel,
+    /// Confirm-mode channels, each with at most one publish in flight (see [`Publishers`]).
+    publishers: Publishers,
     /// Set when a user of the link saw it fail; the supervisor then replaces it.
     broken: AtomicBool,
     /// Increments with every new connection (tests and logs use it).
@@ -37,9 +37,52 @@ pub struct Link {
 
 impl Link {
     pub fn is_usable(&self) -> bool {
-        !self.broken.load(Ordering::Relaxed)
-            && self.connection.status().connected()
-            && self.publisher.status().connected()
+        !self.broken.load(Ordering::Relaxed) && self.connection.status().connected()
+    }
+}
+
+/// How many publishes may wait for their confirms at once, per process (one channel each).
+const PUBLISHERS: usize = 128;
+
+/// Confirm-mode channels, each lent to one publish at a time.
+///
+/// Why not one channel for every publish: RabbitMQ confirms several publishes at once
+/// (`multiple`), and the AMQP client credits a `basic.return` (an unroutable message) to
+/// whichever publish of that acknowledgement it resolves first, not to the one returned. With
+/// one publish in flight per channel, the return can only be that publish's own: an unroutable
+/// message is never answered `Ok` (an event answered 2xx while queued nowhere), and a routed
+/// one is never answered `Returned`.
+struct Publishers {
+    idle: std::sync::Mutex<Vec<Channel>>,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Publishers {
+    fn new(first: Channel) -> Self {
+        Self {
+            idle: std::sync::Mutex::new(vec![first]),
+            permits: tokio::sync::Semaphore::new(PUBLISHERS),
+        }
+    }
+
+    fn take_idle(&self) -> Option<Channel> {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(ch) = idle.pop() {
+            if ch.status().connected() {
+                return Some(ch);
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, ch: Channel) {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(ch);
     }
 }
 
@@ -153,9 +196,22 @@ impl Broker {
     pub async fn publish(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {
         let link = self.current().ok_or(PublishError::Unavailable)?;
         let timeout = self.shared.config.confirm_timeout;
+        let pool = &link.publishers;
+        let _permit = pool
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| PublishError::Unavailable)?;
+        let channel = match pool.take_idle() {
+            Some(ch) => ch,
+            None => {
+                let ch = link.connection.create_channel().await?;
+                ch.confirm_select(ConfirmSelectOptions::default()).await?;
+                ch
+            }
+        };
         let attempt = async {
-            let confirm = link
-                .publisher
+            let confirm = channel
                 .basic_publish(
                     msg.exchange.into(),
                     msg.routing_key.into(),
@@ -183,9 +239,17 @@ impl Broker {
             Ok(r) => r,
             Err(_) => Err(PublishError::Timeout(timeout)),
         };
-        if matches!(result, Err(PublishError::Amqp(_) | PublishError::Timeout(_))) {
-            // The channel or connection is suspect: a lost confirm may never arrive. Replace it.
-            self.report_broken(&link);
+        match &result {
+            // The channel is suspect (a lost confirm may never arrive): it is not lent again,
+            // and if the connection went with it, the supervisor replaces the link.
+            Err(PublishError::Amqp(_) | PublishError::Timeout(_)) => {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), channel.close(200, "suspect".into())).await;
+                if !link.connection.status().connected() {
+                    self.report_broken(&link);
+                }
+            }
+            _ => pool.give_back(channel),
         }
         result
     }
@@ -222,7 +286,7 @@ async fn connect(shared: &Shared, node: &str, generation: u64) -> Result<Link, l
     publisher.confirm_select(ConfirmSelectOptions::default()).await?;
     Ok(Link {
         connection,
-        publisher,
+        publishers: Publishers::new(publisher),
         broken: AtomicBool::new(false),
         generation,
     })

@@ -84,6 +84,26 @@ impl Session {
         &self.broker.topology().work_queue
     }
 
+    /// Fails unless the work queue exists. Messages put back go straight to it, many awaiting
+    /// their confirms at once on one channel, where the AMQP client may credit one message's
+    /// return to another: a missing work queue is refused before anything is taken.
+    async fn require_work_queue(&self) -> anyhow::Result<()> {
+        let channel = self
+            .link
+            .connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        let found = webhook_amqp::topology::queue_depth(&channel, self.work_queue()).await;
+        let _ = channel.close(200, "checked".into()).await;
+        found.map(|_| ()).with_context(|| {
+            format!(
+                "the work queue {} does not exist: run `webhookctl setup` first; nothing was changed",
+                self.work_queue()
+            )
+        })
+    }
+
     async fn depth(&self) -> anyhow::Result<u32> {
         webhook_amqp::topology::queue_depth(&self.channel, self.dlq())
             .await
@@ -277,6 +297,7 @@ pub async fn requeue(settings: &Settings, filter: Filter, dry_run: bool, json: b
     if dry_run {
         return requeue_dry_run(s, total, &filter, json).await;
     }
+    s.require_work_queue().await?;
     let bar = progress::bar(u64::from(total), "requeueing");
     let mut ids = JsonIds::start(json, false);
     let mut tally = Tally::default();
@@ -618,6 +639,7 @@ pub async fn restore(settings: &Settings, from: &Path, skip_invalid: bool, json:
 
     // Second pass: publish the valid lines, confirms pipelined.
     let s = Session::open(settings).await?;
+    s.require_work_queue().await?;
     let bar = progress::bar(valid, "restoring");
     let mut reader = open_archive(from)?;
     let mut confirms: Confirms<u64> = Confirms::new(s.confirm_timeout);
