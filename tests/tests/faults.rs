@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
-use webhook_sandbox::{Fault, Route, SeedUser};
+use webhook_sandbox::{Route, SeedUser};
 use webhook_tests::worker::{TestSandbox, TestWorker, worker_settings};
 use webhook_tests::{TestContext, admin_database_url, rabbit, signed_event, wait_event_done, wait_for};
 
