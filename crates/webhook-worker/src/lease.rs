@@ -113,12 +113,12 @@ impl Lease {
     }
 
     /// Fails when the lease was lost (another attempt holds it now), or when it was not renewed
-    /// for half its length (Postgres unreachable: it may expire while the next call runs):
-    /// check before every downstream write.
+    /// for two thirds of its length (two renewals missed: Postgres unreachable, the lease may
+    /// expire while the next call runs): check before every downstream write.
     pub fn check(&self) -> Result<(), JobError> {
         let renewed = Duration::from_millis(self.renewed_ms.load(Ordering::Acquire));
         let since = self.started.elapsed().saturating_sub(renewed);
-        if self.lost.load(Ordering::Acquire) || since > self.timing.lasts / 2 {
+        if self.lost.load(Ordering::Acquire) || since > self.timing.lasts * 2 / 3 {
             return Err(lost(&self.subscription_id));
         }
         Ok(())
