@@ -272,3 +272,18 @@ pub async fn wait_http_ok(what: &str, url: &str) {
     })
     .await
 }
+
+/// A series of a service's `/metrics` at `base_url` (`http://host:port`): its value, or 0 when it
+/// is absent. `series` is the name with its labels as Prometheus prints them, e.g.
+/// `webhook_worker_queue_missing{queue="q"}`.
+pub async fn metric(base_url: &str, series: &str) -> f64 {
+    let text = reqwest::get(format!("{base_url}/metrics"))
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("/metrics is text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}

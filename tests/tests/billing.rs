@@ -92,16 +92,8 @@ impl Env {
         rabbit::peek(&self.topo.dead_letter_queue).await.len()
     }
 
-    async fn metric(&self, name_and_labels: &str) -> f64 {
-        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.worker.port))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-            .unwrap_or(0.0)
+    async fn metric(&self, series: &str) -> f64 {
+        webhook_tests::metric(&format!("http://127.0.0.1:{}", self.worker.port), series).await
     }
 
     async fn stop(self) {

@@ -49,16 +49,8 @@ async fn get(url: String) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-async fn metric(port: u16, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
+async fn metric(port: u16, series: &str) -> f64 {
+    webhook_tests::metric(&format!("http://127.0.0.1:{port}"), series).await
 }
 
 /// A failover in progress (the database read-only): the message is held with a growing delay —

@@ -153,7 +153,11 @@ async fn the_same_event_twice_and_two_events_for_one_session_provision_once() {
                 .fetch_one(&pool)
                 .await
                 .ok()?;
-        let in_flight = metric_value(worker.port, "webhook_worker_jobs_in_flight").await;
+        let in_flight = webhook_tests::metric(
+            &format!("http://127.0.0.1:{}", worker.port),
+            "webhook_worker_jobs_in_flight",
+        )
+        .await;
         (status == "succeeded"
             && attempts == 2
             && in_flight == 0.0
@@ -792,17 +796,4 @@ async fn outcomes_that_wait_for_a_writer_share_one_durable_write() {
     assert_eq!(attempt, 3);
     drop(writer);
     ctx.cleanup().await;
-}
-
-/// A value of the worker's `/metrics` (0 when the series is absent).
-async fn metric_value(port: u16, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
