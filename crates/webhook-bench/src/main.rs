@@ -133,5 +133,25 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     if !report.summary.verification_passed {
         eprintln!("webhook-bench: FAILED: accepted events were lost or doubled (see the JSON file)");
     }
-    Ok(report.summary.verification_passed)
+    // A worker case whose jobs did not all succeed measured something else than the worker
+    // (a broken build, a stalled queue): a failure, not a figure.
+    let failed_cases: Vec<String> = report
+        .runs
+        .iter()
+        .flat_map(|r| &r.worker)
+        .filter(|w| w.failed > 0 || w.succeeded < w.jobs)
+        .map(|w| {
+            format!(
+                "{} ms per call, concurrency {}: {} of {} succeeded",
+                w.latency_ms, w.concurrency, w.succeeded, w.jobs
+            )
+        })
+        .collect();
+    for case in &failed_cases {
+        eprintln!(
+            "webhook-bench: FAILED: worker case {case} (its logs are in {})",
+            bins.logs.display()
+        );
+    }
+    Ok(report.summary.verification_passed && failed_cases.is_empty())
 }
