@@ -115,10 +115,20 @@ pub(crate) async fn lago(
                 external_id: &sub_id,
                 name: None,
             };
-            let s = ctx
-                .inline_retry
-                .run(|| ctx.lago.create_subscription(&new))
-                .await
+            let created = match ctx.inline_retry.run(|| ctx.lago.create_subscription(&new)).await {
+                // Lago has this subscription live under another customer than the record knew
+                // (a move whose record write was lost with its lease): converge by moving it.
+                Err(e) if e.status == Some(422) && e.message.contains("value_already_exist") => {
+                    tracing::warn!(subscription = %sub_id, to = %customer, "Lago has the subscription under another customer; moving it");
+                    ctx.inline_retry
+                        .run(|| ctx.lago.terminate_subscription_for_move(&sub_id))
+                        .await
+                        .map_err(|e| Failure::downstream("lago_subscription", e))?;
+                    ctx.inline_retry.run(|| ctx.lago.create_subscription(&new)).await
+                }
+                other => other,
+            };
+            let s = created
                 .map_err(|e| {
                     let mut f = Failure::downstream("lago_subscription", e.clone());
                     if e.code.as_deref() == Some("plan_not_found") {

@@ -512,3 +512,36 @@ async fn keycloak_sync_writes_nothing_when_the_attributes_are_already_there() {
     assert!(!synced.written);
     assert!(synced.dropped.is_empty());
 }
+
+#[tokio::test]
+async fn keycloak_another_writers_value_read_back_is_not_a_dropped_attribute() {
+    let server = MockServer::start().await;
+    token_endpoint(&server, "tok", 1).await;
+    let before = user("u1", "ada@example.com");
+    let mut other = before.clone();
+    // Another job's PUT (for another subscription of the account) landed after this one.
+    other["attributes"]["subscription_tier"] = json!(["enterprise"]);
+    Mock::given(method("GET"))
+        .and(path("/admin/realms/uchub/users/u1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(before))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/admin/realms/uchub/users/u1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(other))
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path("/admin/realms/uchub/users/u1"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let synced = keycloak(&server, 2000)
+        .sync_attributes("u1", &[("subscription_tier", "pro")])
+        .await
+        .unwrap();
+    assert!(synced.written);
+    assert!(synced.dropped.is_empty(), "{synced:?}");
+}

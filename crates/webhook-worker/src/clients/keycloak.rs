@@ -268,11 +268,15 @@ impl KeycloakClient {
         }
         self.put_user(id, &user).await?;
         let after = self.get_user(id).await?;
+        // Dropped = absent: a value other than ours is another writer's PUT that landed after
+        // this one (the caller reads its state again and syncs again if it must), not a realm
+        // that refuses the attribute.
+        let absent = |key: &str| after["attributes"][key].as_array().is_none_or(|v| v.is_empty());
         Ok(Synced {
             written: true,
             dropped: values
                 .iter()
-                .filter(|(k, v)| !has(&after, k, v))
+                .filter(|(k, _)| absent(k))
                 .map(|(k, _)| (*k).to_owned())
                 .collect(),
         })
@@ -284,7 +288,8 @@ impl KeycloakClient {
 pub struct Synced {
     /// A PUT was needed (the attributes differed).
     pub written: bool,
-    /// Attributes Keycloak accepted but did not store (undeclared in the realm's user profile).
+    /// Attributes Keycloak accepted but did not store (undeclared in the realm's user profile):
+    /// absent when the user is read back.
     pub dropped: Vec<String>,
 }
 
