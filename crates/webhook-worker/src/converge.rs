@@ -4,7 +4,8 @@
 //! - **Lago**, per subscription: terminated once the tombstone is written (it needs only the
 //!   subscription id, so it comes first and never waits for Keycloak), else on the record's plan
 //!   while the status carries one ([`crate::ordering::lago_target`]). What Lago was brought to
-//!   is kept in the record, so a redelivery calls Lago only when something is left to do.
+//!   is kept in the record (written once, after Keycloak, by the handler), so a redelivery
+//!   calls Lago only when something is left to do.
 //! - **Keycloak**, per account: the attributes that all of the account's subscriptions imply
 //!   ([`crate::entitlement`]). The user is read first and written only when it differs; after
 //!   the write the account's state is read again and, if another job changed it meanwhile, the
@@ -62,7 +63,6 @@ pub(crate) async fn lago(
             let result = json!({"action": "ended", "lago_id": t.as_ref().map(|s| s["lago_id"].clone()), "status": record.status});
             record.lago_plan_code = None;
             record.lago_customer = None;
-            lease.save(record).await?;
             steps.note("lago_subscription", result.clone());
             Ok(result)
         }
@@ -79,7 +79,6 @@ pub(crate) async fn lago(
                 None => json!({"action": "terminated", "status": "already_terminated"}),
             };
             record.lago_terminated = true;
-            lease.save(record).await?;
             steps.note("lago_terminate", result.clone());
             Ok(result)
         }
@@ -160,7 +159,6 @@ pub(crate) async fn lago(
             });
             record.lago_plan_code = Some(plan_code);
             record.lago_customer = Some(customer);
-            lease.save(record).await?;
             steps.note("lago_subscription", result.clone());
             Ok(result)
         }
@@ -225,10 +223,7 @@ pub(crate) async fn keycloak(
     for account in &accounts {
         results.push(sync_account(ctx, lease, account).await?);
     }
-    if record.synced_account_id != record.account_id {
-        record.synced_account_id = record.account_id.clone();
-        lease.save(record).await?;
-    }
+    record.synced_account_id = record.account_id.clone();
     let results = Value::Array(results);
     steps.note("keycloak_attributes", results.clone());
     Ok(results)
@@ -264,6 +259,7 @@ async fn sync_account(ctx: &WorkerContext, lease: &Lease, account: &str) -> Resu
             Err(e) => return Err(Failure::downstream("keycloak_attributes", e).into()),
         };
         written |= synced.written;
+        let wrote_now = synced.written;
         for key in &synced.dropped {
             if *key == ctx.tier_attribute {
                 return Err(Failure::downstream("keycloak_attributes", dropped_attribute(key)).into());
@@ -275,9 +271,14 @@ async fn sync_account(ctx: &WorkerContext, lease: &Lease, account: &str) -> Resu
                  set keycloak.status_attribute = \"\" to stop writing it"
             );
         }
-        let now = ctx
-            .entitlements
-            .account_view(&billing::account_subscriptions(pool, account).await?);
+        // Read again only after a write of ours: without one, nothing of ours can have landed over
+        // a newer job's, and a job that changes the state later syncs the account itself.
+        let now = if wrote_now {
+            ctx.entitlements
+                .account_view(&billing::account_subscriptions(pool, account).await?)
+        } else {
+            view.clone()
+        };
         if now == view {
             return Ok(json!({
                 "account_id": account, "tier": view.tier, "billing_status": view.status,

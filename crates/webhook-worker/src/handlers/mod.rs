@@ -161,9 +161,23 @@ async fn converge_and_finish(
 ) -> Result<Done, JobError> {
     let event = job.event;
     lease.save(record).await?;
+    let saved = record.clone();
     // 4. Lago, then Keycloak.
-    let lago = crate::converge::lago(ctx, lease, record, steps).await?;
-    let keycloak = crate::converge::keycloak(ctx, lease, record, steps).await?;
+    let effects = async {
+        let lago = crate::converge::lago(ctx, lease, record, steps).await?;
+        let keycloak = crate::converge::keycloak(ctx, lease, record, steps).await?;
+        Ok::<_, JobError>((lago, keycloak))
+    }
+    .await;
+    // What Lago and Keycloak were brought to, in one write (also when a later step failed, so
+    // that the retry does not redo what is done).
+    if *record != saved {
+        let written = lease.save(record).await;
+        if effects.is_ok() {
+            written?;
+        }
+    }
+    let (lago, keycloak) = effects?;
     // 5. The audit row.
     let r = &*record;
     for (key, value) in [
