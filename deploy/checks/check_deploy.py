@@ -39,7 +39,11 @@ compared; the last line counts them and the exit code is 1 when anything failed.
               worker's queue_depth label set, its bindings the configured handled_event_types.
   monitoring  every alert and dashboard expression parses (promql-parser), every metric, label
               and equality-matched value exists in the scraped /metrics (or, for values, in the
-              sources), every exported family is on the dashboard, the required alerts exist.
+              sources; RabbitMQ's families in the local node's rabbitmq_prometheus per-object
+              output), every alert aggregates by namespace and links a runbook heading of
+              docs/operations.md, every exported family is on the dashboard, the required alerts
+              exist, and `promtool test rules` passes alerts.test.yml, which shows every alert
+              firing and silent.
 """
 
 from __future__ import annotations
@@ -1104,11 +1108,94 @@ def check_rabbitmq(state: dict) -> None:
 # ── monitoring ─────────────────────────────────────────────────────────────────────────────
 
 REQUIRED_ALERTS = {
+    "WebhookDependencyDown": "a dependency (postgres, rabbitmq, keycloak, lago) down",
+    "WebhookIngestDown": "no ingest target up",
+    "WebhookWorkerDown": "no worker target up",
+    "WebhookWorkQueueNoConsumers": "work waiting with no consumer (from RabbitMQ's metrics)",
     "WebhookDeadLetterQueueNotEmpty": "DLQ not empty",
     "WebhookWorkQueueGrowing": "work queue depth growing",
     "WebhookIngestUnavailable": "ingest 5xx (503) rate",
     "WebhookDownstreamErrors": "worker downstream errors",
 }
+# Families the rules read that the binaries do not export: Prometheus's own `up`, and RabbitMQ's
+# rabbitmq_prometheus plugin (scraped per object from the local node; see rabbitmq_catalog).
+PROMETHEUS_SYNTHETIC = {"up": {"type": "gauge", "samples": {"up"}, "labels": {"job": {"webhook-ingest", "webhook-worker"}}}}
+RABBITMQ_PROMETHEUS_URL = os.environ.get("RABBITMQ_PROMETHEUS_URL", "http://127.0.0.1:15692/metrics/per-object")
+
+
+def rabbitmq_catalog() -> tuple[dict, str]:
+    """The per-object families of the local RabbitMQ's rabbitmq_prometheus plugin, scraped while a
+    probe queue exists (queue families have no samples, hence no labels, without a queue)."""
+    import pika
+
+    amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f").split(",")[0]
+    try:
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    except Exception as e:  # noqa: BLE001 - reported
+        return {}, f"cannot connect to RabbitMQ at {amqp_url.split('@')[-1]}: {e}"
+    try:
+        ch = conn.channel()
+        ch.queue_declare(queue="", exclusive=True)
+        status, text = http_get(RABBITMQ_PROMETHEUS_URL, timeout=10)
+        if status == 0:
+            return {}, (f"{RABBITMQ_PROMETHEUS_URL} does not answer: enable the plugin with "
+                        "`rabbitmq-plugins enable rabbitmq_prometheus` (make services does)")
+        if status != 200:
+            return {}, f"{RABBITMQ_PROMETHEUS_URL} answered {status}"
+        return parse_metrics(text), ""
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings."""
+    anchors = set()
+    for line in markdown.splitlines():
+        m = re.match(r"^#{1,6}\s+(.*)$", line)
+        if m:
+            text = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower())
+            anchors.add(text.replace(" ", "-"))
+    return anchors
+
+
+def aggregations_without_namespace(expr: str) -> list[str]:
+    import promql_parser as pp
+
+    missing: list[str] = []
+
+    def visit(node):
+        if isinstance(node, pp.AggregateExpr):
+            labels = list(getattr(node.modifier, "labels", []) or []) if node.modifier is not None else []
+            without = node.modifier is not None and "Without" in type(node.modifier).__name__
+            if without or "namespace" not in labels:
+                missing.append(f"{node.op} by ({', '.join(labels)})")
+    pp.walk(pp.parse(expr), visit)
+    return missing
+
+
+def check_alert_scenarios(s: str, alert_names: set[str]) -> None:
+    """`promtool check rules` and `promtool test rules` over alerts.test.yml; every alert must be
+    shown firing in at least one scenario and silent in at least one."""
+    promtool = shutil.which("promtool")
+    if not promtool:
+        R.fail(s, "promtool is not installed: `apt-get install prometheus` (Debian; make services installs it)")
+        return
+    rules = DEPLOY / "monitoring/alerts.yml"
+    tests = DEPLOY / "monitoring/alerts.test.yml"
+    res = run([promtool, "check", "rules", str(rules)])
+    R.check(s, res.returncode == 0, "promtool check rules accepts alerts.yml", res.stdout + res.stderr)
+    res = run([promtool, "test", "rules", str(tests)], cwd=str(tests.parent))
+    R.check(s, res.returncode == 0, "promtool test rules: every alert scenario of alerts.test.yml passes",
+            (res.stdout + res.stderr)[-4000:])
+    spec = yaml.safe_load(tests.read_text())
+    fires, silent = set(), set()
+    for t in spec.get("tests", []):
+        for a in t.get("alert_rule_test", []):
+            (fires if a.get("exp_alerts") else silent).add(a["alertname"])
+    R.check(s, alert_names <= fires and alert_names <= silent,
+            f"alerts.test.yml shows each of the {len(alert_names)} alerts firing and staying silent",
+            f"never firing: {sorted(alert_names - fires)}; never silent: {sorted(alert_names - silent)}")
 
 
 def family_of(name: str, catalog: dict) -> str | None:
@@ -1173,13 +1260,22 @@ def check_monitoring(state: dict) -> None:
         R.fail(s, "no /metrics catalog from the live run: metric names cannot be checked (see the live section)")
         return
     literals = source_literals()
+    rabbit, why = rabbitmq_catalog()
+    R.check(s, bool(rabbit), f"RabbitMQ's per-object metrics scraped from {RABBITMQ_PROMETHEUS_URL} "
+            f"({len(rabbit)} families) for the queue alerts", why)
+    external = {k: v for k, v in rabbit.items() if k.startswith("rabbitmq_")} | PROMETHEUS_SYNTHETIC
     alerts = yaml.safe_load((DEPLOY / "monitoring/alerts.yml").read_text())
+    anchors = heading_anchors((ROOT / "docs/operations.md").read_text())
     names = set()
     for group in alerts["groups"]:
         for rule in group["rules"]:
             name = rule.get("alert") or rule.get("record")
             names.add(name)
-            problems, _ = expr_problems(rule["expr"], catalog, literals)
+            problems, _ = expr_problems(rule["expr"], catalog | external, literals)
+            problems += [f"aggregates without namespace: {a}" for a in aggregations_without_namespace(rule["expr"])]
+            runbook = rule.get("annotations", {}).get("runbook_url", "")
+            if not runbook.startswith("docs/operations.md#") or runbook.split("#", 1)[1] not in anchors:
+                problems.append(f"runbook_url {runbook!r} is not a heading of docs/operations.md")
             shape = [k for k in ("alert", "expr", "labels", "annotations") if k not in rule]
             if parse_duration(str(rule.get("for", "0s"))) <= 0 and "for" in rule:
                 shape.append("for")
@@ -1192,6 +1288,7 @@ def check_monitoring(state: dict) -> None:
                     "; ".join(problems + [f"missing/invalid {x}" for x in shape]))
     for alert, what in REQUIRED_ALERTS.items():
         R.check(s, alert in names, f"there is an alert for {what} ({alert})")
+    check_alert_scenarios(s, {n for n in names if n})
 
     dash = json.loads((DEPLOY / "monitoring/grafana-dashboard.json").read_text())
     panels = [p for p in dash.get("panels", [])] + [c for p in dash.get("panels", []) for c in p.get("panels", [])]

@@ -8,10 +8,12 @@
 //! - [`message`]: the queue message schema and header names.
 //! - [`error_code`]: the ingest's JSON error contract.
 //! - [`telemetry`]: logging setup.
+//! - [`metrics`]: the metrics every server exports (build info, dependencies, process).
 
 pub mod envelope;
 pub mod error_code;
 pub mod message;
+pub mod metrics;
 pub mod redact;
 pub mod settings;
 pub mod signature;

@@ -25,6 +25,7 @@ use webhook_store::Store;
 
 use crate::group_commit::{Backend, GroupCommit};
 use crate::metrics::Metrics;
+use webhook_store::pool_metrics::PoolMetrics;
 
 /// Header bytes above which a request is refused with a JSON 400 (a real Stripe request has
 /// about 1 KiB). Heads above 128 KiB are cut off earlier by the HTTP layer with a bare 431.
@@ -75,6 +76,9 @@ impl Application {
             .with_context(|| format!("cannot listen on INGEST_BIND={}", settings.ingest.bind))?;
         let port = listener.local_addr()?.port();
         let metrics = Metrics::new();
+        metrics
+            .registry
+            .register(Box::new(PoolMetrics::new(store.pool.clone(), "events")))?;
         let queue = GroupCommit::start(
             Backend {
                 store: store.clone(),

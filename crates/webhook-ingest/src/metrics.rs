@@ -1,5 +1,7 @@
 //! Prometheus metrics of the ingest (`GET /metrics`).
 
+use webhook_core::metrics::CommonMetrics;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
@@ -21,6 +23,8 @@ pub struct Metrics {
     pub commit_batch_size: Histogram,
     /// Verified events waiting for a free writer.
     pub commit_waiting: IntGauge,
+    /// Build info, `webhook_dependency_up`, process metrics.
+    pub common: CommonMetrics,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -81,8 +85,10 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registered once");
         }
+        let common = CommonMetrics::register(&registry, "ingest");
         Self {
             registry,
+            common,
             requests,
             request_duration,
             publish_duration,

@@ -6,12 +6,14 @@
 //! - [`audit`]: the audit log.
 //! - [`billing`]: the billing state: per subscription its status, plan, account binding,
 //!   ordering watermarks, tombstone and lease; per customer its account.
+//! - [`pool_metrics`]: the connection pool's gauges for `/metrics`.
 
 pub mod audit;
 pub mod billing;
 pub mod events;
 pub mod fault;
 pub mod ledger;
+pub mod pool_metrics;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};

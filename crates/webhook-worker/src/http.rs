@@ -6,6 +6,7 @@ use std::time::Duration;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 use webhook_amqp::topology::queue_depth;
+use webhook_core::metrics::dependency;
 
 use crate::context::WorkerContext;
 
@@ -16,8 +17,7 @@ pub async fn healthz() -> HttpResponse {
 /// 200 when Postgres and RabbitMQ answer, no job is held for Postgres and every queue of the
 /// topology exists; else 503 saying which.
 pub async fn readyz(ctx: web::Data<Arc<WorkerContext>>) -> HttpResponse {
-    let postgres = ctx.store.is_ready().await;
-    let rabbitmq = ctx.broker.is_connected();
+    let (postgres, rabbitmq) = check_dependencies(&ctx).await;
     let held = ctx.health.held_because();
     let missing = ctx.health.missing_queues();
     let ready = postgres && rabbitmq && held.is_none() && missing.is_empty();
@@ -41,10 +41,20 @@ pub async fn readyz(ctx: web::Data<Arc<WorkerContext>>) -> HttpResponse {
     }
 }
 
+/// Whether Postgres and RabbitMQ answer now, also set as `webhook_dependency_up` (Keycloak's and
+/// Lago's are set by each call to them).
+async fn check_dependencies(ctx: &WorkerContext) -> (bool, bool) {
+    let postgres = ctx.store.is_ready().await;
+    let rabbitmq = ctx.broker.is_connected();
+    let common = &ctx.metrics.common;
+    common.set_up(dependency::POSTGRES, postgres);
+    common.set_up(dependency::RABBITMQ, rabbitmq);
+    ctx.metrics.broker_connected.set(i64::from(rabbitmq));
+    (postgres, rabbitmq)
+}
+
 pub async fn metrics(ctx: web::Data<Arc<WorkerContext>>) -> HttpResponse {
-    ctx.metrics
-        .broker_connected
-        .set(i64::from(ctx.broker.is_connected()));
+    check_dependencies(&ctx).await;
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(ctx.metrics.render())

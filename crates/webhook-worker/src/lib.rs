@@ -54,6 +54,7 @@ use crate::domain::PlanMap;
 use crate::entitlement::Entitlements;
 use crate::metrics::Metrics;
 use crate::outcomes::OutcomeWriter;
+use webhook_store::pool_metrics::PoolMetrics;
 
 /// Outcome writers (group commit): two, so that one batch collects while the other waits for
 /// the disk.
@@ -111,6 +112,11 @@ impl Application {
         outcomes_db.max_connections = outcome_connections;
         let store = Store::connect_lazy_with(&steps_db, Commits::Deferred)?;
         let outcomes = Store::connect_lazy_with(&outcomes_db, Commits::Durable)?;
+        for (pool, name) in [(&store.pool, "steps"), (&outcomes.pool, "outcomes")] {
+            metrics
+                .registry
+                .register(Box::new(PoolMetrics::new(pool.clone(), name)))?;
+        }
         if settings.database.migrate_on_start {
             outcomes.migrate().await?;
         }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use webhook_core::metrics::CommonMetrics;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -32,6 +34,8 @@ pub struct Metrics {
     pub accounts_missing: IntCounter,
     /// Messages held (unacked) because Postgres cannot take work.
     pub jobs_held: IntGauge,
+    /// Build info, `webhook_dependency_up`, process metrics.
+    pub common: CommonMetrics,
     /// 1 for each queue of the topology that does not exist (sampled).
     pub queue_missing: IntGaugeVec,
 }
@@ -41,10 +45,15 @@ pub struct Metrics {
 pub struct DownstreamMetrics {
     pub calls: IntCounterVec,
     pub duration: HistogramVec,
+    /// `webhook_dependency_up` (shared with [`CommonMetrics`]): set by every call's answer.
+    pub up: IntGaugeVec,
 }
 
 impl DownstreamMetrics {
     pub fn observe(&self, service: &str, operation: &str, status: Option<u16>, took: Duration) {
+        // Up while the service answers, whatever it answers, short of a server error.
+        let answered = matches!(status, Some(code) if code < 500);
+        self.up.with_label_values(&[service]).set(i64::from(answered));
         let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
         self.calls.with_label_values(&[service, operation, &status]).inc();
         self.duration
@@ -141,7 +150,12 @@ impl Metrics {
             &["queue"],
         )
         .unwrap();
-        let downstream = DownstreamMetrics { calls, duration };
+        let common = CommonMetrics::register(&registry, "worker");
+        let downstream = DownstreamMetrics {
+            calls,
+            duration,
+            up: common.dependency_up.clone(),
+        };
         for c in [
             Box::new(jobs.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(job_duration.clone()),
@@ -173,6 +187,7 @@ impl Metrics {
             accounts_missing,
             jobs_held,
             queue_missing,
+            common,
         }
     }
 
