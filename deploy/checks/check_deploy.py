@@ -585,9 +585,26 @@ def labels_match(selector: dict, labels: dict) -> bool:
     return True
 
 
-def kustomize_resources(folder: Path) -> list[Path]:
+def kustomize_resources(folder: Path, components: bool = True) -> list[Path]:
+    """The manifest files a kustomization pulls in: its resources, following directories (bases)
+    and, with `components`, the components it names."""
     k = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    return [folder / r for r in k.get("resources", [])]
+    files: list[Path] = []
+    for r in k.get("resources", []) + (k.get("components", []) if components else []):
+        path = (folder / r).resolve()
+        files += kustomize_resources(path) if path.is_dir() else [path]
+    return files
+
+
+def sync_wave(doc: dict) -> int:
+    return int(doc.get("metadata", {}).get("annotations", {}).get("argocd.argoproj.io/sync-wave", "0"))
+
+
+def max_surge(deployment: dict, replicas: int) -> int:
+    surge = deployment.get("spec", {}).get("strategy", {}).get("rollingUpdate", {}).get("maxSurge", "25%")
+    if isinstance(surge, str) and surge.endswith("%"):
+        return -(-replicas * int(surge[:-1]) // 100)
+    return int(surge)
 
 
 @section("k8s")
@@ -595,9 +612,16 @@ def check_k8s(state: dict) -> None:
     s = "k8s"
     k8s = DEPLOY / "k8s"
     main_files = kustomize_resources(k8s)
+    base_files = kustomize_resources(k8s / "base")
+    component_dirs = sorted(p.parent for p in (k8s / "components").glob("*/kustomization.yaml"))
+    component_files = {c: kustomize_resources(c) for c in component_dirs}
     rmq_files = kustomize_resources(k8s / "rabbitmq")
     examples = sorted(k8s.glob("*.example.yaml"))
-    listed = set(main_files) | set(rmq_files) | set(examples)
+    listed = set(main_files) | set(base_files) | {f for fs in component_files.values() for f in fs} | set(rmq_files) | set(examples)
+    kinds = {yaml.safe_load((c / "kustomization.yaml").read_text()).get("kind") for c in component_dirs}
+    R.check(s, {c.name for c in component_dirs} == {"keda", "monitoring", "network-policy"} and kinds == {"Component"},
+            "deploy/k8s/components holds the optional keda, monitoring and network-policy Components",
+            str([c.name for c in component_dirs]))
     on_disk = {p for p in k8s.rglob("*.yaml") if p.name != "kustomization.yaml"}
     R.check(s, all(p.exists() for p in listed), "every resource a kustomization lists exists",
             str([rel(p) for p in listed if not p.exists()]))
@@ -605,6 +629,8 @@ def check_k8s(state: dict) -> None:
             str(sorted(rel(p) for p in on_disk - listed)))
 
     docs: list[tuple[Path, dict]] = [(p, d) for p in sorted(on_disk & listed) for d in load_yaml_docs(p)]
+    # (The network-policy component is optional and not in the default kustomization; its objects
+    # are checked with the rest.)
     for path, doc in docs:
         where = f"{rel(path)} {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
         if doc["apiVersion"] == "rabbitmq.com/v1beta1":
@@ -740,14 +766,71 @@ def check_k8s(state: dict) -> None:
             "KEDA never scales the worker to zero (retry queues feed the work queue at any time)")
 
     # The Postgres connection budget docs/deploy.md states: every process may open
-    # database.max_connections, at the HPA and KEDA maxima, plus the Job's two.
+    # database.max_connections, at the HPA and KEDA maxima plus the pods a rollout adds
+    # (maxSurge), plus the Job's two (migrate, then setup) and the prune CronJob's one.
     pool = tomllib.loads(toml_text).get("database", {}).get("max_connections", DEFAULTS["database"]["max_connections"]) if toml_text else 0
     ingest_max = hpa.get("spec", {}).get("maxReplicas", 0)
     worker_max = so.get("spec", {}).get("maxReplicaCount", 0)
-    budget = (ingest_max + worker_max) * pool + 2
-    stated = f"({ingest_max} ingest + {worker_max} workers) × {pool} + 2 for the Job = {budget}"
-    R.check(s, stated in (ROOT / "docs/deploy.md").read_text(),
+    ingest_surge = max_surge(deployments.get("webhook-ingest", {}), ingest_max)
+    worker_surge = max_surge(deployments.get("webhook-worker", {}), worker_max)
+    cron = by_kind.get("CronJob", {}).get("webhook-prune", {})
+    R.check(s, cron.get("spec", {}).get("concurrencyPolicy") == "Forbid",
+            "CronJob webhook-prune never runs twice at once (concurrencyPolicy Forbid): one connection")
+    budget = (ingest_max + ingest_surge + worker_max + worker_surge) * pool + 2 + 1
+    stated = (f"({ingest_max} ingest + {ingest_surge} surge + {worker_max} workers + {worker_surge} surge) × {pool} "
+              f"+ 2 for the Job + 1 for the prune CronJob = {budget}")
+    R.check(s, stated in " ".join((ROOT / "docs/deploy.md").read_text().split()),
             f"docs/deploy.md states the Postgres connection budget of these manifests: {stated}")
+
+    # Autoscalers own the replica counts: a `replicas` next to them resets a scaled-out fleet at
+    # every apply. The base keeps 2 workers for clusters without KEDA; the KEDA component drops it.
+    R.check(s, "replicas" not in deployments.get("webhook-ingest", {}).get("spec", {}),
+            "Deployment webhook-ingest has no `replicas` (its HorizontalPodAutoscaler owns the count)")
+    keda_patch = yaml.safe_load((k8s / "components/keda/kustomization.yaml").read_text()).get("patches", [])
+    R.check(s, any(p.get("target", {}).get("name") == "webhook-worker" and "remove" in p.get("patch", "")
+                   and "/spec/replicas" in p.get("patch", "") for p in keda_patch),
+            "the KEDA component removes the worker's `replicas` (KEDA's HPA owns the count)")
+    for name, pdb in by_kind.get("PodDisruptionBudget", {}).items():
+        R.check(s, pdb["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow",
+                f"PodDisruptionBudget {name}: unhealthyPodEvictionPolicy AlwaysAllow (a drain during an outage "
+                "is not blocked by pods that are not Ready)")
+
+    # Argo CD: config in wave -1, the migration Job a Sync hook in wave 0 (BeforeHookCreation:
+    # its pod template is immutable), everything that runs the new image after it.
+    base_docs = [d for p, d in docs if p in set(main_files) | {f for fs in component_files.values() for f in fs}]
+    job_doc = by_kind.get("Job", {}).get("webhook-migrate", {})
+    job_ann = job_doc.get("metadata", {}).get("annotations", {})
+    R.check(s, job_ann.get("argocd.argoproj.io/hook") == "Sync"
+            and job_ann.get("argocd.argoproj.io/hook-delete-policy") == "BeforeHookCreation",
+            "Argo CD: the migration Job is a Sync hook (not PreSync, which runs before its ConfigMaps exist), "
+            "recreated on each sync")
+    early = [f"{d['kind']}/{d['metadata']['name']}" for d in base_docs
+             if d["kind"] in {"Namespace", "ServiceAccount", "ConfigMap"} and sync_wave(d) >= sync_wave(job_doc)]
+    late = [f"{d['kind']}/{d['metadata']['name']}" for d in base_docs
+            if d["kind"] not in {"Namespace", "ServiceAccount", "ConfigMap", "Job"} and sync_wave(d) <= sync_wave(job_doc)]
+    R.check(s, not early and not late,
+            "Argo CD sync waves: Namespace, ServiceAccount and ConfigMaps before the Job, everything else after it",
+            f"not before: {early}; not after: {late}")
+
+    # The alerts expect job="webhook-ingest" / "webhook-worker": the PodMonitor takes the job
+    # name from the pods' app.kubernetes.io/name label.
+    pm = by_kind.get("PodMonitor", {}).get("stripe-webhooks", {})
+    R.check(s, pm.get("spec", {}).get("jobLabel") == "app.kubernetes.io/name"
+            and all(d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/name") == n
+                    for n, d in deployments.items()),
+            "the PodMonitor names the jobs webhook-ingest and webhook-worker (jobLabel), as the alerts expect")
+    netpols = by_kind.get("NetworkPolicy", {})
+    for name, want_from in [("webhook-ingest", 2), ("webhook-worker", 1)]:
+        np_ = netpols.get(name, {})
+        d = deployments.get(name, {})
+        ports = {p.get("name") for p in d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [{}])[0].get("ports", [])}
+        rules = np_.get("spec", {}).get("ingress", [])
+        R.check(s, bool(np_) and labels_match(np_["spec"]["podSelector"], d["spec"]["template"]["metadata"]["labels"])
+                and np_["spec"].get("policyTypes") == ["Ingress"]
+                and sum(len(r.get("from", [])) for r in rules) == want_from
+                and all(pt.get("port") in ports for r in rules for pt in r.get("ports", [])),
+                f"NetworkPolicy {name} selects its pods and admits only "
+                + ("the ingress controller and Prometheus" if want_from == 2 else "Prometheus") + " to its named port")
 
     job = by_kind.get("Job", {}).get("webhook-migrate", {})
     jpod = job.get("spec", {}).get("template", {}).get("spec", {})
@@ -765,9 +848,9 @@ def check_k8s(state: dict) -> None:
             "applies the Job with everything it needs", f"missing {sorted(needs - selected)}")
     images = {c["image"] for kind in ["Deployment", "Job", "CronJob"] for n, d in by_kind.get(kind, {}).items()
               if n != "rabbitmq-definitions" for pod in pod_specs(d) for c in pod.get("initContainers", []) + pod["containers"]}
-    kust = yaml.safe_load((k8s / "kustomization.yaml").read_text())
+    kust = yaml.safe_load((k8s / "base/kustomization.yaml").read_text())
     R.check(s, images == {"stripe-webhooks"} and [i["name"] for i in kust.get("images", [])] == ["stripe-webhooks"],
-            "ingest, worker, the Job and the CronJob use the one image `stripe-webhooks`, set in kustomization.yaml",
+            "ingest, worker, the Job and the CronJob use the one image `stripe-webhooks`, set in base/kustomization.yaml",
             str(images))
 
     ingress = by_kind.get("Ingress", {}).get("webhook-ingest", {})
@@ -797,14 +880,33 @@ def check_k8s(state: dict) -> None:
 
     kubectl = shutil.which("kubectl")
     if kubectl:
-        for folder, files, namespace in [(k8s, main_files, "stripe-webhooks"), (k8s / "rabbitmq", rmq_files, "rabbitmq")]:
-            res = run([kubectl, "kustomize", str(folder)], timeout=60)
-            rendered = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(res.stdout) if d} if res.returncode == 0 else set()
+        overlays = [(k8s, main_files, "stripe-webhooks"), (k8s / "base", base_files, "stripe-webhooks"),
+                    (k8s / "rabbitmq", rmq_files, "rabbitmq")]
+        scratch = Path(tempfile.mkdtemp(prefix="deploy-check-kustomize-"))
+        for c in component_dirs:
+            overlay = scratch / c.name
+            overlay.mkdir()
+            (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+                "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                "namespace": "stripe-webhooks", "resources": [os.path.relpath(k8s / "base", overlay)],
+                "components": [os.path.relpath(c, overlay)]}))
+            overlays.append((overlay, base_files + component_files[c], "stripe-webhooks"))
+        for folder, files, namespace in overlays:
+            res = run([kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(folder)], timeout=60)
+            objs = [d for d in yaml.safe_load_all(res.stdout) if d] if res.returncode == 0 else []
+            rendered = {(d["kind"], d["metadata"]["name"]) for d in objs}
             expected = {(d["kind"], d["metadata"]["name"]) for p in files for d in load_yaml_docs(p)}
-            ns = {d["metadata"].get("namespace") for d in yaml.safe_load_all(res.stdout) if d and d["kind"] != "Namespace"} if res.returncode == 0 else set()
+            ns = {d["metadata"].get("namespace") for d in objs if d["kind"] != "Namespace"}
+            name = f"base + components/{folder.name}" if folder.parent == scratch else rel(folder)
             R.check(s, res.returncode == 0 and rendered == expected and ns == {namespace},
-                    f"`kubectl kustomize {rel(folder)}` renders {len(expected)} objects into namespace {namespace}",
+                    f"`kubectl kustomize` of {name} renders {len(expected)} objects into namespace {namespace}",
                     res.stderr.strip() or f"rendered {sorted(rendered ^ expected)} differ")
+            worker = next((d for d in objs if d["kind"] == "Deployment" and d["metadata"]["name"] == "webhook-worker"), None)
+            if worker is not None:
+                keda = any(d["kind"] == "ScaledObject" for d in objs)
+                R.check(s, ("replicas" in worker["spec"]) != keda,
+                        f"{name}: the worker's replicas are " + ("KEDA's alone" if keda else "2 (no autoscaler)"))
+        shutil.rmtree(scratch, ignore_errors=True)
     else:
         R.skip(s, "kubectl is not installed: `kubectl kustomize` render not tried (the resource lists were checked)")
 
