@@ -330,7 +330,10 @@ def check_docker(metadata: dict) -> None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):  # deleted since `git ls-files` listed it
                 shutil.copy2(ROOT / f, dst)
-        meta = run(["cargo", "metadata", "--format-version", "1", "--locked", "--offline",
+        # Not --offline: after `make build` (binaries only) the dev-dependencies may not be
+        # downloaded yet on a fresh machine; cargo fetches what the lock file names, as the
+        # image build does.
+        meta = run(["cargo", "metadata", "--format-version", "1", "--locked",
                     "--filter-platform", "x86_64-unknown-linux-gnu"], cwd=tmp)
         R.check(s, meta.returncode == 0, "`cargo metadata --locked` resolves inside the build context "
                 "(every workspace member present, Cargo.lock up to date)", meta.stderr.strip()[-2000:])
