@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 1
 
-.PHONY: services build release run test unit lint fmt ci clean-test-resources deploy-check chaos model fuzz deny bench
+.PHONY: services build release run test unit lint fmt ci clean-test-resources deploy-check chaos model fuzz deny bench cluster cluster-down
 
 ## Make sure PostgreSQL and RabbitMQ run (installs them on Debian when absent) and the database exists.
 services:
@@ -37,6 +37,14 @@ deploy-check: services build
 chaos: services build
 	CHAOS_EVENTS=$${CHAOS_EVENTS:-3000} CHAOS_SECONDS=$${CHAOS_SECONDS:-120} CHAOS_REAL_RESTARTS=$${CHAOS_REAL_RESTARTS:-1} \
 		$(CARGO) test -p webhook-tests --test chaos -- --nocapture
+
+## A local three-node RabbitMQ cluster (ports 5681-5683) beside the machine's node; prints its
+## AMQP_URL. `make cluster-down` removes it. See scripts/rabbitmq-cluster.sh and docs/deploy.md.
+cluster: services
+	@scripts/rabbitmq-cluster.sh up
+
+cluster-down:
+	@scripts/rabbitmq-cluster.sh down
 
 ## The billing model property test, longer than in `make test` (PROPTEST_CASES, default 2000).
 model: services build

@@ -30,6 +30,8 @@ pub struct Topology {
     pub retry_tiers: Vec<RetryTier>,
     /// Routing keys (Stripe event types) bound to the work queue.
     pub handled_event_types: Vec<String>,
+    /// `x-quorum-initial-group-size` of every queue; `None`: the broker's default.
+    pub quorum_group_size: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +61,7 @@ impl Topology {
             work_queue,
             retry_tiers,
             handled_event_types: handled_event_types.to_vec(),
+            quorum_group_size: (amqp.quorum_group_size > 0).then_some(amqp.quorum_group_size),
         }
     }
 
@@ -127,6 +130,15 @@ pub async fn declare(channel: &Channel, topo: &Topology) -> Result<(), lapin::Er
     };
     // Quorum queues replicate and fsync; confirms for them mean "a majority has it on disk".
     let quorum = ("x-queue-type", s("quorum"));
+    let with_group_size = |mut args: FieldTable| {
+        if let Some(n) = topo.quorum_group_size {
+            args.insert(
+                "x-quorum-initial-group-size".into(),
+                AMQPValue::LongInt(i32::from(n)),
+            );
+        }
+        args
+    };
 
     // Work queue. Its own dead-letter exchange catches what the broker drops on its own (the
     // delivery limit of RabbitMQ ≥ 4.0, a poison message that kills consumers), so nothing is
@@ -135,10 +147,10 @@ pub async fn declare(channel: &Channel, topo: &Topology) -> Result<(), lapin::Er
         .queue_declare(
             topo.work_queue.as_str().into(),
             queue_opts,
-            table(&[
+            with_group_size(table(&[
                 quorum.clone(),
                 ("x-dead-letter-exchange", s(&topo.dead_letter_exchange)),
-            ]),
+            ])),
         )
         .await?;
     for event_type in &topo.handled_event_types {
@@ -162,10 +174,10 @@ pub async fn declare(channel: &Channel, topo: &Topology) -> Result<(), lapin::Er
         .queue_declare(
             topo.dead_letter_queue.as_str().into(),
             queue_opts,
-            table(&[
+            with_group_size(table(&[
                 quorum.clone(),
                 ("x-delivery-limit", AMQPValue::LongLongInt(DLQ_DELIVERY_LIMIT)),
-            ]),
+            ])),
         )
         .await?;
     channel
@@ -186,7 +198,7 @@ pub async fn declare(channel: &Channel, topo: &Topology) -> Result<(), lapin::Er
             .queue_declare(
                 tier.queue.as_str().into(),
                 queue_opts,
-                table(&[
+                with_group_size(table(&[
                     quorum.clone(),
                     (
                         "x-message-ttl",
@@ -198,7 +210,7 @@ pub async fn declare(channel: &Channel, topo: &Topology) -> Result<(), lapin::Er
                     // in the retry queue until the work queue confirms it; needs reject-publish.
                     ("x-dead-letter-strategy", s("at-least-once")),
                     ("x-overflow", s("reject-publish")),
-                ]),
+                ])),
             )
             .await?;
     }

@@ -88,6 +88,9 @@ pub struct AmqpSettings {
     pub confirm_timeout_ms: u64,
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// Replicas of each quorum queue declared (`x-quorum-initial-group-size`); 0 leaves it to
+    /// the broker (every node of the cluster).
+    pub quorum_group_size: u16,
 }
 
 #[derive(Clone, Debug, Deserialize)]

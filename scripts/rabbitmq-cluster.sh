@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# A local three-node RabbitMQ cluster for tests and demos, beside (not joined to) the machine's
+# own node on 5672, following RabbitMQ's guide to several nodes on one host: each node has its
+# own node name, AMQP port, distribution port, config, data, log and feature-flags paths, owned
+# by the rabbitmq user; the second and third join the first.
+#
+#   scripts/rabbitmq-cluster.sh up          start (or reuse) the cluster; prints AMQP_URL
+#   scripts/rabbitmq-cluster.sh down        stop it and delete its data
+#   scripts/rabbitmq-cluster.sh stop N      stop node N (1-3) as a crash would leave the others
+#   scripts/rabbitmq-cluster.sh start N     start node N again (it rejoins by itself)
+#   scripts/rabbitmq-cluster.sh status      which nodes run
+#   scripts/rabbitmq-cluster.sh url         the AMQP_URL list of the three nodes
+#
+# Nodes: webhook-c1@localhost … webhook-c3@localhost on AMQP ports 5681-5683 (distribution
+# 25681-25683). CLUSTER_DIR (default /tmp/webhook-rabbitmq-cluster) holds their files.
+set -euo pipefail
+
+BASE=${CLUSTER_DIR:-/tmp/webhook-rabbitmq-cluster}
+NODES=(1 2 3)
+RUN_AS=rabbitmq
+
+node_name() { echo "webhook-c$1@localhost"; }
+amqp_port() { echo $((5680 + $1)); }
+dist_port() { echo $((25680 + $1)); }
+
+die() { echo "rabbitmq-cluster: $*" >&2; exit 1; }
+
+as_rabbitmq() {
+  if [ "$(id -un)" = "$RUN_AS" ]; then "$@"; else runuser -u "$RUN_AS" -- "$@"; fi
+}
+
+ctl() { # ctl N args…
+  local n=$1; shift
+  as_rabbitmq env HOME=/var/lib/rabbitmq RABBITMQ_CONF_ENV_FILE="$BASE/c$n/rabbitmq-env.conf" \
+    rabbitmqctl -n "$(node_name "$n")" "$@"
+}
+
+running() { ctl "$1" -q status >/dev/null 2>&1; }
+
+url() {
+  local urls=()
+  for n in "${NODES[@]}"; do urls+=("amqp://guest:guest@127.0.0.1:$(amqp_port "$n")/%2f"); done
+  (IFS=,; echo "${urls[*]}")
+}
+
+prepare() {
+  local n=$1
+  local dir="$BASE/c$n"
+  mkdir -p "$dir/mnesia" "$dir/log"
+  cat >"$dir/rabbitmq.conf" <<CONF
+listeners.tcp.default = 127.0.0.1:$(amqp_port "$n")
+# Tests connect as guest from 127.0.0.1 (allowed by default for loopback).
+cluster_partition_handling = pause_minority
+# Small machine: never block publishers for memory or disk in tests.
+vm_memory_high_watermark.relative = 0.8
+disk_free_limit.absolute = 50MB
+CONF
+  cat >"$dir/rabbitmq-env.conf" <<ENV
+NODENAME=$(node_name "$n")
+CONFIG_FILE=$dir/rabbitmq.conf
+MNESIA_BASE=$dir/mnesia
+LOG_BASE=$dir/log
+ENABLED_PLUGINS_FILE=$dir/enabled_plugins
+FEATURE_FLAGS_FILE=$dir/feature_flags
+DIST_PORT=$(dist_port "$n")
+ERL_EPMD_ADDRESS=127.0.0.1
+export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"
+ENV
+  [ -f "$dir/enabled_plugins" ] || echo "[]." >"$dir/enabled_plugins"
+  chown -R "$RUN_AS:$RUN_AS" "$dir"
+}
+
+start_node() {
+  local n=$1
+  local dir="$BASE/c$n"
+  running "$n" && return 0
+  prepare "$n"
+  as_rabbitmq env HOME=/var/lib/rabbitmq RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf" \
+    RABBITMQ_NODENAME="$(node_name "$n")" RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
+    RABBITMQ_NODE_PORT="$(amqp_port "$n")" RABBITMQ_DIST_PORT="$(dist_port "$n")" \
+    RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
+    RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_FEATURE_FLAGS_FILE="$dir/feature_flags" \
+    rabbitmq-server -detached >/dev/null 2>&1 || die "node $n did not start: see $dir/log"
+  local deadline=$((SECONDS + 120))
+  until ctl "$n" -q await_startup --timeout 5 >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || die "node $n did not finish starting within 120 s: see $dir/log/$(node_name "$n").log"
+    sleep 0.5
+  done
+}
+
+joined() { # whether node N is in node 1's cluster
+  ctl 1 -q cluster_status --formatter json 2>/dev/null | python3 -c \
+    "import json,sys; d=json.load(sys.stdin); sys.exit(0 if '$(node_name "$1")' in d.get('running_nodes', []) else 1)"
+}
+
+up() {
+  command -v rabbitmq-server >/dev/null || die "rabbitmq-server is not installed (make services installs it)"
+  for n in "${NODES[@]}"; do start_node "$n"; done
+  for n in 2 3; do
+    joined "$n" && continue
+    ctl "$n" -q stop_app >/dev/null 2>&1
+    ctl "$n" -q reset >/dev/null 2>&1
+    ctl "$n" -q join_cluster "$(node_name 1)" >/dev/null 2>&1 || die "node $n could not join $(node_name 1)"
+    ctl "$n" -q start_app >/dev/null 2>&1
+  done
+  for n in 2 3; do joined "$n" || die "node $n is not running in the cluster"; done
+  echo "rabbitmq-cluster: 3 nodes up ($(node_name 1), $(node_name 2), $(node_name 3))" >&2
+  url
+}
+
+down() {
+  for n in "${NODES[@]}"; do
+    [ -d "$BASE/c$n" ] || continue
+    running "$n" && ctl "$n" -q stop >/dev/null 2>&1 || true
+  done
+  rm -rf "$BASE"
+  echo "rabbitmq-cluster: down" >&2
+}
+
+status() {
+  for n in "${NODES[@]}"; do
+    if running "$n"; then echo "$(node_name "$n") running on $(amqp_port "$n")"; else echo "$(node_name "$n") stopped"; fi
+  done
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  stop) [[ "${2:-}" =~ ^[123]$ ]] || die "usage: $0 stop 1|2|3"; ctl "$2" -q stop >/dev/null ;;
+  start) [[ "${2:-}" =~ ^[123]$ ]] || die "usage: $0 start 1|2|3"; start_node "$2" ;;
+  status) status ;;
+  url) url ;;
+  *) die "usage: $0 up|down|stop N|start N|status|url" ;;
+esac
