@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::Value;
+use webhook_amqp::dead_letters::WINDOW;
 use webhook_sandbox::SeedUser;
 use webhook_tests::worker::{TestSandbox, TestWorker, binary_env, worker_settings};
 use webhook_tests::{
@@ -20,6 +21,27 @@ async fn wait_depth(queue: &str, want: u32) {
         (rabbit::depth(queue).await == want).then_some(())
     })
     .await
+}
+
+/// Jobs the worker at `base_url` has brought to a final outcome (succeeded, skipped or
+/// dead-lettered), from its `webhook_worker_jobs_total`: one per message it settled for good
+/// (a retry or a message handed back gets its final outcome at a later delivery).
+async fn final_outcomes(base_url: &str) -> usize {
+    let text = reqwest::get(format!("{base_url}/metrics"))
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("/metrics is text");
+    text.lines()
+        .filter(|l| l.starts_with("webhook_worker_jobs_total{"))
+        .filter(|l| {
+            ["succeeded", "skipped", "dead_lettered"]
+                .iter()
+                .any(|o| l.contains(&format!("outcome=\"{o}\"")))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as usize
 }
 
 fn json_lines(s: &str) -> Vec<Value> {
@@ -304,7 +326,9 @@ async fn dlq_commands_filters_history_and_replay() {
 }
 
 /// A requeue killed (SIGKILL) halfway, then run again: every message ends on the work queue or
-/// in the DLQ (some possibly in both, which is harmless), and each event's effects happen once.
+/// in the DLQ, some possibly in both (harmless, and at most the requeue's window of unsettled
+/// messages: more is a doubled message), the second run moves or keeps each message it finds
+/// once, the worker settles every message once, and each event's effects happen once.
 /// The 1,000 events are spread among 20,000 dead letters the filter skips, so the scan takes
 /// seconds (the kill lands halfway, not after the end) and is killed while it copies skipped
 /// messages to the DLQ's tail: none of them may be lost either.
@@ -368,25 +392,51 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
     .await;
     child.start_kill().unwrap();
     let _ = child.wait().await;
-    // Every message is in the DLQ or on the work queue (or, for those in flight, both). The ones
-    // the killed requeue had taken but not acked count as ready again only once the broker has
-    // seen its connection close: wait for that (a lost message never comes back).
-    let (moved, left) = wait_for(
-        "every message to be in the DLQ or on the work queue",
-        LONG,
-        || async {
-            let moved = rabbit::depth(&topo.work_queue).await as usize;
-            let left = rabbit::depth(&topo.dead_letter_queue).await as usize;
-            (moved + left >= N + SKIPPED).then_some((moved, left))
-        },
+    // What the killed requeue held unacked goes back to the DLQ once the broker has seen its
+    // connection close, in the same step as its consumer goes: `all_messages` waits for that
+    // (a lost message never comes back).
+    let moved = rabbit::all_messages(&topo.work_queue).await as usize;
+    let left = rabbit::all_messages(&topo.dead_letter_queue).await as usize;
+    assert!(moved < N, "killed before the end ({moved} moved, {left} left)");
+    // Every message is in the DLQ or on the work queue; only those whose copy was confirmed but
+    // not yet acked when the requeue was killed are in both: at most its window of unsettled
+    // messages (WINDOW). More is a message doubled.
+    let doubled = (moved + left)
+        .checked_sub(N + SKIPPED)
+        .unwrap_or_else(|| panic!("messages lost: {moved} moved + {left} left < {N} + {SKIPPED}"));
+    eprintln!("requeue killed: {moved} moved, {left} left, {doubled} in both places");
+    // The first run put each message on the work queue once (a copy there twice is a doubled
+    // message, whatever the counts say).
+    let on_queue: std::collections::HashSet<String> = rabbit::peek(&topo.work_queue)
+        .await
+        .iter()
+        .map(|(body, _)| {
+            let v: Value = serde_json::from_slice(body).unwrap();
+            v["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(on_queue.len(), moved, "each message moved once by the first run");
+    wait_depth(&topo.work_queue, moved as u32).await; // the peeked ones back
+    assert!(
+        doubled <= usize::from(WINDOW),
+        "{doubled} messages in both places ({moved} moved + {left} left): at most {WINDOW} may be"
+    );
+
+    // Run it again to completion: it moves every checkout left in the DLQ to the work queue,
+    // each once.
+    let out = webhookctl(
+        &env,
+        &["dlq", "requeue", "--type", "checkout.session.completed", "--json"],
     )
     .await;
-    assert!(moved < N, "killed before the end ({moved} moved, {left} left)");
-
-    // Run it again to completion.
-    let out = webhookctl(&env, &requeue).await;
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(rabbit::depth(&topo.work_queue).await as usize >= N);
+    let requeued = json_lines(&out.stdout)[0]["requeued"].as_u64().unwrap() as usize;
+    let on_work_queue = rabbit::all_messages(&topo.work_queue).await as usize;
+    assert_eq!(
+        on_work_queue,
+        moved + requeued,
+        "the work queue holds what the first run moved and what the second says it requeued"
+    );
 
     // The DLQ holds every skipped message (some may be there twice, copied but not yet removed
     // when the first run was killed), and nothing else.
@@ -396,6 +446,7 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
     let out = webhookctl(&env, &["dlq", "drain", "--out", archive.to_str().unwrap()]).await;
     assert_eq!(out.code, 0, "{out:?}");
     let mut left_ids = std::collections::HashSet::new();
+    let mut kept = 0;
     for line in std::fs::read_to_string(&archive).unwrap().lines() {
         let v: Value = serde_json::from_str(line).unwrap();
         assert_eq!(
@@ -403,13 +454,27 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
             "only skipped messages are left: {line}"
         );
         left_ids.insert(v["event_id"].as_str().unwrap().to_owned());
+        kept += 1;
     }
     assert_eq!(left_ids.len(), SKIPPED, "every skipped message is still there");
+    // Nothing doubled by the second run: what it found in the DLQ is now on the work queue or
+    // kept, once; the copies in two places are still only those the kill left.
+    assert_eq!(
+        requeued + kept,
+        left,
+        "the second run moved or kept each of the {left} messages it found once"
+    );
+    assert_eq!(
+        (on_work_queue - N) + (kept - SKIPPED),
+        doubled,
+        "no message doubled beyond those the kill left in two places"
+    );
 
-    // Process: every event's effects exactly once.
+    // Process: every message on the work queue settled once, every event's effects once.
     let worker = TestWorker::spawn(settings).await.ready().await;
-    wait_for(
-        "every requeued event to succeed",
+    let worker_url = format!("http://127.0.0.1:{}", worker.port);
+    let settled = wait_for(
+        "every requeued event to succeed and every message on the work queue to be settled",
         Duration::from_secs(240),
         || async {
             let done: i64 =
@@ -417,10 +482,21 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
                     .fetch_one(&pool)
                     .await
                     .unwrap();
-            (done as usize == N && rabbit::depth(&topo.work_queue).await == 0).then_some(())
+            let settled = final_outcomes(&worker_url).await;
+            (done as usize == N && settled >= on_work_queue).then_some(settled)
         },
     )
     .await;
+    worker.stop().await;
+    assert_eq!(
+        settled, on_work_queue,
+        "one final outcome per message on the work queue, no more"
+    );
+    assert_eq!(
+        rabbit::all_messages(&topo.work_queue).await,
+        0,
+        "nothing left in flight"
+    );
     let audits: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_logs")
         .fetch_one(&pool)
         .await
@@ -437,7 +513,6 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
     assert_eq!(subs, N, "one Lago subscription per event");
     assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 0);
 
-    worker.stop().await;
     sandbox.stop().await;
     let _ = std::fs::remove_dir_all(dir);
     ctx.cleanup().await;
