@@ -1029,3 +1029,230 @@ async fn replay_that_cannot_publish_puts_the_previous_status_back() {
     assert_eq!(row(ignored.event_id.clone()).await, before);
     ctx.cleanup().await;
 }
+
+/// A password that must never be shown; its middle part catches a partial leak too.
+const PASSWORD: &str = "Pw-71be0c2d-secret";
+
+/// `_sqlx_migrations` of a database: version, checksum, success, when installed.
+async fn applied_migrations(db: &mut sqlx::PgConnection) -> Vec<(i64, Vec<u8>, bool, String)> {
+    sqlx::query_as(
+        "SELECT version, checksum, success, installed_on::text FROM _sqlx_migrations ORDER BY version",
+    )
+    .fetch_all(db)
+    .await
+    .expect("_sqlx_migrations")
+}
+
+/// `webhookctl migrate` against a database that does not exist yet: creates it and applies
+/// every migration; a second run is a no-op that says the same; a URL that does not reach
+/// Postgres (or is malformed) fails with exit 1, naming `DATABASE_URL`, without its password.
+#[tokio::test]
+async fn migrate_creates_and_migrates_a_fresh_database_then_is_a_no_op_and_names_a_bad_url() {
+    use sqlx::Connection;
+    let ctx = TestContext::new().await;
+    let fresh = format!("{}_fresh", ctx.database_name);
+    let fresh_url = webhook_store::with_database_name(&webhook_tests::admin_database_url(), &fresh);
+    let mut env = ctx.env.clone();
+    env.insert("DATABASE_URL".into(), fresh_url.clone());
+    let migrations: Vec<(i64, Vec<u8>)> = webhook_store::MIGRATOR
+        .iter()
+        .map(|m| (m.version, m.checksum.to_vec()))
+        .collect();
+    assert!(migrations.len() >= 6, "{} migrations embedded", migrations.len());
+    let summary = format!(
+        "migrations applied ({} in total, database up to date)",
+        migrations.len()
+    );
+
+    let out = webhookctl(&env, &["migrate"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), summary, "{out:?}");
+    let mut db = sqlx::PgConnection::connect(&fresh_url)
+        .await
+        .expect("migrate created the database");
+    let first = applied_migrations(&mut db).await;
+    assert_eq!(
+        first
+            .iter()
+            .map(|(v, c, ok, _)| {
+                assert!(ok, "migration {v} applied successfully");
+                (*v, c.clone())
+            })
+            .collect::<Vec<_>>(),
+        migrations,
+        "every embedded migration applied, with its checksum"
+    );
+    // The operator contract: the old system's audit query works.
+    sqlx::query("SELECT id, event_type, subject, details, created_at FROM audit_logs WHERE event_type = 'subscription.created' ORDER BY created_at DESC")
+        .fetch_all(&mut db)
+        .await
+        .expect("audit_logs has the contract's shape");
+    sqlx::query("SELECT event_id, status, payload, attempts FROM webhook_events")
+        .fetch_all(&mut db)
+        .await
+        .expect("webhook_events exists");
+
+    // Again: nothing to do, nothing touched.
+    let out = webhookctl(&env, &["migrate"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), summary, "{out:?}");
+    assert_eq!(
+        applied_migrations(&mut db).await,
+        first,
+        "the second run applied nothing"
+    );
+    let _ = db.close().await;
+
+    // Postgres not reachable at that URL (a port nobody listens on).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut bad = ctx.env.clone();
+    bad.insert(
+        "DATABASE_URL".into(),
+        format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/{fresh}"),
+    );
+    let out = webhookctl(&bad, &["migrate"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("check DATABASE_URL and that Postgres is running"),
+        "{out:?}"
+    );
+    assert!(
+        !out.stderr.contains("71be0c2d") && !out.stdout.contains("71be0c2d"),
+        "{out:?}"
+    );
+    // Malformed (no "//"): refused at start, naming the variable.
+    bad.insert(
+        "DATABASE_URL".into(),
+        format!("postgres:postgres:{PASSWORD}@127.0.0.1:5432/{fresh}"),
+    );
+    let out = webhookctl(&bad, &["migrate"]).await;
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("DATABASE_URL is invalid: "), "{out:?}");
+    assert!(
+        !out.stderr.contains("71be0c2d") && !out.stdout.contains("71be0c2d"),
+        "{out:?}"
+    );
+
+    let mut admin = sqlx::PgConnection::connect(&webhook_tests::admin_database_url())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{fresh}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    ctx.cleanup().await;
+}
+
+/// `webhookctl send-test-event` signs a checkout event with the configured secret and POSTs it
+/// to the ingest: accepted, then provisioned end to end on the tier and cycle asked for
+/// (Keycloak tier, Lago subscription on the plan, audit row); the same `--event-id` again is a
+/// duplicate; an ingest that refuses it or is not there makes it exit 1 saying so.
+#[tokio::test]
+async fn send_test_event_is_accepted_by_the_ingest_and_provisioned_end_to_end() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(SeedUser::new("sender@example.com"));
+    let settings = worker_settings(&ctx, &sandbox, &[]);
+    let ingest = webhook_tests::ingest::TestIngest::spawn(settings.clone())
+        .await
+        .ready()
+        .await;
+    let worker = TestWorker::spawn(settings).await.ready().await;
+    let pool = ctx.pool().await;
+    let env = binary_env(&ctx, &sandbox, &[]);
+    let url = format!("{}/webhooks/stripe", ingest.url);
+    let event_id = format!("evt_sendtest_{}", ctx.id);
+    let send = [
+        "send-test-event",
+        "--url",
+        &url,
+        "--email",
+        "Sender@Example.com",
+        "--tier",
+        "enterprise",
+        "--cycle",
+        "yearly",
+        "--event-id",
+        &event_id,
+    ];
+
+    let out = webhookctl(&env, &send).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .starts_with(&format!("checkout.session.completed {event_id} -> 200 ")),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("\"accepted\""), "{out:?}");
+    wait_event_status(&pool, &event_id, "succeeded").await;
+    let user = sandbox.state.user_by_email("sender@example.com").unwrap();
+    assert_eq!(
+        user["attributes"]["subscription_tier"],
+        serde_json::json!(["enterprise"]),
+        "{user}"
+    );
+    let subs: Vec<Value> = sandbox.state.snapshot()["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["external_customer_id"] == "sender@example.com")
+        .cloned()
+        .collect();
+    assert_eq!(subs.len(), 1, "{subs:?}");
+    assert_eq!(subs[0]["plan_code"], "enterprise_yearly");
+    let audits: Vec<Value> = sqlx::query_scalar(
+        "SELECT details FROM audit_logs WHERE subject = 'sender@example.com' AND event_type = 'subscription.created'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(audits.len(), 1, "{audits:?}");
+    assert_eq!(audits[0]["stripe_event_id"], event_id.as_str());
+
+    // The same event id again: the ingest's duplicate answer, printed as JSON with --json.
+    let mut again = send.to_vec();
+    again.push("--json");
+    let out = webhookctl(&env, &again).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let answer: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(answer["status"], "duplicate", "{out:?}");
+    assert_eq!(answer["event_id"], event_id.as_str(), "{out:?}");
+
+    // Signed with a secret the ingest does not know: refused, exit 1 with the answer.
+    let mut wrong = env.clone();
+    wrong.insert("STRIPE_WEBHOOK_SECRET".into(), "whsec_not_the_ingests".into());
+    let out = webhookctl(&wrong, &send[..3]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("the ingest answered 400"), "{out:?}");
+    assert!(out.stderr.contains("signature_mismatch"), "{out:?}");
+    // No ingest there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nowhere = format!("http://127.0.0.1:{port}/webhooks/stripe");
+    let out = webhookctl(&env, &["send-test-event", "--url", &nowhere]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("could not reach the ingest"), "{out:?}");
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM webhook_events")
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        1,
+        "only the one event recorded"
+    );
+
+    worker.stop().await;
+    ingest.stop().await;
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}
