@@ -315,6 +315,7 @@ async fn a_refusing_dead_letter_queue_holds_the_message_without_rerunning_the_jo
         0,
         "held by the worker, unacked"
     );
+    rabbit::wait_unacked(&topo.work_queue, 1, Duration::from_secs(20)).await;
     // Once the topology is declared again, the dead letter lands.
     let out = webhook_tests::webhookctl(&ctx.env, &["setup"]).await;
     assert_eq!(out.code, 0, "{out:?}");
@@ -381,6 +382,7 @@ async fn an_outcome_that_cannot_be_written_is_held_with_backoff() {
         0,
         "the message is held by the worker (unacked), not requeued"
     );
+    rabbit::wait_unacked(&topo.work_queue, 1, Duration::from_secs(20)).await;
 
     sqlx::query("ALTER TABLE webhook_events RENAME COLUMN completed_at_renamed TO completed_at")
         .execute(&pool)

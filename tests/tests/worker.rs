@@ -99,11 +99,11 @@ async fn paid_checkout_provisions_keycloak_lago_and_audit_and_keeps_other_attrib
     assert_eq!(audit[0]["tier"], "professional");
     assert_eq!(audit[0]["plan"], "professional_monthly");
     assert_eq!(audit[0]["lago_subscription_id"], subs[0]["lago_id"]);
-    // Nothing left on the queues.
-    assert_eq!(rabbit::depth(&topo.work_queue).await, 0);
-    assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 0);
 
     worker.stop().await;
+    // Nothing left on the queues, in flight included (counted once the worker is gone).
+    assert_eq!(rabbit::all_messages(&topo.work_queue).await, 0);
+    assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 0);
     ingest.stop().await;
     sandbox.stop().await;
     ctx.cleanup().await;
