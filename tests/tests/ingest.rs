@@ -892,6 +892,16 @@ async fn the_alias_route_answers_and_queues_like_the_main_route() {
 /// there.
 #[tokio::test]
 async fn sigterm_lets_the_requests_in_flight_finish_with_their_answers_and_exits_0() {
+    requests_in_flight_finish_on("TERM").await;
+}
+
+/// Ctrl-C (SIGINT) is a graceful stop too (actix's own handling would stop at once).
+#[tokio::test]
+async fn ctrl_c_lets_the_requests_in_flight_finish_with_their_answers_and_exits_0() {
+    requests_in_flight_finish_on("INT").await;
+}
+
+async fn requests_in_flight_finish_on(signal: &str) {
     const DEADLINE: Duration = Duration::from_secs(10);
     const IN_FLIGHT_FOR: Duration = Duration::from_secs(3);
     let ctx = TestContext::new().await;
@@ -920,7 +930,7 @@ async fn sigterm_lets_the_requests_in_flight_finish_with_their_answers_and_exits
     wait_commit_waiting(&ingest.url, burst.len()).await;
 
     let signalled = std::time::Instant::now();
-    ingest.signal("TERM");
+    ingest.signal(signal);
     wait_for(
         "the ingest to stop accepting connections",
         Duration::from_secs(5),
