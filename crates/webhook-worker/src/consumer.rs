@@ -366,6 +366,7 @@ async fn route_failure(
                 kind: ErrorKind::Infrastructure,
                 step: failure.step,
                 spends_retry: true,
+                retry_after: None,
                 message: format!(
                     "{why}, so the retry could not be scheduled: declare the topology (`webhookctl setup`), then \
                      requeue. The job had failed with: {}",
