@@ -197,10 +197,16 @@ impl SubscriptionChange {
                 .as_str()
                 .map(|t| t.trim().to_lowercase())
                 .filter(|t| valid_token(t))?;
-            let c = sub["metadata"]["billing_cycle"]
+            // Read as the checkout reads it (trimmed, lowercased, a token), so that both give
+            // the same plan code.
+            let c = match sub["metadata"]["billing_cycle"]
                 .as_str()
-                .map(str::to_lowercase)
-                .unwrap_or(plans.default_cycle.clone());
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+            {
+                Some(c) => Some(c.to_lowercase()).filter(|c| valid_token(c))?,
+                None => plans.default_cycle.clone(),
+            };
             Some((t, c))
         });
         Ok(Self {
@@ -366,6 +372,43 @@ mod tests {
         assert_eq!(cycle(Value::Null).as_deref(), Some("monthly"));
         let bad_tier = json!({"metadata": {"tier_id": "pro plus"}});
         assert_eq!(plans.tier_of_price(&bad_tier), None);
+    }
+
+    #[test]
+    fn the_subscriptions_metadata_is_read_as_its_checkouts_is() {
+        let plans = PlanMap::new(&PlanSettings {
+            default_rule: "{tier}_{cycle}".into(),
+            default_cycle: "monthly".into(),
+            map: HashMap::new(),
+            free_tier: "free".into(),
+            prices: HashMap::new(),
+            tier_order: vec![],
+            access: HashMap::new(),
+        })
+        .unwrap();
+        let metadata = json!({"tier_id": " Starter ", "billing_cycle": " Yearly "});
+        let sub = json!({"id": "sub_1", "customer": "cus_1", "status": "active", "metadata": metadata});
+        let session = json!({"id": "cs_1", "customer_email": "a@b.co", "metadata": metadata});
+        let from_checkout = CheckoutOrder::from_session(&session, "monthly").unwrap();
+        let change = SubscriptionChange::from_object(&sub, &plans).unwrap();
+        assert_eq!(change.tier, Some((from_checkout.tier, from_checkout.cycle)));
+        assert_eq!(change.tier, Some(("starter".into(), "yearly".into())));
+        // A cycle that is no token tells no plan (the checkout refuses it): the record keeps its plan.
+        let mut odd = sub.clone();
+        odd["metadata"]["billing_cycle"] = json!("year/../ly");
+        assert_eq!(SubscriptionChange::from_object(&odd, &plans).unwrap().tier, None);
+        // None, or blank: the default cycle.
+        for metadata in [
+            json!({"tier_id": "starter"}),
+            json!({"tier_id": "starter", "billing_cycle": " "}),
+        ] {
+            let mut default = sub.clone();
+            default["metadata"] = metadata;
+            assert_eq!(
+                SubscriptionChange::from_object(&default, &plans).unwrap().tier,
+                Some(("starter".into(), "monthly".into()))
+            );
+        }
     }
 
     #[test]
