@@ -52,7 +52,7 @@ bench: services release
 	target/release/webhook-bench --runs $${BENCH_RUNS:-3}
 
 ## Mutation testing of the pure code (.cargo/mutants.toml; docs/reliability.md, "Mutation testing").
-## Tens of minutes; not in CI. MUTANTS_ARGS passes options, e.g. MUTANTS_ARGS='-f crates/webhook-worker/src/ordering.rs'.
+## 15-25 minutes; not in CI. MUTANTS_ARGS passes options, e.g. MUTANTS_ARGS='-F ordering\.rs' (one file).
 ## Results in target/mutants.out/ (missed.txt, caught.txt, …).
 mutants:
 	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install cargo-mutants --locked
