@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 1
 
-.PHONY: services build release run test unit lint fmt ci clean-test-resources deploy-check chaos model fuzz deny bench cluster cluster-down chaos-cluster
+.PHONY: services build release run test unit lint fmt ci clean-test-resources deploy-check chaos model fuzz deny bench cluster cluster-down chaos-cluster mutants
 
 ## Make sure PostgreSQL and RabbitMQ run (installs them on Debian when absent) and the database exists.
 services:
@@ -65,6 +65,13 @@ fuzz:
 ## docs/benchmarks.md, docs/benchmarks.json and docs/benchmarks-latency.png. BENCH_RUNS=1 for one.
 bench: services release
 	target/release/webhook-bench --runs $${BENCH_RUNS:-3}
+
+## Mutation testing of the pure code (.cargo/mutants.toml; docs/reliability.md, "Mutation testing").
+## 15-25 minutes; not in CI. MUTANTS_ARGS passes options, e.g. MUTANTS_ARGS='-F ordering\.rs' (one file).
+## Results in target/mutants.out/ (missed.txt, caught.txt, …).
+mutants:
+	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install cargo-mutants --locked
+	CARGO_TARGET_DIR=$${MUTANTS_TARGET_DIR:-$(CURDIR)/target/mutants} $(CARGO) mutants --jobs $${MUTANTS_JOBS:-1} --output target $(MUTANTS_ARGS)
 
 ## Licences, banned crates and sources (offline).
 deny:

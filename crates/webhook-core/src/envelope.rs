@@ -156,6 +156,13 @@ mod tests {
     }
 
     #[test]
+    fn an_event_id_shows_as_itself() {
+        let id = EventId::parse("evt_1RqExample").unwrap();
+        assert_eq!(id.to_string(), "evt_1RqExample");
+        assert_eq!(format!("[{id}]"), "[evt_1RqExample]");
+    }
+
+    #[test]
     fn refuses_bad_bodies() {
         let cases: &[(&str, &str)] = &[
             ("", "invalid_json"),

@@ -67,3 +67,41 @@ impl std::fmt::Display for ApiError {
         write!(f, "{} {}: {}", self.status, self.code, self.message)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_has_its_status_and_stable_code() {
+        let cases = [
+            (ApiError::bad_request("invalid_json", "no"), 400, "invalid_json"),
+            (ApiError::payload_too_large(1024), 413, "payload_too_large"),
+            (ApiError::unsupported_media_type(), 415, "unsupported_media_type"),
+            (ApiError::unavailable("Postgres is down"), 503, "unavailable"),
+            (ApiError::not_found(), 404, "not_found"),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!((e.status, e.code), (status, code), "{e}");
+            assert!(!e.message.is_empty(), "{e}");
+        }
+        assert!(ApiError::payload_too_large(1024).message.contains("1024-byte"));
+        assert!(
+            ApiError::unsupported_media_type()
+                .message
+                .contains("application/json")
+        );
+        assert!(ApiError::not_found().message.contains("POST /webhooks/stripe"));
+    }
+
+    #[test]
+    fn the_body_is_error_and_message_and_display_shows_all_three() {
+        let e = ApiError::unavailable("RabbitMQ \"down\"");
+        let body: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "unavailable", "message": "RabbitMQ \"down\""})
+        );
+        assert_eq!(e.to_string(), "503 unavailable: RabbitMQ \"down\"");
+    }
+}

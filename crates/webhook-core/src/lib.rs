@@ -46,3 +46,15 @@ pub fn unix_now() -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unix_now_is_the_clock_in_seconds() {
+        let expected = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((super::unix_now() - expected).abs() <= 2);
+    }
+}

@@ -46,3 +46,20 @@ impl std::fmt::Display for ErrorKind {
         f.write_str(self.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorKind;
+
+    #[test]
+    fn error_kinds_are_written_as_the_x_error_kind_header_says() {
+        for (kind, text) in [
+            (ErrorKind::Transient, "transient"),
+            (ErrorKind::Permanent, "permanent"),
+            (ErrorKind::Infrastructure, "infrastructure"),
+        ] {
+            assert_eq!(kind.as_str(), text);
+            assert_eq!(kind.to_string(), text);
+        }
+    }
+}

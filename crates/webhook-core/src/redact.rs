@@ -214,6 +214,24 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_url_is_redacted_like_any_other() {
+        let secret = secrecy::SecretString::from("amqp://guest:hunter22@rabbit:5672/%2f".to_string());
+        assert_eq!(secret_url(&secret), "amqp://guest:***@rabbit:5672/%2f");
+    }
+
+    #[test]
+    fn a_special_scheme_without_its_double_slash_is_hidden_to_the_at() {
+        // The URL parser reads `http:u:p@h` as `http://u:p@h`; what is shown stays as written,
+        // so the whole user information is hidden, as for any URL without its `//`.
+        assert_eq!(url("http:admin:hunter22@keycloak:8080"), "http:***@keycloak:8080");
+    }
+
+    #[test]
+    fn a_secret_query_right_after_an_empty_authority_is_hidden() {
+        assert_eq!(url("amqp://?password=hunter22"), "amqp://?password=***");
+    }
+
+    #[test]
     fn a_url_without_credentials_is_unchanged() {
         for raw in [
             "postgres://postgres@127.0.0.1:5432/webhooks",

@@ -591,6 +591,45 @@ mod tests {
     }
 
     #[test]
+    fn webhook_config_names_the_file_unless_it_is_empty() {
+        let dir = std::env::temp_dir().join(format!("settings-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("webhook.toml");
+        std::fs::write(&file, "[worker]\nconcurrency = 3\n").unwrap();
+        let s = Settings::load_from(None, &env(&[("WEBHOOK_CONFIG", file.to_str().unwrap())])).unwrap();
+        assert_eq!(s.worker.concurrency, 3);
+        let s = Settings::load_from(None, &env(&[("WEBHOOK_CONFIG", "")])).unwrap();
+        assert_eq!(s.worker.concurrency, 16, "an empty WEBHOOK_CONFIG: no file");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn livemode_values_read_and_show_as_written() {
+        for (raw, mode) in [
+            ("live", Livemode::Live),
+            (" Test ", Livemode::Test),
+            ("ANY", Livemode::Any),
+        ] {
+            let parsed = Livemode::try_from(raw.to_string()).unwrap();
+            assert_eq!(parsed, mode);
+            assert_eq!(parsed.as_str(), raw.trim().to_ascii_lowercase());
+        }
+    }
+
+    #[test]
+    fn a_schedule_takes_whole_milliseconds_only() {
+        assert_eq!(
+            parse_schedule(" 1500ms, 2s ").unwrap(),
+            [Duration::from_millis(1500), Duration::from_secs(2)]
+        );
+        assert!(
+            parse_schedule("500us")
+                .unwrap_err()
+                .contains("whole number of milliseconds")
+        );
+    }
+
+    #[test]
     fn labels() {
         assert_eq!(duration_label(Duration::from_millis(1500)), "1500ms");
         assert_eq!(duration_label(Duration::from_secs(90)), "90s");

@@ -372,8 +372,65 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_the_secret() {
-        let v = verifier(&["whsec_very_secret_value"]);
-        assert!(!format!("{v:?}").contains("very_secret"));
+        let v = verifier(&["whsec_very_secret_value", "whsec_other"]);
+        let shown = format!("{v:?}");
+        assert!(!shown.contains("very_secret"), "{shown}");
+        assert!(
+            shown.contains("[2 redacted]") && shown.contains("tolerance_secs: 300"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn each_refusal_has_its_stable_code() {
+        for (e, code) in [
+            (SignatureError::Missing, "missing_signature"),
+            (SignatureError::Malformed("x"), "malformed_signature"),
+            (
+                SignatureError::OutsideTolerance {
+                    age_secs: 301,
+                    tolerance_secs: 300,
+                },
+                "timestamp_out_of_tolerance",
+            ),
+            (SignatureError::Mismatch, "signature_mismatch"),
+        ] {
+            assert_eq!(e.code(), code, "{e}");
+        }
+    }
+
+    #[test]
+    fn a_header_of_the_maximum_length_is_read_one_byte_more_is_not() {
+        let v = verifier(&["whsec_test_secret"]);
+        let body = Bytes::from_static(FIXTURE);
+        // Padding that parsers skip (no '='), to exactly MAX_HEADER_LEN bytes.
+        let pad = |extra: usize| {
+            let head = format!("{VECTOR_HEADER},");
+            format!("{head}{}", "x".repeat(MAX_HEADER_LEN - head.len() + extra))
+        };
+        let header = pad(0);
+        assert_eq!(header.len(), MAX_HEADER_LEN);
+        v.verify(Some(&header), body.clone(), VECTOR_T).unwrap();
+        let header = pad(1);
+        assert_eq!(
+            v.verify(Some(&header), body, VECTOR_T).unwrap_err(),
+            SignatureError::Malformed("header too long")
+        );
+    }
+
+    #[test]
+    fn only_the_first_max_signatures_v1_are_considered() {
+        let v = verifier(&["whsec_test_secret"]);
+        let sig = VECTOR_HEADER.split_once(",v1=").unwrap().1;
+        let bogus = format!(",v1={}", "0".repeat(64));
+        let body = Bytes::from_static(FIXTURE);
+        let header = format!("t={VECTOR_T}{},v1={sig}", bogus.repeat(MAX_SIGNATURES - 1));
+        v.verify(Some(&header), body.clone(), VECTOR_T).unwrap();
+        let header = format!("t={VECTOR_T}{},v1={sig}", bogus.repeat(MAX_SIGNATURES));
+        assert_eq!(
+            v.verify(Some(&header), body, VECTOR_T).unwrap_err(),
+            SignatureError::Mismatch
+        );
     }
 
     proptest! {

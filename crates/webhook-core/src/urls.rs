@@ -207,6 +207,27 @@ mod tests {
     }
 
     #[test]
+    fn a_comma_splits_only_before_a_real_scheme() {
+        // ",://" is not "scheme://": a password may hold it.
+        assert_eq!(split_list("amqp://u:a,://b@h/%2f"), ["amqp://u:a,://b@h/%2f"]);
+        assert_eq!(scheme_len("amqp://h"), 4);
+        assert_eq!(scheme_len("svn+ssh.x-y://h"), 11);
+        assert_eq!(scheme_len("1amqp://h"), 0, "a scheme starts with a letter");
+        assert_eq!(scheme_len("+x://h"), 0);
+        assert_eq!(scheme_len("am qp://h"), 0);
+        assert_eq!(scheme_len("amqp"), 0, "no ':'");
+    }
+
+    #[test]
+    fn the_list_hint_is_given_once_and_only_for_a_node_with_a_comma() {
+        let hint = "a comma separates whole URLs";
+        let err = check_amqp("amqp://guest:x@host:5672/%2f?heartbeat=often").unwrap_err();
+        assert!(!err.contains(hint), "{err}");
+        let err = check_amqp("amqp://guest:x@h1,h2/%2f").unwrap_err();
+        assert_eq!(err.matches(hint).count(), 1, "{err}");
+    }
+
+    #[test]
     fn good_amqp_urls_pass() {
         for raw in [
             "amqp://guest:guest@127.0.0.1:5672/%2f",
@@ -327,6 +348,7 @@ mod tests {
             ("keycloak:8080", "must start with http:// or https://"),
             ("http:keycloak:8080", "\"//\" after \"http:\" is missing"),
             ("http://admin:hunter2xyz@keycloak:8080", "holds credentials"),
+            ("http://admin@keycloak:8080", "holds credentials"),
             ("http://keycloak:8080/?realm=x", "query or fragment"),
             ("http://", "not a valid URL"),
         ] {

@@ -123,6 +123,7 @@ mod tests {
             ("08006", true),
             ("53100", false),
             ("53300", false),
+            ("53200", false),
             ("53400", false),
             ("40P01", false),
             ("57014", false),

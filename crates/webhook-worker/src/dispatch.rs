@@ -115,3 +115,48 @@ pub fn action_key(event: &Envelope) -> Option<String> {
         other => format!("{other}:{object}"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(event_type: &str, object_id: Option<&str>) -> Envelope {
+        let mut body = serde_json::json!({"id": "evt_9", "type": event_type, "data": {"object": {}}});
+        if let Some(id) = object_id {
+            body["data"]["object"]["id"] = id.into();
+        }
+        Envelope::parse(Bytes::from(body.to_string())).unwrap()
+    }
+
+    #[test]
+    fn events_that_must_not_act_twice_share_an_action() {
+        let key = |t: &str, id: Option<&str>| action_key(&event(t, id));
+        // Both checkout events of a session: one provisioning.
+        assert_eq!(
+            key("checkout.session.completed", Some("cs_1")).as_deref(),
+            Some("checkout:cs_1")
+        );
+        assert_eq!(
+            key("checkout.session.async_payment_succeeded", Some(" cs_1 ")).as_deref(),
+            Some("checkout:cs_1")
+        );
+        // Every copy of a deletion: one cancellation.
+        assert_eq!(
+            key("customer.subscription.deleted", Some("sub_1")).as_deref(),
+            Some("customer.subscription.deleted:sub_1")
+        );
+        // A payment: one per invoice.
+        assert_eq!(
+            key("invoice.paid", Some("in_1")).as_deref(),
+            Some("invoice.paid:in_1")
+        );
+        // A plan change: one per event, so that a later change of the same subscription runs.
+        assert_eq!(
+            key("customer.subscription.updated", Some("sub_1")).as_deref(),
+            Some("customer.subscription.updated:evt_9")
+        );
+        // No object id: no action (the handler fails the event as malformed).
+        assert_eq!(key("invoice.paid", None), None);
+        assert_eq!(key("invoice.paid", Some("  ")), None);
+    }
+}

@@ -197,10 +197,16 @@ impl SubscriptionChange {
                 .as_str()
                 .map(|t| t.trim().to_lowercase())
                 .filter(|t| valid_token(t))?;
-            let c = sub["metadata"]["billing_cycle"]
+            // Read as the checkout reads it (trimmed, lowercased, a token), so that both give
+            // the same plan code.
+            let c = match sub["metadata"]["billing_cycle"]
                 .as_str()
-                .map(str::to_lowercase)
-                .unwrap_or(plans.default_cycle.clone());
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+            {
+                Some(c) => Some(c.to_lowercase()).filter(|c| valid_token(c))?,
+                None => plans.default_cycle.clone(),
+            };
             Some((t, c))
         });
         Ok(Self {
@@ -292,6 +298,146 @@ mod tests {
         assert!(CheckoutOrder::from_session(&s, "monthly").is_err());
         let s = json!({"id": "cs_1", "metadata": {"tier_id": "pro/../x"}, "customer_email": "a@b.co"});
         assert!(CheckoutOrder::from_session(&s, "monthly").is_err());
+    }
+
+    #[test]
+    fn emails_are_validated() {
+        assert_eq!(
+            Email::parse(" A.B@Example.COM ").unwrap().as_str(),
+            "a.b@example.com"
+        );
+        let long_local = "a".repeat(254 - "@example.com".len());
+        assert!(
+            Email::parse(&format!("{long_local}@example.com")).is_ok(),
+            "254 characters"
+        );
+        for bad in [
+            format!("a{long_local}@example.com"),
+            "a b@example.com".into(),
+            "a@exa mple.com".into(),
+            "@example.com".into(),
+            "a@localhost".into(),
+            "a@b@example.com".into(),
+            "no-at.example.com".into(),
+        ] {
+            assert!(Email::parse(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tier_and_cycle_are_tokens_of_at_most_64_characters() {
+        let session = |tier: &str| {
+            json!({"id": "cs_1", "customer_email": "a@b.co",
+                   "metadata": {"tier_id": tier, "billing_cycle": "Yearly"}})
+        };
+        let o = CheckoutOrder::from_session(&session("Pro_Plus-2"), "monthly").unwrap();
+        assert_eq!((o.tier.as_str(), o.cycle.as_str()), ("pro_plus-2", "yearly"));
+        assert!(CheckoutOrder::from_session(&session(&"t".repeat(64)), "monthly").is_ok());
+        let err = CheckoutOrder::from_session(&session(&"t".repeat(65)), "monthly").unwrap_err();
+        assert!(err.contains("metadata.tier_id"), "{err}");
+        for bad in ["pro plus", "pro.plus", "pro/plus", "é"] {
+            assert!(
+                CheckoutOrder::from_session(&session(bad), "monthly").is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_price_tells_its_cycle_by_its_interval() {
+        let plans = PlanMap::new(&PlanSettings {
+            default_rule: "{tier}_{cycle}".into(),
+            default_cycle: "monthly".into(),
+            map: HashMap::new(),
+            free_tier: "free".into(),
+            prices: HashMap::new(),
+            tier_order: vec![],
+            access: HashMap::new(),
+        })
+        .unwrap();
+        let price =
+            |interval: Value| json!({"metadata": {"tier_id": " Pro "}, "recurring": {"interval": interval}});
+        let cycle = |interval: Value| plans.tier_of_price(&price(interval)).map(|(_, c)| c);
+        assert_eq!(
+            plans.tier_of_price(&price(json!("month"))),
+            Some(("pro".into(), "monthly".into()))
+        );
+        assert_eq!(cycle(json!("year")).as_deref(), Some("yearly"));
+        assert_eq!(cycle(json!("week")).as_deref(), Some("week"));
+        assert_eq!(
+            cycle(json!("two weeks")).as_deref(),
+            Some("monthly"),
+            "not a token: the default"
+        );
+        assert_eq!(cycle(Value::Null).as_deref(), Some("monthly"));
+        let bad_tier = json!({"metadata": {"tier_id": "pro plus"}});
+        assert_eq!(plans.tier_of_price(&bad_tier), None);
+    }
+
+    #[test]
+    fn the_subscriptions_metadata_is_read_as_its_checkouts_is() {
+        let plans = PlanMap::new(&PlanSettings {
+            default_rule: "{tier}_{cycle}".into(),
+            default_cycle: "monthly".into(),
+            map: HashMap::new(),
+            free_tier: "free".into(),
+            prices: HashMap::new(),
+            tier_order: vec![],
+            access: HashMap::new(),
+        })
+        .unwrap();
+        let metadata = json!({"tier_id": " Starter ", "billing_cycle": " Yearly "});
+        let sub = json!({"id": "sub_1", "customer": "cus_1", "status": "active", "metadata": metadata});
+        let session = json!({"id": "cs_1", "customer_email": "a@b.co", "metadata": metadata});
+        let from_checkout = CheckoutOrder::from_session(&session, "monthly").unwrap();
+        let change = SubscriptionChange::from_object(&sub, &plans).unwrap();
+        assert_eq!(change.tier, Some((from_checkout.tier, from_checkout.cycle)));
+        assert_eq!(change.tier, Some(("starter".into(), "yearly".into())));
+        // A cycle that is no token tells no plan (the checkout refuses it): the record keeps its plan.
+        let mut odd = sub.clone();
+        odd["metadata"]["billing_cycle"] = json!("year/../ly");
+        assert_eq!(SubscriptionChange::from_object(&odd, &plans).unwrap().tier, None);
+        // None, or blank: the default cycle.
+        for metadata in [
+            json!({"tier_id": "starter"}),
+            json!({"tier_id": "starter", "billing_cycle": " "}),
+        ] {
+            let mut default = sub.clone();
+            default["metadata"] = metadata;
+            assert_eq!(
+                SubscriptionChange::from_object(&default, &plans).unwrap().tier,
+                Some(("starter".into(), "monthly".into()))
+            );
+        }
+    }
+
+    #[test]
+    fn price_map_entries_must_be_tier_colon_cycle_tokens() {
+        let settings = |value: &str| PlanSettings {
+            default_rule: "{tier}_{cycle}".into(),
+            default_cycle: "monthly".into(),
+            map: HashMap::new(),
+            free_tier: "free".into(),
+            prices: [("price_1".to_string(), value.to_string())].into(),
+            tier_order: vec![],
+            access: HashMap::new(),
+        };
+        let plans = PlanMap::new(&settings(" Pro_1 : Semi-Annual ")).unwrap();
+        assert_eq!(
+            plans.tier_of_price(&json!({"id": "price_1"})),
+            Some(("pro_1".into(), "semi-annual".into()))
+        );
+        let long = "t".repeat(65);
+        for bad in [
+            "pro:",
+            ":monthly",
+            "pro plus:monthly",
+            "pro:month!",
+            &format!("{long}:monthly"),
+        ] {
+            assert!(PlanMap::new(&settings(bad)).is_err(), "{bad:?}");
+        }
+        assert!(PlanMap::new(&settings(&format!("{}:monthly", "t".repeat(64)))).is_ok());
     }
 
     #[test]

@@ -264,6 +264,15 @@ mod tests {
     }
 
     #[test]
+    fn the_lowest_listed_tier_still_ranks_above_an_unlisted_one() {
+        let r = rules();
+        let free = sub("sub_free", "active", "free", 10);
+        let odd = sub("sub_odd", "active", "zzz", 20);
+        assert_eq!(r.account_view(&[free.clone(), odd.clone()]).tier, "free");
+        assert_eq!(r.account_view(&[odd, free]).tier, "free");
+    }
+
+    #[test]
     fn a_newer_invoice_sets_the_billing_status_not_the_tier() {
         let r = rules();
         let mut s = sub("sub_1", "active", "professional", 10);

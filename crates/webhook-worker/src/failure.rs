@@ -95,3 +95,63 @@ impl From<Failure> for JobError {
         JobError::Failed(f)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_of_failure_says_whether_it_spends_a_retry() {
+        let p = Failure::permanent("parse", "no id");
+        assert_eq!(
+            (p.kind, p.step, p.message.as_str(), p.spends_retry),
+            (ErrorKind::Permanent, "parse", "no id", true)
+        );
+        let t = Failure::transient("lago_customer", "HTTP 503");
+        assert_eq!((t.kind, t.spends_retry), (ErrorKind::Transient, true));
+        let c = Failure::contention("lease", "another job holds sub_1");
+        assert_eq!(
+            (c.kind, c.step, c.spends_retry),
+            (ErrorKind::Transient, "lease", false)
+        );
+        let d = Failure::downstream(
+            "keycloak_lookup",
+            DownstreamError::permanent("keycloak", "search", "no such realm"),
+        );
+        assert_eq!((d.kind, d.step), (ErrorKind::Permanent, "keycloak_lookup"));
+        assert_eq!(d.message, "keycloak search failed: no such realm");
+    }
+
+    #[test]
+    fn postgres_down_holds_the_job_and_a_refused_statement_fails_it() {
+        match JobError::from(sqlx::Error::PoolTimedOut) {
+            JobError::Infrastructure(u) => {
+                assert!(!u.recycle);
+                assert_eq!(u.to_string(), u.reason);
+                assert!(u.reason.contains("Postgres is unavailable"), "{u}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match JobError::from(sqlx::Error::Io(std::io::Error::other("reset"))) {
+            JobError::Infrastructure(u) => assert!(u.recycle, "a lost connection is replaced"),
+            other => panic!("{other:?}"),
+        }
+        match JobError::from(sqlx::Error::RowNotFound) {
+            JobError::Failed(f) => {
+                assert_eq!(
+                    (f.kind, f.step, f.spends_retry),
+                    (ErrorKind::Transient, "postgres", true)
+                );
+                assert!(f.message.contains("webhookctl migrate"), "{}", f.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            JobError::from(Failure::permanent("parse", "x")),
+            JobError::Failed(Failure {
+                kind: ErrorKind::Permanent,
+                ..
+            })
+        ));
+    }
+}

@@ -118,3 +118,76 @@ impl Drop for Hold {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::Opts;
+
+    fn health() -> Arc<Health> {
+        Health::new(
+            IntGauge::new("held", "held").unwrap(),
+            IntGaugeVec::new(Opts::new("missing", "missing"), &["queue"]).unwrap(),
+        )
+    }
+
+    fn why(reason: &str) -> Unavailable {
+        Unavailable {
+            reason: reason.into(),
+            recycle: false,
+        }
+    }
+
+    #[test]
+    fn a_hold_is_reported_from_its_first_wait_until_it_ends() {
+        let h = health();
+        assert_eq!(h.held_because(), None);
+        let mut one = Hold::new(h.clone());
+        assert!(one.is_first());
+        assert_eq!(h.held_because(), None, "not held before the first wait");
+        let first = one.wait(&why("read-only (SQLSTATE 25006)"));
+        assert!((HOLD_MIN..=2 * HOLD_MIN).contains(&first), "{first:?}");
+        assert!(!one.is_first());
+        assert_eq!(h.held_because().as_deref(), Some("read-only (SQLSTATE 25006)"));
+        assert_eq!(h.held_gauge.get(), 1);
+        one.wait(&why("disk full"));
+        assert_eq!(
+            h.held_gauge.get(),
+            1,
+            "one job counts once however often it waits"
+        );
+        let mut two = Hold::new(h.clone());
+        two.wait(&why("disk full"));
+        assert_eq!(h.held_gauge.get(), 2);
+        drop(one);
+        assert_eq!(h.held_because().as_deref(), Some("disk full"), "still one held");
+        drop(two);
+        assert_eq!(h.held_because(), None);
+        assert_eq!(h.held_gauge.get(), 0);
+        // A hold that never waited was never counted.
+        drop(Hold::new(h.clone()));
+        assert_eq!(h.held_gauge.get(), 0);
+    }
+
+    #[test]
+    fn waits_for_our_infrastructure_grow_to_the_cap_and_never_end() {
+        let delays: Vec<Duration> = backoff().take(40).collect();
+        assert_eq!(delays.len(), 40, "no limit on the number of waits");
+        assert!((HOLD_MIN..=2 * HOLD_MIN).contains(&delays[0]), "{:?}", delays[0]);
+        assert!(delays.iter().all(|d| *d <= 2 * HOLD_MAX), "{delays:?}");
+        assert!(delays[30] >= HOLD_MAX, "{delays:?}");
+    }
+
+    #[test]
+    fn missing_queues_follow_the_last_sample() {
+        let h = health();
+        assert!(h.missing_queues().is_empty());
+        h.set_queues(&[("work".into(), true), ("retry.5s".into(), false)]);
+        assert_eq!(h.missing_queues(), ["retry.5s"]);
+        assert_eq!(h.missing_gauge.with_label_values(&["retry.5s"]).get(), 1);
+        assert_eq!(h.missing_gauge.with_label_values(&["work"]).get(), 0);
+        h.set_queues(&[("work".into(), true), ("retry.5s".into(), true)]);
+        assert!(h.missing_queues().is_empty());
+        assert_eq!(h.missing_gauge.with_label_values(&["retry.5s"]).get(), 0);
+    }
+}

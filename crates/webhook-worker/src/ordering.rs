@@ -373,6 +373,83 @@ mod tests {
     }
 
     #[test]
+    fn same_second_updates_follow_the_way_a_subscription_moves() {
+        let order = [
+            "incomplete",
+            "trialing",
+            "active",
+            "past_due",
+            "unpaid",
+            "paused",
+            "incomplete_expired",
+            "canceled",
+            "something_new",
+        ];
+        for pair in order.windows(2) {
+            assert!(
+                updated(pair[0], "x").rank() < updated(pair[1], "x").rank(),
+                "{} before {}",
+                pair[0],
+                pair[1]
+            );
+        }
+        assert!(Change::Checkout(plan("x")).rank() < updated("incomplete", "x").rank());
+        assert!(updated("something_new", "x").rank() < Change::Deleted { plan: None }.rank());
+    }
+
+    #[test]
+    fn a_newer_deletion_moves_the_watermark() {
+        let mut r = rec();
+        apply(
+            &mut r,
+            "evt_1",
+            "checkout.session.completed",
+            10,
+            &Change::Checkout(plan("starter")),
+        )
+        .unwrap();
+        apply(
+            &mut r,
+            "evt_d",
+            "customer.subscription.deleted",
+            20,
+            &Change::Deleted { plan: None },
+        )
+        .unwrap();
+        assert_eq!(r.watermark.as_ref().unwrap().event_id, "evt_d");
+        assert_eq!(
+            r.last_event_type.as_deref(),
+            Some("customer.subscription.deleted")
+        );
+        assert_eq!(
+            r.tier.as_deref(),
+            Some("starter"),
+            "no plan told: the plan it ended on"
+        );
+        // A deletion on a record that has seen nothing else.
+        let mut r = rec();
+        apply(
+            &mut r,
+            "evt_d",
+            "customer.subscription.deleted",
+            20,
+            &Change::Deleted { plan: None },
+        )
+        .unwrap();
+        assert_eq!(r.watermark.as_ref().unwrap().event_id, "evt_d");
+    }
+
+    #[test]
+    fn a_redelivered_invoice_applies_again() {
+        let mut r = rec();
+        let paid = Change::Invoice { paid: true };
+        apply(&mut r, "evt_i", "invoice.paid", 10, &paid).unwrap();
+        let before = r.clone();
+        apply(&mut r, "evt_i", "invoice.paid", 10, &paid).unwrap();
+        assert_eq!(r, before);
+    }
+
+    #[test]
     fn the_tombstone_is_final() {
         let mut r = rec();
         apply(

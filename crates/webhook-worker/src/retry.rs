@@ -200,6 +200,112 @@ fn republished_properties(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use webhook_amqp::lapin::BasicProperties;
+    use webhook_amqp::lapin::types::ShortString;
+
+    fn delivery(headers: &[(&str, AMQPValue)]) -> Delivery {
+        let mut d = Delivery::mock(1, "".into(), "billing.provisioning".into(), false, b"{}".to_vec());
+        let mut table = FieldTable::default();
+        for (k, v) in headers {
+            table.insert((*k).into(), v.clone());
+        }
+        d.properties = BasicProperties::default()
+            .with_message_id("evt_1".into())
+            .with_headers(table);
+        d
+    }
+
+    fn get<'a>(h: &'a FieldTable, key: &str) -> Option<&'a AMQPValue> {
+        h.inner().get(key)
+    }
+
+    fn text(h: &FieldTable, key: &str) -> String {
+        header_str(Some(h), key).unwrap_or_else(|| panic!("no {key} in {h:?}"))
+    }
+
+    #[test]
+    fn the_retry_count_is_read_whatever_integer_or_string_type_carries_it() {
+        let count = |v: AMQPValue| retries_so_far(&delivery(&[(message::H_RETRY_ATTEMPT, v)]));
+        assert_eq!(retries_so_far(&delivery(&[])), 0, "a first delivery");
+        let mut bare = delivery(&[]);
+        bare.properties = BasicProperties::default();
+        assert_eq!(retries_so_far(&bare), 0, "no headers at all");
+        assert_eq!(count(s(" 3 ")), 3);
+        assert_eq!(count(AMQPValue::ShortString(ShortString::from(" 4"))), 4);
+        assert_eq!(count(AMQPValue::ShortShortInt(5)), 5);
+        assert_eq!(count(AMQPValue::ShortShortUInt(6)), 6);
+        assert_eq!(count(AMQPValue::ShortInt(7)), 7);
+        assert_eq!(count(AMQPValue::ShortUInt(8)), 8);
+        assert_eq!(count(AMQPValue::LongInt(9)), 9);
+        assert_eq!(count(AMQPValue::LongUInt(10)), 10);
+        assert_eq!(count(AMQPValue::LongLongInt(11)), 11);
+        // What is not a count starts the schedule over rather than failing the message.
+        assert_eq!(count(AMQPValue::LongInt(-1)), 0);
+        assert_eq!(count(s("two")), 0);
+        assert_eq!(count(AMQPValue::Boolean(true)), 0);
+    }
+
+    #[test]
+    fn failure_headers_carry_the_reason_and_drop_the_brokers_own() {
+        let incoming = delivery(&[
+            ("x-death", s("broker's")),
+            ("x-first-death-queue", s("q")),
+            ("x-last-death-reason", s("expired")),
+            ("x-custom", s("kept")),
+            (message::H_RETRY_ATTEMPT, AMQPValue::LongInt(1)),
+        ]);
+        let failure = Failure::transient("lago_subscription", "HTTP 503");
+        let h = failure_headers(&incoming, "invoice.paid", &failure, 2);
+        for broker_owned in ["x-death", "x-first-death-queue", "x-last-death-reason"] {
+            assert!(get(&h, broker_owned).is_none(), "{broker_owned} carried over");
+        }
+        assert_eq!(text(&h, "x-custom"), "kept");
+        assert_eq!(get(&h, message::H_RETRY_ATTEMPT), Some(&AMQPValue::LongInt(2)));
+        assert_eq!(text(&h, message::H_ERROR), "HTTP 503");
+        assert_eq!(text(&h, message::H_ERROR_KIND), "transient");
+        assert_eq!(text(&h, message::H_FAILED_STEP), "lago_subscription");
+        assert_eq!(text(&h, message::H_ORIGINAL_ROUTING_KEY), "invoice.paid");
+        let first = text(&h, message::H_FIRST_FAILED_AT);
+        assert!(chrono::DateTime::parse_from_rfc3339(&first).is_ok(), "{first}");
+
+        // A later failure keeps the first failure's time and the original routing key.
+        let again = delivery(&[
+            (message::H_FIRST_FAILED_AT, s("2026-01-01T00:00:00.000Z")),
+            (
+                message::H_ORIGINAL_ROUTING_KEY,
+                AMQPValue::ShortString("checkout.session.completed".into()),
+            ),
+        ]);
+        let failure = Failure::permanent("parse", "no id");
+        let h = failure_headers(&again, "other", &failure, 3);
+        assert_eq!(text(&h, message::H_FIRST_FAILED_AT), "2026-01-01T00:00:00.000Z");
+        assert_eq!(
+            text(&h, message::H_ORIGINAL_ROUTING_KEY),
+            "checkout.session.completed"
+        );
+        assert_eq!(text(&h, message::H_ERROR_KIND), "permanent");
+    }
+
+    #[test]
+    fn a_long_error_is_cut_on_a_character_boundary() {
+        let failure = Failure::transient("keycloak_sync", format!("a{}", "é".repeat(600)));
+        let h = failure_headers(&delivery(&[]), "invoice.paid", &failure, 1);
+        let error = text(&h, message::H_ERROR);
+        assert!(error.ends_with('…'), "{error}");
+        // Byte 1000 falls in the middle of the 500th "é": the "a" and 499 whole ones are kept.
+        assert_eq!(error.trim_end_matches('…'), format!("a{}", "é".repeat(499)));
+        assert_eq!(truncate("short", 5), "short");
+        assert_eq!(truncate("longer", 5), "longe…");
+    }
+
+    #[test]
+    fn a_republished_message_keeps_its_id_and_gets_the_job_properties() {
+        let d = delivery(&[]);
+        let p = republished_properties(&d, "invoice.paid", FieldTable::default());
+        assert_eq!(p.message_id().as_ref().map(|m| m.as_str()), Some("evt_1"));
+        assert_eq!(p.kind().as_ref().map(|m| m.as_str()), Some("invoice.paid"));
+        assert_eq!(p.delivery_mode(), &Some(2), "persistent");
+    }
 
     fn secs(list: &[u64]) -> Vec<Duration> {
         list.iter().copied().map(Duration::from_secs).collect()

@@ -216,13 +216,39 @@ mod tests {
             max_delay: Duration::from_millis(50),
         };
         let calls = AtomicUsize::new(0);
-        let r: Result<(), _> = policy
-            .run(|| async {
+        // At once: a worker slot never waits out a long Retry-After.
+        let r: Result<(), _> = tokio::time::timeout(
+            Duration::from_secs(5),
+            policy.run(|| async {
                 calls.fetch_add(1, Ordering::SeqCst);
                 Err(err(429, Some("120")))
-            })
-            .await;
+            }),
+        )
+        .await
+        .expect("handed over at once, not after the Retry-After");
         assert_eq!(r.unwrap_err().retry_after, Some(Duration::from_secs(120)));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_up_to_the_longest_inline_delay_is_waited_out() {
+        let policy = InlineRetry {
+            times: 3,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_secs(1),
+        };
+        let calls = AtomicUsize::new(0);
+        let started = std::time::Instant::now();
+        let r = policy
+            .run(|| async {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                if n == 0 { Err(err(429, Some("1"))) } else { Ok(n) }
+            })
+            .await;
+        assert_eq!(r.unwrap(), 1, "retried inline");
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "after the Retry-After"
+        );
     }
 }
