@@ -44,8 +44,8 @@ impl CommonMetrics {
             Opts::new(
                 "webhook_dependency_up",
                 "1 while the process reaches the dependency, 0 while it cannot (postgres and \
-                 rabbitmq checked at each scrape; keycloak and lago: the latest call got an answer \
-                 other than 5xx)",
+                 rabbitmq checked at each scrape; keycloak and lago: the latest call, within 5 \
+                 minutes, got an answer other than 5xx, 401 or 403)",
             ),
             &["dependency"],
         )

@@ -41,6 +41,10 @@ pub async fn readyz(ctx: web::Data<Arc<WorkerContext>>) -> HttpResponse {
     }
 }
 
+/// Keycloak's and Lago's `webhook_dependency_up` come from the calls to them; after this long
+/// without a call the series is dropped rather than left at an old answer.
+const KEYCLOAK_LAGO_QUIET: Duration = Duration::from_secs(300);
+
 /// Whether Postgres and RabbitMQ answer now, also set as `webhook_dependency_up` (Keycloak's and
 /// Lago's are set by each call to them).
 async fn check_dependencies(ctx: &WorkerContext) -> (bool, bool) {
@@ -55,6 +59,7 @@ async fn check_dependencies(ctx: &WorkerContext) -> (bool, bool) {
 
 pub async fn metrics(ctx: web::Data<Arc<WorkerContext>>) -> HttpResponse {
     check_dependencies(&ctx).await;
+    ctx.metrics.downstream.forget_quiet(KEYCLOAK_LAGO_QUIET);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(ctx.metrics.render())

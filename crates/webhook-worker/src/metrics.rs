@@ -47,18 +47,40 @@ pub struct DownstreamMetrics {
     pub duration: HistogramVec,
     /// `webhook_dependency_up` (shared with [`CommonMetrics`]): set by every call's answer.
     pub up: IntGaugeVec,
+    /// When each service was last called: a service not called for a while has no
+    /// `webhook_dependency_up` series rather than a stale one (see [`Self::forget_quiet`]).
+    pub last_call: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
 
 impl DownstreamMetrics {
     pub fn observe(&self, service: &str, operation: &str, status: Option<u16>, took: Duration) {
-        // Up while the service answers, whatever it answers, short of a server error.
-        let answered = matches!(status, Some(code) if code < 500);
-        self.up.with_label_values(&[service]).set(i64::from(answered));
+        // Up while the service answers and takes our credentials: no answer, a server error or
+        // a refused credential (401, 403) is down.
+        let usable = matches!(status, Some(code) if code < 500 && code != 401 && code != 403);
+        self.up.with_label_values(&[service]).set(i64::from(usable));
+        if let Ok(mut last) = self.last_call.lock() {
+            last.insert(service.to_owned(), std::time::Instant::now());
+        }
         let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
         self.calls.with_label_values(&[service, operation, &status]).inc();
         self.duration
             .with_label_values(&[service, operation])
             .observe(took.as_secs_f64());
+    }
+}
+
+impl DownstreamMetrics {
+    /// Drops the `webhook_dependency_up` series of services not called for `quiet`: the answer
+    /// of a call long ago says nothing about now (a job that failed before a quiet night must
+    /// not page all night).
+    pub fn forget_quiet(&self, quiet: std::time::Duration) {
+        if let Ok(last) = self.last_call.lock() {
+            for (service, at) in last.iter() {
+                if at.elapsed() > quiet {
+                    let _ = self.up.remove_label_values(&[service]);
+                }
+            }
+        }
     }
 }
 
@@ -155,6 +177,7 @@ impl Metrics {
             calls,
             duration,
             up: common.dependency_up.clone(),
+            last_call: Default::default(),
         };
         for c in [
             Box::new(jobs.clone()) as Box<dyn prometheus::core::Collector>,
