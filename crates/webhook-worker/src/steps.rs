@@ -14,6 +14,7 @@ use std::future::Future;
 use std::time::Instant;
 
 use serde_json::{Value, json};
+use tracing::Instrument;
 use webhook_store::audit::AuditRow;
 use webhook_store::ledger::{self, DoneSteps, Fence, Finished, FinishedStep};
 
@@ -81,9 +82,11 @@ impl<'a> Steps<'a> {
             return Ok(result.clone());
         }
         let started = Instant::now();
-        let result = match f().await {
+        let span = step_span(step);
+        let result = match f().instrument(span.clone()).await {
             Ok(result) => result,
             Err(failure) => {
+                span.record("otel.status_code", "error");
                 self.save_progress(&failure).await?;
                 return Err(failure.into());
             }
@@ -194,6 +197,7 @@ impl Steps<'_> {
             &row,
             fence,
         )
+        .instrument(step_span("audit"))
         .await?;
         if finished == Finished::LeaseLost {
             return Err(crate::lease::lost(fence.map_or("", |f| f.subscription_id)));
@@ -203,6 +207,18 @@ impl Steps<'_> {
         self.done.insert("audit".into(), json!({}));
         Ok(())
     }
+}
+
+/// The span of one step of a job, named as the ledger names the step (`keycloak_lookup`,
+/// `lago_customer`, `lago_subscription`, `keycloak_attributes`, `audit`, …); its downstream
+/// calls are its children.
+pub(crate) fn step_span(step: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "step",
+        otel.name = step,
+        step,
+        otel.status_code = tracing::field::Empty
+    )
 }
 
 /// The id of the one Keycloak user with this email. None yet is transient (the account may

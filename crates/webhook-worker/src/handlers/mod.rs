@@ -26,7 +26,8 @@ use crate::entitlement;
 use crate::failure::{Failure, JobError};
 use crate::lease::Lease;
 use crate::ordering::{self, BoundBy, Change};
-use crate::steps::Steps;
+use crate::steps::{Steps, step_span};
+use tracing::Instrument;
 
 /// What one event asks of its subscription.
 pub struct BillingJob<'a> {
@@ -164,8 +165,14 @@ async fn converge_and_finish(
     let saved = record.clone();
     // 4. Lago, then Keycloak.
     let effects = async {
-        let lago = crate::converge::lago(ctx, lease, record, steps).await?;
-        let keycloak = crate::converge::keycloak(ctx, lease, record, steps).await?;
+        // One span per system brought to the record, named by the step the ledger notes (a
+        // termination renames its span `lago_terminate`).
+        let lago = crate::converge::lago(ctx, lease, record, steps)
+            .instrument(step_span("lago_subscription"))
+            .await?;
+        let keycloak = crate::converge::keycloak(ctx, lease, record, steps)
+            .instrument(step_span("keycloak_attributes"))
+            .await?;
         Ok::<_, JobError>((lago, keycloak))
     }
     .await;
