@@ -904,30 +904,31 @@ fn log_lines_with(stderr: &[u8], key: &str, value: &str) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test]
-async fn one_checkout_is_one_trace_from_the_ingest_request_through_the_queue_to_the_downstream_calls() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(user("trace@example.com", &[]));
-    let (receiver, otlp_url, otlp) = OtlpReceiver::spawn();
+/// The ingest and worker binaries, exporting their spans to `otlp_url` (`http/json`, every
+/// 100 ms) and logging JSON at `info`; returns them (stderr piped) and the ingest's URL once
+/// it is ready.
+async fn traced_binaries(
+    ctx: &TestContext,
+    sandbox: &TestSandbox,
+    otlp_url: &str,
+    extra: &[(&str, &str)],
+) -> (tokio::process::Child, tokio::process::Child, String) {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
     let bind = format!("127.0.0.1:{port}");
-    let env = binary_env(
-        &ctx,
-        &sandbox,
-        &[
-            ("INGEST_BIND", &bind),
-            ("LOG_FORMAT", "json"),
-            ("RUST_LOG", "info"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp_url),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-            // The batch processor exports every 100 ms (5 s by default).
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    );
+    let mut settings = vec![
+        ("INGEST_BIND", bind.as_str()),
+        ("LOG_FORMAT", "json"),
+        ("RUST_LOG", "info"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_url),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        // The batch processor exports every 100 ms (5 s by default).
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    settings.extend_from_slice(extra);
+    let env = binary_env(ctx, sandbox, &settings);
     let spawn = |bin: &str| {
         tokio::process::Command::new(bin_path(bin))
             .env_clear()
@@ -940,14 +941,18 @@ async fn one_checkout_is_one_trace_from_the_ingest_request_through_the_queue_to_
     };
     let ingest = spawn("webhook-ingest");
     let worker = spawn("webhook-worker");
-    let client = reqwest::Client::new();
     let url = format!("http://{bind}");
+    let client = reqwest::Client::new();
     wait_for("ingest ready", LONG, || async {
         (client.get(format!("{url}/readyz")).send().await.ok()?.status() == 200).then_some(())
     })
     .await;
-    let event = signed_event("checkout.session.completed", "trace@example.com");
-    let answer = client
+    (ingest, worker, url)
+}
+
+/// POSTs a signed event to the ingest at `url`; asserts the 200.
+async fn post_signed(url: &str, event: &webhook_tests::SignedEvent) {
+    let answer = reqwest::Client::new()
         .post(format!("{url}/webhooks/stripe"))
         .header("content-type", "application/json")
         .header("stripe-signature", &event.signature)
@@ -956,6 +961,17 @@ async fn one_checkout_is_one_trace_from_the_ingest_request_through_the_queue_to_
         .await
         .unwrap();
     assert_eq!(answer.status(), 200);
+}
+
+#[tokio::test]
+async fn one_checkout_is_one_trace_from_the_ingest_request_through_the_queue_to_the_downstream_calls() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(user("trace@example.com", &[]));
+    let (receiver, otlp_url, otlp) = OtlpReceiver::spawn();
+    let (ingest, worker, url) = traced_binaries(&ctx, &sandbox, &otlp_url, &[]).await;
+    let event = signed_event("checkout.session.completed", "trace@example.com");
+    post_signed(&url, &event).await;
     let pool = ctx.pool().await;
     wait_event_status(&pool, &event.event_id, "succeeded").await;
 
@@ -1098,6 +1114,94 @@ async fn one_checkout_is_one_trace_from_the_ingest_request_through_the_queue_to_
     let started = log_lines_with(&worker.stderr, "message", "consuming");
     assert!(!started.is_empty() && started.iter().all(|l| l.get("trace_id").is_none()));
 
+    otlp.stop(true).await;
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_retried_dead_lettered_and_requeued_job_stays_in_its_events_trace() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(user("retrace@example.com", &[]));
+    // Attempt 1: Lago fails twice (the call and its one quick retry): a broker retry tier.
+    // Attempt 2: Lago refuses (400): the dead-letter queue. Attempt 3 (requeued): succeeds.
+    for (status, count) in [(500, 2), (400, 1)] {
+        sandbox.state.inject_fault(Fault {
+            route: Route::LagoCreateSubscription,
+            status,
+            count,
+            retry_after_secs: None,
+            body: None,
+        });
+    }
+    let (receiver, otlp_url, otlp) = OtlpReceiver::spawn();
+    let (ingest, worker, url) = traced_binaries(
+        &ctx,
+        &sandbox,
+        &otlp_url,
+        &[("WEBHOOK__WORKER__INLINE_RETRIES", "1")],
+    )
+    .await;
+    let event = signed_event("checkout.session.completed", "retrace@example.com");
+    post_signed(&url, &event).await;
+    let pool = ctx.pool().await;
+    wait_event_status(&pool, &event.event_id, "dead_lettered").await;
+    let out = webhook_tests::webhookctl(&ctx.env, &["dlq", "requeue", "--all"]).await;
+    assert_eq!(out.code, 0, "webhookctl dlq requeue: {out:?}");
+    wait_event_status(&pool, &event.event_id, "succeeded").await;
+
+    let publish_name = format!("{}billing.events publish", ctx.prefix);
+    let job_name = format!("{}billing.provisioning process", ctx.prefix);
+    let (publish, jobs, trace) = wait_for("the three jobs' spans", LONG, || async {
+        let spans = receiver.spans();
+        let (_, publish) = spans
+            .iter()
+            .find(|(_, s)| {
+                s["name"] == publish_name.as_str()
+                    && span_attribute(s, "messaging.message.id") == Some(&json!(event.event_id))
+            })?
+            .clone();
+        let jobs: Vec<Value> = spans
+            .iter()
+            .filter(|(_, s)| {
+                s["name"] == job_name.as_str()
+                    && span_attribute(s, "event_id") == Some(&json!(event.event_id))
+            })
+            .map(|(_, s)| s.clone())
+            .collect();
+        let trace: Vec<(String, Value)> = spans
+            .into_iter()
+            .filter(|(_, s)| s["traceId"] == publish["traceId"])
+            .collect();
+        (jobs.len() == 3).then_some((publish, jobs, trace))
+    })
+    .await;
+    eprintln!("the trace of {}:\n{}", event.event_id, trace_tree(&trace));
+    let mut outcomes: Vec<(u64, &str)> = jobs
+        .iter()
+        .map(|j| {
+            assert_eq!(
+                j["traceId"], publish["traceId"],
+                "every attempt is in the event's trace"
+            );
+            assert_eq!(
+                j["parentSpanId"], publish["spanId"],
+                "every attempt is a child of the publish"
+            );
+            (
+                nanos(&j["startTimeUnixNano"]),
+                span_attribute(j, "outcome")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?"),
+            )
+        })
+        .collect();
+    outcomes.sort();
+    let outcomes: Vec<&str> = outcomes.into_iter().map(|(_, o)| o).collect();
+    assert_eq!(outcomes, ["retry_scheduled", "dead_lettered", "succeeded"]);
+
+    drop((ingest, worker));
     otlp.stop(true).await;
     sandbox.stop().await;
     ctx.cleanup().await;
