@@ -189,15 +189,17 @@ impl Steps<'_> {
             subject,
             details,
         };
-        let finished = ledger::finish_with_audit(
-            &self.ctx.store.pool,
-            &self.action_key,
-            self.event_id,
-            &self.unrecorded,
-            &row,
-            fence,
-        )
-        .instrument(step_span("audit"))
+        let finished = traced("audit", async {
+            Ok(ledger::finish_with_audit(
+                &self.ctx.store.pool,
+                &self.action_key,
+                self.event_id,
+                &self.unrecorded,
+                &row,
+                fence,
+            )
+            .await?)
+        })
         .await?;
         if finished == Finished::LeaseLost {
             return Err(crate::lease::lost(fence.map_or("", |f| f.subscription_id)));
@@ -219,6 +221,19 @@ pub(crate) fn step_span(step: &'static str) -> tracing::Span {
         step,
         otel.status_code = tracing::field::Empty
     )
+}
+
+/// Runs `f` in the span of the step `step`, marked as an error when `f` fails.
+pub(crate) async fn traced<T>(
+    step: &'static str,
+    f: impl Future<Output = Result<T, JobError>>,
+) -> Result<T, JobError> {
+    let span = step_span(step);
+    let result = f.instrument(span.clone()).await;
+    if result.is_err() {
+        span.record("otel.status_code", "error");
+    }
+    result
 }
 
 /// The id of the one Keycloak user with this email. None yet is transient (the account may

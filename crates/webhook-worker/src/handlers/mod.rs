@@ -26,8 +26,7 @@ use crate::entitlement;
 use crate::failure::{Failure, JobError};
 use crate::lease::Lease;
 use crate::ordering::{self, BoundBy, Change};
-use crate::steps::{Steps, step_span};
-use tracing::Instrument;
+use crate::steps::{Steps, traced};
 
 /// What one event asks of its subscription.
 pub struct BillingJob<'a> {
@@ -167,12 +166,16 @@ async fn converge_and_finish(
     let effects = async {
         // One span per system brought to the record, named by the step the ledger notes (a
         // termination renames its span `lago_terminate`).
-        let lago = crate::converge::lago(ctx, lease, record, steps)
-            .instrument(step_span("lago_subscription"))
-            .await?;
-        let keycloak = crate::converge::keycloak(ctx, lease, record, steps)
-            .instrument(step_span("keycloak_attributes"))
-            .await?;
+        let lago = traced(
+            "lago_subscription",
+            crate::converge::lago(ctx, lease, record, steps),
+        )
+        .await?;
+        let keycloak = traced(
+            "keycloak_attributes",
+            crate::converge::keycloak(ctx, lease, record, steps),
+        )
+        .await?;
         Ok::<_, JobError>((lago, keycloak))
     }
     .await;
