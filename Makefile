@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 1
 
-.PHONY: services build release run test unit lint fmt ci clean-test-resources deploy-check chaos model fuzz deny bench cluster cluster-down
+.PHONY: services build release run test unit lint fmt ci clean-test-resources deploy-check chaos model fuzz deny bench cluster cluster-down chaos-cluster
 
 ## Make sure PostgreSQL and RabbitMQ run (installs them on Debian when absent) and the database exists.
 services:
@@ -45,6 +45,13 @@ cluster: services
 
 cluster-down:
 	@scripts/rabbitmq-cluster.sh down
+
+## Two ingests and four workers against the three-node cluster while nodes go away one at a time
+## and processes are SIGKILLed: 3,000 events over 2 minutes (CLUSTER_EVENTS, CLUSTER_SECONDS).
+## `make test` runs a 300-event version. See docs/reliability.md.
+chaos-cluster: services build
+	CLUSTER_EVENTS=$${CLUSTER_EVENTS:-3000} CLUSTER_SECONDS=$${CLUSTER_SECONDS:-120} \
+		$(CARGO) test -p webhook-tests --test cluster -- --nocapture
 
 ## The billing model property test, longer than in `make test` (PROPTEST_CASES, default 2000).
 model: services build

@@ -10,6 +10,7 @@
 #   scripts/rabbitmq-cluster.sh start N     start node N again (it rejoins by itself)
 #   scripts/rabbitmq-cluster.sh status      which nodes run
 #   scripts/rabbitmq-cluster.sh url         the AMQP_URL list of the three nodes
+#   scripts/rabbitmq-cluster.sh leader Q    the number of the node that leads quorum queue Q
 #
 # Nodes: webhook-c1@localhost … webhook-c3@localhost on AMQP ports 5681-5683 (distribution
 # 25681-25683). CLUSTER_DIR (default /tmp/webhook-rabbitmq-cluster) holds their files.
@@ -123,6 +124,22 @@ status() {
   done
 }
 
+leader() {
+  local q=$1
+  for n in "${NODES[@]}"; do
+    running "$n" || continue
+    ctl "$n" -q list_queues name leader --formatter json 2>/dev/null | python3 -c "
+import json, sys
+for row in json.load(sys.stdin):
+    if row.get('name') == sys.argv[1]:
+        print(str(row.get('leader', '')).split('@')[0].removeprefix('webhook-c'))
+        break
+" "$q"
+    return 0
+  done
+  die "no node is running"
+}
+
 case "${1:-}" in
   up) up ;;
   down) down ;;
@@ -130,5 +147,6 @@ case "${1:-}" in
   start) [[ "${2:-}" =~ ^[123]$ ]] || die "usage: $0 start 1|2|3"; start_node "$2" ;;
   status) status ;;
   url) url ;;
-  *) die "usage: $0 up|down|stop N|start N|status|url" ;;
+  leader) [ -n "${2:-}" ] || die "usage: $0 leader QUEUE"; leader "$2" ;;
+  *) die "usage: $0 up|down|stop N|start N|status|url|leader QUEUE" ;;
 esac

@@ -68,6 +68,14 @@ if ! port_open 127.0.0.1 "$AMQP_PORT"; then
   wait_port 127.0.0.1 "$AMQP_PORT" RabbitMQ 120
 fi
 
+# The tests count the messages a consumer holds unacked through RabbitMQ's management API.
+if ! port_open 127.0.0.1 15672 && command -v rabbitmq-plugins >/dev/null 2>&1; then
+  say "enabling RabbitMQ's management plugin (the tests read unacked counts from its API)"
+  rabbitmq-plugins enable rabbitmq_management >/dev/null \
+    || die "cannot enable the management plugin; run as root: rabbitmq-plugins enable rabbitmq_management"
+  wait_port 127.0.0.1 15672 "RabbitMQ's management API" 60
+fi
+
 command -v psql >/dev/null 2>&1 || apt_install postgresql-client
 exists=$(psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'") \
   || die "PostgreSQL answers on $PGHOST:$PGPORT but refuses user $PGUSER; allow it (pg_hba.conf) or set PGUSER"

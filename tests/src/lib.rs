@@ -6,6 +6,7 @@
 //! per-test databases, default `postgres://postgres@127.0.0.1:5432/postgres`) and
 //! `TEST_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
 
+pub mod cluster;
 pub mod ingest;
 pub mod proxy;
 pub mod rabbit;

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -11,6 +11,8 @@ use tokio::sync::watch;
 pub struct TcpProxy {
     pub port: u16,
     enabled: Arc<AtomicBool>,
+    /// Connections refused while cut: how often the service tried to reach the dependency.
+    refused: Arc<AtomicU64>,
     /// Bumped on every cut; open connections end when it changes.
     cuts: watch::Sender<u64>,
 }
@@ -20,11 +22,13 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let enabled = Arc::new(AtomicBool::new(true));
+        let refused = Arc::new(AtomicU64::new(0));
         let (cuts, _) = watch::channel(0u64);
-        let (en, tx) = (enabled.clone(), cuts.clone());
+        let (en, tx, no) = (enabled.clone(), cuts.clone(), refused.clone());
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if !en.load(Ordering::SeqCst) {
+                    no.fetch_add(1, Ordering::SeqCst);
                     drop(client); // refused: the connection closes at once
                     continue;
                 }
@@ -40,7 +44,12 @@ impl TcpProxy {
                 });
             }
         });
-        Self { port, enabled, cuts }
+        Self {
+            port,
+            enabled,
+            refused,
+            cuts,
+        }
     }
 
     /// Drops every open connection and refuses new ones.
@@ -51,5 +60,10 @@ impl TcpProxy {
 
     pub fn restore(&self) {
         self.enabled.store(true, Ordering::SeqCst);
+    }
+
+    /// Connections refused so far while cut.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
     }
 }

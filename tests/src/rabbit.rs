@@ -38,16 +38,133 @@ pub async fn drain(queue: &str) -> Vec<BasicGetMessage> {
     out
 }
 
-/// Messages ready in `queue` (passive declare).
-pub async fn depth(queue: &str) -> u32 {
+/// Messages ready in `queue` and its consumers, at once and exactly (a passive declare).
+async fn declare_passive(queue: &str) -> Result<(u32, u32), webhook_amqp::lapin::Error> {
+    use webhook_amqp::lapin::options::QueueDeclareOptions;
     let (_conn, ch) = channel().await;
-    webhook_amqp::topology::queue_depth(&ch, queue).await.unwrap_or(0)
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = ch
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await?;
+    Ok((q.message_count(), q.consumer_count()))
+}
+
+/// Messages *ready* in `queue` (a passive declare: exact and immediate). Messages delivered to
+/// a consumer and not yet acked are not among them: see [`unacked`] (in flight while a consumer
+/// runs) and [`all_messages`] (everything, once the consumers are gone). Panics when the queue
+/// does not exist: a count of a queue that is not there proves nothing.
+pub async fn depth(queue: &str) -> u32 {
+    match declare_passive(queue).await {
+        Ok((ready, _)) => ready,
+        Err(e) => panic!("cannot count the messages of queue {queue}: it does not exist ({e})"),
+    }
+}
+
+/// Consumers of `queue` (a passive declare: exact and immediate). Panics when the queue does
+/// not exist.
+pub async fn consumers(queue: &str) -> u32 {
+    match declare_passive(queue).await {
+        Ok((_, consumers)) => consumers,
+        Err(e) => panic!("cannot count the consumers of queue {queue}: it does not exist ({e})"),
+    }
+}
+
+/// Every message of `queue`, ready or in flight, exactly: waits (up to 20 s) until nobody
+/// consumes the queue (stop the consumers first), then counts the ready ones. When a consumer
+/// goes, the broker puts back what it held unacked in the same step as it removes the consumer,
+/// so with no consumer left nothing can be in flight. Panics when the queue does not exist, or
+/// when it is still consumed after 20 s.
+pub async fn all_messages(queue: &str) -> u32 {
+    super::wait_for(
+        &format!("nobody to consume {queue} (stop its consumers before counting all of it)"),
+        Duration::from_secs(20),
+        || async { (consumers(queue).await == 0).then_some(()) },
+    )
+    .await;
+    depth(queue).await
+}
+
+/// The RabbitMQ management API (`TEST_RABBITMQ_MANAGEMENT_URL`, default
+/// `http://127.0.0.1:15672`, as guest/guest: `make services` enables the plugin).
+pub fn management_url() -> String {
+    std::env::var("TEST_RABBITMQ_MANAGEMENT_URL").unwrap_or_else(|_| "http://127.0.0.1:15672".into())
+}
+
+/// The vhost of [`super::amqp_url`] (the last segment of its path, percent-decoded; `/` when
+/// there is none).
+fn vhost() -> String {
+    let url = super::amqp_url();
+    let encoded = url.rsplit_once('/').map(|(_, v)| v).unwrap_or("");
+    if encoded.is_empty() || url.matches('/').count() < 3 {
+        return "/".into();
+    }
+    let bytes = encoded.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], encoded.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) if u8::from_str_radix(hex, 16).is_ok() => {
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).expect("the vhost of TEST_AMQP_URL is UTF-8")
+}
+
+/// Messages of `queue` delivered to a consumer and not yet acked (or returned): the ones in
+/// flight, from the management API. These are the broker's statistics, which trail the queue by
+/// a few seconds (a quorum queue reports them every 5 s, the API collects every 5 s): wait for
+/// a value with [`wait_unacked`] rather than reading it once. Panics when the queue does not
+/// exist or the API does not answer.
+pub async fn unacked(queue: &str) -> u32 {
+    let mut url = reqwest::Url::parse(&management_url()).expect("TEST_RABBITMQ_MANAGEMENT_URL is a URL");
+    url.path_segments_mut()
+        .expect("an http URL")
+        .extend(["api", "queues", &vhost(), queue]);
+    let resp = reqwest::Client::new()
+        .get(url.clone())
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the RabbitMQ management API does not answer at {url} ({e}): \
+                 enable it with `rabbitmq-plugins enable rabbitmq_management` (make services does)"
+            )
+        });
+    let status = resp.status();
+    assert!(
+        status != 404,
+        "cannot count the unacked messages of queue {queue}: it does not exist"
+    );
+    assert!(status.is_success(), "{url} answered {status}");
+    let body: serde_json::Value = resp.json().await.expect("the management API answers JSON");
+    // A queue the statistics have not reached yet has no counts: nothing reported so far.
+    body["messages_unacknowledged"].as_u64().unwrap_or(0) as u32
+}
+
+/// Waits (up to `timeout`) until the broker reports `want` messages of `queue` in flight
+/// (unacked); see [`unacked`] for why this waits rather than reads.
+pub async fn wait_unacked(queue: &str, want: u32, timeout: Duration) {
+    super::wait_for(
+        &format!("{want} messages of {queue} in flight (unacked)"),
+        timeout,
+        || async { (unacked(queue).await == want).then_some(()) },
+    )
+    .await
 }
 
 /// Whether `queue` exists.
 pub async fn exists(queue: &str) -> bool {
-    let (_conn, ch) = channel().await;
-    webhook_amqp::topology::queue_depth(&ch, queue).await.is_ok()
+    declare_passive(queue).await.is_ok()
 }
 
 pub async fn delete_topology(settings: &Settings) {

@@ -1036,3 +1036,150 @@ async fn a_second_seat_named_in_its_metadata_goes_to_its_own_account() {
     assert_eq!(env.attr(a, "subscription_tier").as_deref(), Some("starter"));
     env.stop().await;
 }
+
+/// A downgrade (Stripe moves the subscription to a cheaper price): Lago schedules it — the
+/// current plan stays active until the end of the period, the cheaper one pending as
+/// `next_plan_code` — while Keycloak's tier follows Stripe at once (README, "What the
+/// pipeline handles"; docs/reliability.md, "What is not covered"). Going back to the current
+/// plan cancels the scheduled downgrade.
+#[tokio::test]
+async fn a_downgrade_is_scheduled_by_lago_while_keycloak_follows_stripe_at_once() {
+    let env = Env::start(&[]).await;
+    let email = "down@example.com";
+    env.sandbox.state.add_user(SeedUser::new(email));
+    let (sub, cus, t0) = (env.id("sub"), env.id("cus"), env.t0);
+    assert_eq!(
+        env.deliver("evt_d1", &checkout("evt_d1", t0, &sub, &cus, email, "enterprise"))
+            .await,
+        "succeeded"
+    );
+    let lago_id = env.sandbox.subscriptions(&sub)[0]["lago_id"].clone();
+    let updated = "customer.subscription.updated";
+
+    let down = subscription("evt_d2", updated, t0 + 1, &sub, &cus, "active", "starter");
+    assert_eq!(env.deliver("evt_d2", &down).await, "succeeded");
+    let subs = env.sandbox.subscriptions(&sub);
+    let active: Vec<&Value> = subs.iter().filter(|s| s["status"] == "active").collect();
+    assert_eq!(active.len(), 1, "{subs:?}");
+    assert_eq!(active[0]["lago_id"], lago_id, "the same subscription goes on");
+    assert_eq!(active[0]["plan_code"], "enterprise_monthly");
+    assert_eq!(active[0]["next_plan_code"], "starter_monthly");
+    assert!(active[0]["downgrade_plan_date"].is_string(), "{:?}", active[0]);
+    assert_eq!(
+        env.lago(&sub),
+        [
+            ("active".to_string(), "enterprise_monthly".to_string()),
+            ("pending".to_string(), "starter_monthly".to_string())
+        ]
+    );
+    assert_eq!(
+        env.attr(email, "subscription_tier").as_deref(),
+        Some("starter"),
+        "Keycloak follows Stripe at once"
+    );
+    let record = webhook_store::billing::subscription(&env.pool, &sub)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.plan_code.as_deref(), Some("starter_monthly"));
+    assert_eq!(record.lago_plan_code.as_deref(), Some("starter_monthly"));
+    let row = env.audit("evt_d2").await;
+    assert_eq!(row["lago"]["action"], "assigned", "{row}");
+    assert_eq!(row["lago"]["plan_code"], "enterprise_monthly", "{row}");
+    assert_eq!(row["lago"]["next_plan_code"], "starter_monthly", "{row}");
+    assert_eq!(row["tier"], "starter", "{row}");
+
+    // Back to the plan Lago still bills: the scheduled downgrade is canceled.
+    let back = subscription("evt_d3", updated, t0 + 2, &sub, &cus, "active", "enterprise");
+    assert_eq!(env.deliver("evt_d3", &back).await, "succeeded");
+    assert_eq!(
+        env.lago(&sub),
+        [
+            ("active".to_string(), "enterprise_monthly".to_string()),
+            ("canceled".to_string(), "starter_monthly".to_string())
+        ]
+    );
+    let active = env
+        .sandbox
+        .subscriptions(&sub)
+        .into_iter()
+        .find(|s| s["status"] == "active")
+        .unwrap();
+    assert_eq!(active["lago_id"], lago_id);
+    assert_eq!(active["next_plan_code"], Value::Null);
+    assert_eq!(
+        env.attr(email, "subscription_tier").as_deref(),
+        Some("enterprise")
+    );
+    assert_eq!(env.sandbox.state.calls(Route::LagoCreateSubscription), 3);
+    assert_eq!(
+        env.sandbox.state.calls(Route::LagoTerminateSubscription),
+        1,
+        "the pending downgrade canceled"
+    );
+    assert_eq!(env.dead_letters().await, 0);
+    env.stop().await;
+}
+
+/// `[plans.prices]` in the TOML file maps a price by its `lookup_key` (case-sensitive): an
+/// update whose price id is not mapped, but whose lookup_key is, provisions the mapped plan,
+/// over the price's own metadata and interval.
+#[tokio::test]
+async fn a_price_mapped_by_its_lookup_key_provisions_the_mapped_plan() {
+    let config = std::env::temp_dir().join(format!("webhook-prices-{}.toml", uuid_suffix()));
+    std::fs::write(
+        &config,
+        "[plans.prices]\n\"Team_Plan_2026\" = \"enterprise:yearly\"\n\"team_plan_2026\" = \"professional:monthly\"\n",
+    )
+    .unwrap();
+    let env = Env::start(&[("WEBHOOK_CONFIG", config.to_str().unwrap())]).await;
+    std::fs::remove_file(&config).unwrap();
+    let email = "lookup@example.com";
+    env.sandbox.state.add_user(SeedUser::new(email));
+    let (sub, cus, t0) = (env.id("sub"), env.id("cus"), env.t0);
+    assert_eq!(
+        env.deliver("evt_k1", &checkout("evt_k1", t0, &sub, &cus, email, "starter"))
+            .await,
+        "succeeded"
+    );
+    let mut event: Value = serde_json::from_slice(&subscription(
+        "evt_k2",
+        "customer.subscription.updated",
+        t0 + 1,
+        &sub,
+        &cus,
+        "active",
+        "starter",
+    ))
+    .unwrap();
+    let price = &mut event["data"]["object"]["items"]["data"][0]["price"];
+    price["id"] = json!("price_not_in_the_map");
+    price["lookup_key"] = json!("Team_Plan_2026");
+    assert_eq!(price["metadata"]["tier_id"], "starter");
+    assert_eq!(price["recurring"]["interval"], "month");
+    let body = serde_json::to_vec(&event).unwrap();
+    assert_eq!(env.deliver("evt_k2", &body).await, "succeeded");
+
+    assert_eq!(
+        env.lago(&sub),
+        [
+            ("terminated".to_string(), "starter_monthly".to_string()),
+            ("active".to_string(), "enterprise_yearly".to_string())
+        ]
+    );
+    assert_eq!(
+        env.attr(email, "subscription_tier").as_deref(),
+        Some("enterprise")
+    );
+    let record = webhook_store::billing::subscription(&env.pool, &sub)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (record.tier.as_deref(), record.cycle.as_deref()),
+        (Some("enterprise"), Some("yearly"))
+    );
+    let row = env.audit("evt_k2").await;
+    assert_eq!(row["plan"], "enterprise_yearly", "{row}");
+    env.stop().await;
+}

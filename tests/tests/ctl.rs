@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::Value;
+use webhook_amqp::dead_letters::WINDOW;
 use webhook_sandbox::SeedUser;
 use webhook_tests::worker::{TestSandbox, TestWorker, binary_env, worker_settings};
 use webhook_tests::{
@@ -20,6 +21,27 @@ async fn wait_depth(queue: &str, want: u32) {
         (rabbit::depth(queue).await == want).then_some(())
     })
     .await
+}
+
+/// Jobs the worker at `base_url` has brought to a final outcome (succeeded, skipped or
+/// dead-lettered), from its `webhook_worker_jobs_total`: one per message it settled for good
+/// (a retry or a message handed back gets its final outcome at a later delivery).
+async fn final_outcomes(base_url: &str) -> usize {
+    let text = reqwest::get(format!("{base_url}/metrics"))
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("/metrics is text");
+    text.lines()
+        .filter(|l| l.starts_with("webhook_worker_jobs_total{"))
+        .filter(|l| {
+            ["succeeded", "skipped", "dead_lettered"]
+                .iter()
+                .any(|o| l.contains(&format!("outcome=\"{o}\"")))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as usize
 }
 
 fn json_lines(s: &str) -> Vec<Value> {
@@ -304,7 +326,9 @@ async fn dlq_commands_filters_history_and_replay() {
 }
 
 /// A requeue killed (SIGKILL) halfway, then run again: every message ends on the work queue or
-/// in the DLQ (some possibly in both, which is harmless), and each event's effects happen once.
+/// in the DLQ, some possibly in both (harmless, and at most the requeue's window of unsettled
+/// messages: more is a doubled message), the second run moves or keeps each message it finds
+/// once, the worker settles every message once, and each event's effects happen once.
 /// The 1,000 events are spread among 20,000 dead letters the filter skips, so the scan takes
 /// seconds (the kill lands halfway, not after the end) and is killed while it copies skipped
 /// messages to the DLQ's tail: none of them may be lost either.
@@ -368,25 +392,51 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
     .await;
     child.start_kill().unwrap();
     let _ = child.wait().await;
-    // Every message is in the DLQ or on the work queue (or, for those in flight, both). The ones
-    // the killed requeue had taken but not acked count as ready again only once the broker has
-    // seen its connection close: wait for that (a lost message never comes back).
-    let (moved, left) = wait_for(
-        "every message to be in the DLQ or on the work queue",
-        LONG,
-        || async {
-            let moved = rabbit::depth(&topo.work_queue).await as usize;
-            let left = rabbit::depth(&topo.dead_letter_queue).await as usize;
-            (moved + left >= N + SKIPPED).then_some((moved, left))
-        },
+    // What the killed requeue held unacked goes back to the DLQ once the broker has seen its
+    // connection close, in the same step as its consumer goes: `all_messages` waits for that
+    // (a lost message never comes back).
+    let moved = rabbit::all_messages(&topo.work_queue).await as usize;
+    let left = rabbit::all_messages(&topo.dead_letter_queue).await as usize;
+    assert!(moved < N, "killed before the end ({moved} moved, {left} left)");
+    // Every message is in the DLQ or on the work queue; only those whose copy was confirmed but
+    // not yet acked when the requeue was killed are in both: at most its window of unsettled
+    // messages (WINDOW). More is a message doubled.
+    let doubled = (moved + left)
+        .checked_sub(N + SKIPPED)
+        .unwrap_or_else(|| panic!("messages lost: {moved} moved + {left} left < {N} + {SKIPPED}"));
+    eprintln!("requeue killed: {moved} moved, {left} left, {doubled} in both places");
+    // The first run put each message on the work queue once (a copy there twice is a doubled
+    // message, whatever the counts say).
+    let on_queue: std::collections::HashSet<String> = rabbit::peek(&topo.work_queue)
+        .await
+        .iter()
+        .map(|(body, _)| {
+            let v: Value = serde_json::from_slice(body).unwrap();
+            v["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(on_queue.len(), moved, "each message moved once by the first run");
+    wait_depth(&topo.work_queue, moved as u32).await; // the peeked ones back
+    assert!(
+        doubled <= usize::from(WINDOW),
+        "{doubled} messages in both places ({moved} moved + {left} left): at most {WINDOW} may be"
+    );
+
+    // Run it again to completion: it moves every checkout left in the DLQ to the work queue,
+    // each once.
+    let out = webhookctl(
+        &env,
+        &["dlq", "requeue", "--type", "checkout.session.completed", "--json"],
     )
     .await;
-    assert!(moved < N, "killed before the end ({moved} moved, {left} left)");
-
-    // Run it again to completion.
-    let out = webhookctl(&env, &requeue).await;
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(rabbit::depth(&topo.work_queue).await as usize >= N);
+    let requeued = json_lines(&out.stdout)[0]["requeued"].as_u64().unwrap() as usize;
+    let on_work_queue = rabbit::all_messages(&topo.work_queue).await as usize;
+    assert_eq!(
+        on_work_queue,
+        moved + requeued,
+        "the work queue holds what the first run moved and what the second says it requeued"
+    );
 
     // The DLQ holds every skipped message (some may be there twice, copied but not yet removed
     // when the first run was killed), and nothing else.
@@ -396,6 +446,7 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
     let out = webhookctl(&env, &["dlq", "drain", "--out", archive.to_str().unwrap()]).await;
     assert_eq!(out.code, 0, "{out:?}");
     let mut left_ids = std::collections::HashSet::new();
+    let mut kept = 0;
     for line in std::fs::read_to_string(&archive).unwrap().lines() {
         let v: Value = serde_json::from_str(line).unwrap();
         assert_eq!(
@@ -403,13 +454,27 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
             "only skipped messages are left: {line}"
         );
         left_ids.insert(v["event_id"].as_str().unwrap().to_owned());
+        kept += 1;
     }
     assert_eq!(left_ids.len(), SKIPPED, "every skipped message is still there");
+    // Nothing doubled by the second run: what it found in the DLQ is now on the work queue or
+    // kept, once; the copies in two places are still only those the kill left.
+    assert_eq!(
+        requeued + kept,
+        left,
+        "the second run moved or kept each of the {left} messages it found once"
+    );
+    assert_eq!(
+        (on_work_queue - N) + (kept - SKIPPED),
+        doubled,
+        "no message doubled beyond those the kill left in two places"
+    );
 
-    // Process: every event's effects exactly once.
+    // Process: every message on the work queue settled once, every event's effects once.
     let worker = TestWorker::spawn(settings).await.ready().await;
-    wait_for(
-        "every requeued event to succeed",
+    let worker_url = format!("http://127.0.0.1:{}", worker.port);
+    let settled = wait_for(
+        "every requeued event to succeed and every message on the work queue to be settled",
         Duration::from_secs(240),
         || async {
             let done: i64 =
@@ -417,10 +482,21 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
                     .fetch_one(&pool)
                     .await
                     .unwrap();
-            (done as usize == N && rabbit::depth(&topo.work_queue).await == 0).then_some(())
+            let settled = final_outcomes(&worker_url).await;
+            (done as usize == N && settled >= on_work_queue).then_some(settled)
         },
     )
     .await;
+    worker.stop().await;
+    assert_eq!(
+        settled, on_work_queue,
+        "one final outcome per message on the work queue, no more"
+    );
+    assert_eq!(
+        rabbit::all_messages(&topo.work_queue).await,
+        0,
+        "nothing left in flight"
+    );
     let audits: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_logs")
         .fetch_one(&pool)
         .await
@@ -437,7 +513,6 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
     assert_eq!(subs, N, "one Lago subscription per event");
     assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 0);
 
-    worker.stop().await;
     sandbox.stop().await;
     let _ = std::fs::remove_dir_all(dir);
     ctx.cleanup().await;
@@ -952,5 +1027,232 @@ async fn replay_that_cannot_publish_puts_the_previous_status_back() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("which no queue handles"), "{out:?}");
     assert_eq!(row(ignored.event_id.clone()).await, before);
+    ctx.cleanup().await;
+}
+
+/// A password that must never be shown; its middle part catches a partial leak too.
+const PASSWORD: &str = "Pw-71be0c2d-secret";
+
+/// `_sqlx_migrations` of a database: version, checksum, success, when installed.
+async fn applied_migrations(db: &mut sqlx::PgConnection) -> Vec<(i64, Vec<u8>, bool, String)> {
+    sqlx::query_as(
+        "SELECT version, checksum, success, installed_on::text FROM _sqlx_migrations ORDER BY version",
+    )
+    .fetch_all(db)
+    .await
+    .expect("_sqlx_migrations")
+}
+
+/// `webhookctl migrate` against a database that does not exist yet: creates it and applies
+/// every migration; a second run is a no-op that says the same; a URL that does not reach
+/// Postgres (or is malformed) fails with exit 1, naming `DATABASE_URL`, without its password.
+#[tokio::test]
+async fn migrate_creates_and_migrates_a_fresh_database_then_is_a_no_op_and_names_a_bad_url() {
+    use sqlx::Connection;
+    let ctx = TestContext::new().await;
+    let fresh = format!("{}_fresh", ctx.database_name);
+    let fresh_url = webhook_store::with_database_name(&webhook_tests::admin_database_url(), &fresh);
+    let mut env = ctx.env.clone();
+    env.insert("DATABASE_URL".into(), fresh_url.clone());
+    let migrations: Vec<(i64, Vec<u8>)> = webhook_store::MIGRATOR
+        .iter()
+        .map(|m| (m.version, m.checksum.to_vec()))
+        .collect();
+    assert!(migrations.len() >= 6, "{} migrations embedded", migrations.len());
+    let summary = format!(
+        "migrations applied ({} in total, database up to date)",
+        migrations.len()
+    );
+
+    let out = webhookctl(&env, &["migrate"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), summary, "{out:?}");
+    let mut db = sqlx::PgConnection::connect(&fresh_url)
+        .await
+        .expect("migrate created the database");
+    let first = applied_migrations(&mut db).await;
+    assert_eq!(
+        first
+            .iter()
+            .map(|(v, c, ok, _)| {
+                assert!(ok, "migration {v} applied successfully");
+                (*v, c.clone())
+            })
+            .collect::<Vec<_>>(),
+        migrations,
+        "every embedded migration applied, with its checksum"
+    );
+    // The operator contract: the old system's audit query works.
+    sqlx::query("SELECT id, event_type, subject, details, created_at FROM audit_logs WHERE event_type = 'subscription.created' ORDER BY created_at DESC")
+        .fetch_all(&mut db)
+        .await
+        .expect("audit_logs has the contract's shape");
+    sqlx::query("SELECT event_id, status, payload, attempts FROM webhook_events")
+        .fetch_all(&mut db)
+        .await
+        .expect("webhook_events exists");
+
+    // Again: nothing to do, nothing touched.
+    let out = webhookctl(&env, &["migrate"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), summary, "{out:?}");
+    assert_eq!(
+        applied_migrations(&mut db).await,
+        first,
+        "the second run applied nothing"
+    );
+    let _ = db.close().await;
+
+    // Postgres not reachable at that URL (a port nobody listens on).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut bad = ctx.env.clone();
+    bad.insert(
+        "DATABASE_URL".into(),
+        format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/{fresh}"),
+    );
+    let out = webhookctl(&bad, &["migrate"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("check DATABASE_URL and that Postgres is running"),
+        "{out:?}"
+    );
+    assert!(
+        !out.stderr.contains("71be0c2d") && !out.stdout.contains("71be0c2d"),
+        "{out:?}"
+    );
+    // Malformed (no "//"): refused at start, naming the variable.
+    bad.insert(
+        "DATABASE_URL".into(),
+        format!("postgres:postgres:{PASSWORD}@127.0.0.1:5432/{fresh}"),
+    );
+    let out = webhookctl(&bad, &["migrate"]).await;
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("DATABASE_URL is invalid: "), "{out:?}");
+    assert!(
+        !out.stderr.contains("71be0c2d") && !out.stdout.contains("71be0c2d"),
+        "{out:?}"
+    );
+
+    let mut admin = sqlx::PgConnection::connect(&webhook_tests::admin_database_url())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{fresh}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    ctx.cleanup().await;
+}
+
+/// `webhookctl send-test-event` signs a checkout event with the configured secret and POSTs it
+/// to the ingest: accepted, then provisioned end to end on the tier and cycle asked for
+/// (Keycloak tier, Lago subscription on the plan, audit row); the same `--event-id` again is a
+/// duplicate; an ingest that refuses it or is not there makes it exit 1 saying so.
+#[tokio::test]
+async fn send_test_event_is_accepted_by_the_ingest_and_provisioned_end_to_end() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(SeedUser::new("sender@example.com"));
+    let settings = worker_settings(&ctx, &sandbox, &[]);
+    let ingest = webhook_tests::ingest::TestIngest::spawn(settings.clone())
+        .await
+        .ready()
+        .await;
+    let worker = TestWorker::spawn(settings).await.ready().await;
+    let pool = ctx.pool().await;
+    let env = binary_env(&ctx, &sandbox, &[]);
+    let url = format!("{}/webhooks/stripe", ingest.url);
+    let event_id = format!("evt_sendtest_{}", ctx.id);
+    let send = [
+        "send-test-event",
+        "--url",
+        &url,
+        "--email",
+        "Sender@Example.com",
+        "--tier",
+        "enterprise",
+        "--cycle",
+        "yearly",
+        "--event-id",
+        &event_id,
+    ];
+
+    let out = webhookctl(&env, &send).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .starts_with(&format!("checkout.session.completed {event_id} -> 200 ")),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("\"accepted\""), "{out:?}");
+    wait_event_status(&pool, &event_id, "succeeded").await;
+    let user = sandbox.state.user_by_email("sender@example.com").unwrap();
+    assert_eq!(
+        user["attributes"]["subscription_tier"],
+        serde_json::json!(["enterprise"]),
+        "{user}"
+    );
+    let subs: Vec<Value> = sandbox.state.snapshot()["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["external_customer_id"] == "sender@example.com")
+        .cloned()
+        .collect();
+    assert_eq!(subs.len(), 1, "{subs:?}");
+    assert_eq!(subs[0]["plan_code"], "enterprise_yearly");
+    let audits: Vec<Value> = sqlx::query_scalar(
+        "SELECT details FROM audit_logs WHERE subject = 'sender@example.com' AND event_type = 'subscription.created'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(audits.len(), 1, "{audits:?}");
+    assert_eq!(audits[0]["stripe_event_id"], event_id.as_str());
+
+    // The same event id again: the ingest's duplicate answer, printed as JSON with --json.
+    let mut again = send.to_vec();
+    again.push("--json");
+    let out = webhookctl(&env, &again).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let answer: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(answer["status"], "duplicate", "{out:?}");
+    assert_eq!(answer["event_id"], event_id.as_str(), "{out:?}");
+
+    // Signed with a secret the ingest does not know: refused, exit 1 with the answer.
+    let mut wrong = env.clone();
+    wrong.insert("STRIPE_WEBHOOK_SECRET".into(), "whsec_not_the_ingests".into());
+    let out = webhookctl(&wrong, &send[..3]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("the ingest answered 400"), "{out:?}");
+    assert!(out.stderr.contains("signature_mismatch"), "{out:?}");
+    // No ingest there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nowhere = format!("http://127.0.0.1:{port}/webhooks/stripe");
+    let out = webhookctl(&env, &["send-test-event", "--url", &nowhere]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("could not reach the ingest"), "{out:?}");
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM webhook_events")
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        1,
+        "only the one event recorded"
+    );
+
+    worker.stop().await;
+    ingest.stop().await;
+    sandbox.stop().await;
     ctx.cleanup().await;
 }

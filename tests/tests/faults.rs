@@ -7,7 +7,9 @@ use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
 use webhook_sandbox::{Route, SeedUser};
 use webhook_tests::worker::{TestSandbox, TestWorker, worker_settings};
-use webhook_tests::{TestContext, admin_database_url, rabbit, signed_event, wait_event_done, wait_for};
+use webhook_tests::{
+    TcpProxy, TestContext, admin_database_url, rabbit, signed_event, wait_event_done, wait_for,
+};
 
 async fn admin() -> PgConnection {
     PgConnection::connect(&admin_database_url()).await.unwrap()
@@ -315,6 +317,7 @@ async fn a_refusing_dead_letter_queue_holds_the_message_without_rerunning_the_jo
         0,
         "held by the worker, unacked"
     );
+    rabbit::wait_unacked(&topo.work_queue, 1, Duration::from_secs(20)).await;
     // Once the topology is declared again, the dead letter lands.
     let out = webhook_tests::webhookctl(&ctx.env, &["setup"]).await;
     assert_eq!(out.code, 0, "{out:?}");
@@ -381,6 +384,7 @@ async fn an_outcome_that_cannot_be_written_is_held_with_backoff() {
         0,
         "the message is held by the worker (unacked), not requeued"
     );
+    rabbit::wait_unacked(&topo.work_queue, 1, Duration::from_secs(20)).await;
 
     sqlx::query("ALTER TABLE webhook_events RENAME COLUMN completed_at_renamed TO completed_at")
         .execute(&pool)
@@ -430,6 +434,165 @@ async fn the_worker_skips_an_event_of_the_other_stripe_mode() {
     assert!(reason.contains("test-mode event"), "{reason}");
     assert_eq!(sandbox.state.calls(Route::KeycloakSearchUsers), 0);
     assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 0);
+    worker.stop().await;
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}
+
+/// Postgres unreachable (every connection cut and refused, through a proxy): the worker holds
+/// the message unacked and tries again with a growing delay, without spending a retry tier —
+/// with a one-tier schedule, a job that went through the tiers would be dead-lettered — and
+/// completes it once when Postgres is back; a job cut off mid-way too (after Lago and
+/// Keycloak were called), without doing its effects twice.
+#[tokio::test]
+async fn an_unreachable_database_holds_the_message_without_spending_a_retry_then_completes_once() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(SeedUser::new("down@example.com"));
+    sandbox.state.add_user(SeedUser::new("midway@example.com"));
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let db_url = ctx
+        .database_url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let settings = worker_settings(
+        &ctx,
+        &sandbox,
+        &[("DATABASE_URL", &db_url), ("WORKER_RETRY_SCHEDULE", "1s")],
+    );
+    let topo = rabbit::topology(&settings);
+    let worker = TestWorker::spawn(settings).await.ready().await;
+    let port = worker.port;
+    let pool = ctx.pool().await;
+    let publish = |email: &str| {
+        let event = signed_event("checkout.session.completed", email);
+        let exchange = topo.exchange.clone();
+        async move {
+            rabbit::publish(
+                &exchange,
+                "checkout.session.completed",
+                &event.body,
+                &event.event_id,
+            )
+            .await;
+            event
+        }
+    };
+    let held = || async move { metric(port, "webhook_worker_jobs_held").await };
+    let retries = || async move {
+        metric(
+            port,
+            "webhook_worker_jobs_total{event_type=\"checkout.session.completed\",outcome=\"retry_scheduled\"}",
+        )
+        .await
+    };
+
+    // 1. Down before the job starts.
+    proxy.cut();
+    let first = publish("down@example.com").await;
+    wait_for("the message to be held", Duration::from_secs(20), || async {
+        (held().await == 1.0).then_some(())
+    })
+    .await;
+    let (status, body) = get(format!("http://127.0.0.1:{port}/readyz")).await;
+    assert_eq!((status, body["postgres"].as_str()), (503, Some("down")), "{body}");
+    let (refused, since) = (proxy.refused(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let tries = proxy.refused() - refused;
+    assert!(
+        tries <= 30,
+        "{tries} connection attempts in {:?}: the hold must back off",
+        since.elapsed()
+    );
+    assert_eq!(held().await, 1.0, "still held");
+    assert_eq!(retries().await, 0.0, "no retry tier spent");
+    assert_eq!(
+        rabbit::depth(&topo.work_queue).await,
+        0,
+        "held unacked, not requeued"
+    );
+    for tier in &topo.retry_tiers {
+        assert_eq!(rabbit::depth(&tier.queue).await, 0);
+    }
+    assert_eq!(
+        sandbox.state.calls(Route::KeycloakSearchUsers),
+        0,
+        "nothing downstream"
+    );
+    proxy.restore();
+    assert_eq!(wait_event_done(&pool, &first.event_id).await, "succeeded");
+
+    // 2. Down in the middle of a job: its Keycloak update in flight when Postgres goes.
+    sandbox
+        .state
+        .set_latency(Some(Route::KeycloakPutUser), Duration::from_secs(2));
+    let second = publish("midway@example.com").await;
+    wait_for(
+        "the second job's Keycloak update",
+        Duration::from_secs(20),
+        || async { (sandbox.state.calls(Route::KeycloakPutUser) == 2).then_some(()) },
+    )
+    .await;
+    proxy.cut();
+    let lago_before = sandbox.state.snapshot()["subscriptions"].clone();
+    wait_for("the second job to be held", Duration::from_secs(20), || async {
+        (held().await == 1.0).then_some(())
+    })
+    .await;
+    sandbox.state.clear_faults();
+    proxy.restore();
+    assert_eq!(wait_event_done(&pool, &second.event_id).await, "succeeded");
+
+    assert_eq!(retries().await, 0.0, "no retry tier spent");
+    let errors: i64 = sqlx::query_scalar("SELECT count(*) FROM event_errors")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(errors, 0, "an outage is not a failure of the job");
+    for event in [&first, &second] {
+        let (status, attempts): (String, i32) =
+            sqlx::query_as("SELECT status, attempts FROM webhook_events WHERE event_id = $1")
+                .bind(&event.event_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(status, "succeeded");
+        assert!(attempts <= 2, "{attempts} attempts recorded");
+    }
+    assert_eq!(
+        sandbox.state.snapshot()["subscriptions"],
+        lago_before,
+        "Lago unchanged by the job's second run: one subscription each, the same lago_id"
+    );
+    assert_eq!(
+        sandbox.state.snapshot()["subscriptions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let audits: Vec<String> = sqlx::query_scalar("SELECT subject FROM audit_logs ORDER BY subject")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        audits,
+        ["down@example.com", "midway@example.com"],
+        "one audit row each"
+    );
+    for email in ["down@example.com", "midway@example.com"] {
+        let kc = sandbox.state.user_by_email(email).unwrap();
+        assert_eq!(kc["attributes"]["subscription_tier"][0], "professional");
+    }
+    assert!(rabbit::peek(&topo.dead_letter_queue).await.is_empty());
+    wait_for(
+        "nothing held, ready again",
+        Duration::from_secs(20),
+        || async move {
+            let ready = get(format!("http://127.0.0.1:{port}/readyz")).await.0 == 200;
+            (ready && held().await == 0.0).then_some(())
+        },
+    )
+    .await;
     worker.stop().await;
     sandbox.stop().await;
     ctx.cleanup().await;

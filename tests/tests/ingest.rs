@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 use webhook_core::settings::Livemode;
-use webhook_tests::ingest::TestIngest;
+use webhook_tests::ingest::{IngestProcess, TestIngest};
 use webhook_tests::{Output, TcpProxy, TestContext, bin_path, rabbit, sign, signed_event, wait_for};
 
 async fn json(resp: reqwest::Response) -> (u16, Value) {
@@ -365,21 +365,26 @@ async fn every_bad_input_gets_its_4xx_and_changes_nothing() {
         (400, Some("headers_too_large")),
         "{body}"
     );
-    let resp = ingest
-        .client
-        .post(format!("{}/webhooks/stripe", ingest.url))
-        .header("content-type", "application/json")
-        .header("x-padding", "p".repeat(200 * 1024))
-        .body(good.body.clone())
-        .send()
-        .await;
-    if let Ok(resp) = resp {
-        assert_eq!(
-            resp.status(),
-            431,
-            "heads beyond 128 KiB are cut off by the HTTP layer"
-        );
-    }
+    // Heads beyond 128 KiB: cut off by the HTTP layer with a bare 431, which must arrive
+    // however early the server closes. Sent over a connection of our own, read while it is
+    // written: the server answers and closes before the whole head is sent, so the write may
+    // fail, but the answer is there to read.
+    let answer = raw_exchange(
+        &ingest.url,
+        format!(
+            "POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             X-Padding: {}\r\nContent-Length: {}\r\n\r\n",
+            "p".repeat(200 * 1024),
+            good.body.len()
+        )
+        .into_bytes(),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "heads beyond 128 KiB are cut off by the HTTP layer with a 431, got: {:?}",
+        answer.chars().take(200).collect::<String>()
+    );
 
     assert_eq!(stored(&ctx.pool().await).await, 0, "bad input stores nothing");
     assert_eq!(
@@ -394,6 +399,33 @@ async fn every_bad_input_gets_its_4xx_and_changes_nothing() {
 
     ingest.stop().await;
     ctx.cleanup().await;
+}
+
+/// Writes `request` to the server at `base_url` on a connection of its own while reading its
+/// answer until the server closes; returns what was read (an error, e.g. a reset after the
+/// answer, ends the reading but keeps what came before it).
+async fn raw_exchange(base_url: &str, request: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(base_url.trim_start_matches("http://"))
+        .await
+        .expect("connect to the ingest");
+    let (mut reader, mut writer) = stream.into_split();
+    let write = tokio::spawn(async move {
+        // The server may close before it has read everything: that write error is expected.
+        let _ = writer.write_all(&request).await;
+        writer
+    });
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = reader.read(&mut buf).await {
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the server answers and closes within 10 s");
+    let _ = write.await;
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[tokio::test]
@@ -601,23 +633,111 @@ async fn concurrent_requests_share_transactions_and_every_event_is_queued_exactl
     ctx.cleanup().await;
 }
 
-/// POSTs an event from a task of its own.
-fn post_in_background(
-    ingest: &TestIngest,
+/// What a background POST got: the status, whether `Retry-After` came with it, the JSON body.
+type Answer = (u16, bool, Value);
+
+/// POSTs an event to the ingest at `base_url` from a task of its own, on a connection of its
+/// own; the task ends with the answer, or the error if none came.
+fn try_post_in_background(
+    base_url: &str,
     event: &webhook_tests::SignedEvent,
-) -> tokio::task::JoinHandle<(u16, bool, Value)> {
-    let request = ingest
-        .client
-        .post(format!("{}/webhooks/stripe", ingest.url))
+) -> tokio::task::JoinHandle<Result<Answer, reqwest::Error>> {
+    let request = reqwest::Client::new()
+        .post(format!("{base_url}/webhooks/stripe"))
         .header("content-type", "application/json")
         .header("stripe-signature", event.signature.clone())
         .body(event.body.clone());
     tokio::spawn(async move {
-        let resp = request.send().await.expect("ingest answers");
+        let resp = request.send().await?;
         let retry_after = resp.headers().contains_key("retry-after");
         let (status, body) = json(resp).await;
-        (status, retry_after, body)
+        Ok((status, retry_after, body))
     })
+}
+
+/// [`try_post_in_background`], the ingest expected to answer.
+fn post_in_background(base_url: &str, event: &webhook_tests::SignedEvent) -> tokio::task::JoinHandle<Answer> {
+    let answer = try_post_in_background(base_url, event);
+    tokio::spawn(async move { answer.await.unwrap().expect("ingest answers") })
+}
+
+/// Makes `event_type` unroutable: its queue binding removed, a mandatory publish of it comes
+/// back from the broker (an event the broker refuses).
+async fn unroute(topo: &webhook_amqp::Topology, event_type: &str) {
+    let (conn, channel) = rabbit::channel().await;
+    channel
+        .queue_unbind(
+            topo.work_queue.as_str().into(),
+            topo.exchange.as_str().into(),
+            event_type.into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let _ = conn.close(200, "unbound".into()).await;
+}
+
+/// The ingest's transaction held still: an uncommitted row with the event id of `blocker`,
+/// which the ingest's insert of it waits for until the transaction ends.
+struct Hold {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    blocker: webhook_tests::SignedEvent,
+}
+
+/// Holds the only writer of the ingest at `base_url` (`commit_writers` = 1): POSTs `blocker`
+/// (the task is returned with the hold) and waits until its insert waits on our uncommitted
+/// row of the same id. Every request after it waits for the writer too, until the hold ends.
+async fn hold_the_only_writer(
+    pool: &sqlx::PgPool,
+    base_url: &str,
+) -> (Hold, tokio::task::JoinHandle<Result<Answer, reqwest::Error>>) {
+    let blocker = signed_event("checkout.session.completed", "buyer@example.com");
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO webhook_events (event_id, event_type, payload, status) VALUES ($1, 'x', '{}', 'queued')",
+    )
+    .bind(&blocker.event_id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let holder: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let blocked = try_post_in_background(base_url, &blocker);
+    // The writer's insert waits for the holding transaction to end (a lock on its transaction
+    // id, which `pg_locks` shows without a database): asked as "is a session of this test's
+    // database blocked by the holder", so no other test's lock waits can answer for it.
+    wait_for(
+        "the writer to wait on the held row",
+        Duration::from_secs(10),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND $1 = ANY(pg_blocking_pids(pid))",
+            )
+            .bind(holder)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    (Hold { tx, blocker }, blocked)
+}
+
+/// Waits until `n` requests of the ingest at `base_url` wait for a writer.
+async fn wait_commit_waiting(base_url: &str, n: usize) {
+    wait_for(
+        &format!("{n} requests to wait for the writer"),
+        Duration::from_secs(10),
+        || async {
+            (webhook_tests::metric(base_url, "webhook_ingest_commit_waiting").await as usize == n)
+                .then_some(())
+        },
+    )
+    .await
 }
 
 #[tokio::test]
@@ -627,42 +747,9 @@ async fn an_event_the_broker_refuses_gets_503_and_no_row_while_the_rest_of_its_b
     let topo = rabbit::topology(&settings);
     let ingest = TestIngest::spawn(settings).await.ready().await;
     // invoice.paid is handled, but nothing routes it any more: its mandatory publish comes back.
-    let (conn, channel) = rabbit::channel().await;
-    channel
-        .queue_unbind(
-            topo.work_queue.as_str().into(),
-            topo.exchange.as_str().into(),
-            "invoice.paid".into(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    let _ = conn.close(200, "unbound".into()).await;
-
-    // Hold the only writer: its insert of `blocker` waits on this uncommitted row.
+    unroute(&topo, "invoice.paid").await;
     let pool = ctx.pool().await;
-    let blocker = signed_event("checkout.session.completed", "buyer@example.com");
-    let mut hold = pool.begin().await.unwrap();
-    sqlx::query(
-        "INSERT INTO webhook_events (event_id, event_type, payload, status) VALUES ($1, 'x', '{}', 'queued')",
-    )
-    .bind(&blocker.event_id)
-    .execute(&mut *hold)
-    .await
-    .unwrap();
-    let blocked = post_in_background(&ingest, &blocker);
-    wait_for(
-        "the writer to wait on the held row",
-        Duration::from_secs(10),
-        || async {
-            let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE NOT granted")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            (waiting > 0).then_some(())
-        },
-    )
-    .await;
+    let (hold, blocked) = hold_the_only_writer(&pool, &ingest.url).await;
     // Meanwhile every event of the burst waits for the writer: they form one batch.
     let checkouts: Vec<_> = (0..40)
         .map(|_| signed_event("checkout.session.completed", "buyer@example.com"))
@@ -671,18 +758,11 @@ async fn an_event_the_broker_refuses_gets_503_and_no_row_while_the_rest_of_its_b
         .map(|_| signed_event("invoice.paid", "buyer@example.com"))
         .collect();
     let burst: Vec<_> = checkouts.iter().chain(&refused).collect();
-    let answers: Vec<_> = burst.iter().map(|e| post_in_background(&ingest, e)).collect();
-    wait_for(
-        "the burst to wait for the writer",
-        Duration::from_secs(10),
-        || async {
-            (metric(&ingest, "webhook_ingest_commit_waiting").await as usize == burst.len()).then_some(())
-        },
-    )
-    .await;
-    hold.rollback().await.unwrap();
+    let answers: Vec<_> = burst.iter().map(|e| post_in_background(&ingest.url, e)).collect();
+    wait_commit_waiting(&ingest.url, burst.len()).await;
+    hold.tx.rollback().await.unwrap();
 
-    let (status, _, body) = blocked.await.unwrap();
+    let (status, _, body) = blocked.await.unwrap().expect("ingest answers");
     assert_eq!(
         (status, body["status"].as_str()),
         (200, Some("accepted")),
@@ -719,6 +799,241 @@ async fn an_event_the_broker_refuses_gets_503_and_no_row_while_the_rest_of_its_b
     assert_eq!(rabbit::drain(&topo.work_queue).await.len(), 1 + checkouts.len());
 
     ingest.stop().await;
+    ctx.cleanup().await;
+}
+
+/// The alias route (`POST /api/v1/billing/webhooks/stripe/checkout`, the old system's path)
+/// is the same endpoint: it verifies, dedupes (across both paths), records and queues alike.
+#[tokio::test]
+async fn the_alias_route_answers_and_queues_like_the_main_route() {
+    const ALIAS: &str = "/api/v1/billing/webhooks/stripe/checkout";
+    let ctx = TestContext::new().await;
+    let settings = ctx.settings();
+    let topo = rabbit::topology(&settings);
+    let ingest = TestIngest::spawn(settings).await.ready().await;
+    let pool = ctx.pool().await;
+    let event = signed_event("checkout.session.completed", "alias@example.com");
+
+    let (status, body) = json(
+        ingest
+            .post_to(ALIAS, event.body.clone(), Some(&event.signature))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"].as_str(), body["event_id"].as_str()),
+        (200, Some("accepted"), Some(event.event_id.as_str())),
+        "{body}"
+    );
+    // The same event again, on either path: a duplicate.
+    for path in [ALIAS, "/webhooks/stripe"] {
+        let (status, body) = json(
+            ingest
+                .post_to(path, event.body.clone(), Some(&event.signature))
+                .await,
+        )
+        .await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (200, Some("duplicate")),
+            "{path}: {body}"
+        );
+    }
+    // Bad input gets the same 4xx and changes nothing.
+    let forged =
+        webhook_core::signature::sign_header("whsec_attacker", webhook_core::unix_now(), &event.body);
+    let (status, body) = json(ingest.post_to(ALIAS, event.body.clone(), Some(&forged)).await).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("signature_mismatch")),
+        "{body}"
+    );
+    let (status, body) = json(ingest.post_to(ALIAS, event.body.clone(), None).await).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("missing_signature")),
+        "{body}"
+    );
+    // An event nobody handles: stored as ignored, not queued.
+    let ignored = signed_event("invoice.finalized", "alias@example.com");
+    let (status, body) = json(
+        ingest
+            .post_to(ALIAS, ignored.body.clone(), Some(&ignored.signature))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("ignored")),
+        "{body}"
+    );
+
+    let m = rabbit::drain(&topo.work_queue).await;
+    assert_eq!(m.len(), 1, "queued once");
+    assert_eq!(m[0].delivery.routing_key.as_str(), "checkout.session.completed");
+    assert_eq!(
+        m[0].delivery.properties.message_id().as_ref().map(|s| s.as_str()),
+        Some(event.event_id.as_str())
+    );
+    assert_eq!(*m[0].delivery.properties.delivery_mode(), Some(2), "persistent");
+    assert_eq!(m[0].delivery.data, event.body, "the body is queued byte for byte");
+    assert_eq!(stored_event(&pool, &event.event_id).await.0, "queued");
+    assert_eq!(stored_event(&pool, &ignored.event_id).await.0, "ignored");
+    assert_eq!(stored(&pool).await, 2);
+
+    ingest.stop().await;
+    ctx.cleanup().await;
+}
+
+/// SIGTERM to the `webhook-ingest` process while requests wait for its (held) writer: it stops
+/// accepting at once, keeps running while they are in flight (3 s here), every one gets its answer (2xx for the events now durably
+/// queued, 503 + `Retry-After` for one the broker refuses), and it exits 0 within its shutdown
+/// deadline. Nothing answered 2xx is missing from Postgres or the queue, and nothing else is
+/// there.
+#[tokio::test]
+async fn sigterm_lets_the_requests_in_flight_finish_with_their_answers_and_exits_0() {
+    requests_in_flight_finish_on("TERM").await;
+}
+
+/// Ctrl-C (SIGINT) is a graceful stop too (actix's own handling would stop at once).
+#[tokio::test]
+async fn ctrl_c_lets_the_requests_in_flight_finish_with_their_answers_and_exits_0() {
+    requests_in_flight_finish_on("INT").await;
+}
+
+async fn requests_in_flight_finish_on(signal: &str) {
+    const DEADLINE: Duration = Duration::from_secs(10);
+    const IN_FLIGHT_FOR: Duration = Duration::from_secs(3);
+    let ctx = TestContext::new().await;
+    let mut env = ctx.env.clone();
+    env.insert("WEBHOOK__INGEST__COMMIT_WRITERS".into(), "1".into());
+    env.insert(
+        "WEBHOOK__INGEST__SHUTDOWN_TIMEOUT_SECS".into(),
+        DEADLINE.as_secs().to_string(),
+    );
+    let topo = rabbit::topology(&ctx.settings());
+    let mut ingest = IngestProcess::start(&env).await;
+    unroute(&topo, "invoice.paid").await;
+    let pool = ctx.pool().await;
+    let (hold, blocked) = hold_the_only_writer(&pool, &ingest.url).await;
+    let checkouts: Vec<_> = (0..20)
+        .map(|_| signed_event("checkout.session.completed", "buyer@example.com"))
+        .collect();
+    let refused: Vec<_> = (0..3)
+        .map(|_| signed_event("invoice.paid", "buyer@example.com"))
+        .collect();
+    let burst: Vec<_> = checkouts.iter().chain(&refused).collect();
+    let answers: Vec<_> = burst
+        .iter()
+        .map(|e| try_post_in_background(&ingest.url, e))
+        .collect();
+    wait_commit_waiting(&ingest.url, burst.len()).await;
+
+    let signalled = std::time::Instant::now();
+    ingest.signal(signal);
+    wait_for(
+        "the ingest to stop accepting connections",
+        Duration::from_secs(5),
+        || async { (!ingest.accepts().await).then_some(()) },
+    )
+    .await;
+    let late = signed_event("checkout.session.completed", "buyer@example.com");
+    assert!(
+        try_post_in_background(&ingest.url, &late).await.unwrap().is_err(),
+        "a request after SIGTERM is not taken"
+    );
+    // The requests stay in flight, held by our transaction, for a while (longer than a forced
+    // shutdown takes): the process keeps running for them. Then let them go.
+    while signalled.elapsed() < IN_FLIGHT_FOR {
+        assert!(ingest.running(), "the ingest exited with requests in flight");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    hold.tx.rollback().await.unwrap();
+
+    let mut accepted = vec![hold.blocker.event_id.clone()];
+    let (status, _, body) = blocked.await.unwrap().expect("the blocker gets its answer");
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("accepted")),
+        "{body}"
+    );
+    for (event, answer) in burst.iter().zip(answers) {
+        let (status, retry_after, body) = answer
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{} in flight got no answer: {e}", event.event_id));
+        if refused.iter().any(|r| r.event_id == event.event_id) {
+            assert_eq!(status, 503, "{body}");
+            assert!(retry_after, "503 tells Stripe when to retry");
+        } else {
+            assert_eq!(
+                (status, body["status"].as_str()),
+                (200, Some("accepted")),
+                "{body}"
+            );
+            accepted.push(event.event_id.clone());
+        }
+    }
+    let released = signalled.elapsed();
+    let (code, _) = ingest.wait_exit(DEADLINE).await;
+    let took = signalled.elapsed();
+    eprintln!("SIGTERM: requests released after {released:?}, exit after {took:?}");
+    assert_eq!(code, Some(0), "the ingest exits 0 after SIGTERM");
+    assert!(
+        took < DEADLINE,
+        "exited {took:?} after SIGTERM, deadline {DEADLINE:?}"
+    );
+
+    // Nothing lost, nothing extra: exactly the accepted events, recorded and queued once.
+    accepted.sort();
+    let mut rows: Vec<String> =
+        sqlx::query_scalar("SELECT event_id FROM webhook_events WHERE status = 'queued'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    rows.sort();
+    assert_eq!(rows, accepted, "recorded: the accepted events, nothing else");
+    assert_eq!(stored(&pool).await as usize, accepted.len());
+    let mut queued = queued_ids(&topo.work_queue).await;
+    queued.sort();
+    assert_eq!(queued, accepted, "queued: each accepted event once, nothing else");
+    ctx.cleanup().await;
+}
+
+/// SIGTERM while a request cannot finish (its writer held past the shutdown deadline): the
+/// ingest still exits 0 at its deadline, the stuck request gets no 2xx, and its event is
+/// neither recorded nor queued (Stripe sends it again).
+#[tokio::test]
+async fn sigterm_with_a_request_stuck_past_the_deadline_exits_0_at_the_deadline_and_keeps_nothing_of_it() {
+    const DEADLINE: Duration = Duration::from_secs(2);
+    let ctx = TestContext::new().await;
+    let mut env = ctx.env.clone();
+    env.insert("WEBHOOK__INGEST__COMMIT_WRITERS".into(), "1".into());
+    env.insert(
+        "WEBHOOK__INGEST__SHUTDOWN_TIMEOUT_SECS".into(),
+        DEADLINE.as_secs().to_string(),
+    );
+    let topo = rabbit::topology(&ctx.settings());
+    let mut ingest = IngestProcess::start(&env).await;
+    let pool = ctx.pool().await;
+    let (hold, blocked) = hold_the_only_writer(&pool, &ingest.url).await;
+
+    let signalled = std::time::Instant::now();
+    ingest.signal("TERM");
+    let (code, _) = ingest.wait_exit(DEADLINE + Duration::from_secs(5)).await;
+    let took = signalled.elapsed();
+    assert_eq!(code, Some(0), "the ingest exits 0 after SIGTERM");
+    assert!(
+        took >= DEADLINE && took < DEADLINE + Duration::from_secs(3),
+        "exited {took:?} after SIGTERM: the in-flight request is given the deadline ({DEADLINE:?}), not more"
+    );
+    // No answer at all (the connection closed) is fine: Stripe sends the event again.
+    if let Ok((status, _, body)) = blocked.await.unwrap() {
+        assert!(!(200..300).contains(&status), "{status} {body}");
+    }
+    hold.tx.rollback().await.unwrap();
+    assert_eq!(stored(&pool).await, 0, "nothing recorded");
+    assert_eq!(rabbit::all_messages(&topo.work_queue).await, 0, "nothing queued");
     ctx.cleanup().await;
 }
 

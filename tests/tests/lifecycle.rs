@@ -367,3 +367,133 @@ async fn a_late_checkout_does_not_resurrect_a_canceled_subscription() {
     sandbox.stop().await;
     ctx.cleanup().await;
 }
+
+/// A cancellation of a subscription Lago has terminated already (by hand in Lago, or by an
+/// earlier attempt whose answer was lost): Lago's 404 counts as done. The job succeeds at its
+/// first attempt, writes its audit row once, and the account falls back to the free tier.
+#[tokio::test]
+async fn a_cancellation_lago_has_terminated_already_counts_as_done_once() {
+    use webhook_sandbox::Route;
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    let email = "gone-in-lago@example.com";
+    sandbox.state.add_user(SeedUser::new(email));
+    let settings = worker_settings(&ctx, &sandbox, &[("WORKER_RETRY_SCHEDULE", "1s")]);
+    let topo = rabbit::topology(&settings);
+    let worker = TestWorker::spawn(settings).await.ready().await;
+    let pool = ctx.pool().await;
+    let (sub, cus) = (format!("sub_gone_{}", ctx.id), format!("cus_gone_{}", ctx.id));
+    let t0 = webhook_core::unix_now() - 100;
+    let deliver = |id: &'static str, body: Vec<u8>| {
+        let (exchange, pool) = (topo.exchange.clone(), pool.clone());
+        async move {
+            let kind = webhook_tests::stripe::event_type(&body);
+            rabbit::publish(&exchange, &kind, &body, id).await;
+            wait_event_done(&pool, id).await
+        }
+    };
+    assert_eq!(
+        deliver(
+            "evt_t1",
+            checkout("evt_t1", t0, &sub, &cus, email, "professional")
+        )
+        .await,
+        "succeeded"
+    );
+
+    // Terminated in Lago directly.
+    let terminated = reqwest::Client::new()
+        .delete(format!("{}/api/v1/subscriptions/{sub}", sandbox.url))
+        .bearer_auth("lago-sandbox-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(terminated.status(), 200);
+    let lago_before = sandbox.subscriptions(&sub);
+    assert_eq!(lago_before.len(), 1);
+    assert_eq!(lago_before[0]["status"], "terminated");
+
+    let deleted = |id: &'static str| {
+        subscription(
+            id,
+            "customer.subscription.deleted",
+            t0 + 10,
+            &sub,
+            &cus,
+            "canceled",
+            "professional",
+        )
+    };
+    assert_eq!(deliver("evt_t2", deleted("evt_t2")).await, "succeeded");
+    assert_eq!(
+        sandbox.state.calls(Route::LagoTerminateSubscription),
+        2,
+        "the operator's and the worker's (answered 404)"
+    );
+    let (attempts,): (i32,) = sqlx::query_as("SELECT attempts FROM webhook_events WHERE event_id = 'evt_t2'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1, "done at the first attempt, not retried");
+    let errors: i64 = sqlx::query_scalar("SELECT count(*) FROM event_errors")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(errors, 0);
+    let rows: Vec<Value> = sqlx::query_scalar(
+        "SELECT details FROM audit_logs WHERE event_type = 'subscription.canceled' AND subject = $1",
+    )
+    .bind(email)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["stripe_event_id"], "evt_t2");
+    assert_eq!(
+        rows[0]["lago"],
+        json!({"action": "terminated", "status": "already_terminated"})
+    );
+    assert_eq!(
+        attr(&sandbox, email, "subscription_tier").as_deref(),
+        Some("free")
+    );
+    assert_eq!(
+        attr(&sandbox, email, "billing_status").as_deref(),
+        Some("canceled")
+    );
+
+    // Another copy of the cancellation changes nothing more.
+    assert!(matches!(
+        deliver("evt_t2", deleted("evt_t2")).await.as_str(),
+        "succeeded" | "skipped"
+    ));
+    let pool2 = pool.clone();
+    webhook_tests::wait_for("the copy's outcome", std::time::Duration::from_secs(30), || {
+        let pool = pool2.clone();
+        async move {
+            let n: i32 =
+                sqlx::query_scalar("SELECT outcome_attempt FROM webhook_events WHERE event_id = 'evt_t2'")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (n == 2).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(sandbox.state.calls(Route::LagoTerminateSubscription), 2);
+    assert_eq!(
+        sandbox.subscriptions(&sub),
+        lago_before,
+        "nothing re-created in Lago"
+    );
+    assert_eq!(
+        audits_of(&pool, &sub).await.len(),
+        2,
+        "the checkout's and the cancellation's"
+    );
+    assert!(rabbit::peek(&topo.dead_letter_queue).await.is_empty());
+
+    worker.stop().await;
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}

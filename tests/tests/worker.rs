@@ -1,12 +1,13 @@
 //! End to end: ingest → RabbitMQ → worker → sandbox (Keycloak + Lago) → Postgres, with the real
 //! services, a short retry schedule, and each test isolated (own database, queue prefix, sandbox).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
-use webhook_sandbox::{Fault, Route, SeedUser};
+use webhook_sandbox::{Fault, Route, SeedUser, Stall};
 use webhook_store::events::{ErrorRecord, EventStatus, Outcome};
 use webhook_store::{Commits, Store};
 use webhook_tests::ingest::TestIngest;
@@ -99,11 +100,11 @@ async fn paid_checkout_provisions_keycloak_lago_and_audit_and_keeps_other_attrib
     assert_eq!(audit[0]["tier"], "professional");
     assert_eq!(audit[0]["plan"], "professional_monthly");
     assert_eq!(audit[0]["lago_subscription_id"], subs[0]["lago_id"]);
-    // Nothing left on the queues.
-    assert_eq!(rabbit::depth(&topo.work_queue).await, 0);
-    assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 0);
 
     worker.stop().await;
+    // Nothing left on the queues, in flight included (counted once the worker is gone).
+    assert_eq!(rabbit::all_messages(&topo.work_queue).await, 0);
+    assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 0);
     ingest.stop().await;
     sandbox.stop().await;
     ctx.cleanup().await;
@@ -795,6 +796,922 @@ async fn outcomes_that_wait_for_a_writer_share_one_durable_write() {
         .unwrap();
     assert_eq!(attempt, 3);
     drop(writer);
+    ctx.cleanup().await;
+}
+
+/// A free port on 127.0.0.1, for a worker process's `WORKER_BIND`.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `webhook-worker` process, killed when dropped (a failing test leaves nothing running).
+struct WorkerProcess {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl WorkerProcess {
+    /// Starts the binary with exactly `env`, its health and metrics on a port of its own.
+    fn start(env: &HashMap<String, String>) -> Self {
+        let port = free_port();
+        let child = std::process::Command::new(bin_path("webhook-worker"))
+            .env_clear()
+            .envs(env)
+            .env("WORKER_BIND", format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start webhook-worker");
+        Self { child, port }
+    }
+
+    async fn ready(self) -> Self {
+        webhook_tests::wait_http_ok("worker process ready", &format!("{}/readyz", self.url())).await;
+        self
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The sum of every series of the family `name` whose labels contain all of `labels`
+    /// (e.g. `outcome="succeeded"`).
+    async fn metric_sum(&self, name: &str, labels: &[&str]) -> f64 {
+        metric_sum(&self.url(), name, labels).await
+    }
+
+    /// Sends SIGTERM and waits (up to 60 s) for the exit: its status and how long it took.
+    async fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
+        let sent = Instant::now();
+        let pid = self.child.id().to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let child = &mut self.child;
+        let status = wait_for(
+            "the worker process to exit on SIGTERM",
+            Duration::from_secs(60),
+            || {
+                let s = child.try_wait().unwrap();
+                async move { s }
+            },
+        )
+        .await;
+        (status, sent.elapsed())
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+async fn metric_sum(base_url: &str, name: &str, labels: &[&str]) -> f64 {
+    let text = reqwest::get(format!("{base_url}/metrics"))
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Migrations and topology, as a binary would do them at start.
+async fn declare(ctx: &TestContext) {
+    TestIngest::spawn(ctx.settings()).await.ready().await.stop().await;
+}
+
+/// What a subscription's history leaves behind, for comparing two runs of it: the account's
+/// Keycloak attributes, Lago's live subscriptions and the billing record (ids generated by the
+/// sandbox left out).
+async fn end_state(sandbox: &TestSandbox, pool: &PgPool, email: &str, sub: &str) -> Value {
+    let kc = sandbox.state.user_by_email(email).expect("the account");
+    let mut lago: Vec<Value> = sandbox
+        .subscriptions(sub)
+        .into_iter()
+        .filter(|s| s["status"] == "active" || s["status"] == "pending")
+        .map(|s| {
+            json!([
+                s["status"],
+                s["plan_code"],
+                s["next_plan_code"],
+                s["external_customer_id"]
+            ])
+        })
+        .collect();
+    lago.sort_by_key(Value::to_string);
+    let r = webhook_store::billing::subscription(pool, sub)
+        .await
+        .unwrap()
+        .expect("the billing record");
+    json!({
+        "keycloak": [kc["attributes"]["subscription_tier"], kc["attributes"]["billing_status"]],
+        "lago": lago,
+        "record": [r.status, r.tier, r.cycle, r.plan_code, r.invoice_status, r.lago_plan_code,
+                   r.lago_customer, r.account_email, r.bound_by, r.deleted_by, r.lago_terminated],
+    })
+}
+
+/// One subscription's history, two copies of each event, scrambled, applied by two worker
+/// processes at once: the subscription's lease makes their jobs take turns across processes,
+/// so the end state is that of in-order delivery, and every call the sandbox received is an
+/// effect the audit log records once (nothing was done twice by two processes at once).
+#[tokio::test]
+async fn two_worker_processes_applying_one_subscriptions_events_end_as_in_order_delivery() {
+    use webhook_tests::stripe::{checkout, invoice, subscription};
+    let email = "twins@example.com";
+    let (sub, cus, t0) = ("sub_twins", "cus_twins", webhook_core::unix_now() - 1000);
+    let updated = "customer.subscription.updated";
+    let history: Vec<(&str, Vec<u8>)> = vec![
+        ("evt_tw1", checkout("evt_tw1", t0, sub, cus, email, "starter")),
+        (
+            "evt_tw2",
+            subscription("evt_tw2", updated, t0 + 1, sub, cus, "active", "professional"),
+        ),
+        (
+            "evt_tw3",
+            subscription("evt_tw3", updated, t0 + 2, sub, cus, "past_due", "professional"),
+        ),
+        (
+            "evt_tw4",
+            invoice("evt_tw4", "invoice.paid", t0 + 3, "in_tw1", sub, cus),
+        ),
+        (
+            "evt_tw5",
+            subscription("evt_tw5", updated, t0 + 4, sub, cus, "active", "enterprise"),
+        ),
+        (
+            "evt_tw6",
+            invoice("evt_tw6", "invoice.payment_failed", t0 + 5, "in_tw2", sub, cus),
+        ),
+    ];
+
+    // In order, one at a time, through one worker: what the history must end in.
+    let expected = {
+        let ctx = TestContext::new().await;
+        let sandbox = TestSandbox::spawn().await;
+        sandbox.state.add_user(user(email, &[]));
+        let settings = worker_settings(&ctx, &sandbox, &[("WORKER_CONCURRENCY", "1")]);
+        let topo = rabbit::topology(&settings);
+        let worker = TestWorker::spawn(settings).await.ready().await;
+        let pool = ctx.pool().await;
+        for (id, body) in &history {
+            rabbit::publish(&topo.exchange, &webhook_tests::stripe::event_type(body), body, id).await;
+            webhook_tests::wait_event_done(&pool, id).await;
+        }
+        let end = end_state(&sandbox, &pool, email, sub).await;
+        worker.stop().await;
+        sandbox.stop().await;
+        ctx.cleanup().await;
+        end
+    };
+    assert_eq!(
+        expected["keycloak"],
+        json!([["enterprise"], ["past_due"]]),
+        "{expected}"
+    );
+
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(user(email, &[]));
+    // Every call takes a moment, so that the jobs of the two processes overlap.
+    sandbox.state.set_latency(None, Duration::from_millis(50));
+    declare(&ctx).await;
+    let topo = rabbit::topology(&ctx.settings());
+    let pool = ctx.pool().await;
+    let env = binary_env(&ctx, &sandbox, &[("WORKER_CONCURRENCY", "4")]);
+    let workers = [
+        WorkerProcess::start(&env).ready().await,
+        WorkerProcess::start(&env).ready().await,
+    ];
+    // Newest first, then every event again in order: RabbitMQ hands them out to both.
+    let order = [5, 2, 4, 0, 3, 1, 0, 1, 2, 3, 4, 5];
+    for i in order {
+        let (id, body) = &history[i];
+        rabbit::publish(&topo.exchange, &webhook_tests::stripe::event_type(body), body, id).await;
+    }
+    wait_for("all twelve deliveries to finish", LONG * 2, || async {
+        let mut finished = 0.0;
+        let mut in_flight = 0.0;
+        for w in &workers {
+            finished += w
+                .metric_sum("webhook_worker_jobs_total", &["outcome=\"succeeded\""])
+                .await
+                + w.metric_sum("webhook_worker_jobs_total", &["outcome=\"skipped\""])
+                    .await;
+            in_flight += w.metric_sum("webhook_worker_jobs_in_flight", &[]).await;
+        }
+        (finished == 12.0 && in_flight == 0.0).then_some(())
+    })
+    .await;
+
+    assert_eq!(end_state(&sandbox, &pool, email, sub).await, expected);
+    for w in &workers {
+        assert!(
+            w.metric_sum("webhook_worker_jobs_total", &[]).await > 0.0,
+            "both processes took jobs"
+        );
+        assert_eq!(
+            w.metric_sum("webhook_worker_jobs_total", &["outcome=\"dead_lettered\""])
+                .await,
+            0.0
+        );
+    }
+    assert_eq!(
+        sandbox.state.calls(Route::LagoCreateCustomer),
+        1,
+        "one customer upsert"
+    );
+    let doubled: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT details->>'stripe_event_id', count(*) FROM audit_logs GROUP BY 1 HAVING count(*) > 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(doubled, [], "one audit row per event at most");
+    // Each call the sandbox received is an effect one audit row records: no call was made by a
+    // job that did not finish, or twice by two jobs at once.
+    let audited = |condition: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM audit_logs WHERE {condition}"
+            )))
+            .fetch_one(&pool)
+            .await
+            .unwrap() as u64
+        }
+    };
+    assert_eq!(
+        sandbox.state.calls(Route::LagoCreateSubscription),
+        audited("details->'lago'->>'action' = 'assigned'").await,
+        "Lago subscription calls = plans assigned in the audit log"
+    );
+    assert_eq!(
+        sandbox.state.calls(Route::KeycloakPutUser),
+        audited("jsonb_path_exists(details, '$.keycloak[*] ? (@.written == true)')").await,
+        "Keycloak writes = writes in the audit log"
+    );
+    assert!(rabbit::peek(&topo.dead_letter_queue).await.is_empty());
+
+    for w in workers {
+        let (status, _) = w.terminate().await;
+        assert!(status.success(), "{status:?}");
+    }
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}
+
+/// A job that waits for a lease another worker process holds goes to the first retry tier
+/// without spending a retry: with a one-tier schedule, the same job failing once more after
+/// it got the lease still has its retry (it would be dead-lettered had the wait spent it).
+#[tokio::test]
+async fn waiting_for_another_processs_lease_spends_no_retry() {
+    use webhook_tests::stripe::{checkout, subscription};
+    let email = "turns@example.com";
+    let (sub, cus, t0) = ("sub_turns", "cus_turns", webhook_core::unix_now() - 1000);
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(user(email, &[]));
+    declare(&ctx).await;
+    let topo = rabbit::topology(&ctx.settings());
+    let pool = ctx.pool().await;
+    // One job per process (so a second job goes to the other process); a lease of 1 s, so a
+    // waiting job gives up after 6 s; one retry tier; no quick retries.
+    let env = binary_env(
+        &ctx,
+        &sandbox,
+        &[
+            ("WORKER_CONCURRENCY", "1"),
+            ("WEBHOOK__WORKER__LEASE_SECS", "1"),
+            ("WORKER_RETRY_SCHEDULE", "1s"),
+            ("WEBHOOK__WORKER__INLINE_RETRIES", "0"),
+        ],
+    );
+    let workers = [
+        WorkerProcess::start(&env).ready().await,
+        WorkerProcess::start(&env).ready().await,
+    ];
+    let publish = |id: &'static str, body: Vec<u8>| {
+        let exchange = topo.exchange.clone();
+        async move {
+            rabbit::publish(&exchange, &webhook_tests::stripe::event_type(&body), &body, id).await;
+        }
+    };
+    publish("evt_tn1", checkout("evt_tn1", t0, sub, cus, email, "starter")).await;
+    assert_eq!(
+        webhook_tests::wait_event_done(&pool, "evt_tn1").await,
+        "succeeded"
+    );
+
+    // The first update holds the lease for 8 s (a slow Keycloak), after its Lago call.
+    sandbox
+        .state
+        .set_latency(Some(Route::KeycloakPutUser), Duration::from_secs(8));
+    let puts = sandbox.state.calls(Route::KeycloakPutUser);
+    let updated = "customer.subscription.updated";
+    publish(
+        "evt_tn2",
+        subscription("evt_tn2", updated, t0 + 1, sub, cus, "active", "professional"),
+    )
+    .await;
+    wait_for("the first update to hold the lease", LONG, || async {
+        (sandbox.state.calls(Route::KeycloakPutUser) > puts).then_some(())
+    })
+    .await;
+    let mut busy = None;
+    for (i, w) in workers.iter().enumerate() {
+        if w.metric_sum("webhook_worker_jobs_in_flight", &[]).await == 1.0 {
+            busy = Some(i);
+        }
+    }
+    let other = &workers[1 - busy.expect("one process runs the first update")];
+    // The next Lago call fails once: the second update's own failure, after its wait.
+    sandbox.state.clear_faults();
+    sandbox.state.inject_fault(Fault {
+        route: Route::LagoCreateSubscription,
+        status: 500,
+        count: 1,
+        retry_after_secs: None,
+        body: None,
+    });
+    publish(
+        "evt_tn3",
+        subscription("evt_tn3", updated, t0 + 2, sub, cus, "active", "enterprise"),
+    )
+    .await;
+    wait_for("the second update to give up waiting", LONG, || async {
+        (other
+            .metric_sum("webhook_worker_jobs_total", &["outcome=\"retry_scheduled\""])
+            .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+
+    assert_eq!(
+        webhook_tests::wait_event_done(&pool, "evt_tn2").await,
+        "succeeded"
+    );
+    assert_eq!(
+        webhook_tests::wait_event_done(&pool, "evt_tn3").await,
+        "succeeded"
+    );
+    let errors: Vec<(i32, String, String)> = sqlx::query_as(
+        "SELECT attempt, step, action FROM event_errors WHERE event_id = 'evt_tn3' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        errors.len() >= 2 && errors.iter().all(|(attempt, _, _)| *attempt == 1),
+        "every failure of the job happened with no retry spent: {errors:?}"
+    );
+    assert_eq!(
+        (errors[0].1.as_str(), errors[0].2.as_str()),
+        ("subscription_lease", "retry_scheduled"),
+        "{errors:?}"
+    );
+    assert_eq!(
+        errors
+            .last()
+            .map(|(_, step, action)| (step.as_str(), action.as_str())),
+        Some(("lago_subscription", "retry_scheduled")),
+        "{errors:?}"
+    );
+    let kc = sandbox.state.user_by_email(email).unwrap();
+    assert_eq!(kc["attributes"]["subscription_tier"], json!(["enterprise"]));
+    let live: Vec<Value> = sandbox
+        .subscriptions(sub)
+        .into_iter()
+        .filter(|s| s["status"] == "active")
+        .collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0]["plan_code"], "enterprise_monthly");
+    assert!(rabbit::peek(&topo.dead_letter_queue).await.is_empty());
+    for w in workers {
+        let (status, _) = w.terminate().await;
+        assert!(status.success(), "{status:?}");
+    }
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}
+
+/// SIGTERM with jobs in flight: the process stops taking messages, lets its jobs finish and
+/// exits 0; a job that cannot finish within `worker.shutdown_timeout_secs` goes back to the
+/// queue unacked, and the next worker completes it once. Nothing is lost or done twice.
+#[tokio::test]
+async fn sigterm_lets_jobs_in_flight_finish_returns_the_rest_and_exits_0_in_time() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    let emails: Vec<String> = (0..5).map(|i| format!("term{i}@example.com")).collect();
+    for e in &emails {
+        sandbox.state.add_user(user(e, &[]));
+    }
+    declare(&ctx).await;
+    let topo = rabbit::topology(&ctx.settings());
+    let pool = ctx.pool().await;
+    let events: Vec<_> = emails
+        .iter()
+        .map(|e| signed_event("checkout.session.completed", e))
+        .collect();
+    for e in &events {
+        rabbit::publish(&topo.exchange, "checkout.session.completed", &e.body, &e.event_id).await;
+    }
+    let status_of = |i: usize| {
+        let (pool, id) = (pool.clone(), events[i].event_id.clone());
+        async move { webhook_tests::event_status(&pool, &id).await }
+    };
+    let puts = || sandbox.state.calls(Route::KeycloakPutUser);
+
+    // 1. Three jobs in flight (each 1.5 s in its Keycloak update), two waiting in the queue.
+    sandbox
+        .state
+        .set_latency(Some(Route::KeycloakPutUser), Duration::from_millis(1500));
+    let worker = WorkerProcess::start(&binary_env(
+        &ctx,
+        &sandbox,
+        &[
+            ("WORKER_CONCURRENCY", "3"),
+            ("WEBHOOK__WORKER__SHUTDOWN_TIMEOUT_SECS", "5"),
+        ],
+    ));
+    wait_for("three jobs in flight", LONG, || async {
+        (puts() == 3).then_some(())
+    })
+    .await;
+    let (status, took) = worker.terminate().await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "exited within the shutdown timeout: {took:?}"
+    );
+    let mut finished = Vec::new();
+    let mut untouched = Vec::new();
+    for i in 0..events.len() {
+        match status_of(i).await.as_deref() {
+            Some("succeeded") => finished.push(i),
+            None => untouched.push(i),
+            other => panic!("event {i} is {other:?} after the shutdown"),
+        }
+    }
+    assert_eq!(finished.len(), 3, "the jobs in flight finished");
+    assert_eq!(untouched.len(), 2, "the others were never taken");
+    assert_eq!(rabbit::depth(&topo.work_queue).await, 2, "still queued");
+    assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 3);
+
+    // 2. Two jobs that cannot finish within the shutdown timeout (2 s): returned unacked.
+    sandbox
+        .state
+        .set_latency(Some(Route::KeycloakPutUser), Duration::from_secs(30));
+    let worker = WorkerProcess::start(&binary_env(
+        &ctx,
+        &sandbox,
+        &[
+            ("WORKER_CONCURRENCY", "3"),
+            ("WEBHOOK__WORKER__SHUTDOWN_TIMEOUT_SECS", "2"),
+            // The aborted jobs' leases are not given back: they expire after 2 s.
+            ("WEBHOOK__WORKER__LEASE_SECS", "2"),
+        ],
+    ));
+    wait_for("the two others in flight", LONG, || async {
+        (puts() == 5).then_some(())
+    })
+    .await;
+    let lago_before = sandbox.state.snapshot()["subscriptions"].clone();
+    let (status, took) = worker.terminate().await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+        "waited for the jobs up to the shutdown timeout (2 s), then exited: {took:?}"
+    );
+    for &i in &untouched {
+        assert_ne!(status_of(i).await.as_deref(), Some("succeeded"));
+    }
+    let work_queue = topo.work_queue.clone();
+    wait_for("the unfinished jobs back on the work queue", LONG, || async {
+        (rabbit::depth(&work_queue).await == 2).then_some(())
+    })
+    .await;
+    for tier in &topo.retry_tiers {
+        assert_eq!(rabbit::depth(&tier.queue).await, 0, "not sent to a retry tier");
+    }
+
+    // 3. The next worker completes them, once.
+    sandbox.state.clear_faults();
+    let worker = WorkerProcess::start(&binary_env(
+        &ctx,
+        &sandbox,
+        &[("WEBHOOK__WORKER__LEASE_SECS", "2")],
+    ));
+    for &i in &untouched {
+        webhook_tests::wait_event_status(&pool, &events[i].event_id, "succeeded").await;
+    }
+    assert_eq!(
+        sandbox.state.snapshot()["subscriptions"],
+        lago_before,
+        "Lago unchanged by the redelivery: not doubled, not replaced (same lago_id)"
+    );
+    for (e, email) in events.iter().zip(&emails) {
+        assert_eq!(
+            sandbox.subscriptions(&session_subscription_id(&e.event_id)).len(),
+            1,
+            "{email}"
+        );
+        assert_eq!(audit_rows(&pool, email).await.len(), 1, "{email}");
+        let kc = sandbox.state.user_by_email(email).unwrap();
+        assert_eq!(kc["attributes"]["subscription_tier"], json!(["professional"]));
+    }
+    let errors: i64 = sqlx::query_scalar("SELECT count(*) FROM event_errors")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(errors, 0, "no failure recorded: a shutdown is not a failure");
+    assert!(rabbit::peek(&topo.dead_letter_queue).await.is_empty());
+    let (status, _) = worker.terminate().await;
+    assert!(status.success(), "{status:?}");
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}
+
+/// Keycloak and Lago calls that time out (the sandbox holds them past the worker's 500 ms
+/// timeout) are retried: in process first, then through a retry tier; the job completes once.
+#[tokio::test]
+async fn keycloak_and_lago_timeouts_are_retried_and_the_job_completes_once() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(user("slow@example.com", &[]));
+    let stall = |route, count| Stall {
+        route,
+        count,
+        delay_ms: 1_500,
+    };
+    // The lookup and the tier update time out once (the quick retry recovers); the Lago
+    // subscription twice (the quick retry times out too: a broker retry tier).
+    sandbox.state.inject_stall(stall(Route::KeycloakSearchUsers, 1));
+    sandbox
+        .state
+        .inject_stall(stall(Route::LagoCreateSubscription, 2));
+    sandbox.state.inject_stall(stall(Route::KeycloakPutUser, 1));
+    let settings = worker_settings(
+        &ctx,
+        &sandbox,
+        &[
+            ("WEBHOOK__KEYCLOAK__TIMEOUT_MS", "500"),
+            ("WEBHOOK__LAGO__TIMEOUT_MS", "500"),
+            ("WEBHOOK__WORKER__INLINE_RETRIES", "1"),
+        ],
+    );
+    let topo = rabbit::topology(&settings);
+    let worker = TestWorker::spawn(settings).await.ready().await;
+    let pool = ctx.pool().await;
+    let event = signed_event("checkout.session.completed", "slow@example.com");
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        &event.body,
+        &event.event_id,
+    )
+    .await;
+
+    assert_eq!(
+        webhook_tests::wait_event_done(&pool, &event.event_id).await,
+        "succeeded"
+    );
+    let (attempts,): (i32,) = sqlx::query_as("SELECT attempts FROM webhook_events WHERE event_id = $1")
+        .bind(&event.event_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 2, "the first delivery and one broker retry");
+    let errors: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT step, action, error FROM event_errors WHERE event_id = $1 ORDER BY id")
+            .bind(&event.event_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        (errors[0].0.as_str(), errors[0].1.as_str()),
+        ("lago_subscription", "retry_scheduled")
+    );
+    assert!(errors[0].2.contains("timed out"), "{errors:?}");
+    assert_eq!(
+        sandbox.state.calls(Route::KeycloakSearchUsers),
+        2,
+        "one timeout, one answer"
+    );
+    assert_eq!(
+        sandbox.state.calls(Route::LagoCreateSubscription),
+        3,
+        "two timeouts, one answer"
+    );
+    assert_eq!(
+        sandbox.state.calls(Route::KeycloakPutUser),
+        2,
+        "one timeout, one answer"
+    );
+    let url = format!("http://127.0.0.1:{}", worker.port);
+    assert_eq!(
+        webhook_tests::metric(
+            &url,
+            "webhook_worker_downstream_requests_total{operation=\"create_subscription\",service=\"lago\",status=\"error\"}"
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        sandbox
+            .subscriptions(&session_subscription_id(&event.event_id))
+            .len(),
+        1
+    );
+    assert_eq!(audit_rows(&pool, "slow@example.com").await.len(), 1);
+    let kc = sandbox.state.user_by_email("slow@example.com").unwrap();
+    assert_eq!(kc["attributes"]["subscription_tier"], json!(["professional"]));
+    worker.stop().await;
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}
+
+/// `429` with `Retry-After`, through the real worker: a short one is waited in process (no
+/// broker retry), a longer one than the quick retries may wait sends the message to a retry
+/// tier at least that long. The sandbox's arrival times show each wait; each job completes once.
+#[tokio::test]
+async fn a_429_retry_after_is_waited_in_process_or_through_a_long_enough_tier() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(user("rate@example.com", &[]));
+    sandbox.state.add_user(user("limit@example.com", &[]));
+    // Quick retries wait up to 3 s; the broker tiers are 1 s and 5 s.
+    let settings = worker_settings(
+        &ctx,
+        &sandbox,
+        &[
+            ("WEBHOOK__WORKER__INLINE_RETRIES", "2"),
+            ("WEBHOOK__WORKER__INLINE_RETRY_MAX_MS", "3000"),
+            ("WORKER_RETRY_SCHEDULE", "1s,5s"),
+        ],
+    );
+    let topo = rabbit::topology(&settings);
+    let worker = TestWorker::spawn(settings).await.ready().await;
+    let pool = ctx.pool().await;
+    let too_many = |route, secs| Fault {
+        route,
+        status: 429,
+        count: 1,
+        retry_after_secs: Some(secs),
+        body: None,
+    };
+    let attempts_and_errors = |id: String| {
+        let pool = pool.clone();
+        async move {
+            let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM webhook_events WHERE event_id = $1")
+                .bind(&id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            let errors: Vec<(String, String)> =
+                sqlx::query_as("SELECT step, action FROM event_errors WHERE event_id = $1 ORDER BY id")
+                    .bind(&id)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            (attempts, errors)
+        }
+    };
+    let gap = |route| {
+        let arrivals = sandbox.state.arrivals(route);
+        let n = arrivals.len();
+        assert!(n >= 2, "{route:?} called {n} times");
+        arrivals[n - 1] - arrivals[n - 2]
+    };
+
+    // Keycloak: Retry-After 1 s, within the quick retries' bound.
+    sandbox
+        .state
+        .inject_fault(too_many(Route::KeycloakSearchUsers, 1));
+    let first = signed_event("checkout.session.completed", "rate@example.com");
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        &first.body,
+        &first.event_id,
+    )
+    .await;
+    assert_eq!(
+        webhook_tests::wait_event_done(&pool, &first.event_id).await,
+        "succeeded"
+    );
+    let waited = gap(Route::KeycloakSearchUsers);
+    assert!(waited >= Duration::from_secs(1), "retried after {waited:?}");
+    assert_eq!(
+        attempts_and_errors(first.event_id.clone()).await,
+        (1, vec![]),
+        "waited in process: no broker retry"
+    );
+
+    // Lago: Retry-After 4 s, longer than the quick retries may wait: the 5 s tier, not the 1 s.
+    sandbox
+        .state
+        .inject_fault(too_many(Route::LagoCreateSubscription, 4));
+    let second = signed_event("checkout.session.completed", "limit@example.com");
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        &second.body,
+        &second.event_id,
+    )
+    .await;
+    assert_eq!(
+        webhook_tests::wait_event_done(&pool, &second.event_id).await,
+        "succeeded"
+    );
+    let waited = gap(Route::LagoCreateSubscription);
+    assert!(waited >= Duration::from_secs(4), "retried after {waited:?}");
+    assert_eq!(
+        attempts_and_errors(second.event_id.clone()).await,
+        (
+            2,
+            vec![("lago_subscription".to_string(), "retry_scheduled".to_string())]
+        ),
+        "one broker retry"
+    );
+
+    assert_eq!(sandbox.state.calls(Route::KeycloakSearchUsers), 3);
+    assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 3);
+    for (e, email) in [(&first, "rate@example.com"), (&second, "limit@example.com")] {
+        assert_eq!(
+            sandbox.subscriptions(&session_subscription_id(&e.event_id)).len(),
+            1
+        );
+        assert_eq!(audit_rows(&pool, email).await.len(), 1);
+    }
+    worker.stop().await;
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}
+
+/// The worker's `/readyz` names the dependency that is down (each cut in turn through a proxy)
+/// and comes back by itself; `/metrics` serves every family, also while Postgres is down, and
+/// its counters move with a processed job.
+#[tokio::test]
+async fn readyz_names_the_dependency_that_is_down_and_metrics_move_with_a_job() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(user("ready@example.com", &[]));
+    let pg = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let amqp = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let db_url = ctx
+        .database_url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", pg.port));
+    let amqp_url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", amqp.port);
+    let settings = worker_settings(
+        &ctx,
+        &sandbox,
+        &[("DATABASE_URL", &db_url), ("AMQP_URL", &amqp_url)],
+    );
+    let topo = rabbit::topology(&settings);
+    let worker = TestWorker::spawn(settings).await.ready().await;
+    let url = format!("http://127.0.0.1:{}", worker.port);
+    let readyz = || {
+        let url = url.clone();
+        async move {
+            let r = reqwest::get(format!("{url}/readyz")).await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let ready_as = |want: (u16, &'static str, &'static str)| {
+        let readyz = &readyz;
+        async move {
+            wait_for(&format!("/readyz to be {want:?}"), LONG, || async {
+                let (status, body) = readyz().await;
+                let got = (status, body["postgres"].as_str()?, body["rabbitmq"].as_str()?);
+                (got == (want.0, want.1, want.2)).then_some(body)
+            })
+            .await
+        }
+    };
+    let body = ready_as((200, "up", "up")).await;
+    assert_eq!(body["status"], "ready");
+
+    // A processed job moves the counters.
+    let series = |s: &str| s.to_owned();
+    let job =
+        series("webhook_worker_jobs_total{event_type=\"checkout.session.completed\",outcome=\"succeeded\"}");
+    let lago_call = series(
+        "webhook_worker_downstream_requests_total{operation=\"create_subscription\",service=\"lago\",status=\"200\"}",
+    );
+    let duration =
+        series("webhook_worker_job_duration_seconds_count{event_type=\"checkout.session.completed\"}");
+    let step = series("webhook_worker_step_duration_seconds_count{step=\"lago_customer\"}");
+    for s in [&job, &lago_call, &duration, &step] {
+        assert_eq!(webhook_tests::metric(&url, s).await, 0.0, "{s} before the job");
+    }
+    let event = signed_event("checkout.session.completed", "ready@example.com");
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        &event.body,
+        &event.event_id,
+    )
+    .await;
+    wait_event_status(&ctx.pool().await, &event.event_id, "succeeded").await;
+    wait_for("the job's counters", LONG, || async {
+        (webhook_tests::metric(&url, &job).await == 1.0).then_some(())
+    })
+    .await;
+    for s in [&lago_call, &duration, &step] {
+        assert_eq!(webhook_tests::metric(&url, s).await, 1.0, "{s} after the job");
+    }
+    let depth = format!("webhook_worker_queue_depth{{queue=\"{}\"}}", topo.work_queue);
+    wait_for("the sampled work queue depth", LONG, || async {
+        let text = reqwest::get(format!("{url}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines().any(|l| l.starts_with(&depth)).then_some(())
+    })
+    .await;
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in [
+        "webhook_worker_jobs_total",
+        "webhook_worker_job_duration_seconds",
+        "webhook_worker_step_duration_seconds",
+        "webhook_worker_downstream_requests_total",
+        "webhook_worker_downstream_duration_seconds",
+        "webhook_worker_queue_depth",
+        "webhook_worker_jobs_in_flight",
+        "webhook_worker_broker_connected",
+        "webhook_worker_outcome_batch_size",
+        "webhook_worker_keycloak_attribute_dropped_total",
+        "webhook_worker_keycloak_accounts_missing_total",
+        "webhook_worker_jobs_held",
+        "webhook_worker_queue_missing",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} missing:\n{text}"
+        );
+    }
+    assert_eq!(
+        webhook_tests::metric(&url, "webhook_worker_broker_connected").await,
+        1.0
+    );
+    assert_eq!(
+        webhook_tests::metric(&url, "webhook_worker_jobs_in_flight").await,
+        0.0
+    );
+
+    // Postgres down: named; metrics still served.
+    pg.cut();
+    let body = ready_as((503, "down", "up")).await;
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(
+        webhook_tests::metric(&url, &job).await,
+        1.0,
+        "/metrics without Postgres"
+    );
+    pg.restore();
+    ready_as((200, "up", "up")).await;
+
+    // RabbitMQ down: named; the connection comes back by itself.
+    amqp.cut();
+    ready_as((503, "up", "down")).await;
+    assert_eq!(
+        webhook_tests::metric(&url, "webhook_worker_broker_connected").await,
+        0.0
+    );
+    amqp.restore();
+    ready_as((200, "up", "up")).await;
+
+    worker.stop().await;
+    sandbox.stop().await;
     ctx.cleanup().await;
 }
 

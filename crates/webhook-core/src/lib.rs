@@ -24,6 +24,21 @@ pub use envelope::{Envelope, EnvelopeError, EventId, VerifiedEvent};
 pub use settings::Settings;
 pub use signature::{SignatureError, SignatureVerifier, VerifiedPayload};
 
+/// Resolves on SIGTERM or SIGINT (Ctrl-C): both mean "stop gracefully" for the servers.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 /// Current unix time in seconds.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()

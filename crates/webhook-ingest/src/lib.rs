@@ -116,7 +116,10 @@ impl Application {
         // Slow-loris: a client must finish its request head within this time.
         .client_request_timeout(Duration::from_secs(settings.ingest.header_timeout_secs))
         .client_disconnect_timeout(Duration::from_secs(1))
-        .shutdown_timeout(settings.ingest.shutdown_timeout_secs);
+        .shutdown_timeout(settings.ingest.shutdown_timeout_secs)
+        // actix stops at once on SIGINT (Ctrl-C); both signals are handled in
+        // `run_until_stopped` instead, as a graceful stop.
+        .disable_signals();
         if settings.ingest.workers > 0 {
             server = server.workers(settings.ingest.workers);
         }
@@ -135,7 +138,18 @@ impl Application {
 
     /// Serves until stopped (SIGTERM, Ctrl-C or the handle): in-flight requests finish first.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.server.await?;
+        let handle = self.server.handle();
+        let server = self.server;
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result?,
+            _ = webhook_core::shutdown_signal() => {
+                tracing::info!("shutdown signal received; finishing in-flight requests");
+                // The server future processes the stop command: poll both.
+                let ((), result) = tokio::join!(handle.stop(true), server);
+                result?;
+            }
+        }
         self.broker.close().await;
         tracing::info!("webhook-ingest stopped");
         Ok(())

@@ -1,5 +1,5 @@
 //! The sandbox's own endpoints, without authentication: inspect the state, seed users, inject
-//! faults and latency. They let a test in another process (or a person with curl) do what
+//! faults, stalls and latency. They let a test in another process (or a person with curl) do what
 //! in-process tests do through [`SandboxState`].
 
 use std::time::Duration;
@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::config::SeedUser;
-use crate::faults::{Fault, Route};
+use crate::faults::{Fault, Route, Stall};
 use crate::state::SandboxState;
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
@@ -20,6 +20,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/_sandbox/users", web::post().to(add_user))
         .route("/_sandbox/faults", web::post().to(add_fault))
         .route("/_sandbox/faults", web::delete().to(clear_faults))
+        .route("/_sandbox/stalls", web::post().to(add_stall))
         .route("/_sandbox/latency", web::post().to(set_latency))
         .route("/_sandbox/tokens/expire", web::post().to(expire_tokens));
 }
@@ -54,6 +55,16 @@ async fn add_fault(state: web::Data<SandboxState>, body: web::Bytes) -> HttpResp
     }
     state.inject_fault(fault);
     HttpResponse::NoContent().finish()
+}
+
+async fn add_stall(state: web::Data<SandboxState>, body: web::Bytes) -> HttpResponse {
+    match parse::<Stall>(&body) {
+        Ok(stall) => {
+            state.inject_stall(stall);
+            HttpResponse::NoContent().finish()
+        }
+        Err(message) => bad_request(message),
+    }
 }
 
 async fn clear_faults(state: web::Data<SandboxState>) -> HttpResponse {

@@ -1,6 +1,6 @@
 //! Fault injection and latency, so tests can exercise the worker's retry paths: the next N calls
 //! of a route answer a chosen status (with a realistic body for that API and an optional
-//! `Retry-After`), and any route can be slowed down.
+//! `Retry-After`) or stall until the client times out, and any route can be slowed down.
 //!
 //! A faulted call is counted but changes no state, like a proxy or overloaded server refusing it
 //! before the application sees it; that is also why faults are checked before authentication.
@@ -77,11 +77,25 @@ fn one() -> u32 {
     1
 }
 
+/// "Hold the next `count` calls of `route` for `delay_ms`, then answer 504 without handling
+/// them": an overloaded server behind a gateway. A client whose timeout is shorter than the
+/// delay gives up first, so it sees a timeout of a call that changed nothing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stall {
+    pub route: Route,
+    #[serde(default = "one")]
+    pub count: u32,
+    pub delay_ms: u64,
+}
+
 /// Pending faults and configured latencies.
 #[derive(Debug, Default)]
 pub(crate) struct FaultBook {
     /// In injection order: two faults for one route play one after the other.
     pending: Vec<Fault>,
+    /// In injection order, like `pending`; a call that stalls takes no fault.
+    stalls: Vec<Stall>,
     every_route: Option<Duration>,
     per_route: HashMap<Route, Duration>,
 }
@@ -91,6 +105,24 @@ impl FaultBook {
         if fault.count > 0 {
             self.pending.push(fault);
         }
+    }
+
+    pub(crate) fn push_stall(&mut self, stall: Stall) {
+        if stall.count > 0 {
+            self.stalls.push(stall);
+        }
+    }
+
+    /// Consumes one use of the oldest stall for `route`; its delay.
+    pub(crate) fn take_stall(&mut self, route: Route) -> Option<Duration> {
+        let index = self.stalls.iter().position(|s| s.route == route)?;
+        let stall = &mut self.stalls[index];
+        stall.count -= 1;
+        let delay = Duration::from_millis(stall.delay_ms);
+        if stall.count == 0 {
+            self.stalls.remove(index);
+        }
+        Some(delay)
     }
 
     /// Consumes one use of the oldest fault for `route`.
@@ -130,6 +162,7 @@ impl FaultBook {
     pub(crate) fn snapshot(&self) -> Value {
         json!({
             "pending": self.pending,
+            "stalls": self.stalls,
             "latency_ms": {
                 "every_route": self.every_route.map(|d| d.as_millis() as u64),
                 "per_route": self.per_route.iter()
@@ -155,6 +188,11 @@ pub(crate) fn response(fault: &Fault) -> HttpResponse {
         .clone()
         .unwrap_or_else(|| default_body(fault.route, status));
     builder.json(body)
+}
+
+/// The answer to a call that stalled: a gateway's timeout, in the API's error shape.
+pub(crate) fn stalled(route: Route) -> HttpResponse {
+    HttpResponse::GatewayTimeout().json(default_body(route, StatusCode::GATEWAY_TIMEOUT))
 }
 
 /// What the real API sends for `status` on that route, so a client's error parsing is exercised
@@ -222,6 +260,27 @@ mod tests {
             .map(|f| f.status)
             .collect();
         assert_eq!(statuses, [503, 503, 429]);
+    }
+
+    #[test]
+    fn stalls_fire_count_times_in_order_and_only_on_their_route() {
+        let mut book = FaultBook::default();
+        let stall = |route, count, delay_ms| Stall {
+            route,
+            count,
+            delay_ms,
+        };
+        book.push_stall(stall(Route::LagoGetCustomer, 2, 300));
+        book.push_stall(stall(Route::LagoGetCustomer, 1, 50));
+        book.push_stall(stall(Route::KeycloakToken, 0, 10));
+        assert!(book.take_stall(Route::KeycloakToken).is_none());
+        let delays: Vec<_> = std::iter::from_fn(|| book.take_stall(Route::LagoGetCustomer))
+            .map(|d| d.as_millis())
+            .collect();
+        assert_eq!(delays, [300, 300, 50]);
+        book.push_stall(stall(Route::KeycloakGetUser, 1, 10));
+        book.clear();
+        assert!(book.take_stall(Route::KeycloakGetUser).is_none());
     }
 
     #[test]

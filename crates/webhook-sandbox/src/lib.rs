@@ -12,7 +12,7 @@
 //! - [`state`]: [`SandboxState`], all data behind one mutex, and the inspection API for tests.
 //! - `keycloak`: token endpoint and Admin REST users (search, get, full-replace update).
 //! - `lago`: customers, plans and subscriptions under `/api/v1`.
-//! - [`faults`]: injected error responses and latency per [`Route`].
+//! - [`faults`]: injected error responses, stalls and latency per [`Route`].
 //! - `control`: `/_sandbox/*` endpoints (state dump, seeding, faults) and `/healthz`.
 
 pub mod cli;
@@ -30,7 +30,7 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 
 pub use config::{SandboxConfig, SeedPlan, SeedUser, UnmanagedPolicy};
-pub use faults::{Fault, Route};
+pub use faults::{Fault, Route, Stall};
 pub use state::SandboxState;
 
 /// A built, bound, not yet running sandbox.

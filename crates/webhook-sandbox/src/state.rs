@@ -13,7 +13,7 @@ use actix_web::HttpResponse;
 use serde_json::{Value, json};
 
 use crate::config::{SandboxConfig, SeedUser};
-use crate::faults::{self, Fault, FaultBook, Route};
+use crate::faults::{self, Fault, FaultBook, Route, Stall};
 use crate::keycloak::users::{Profile, User, View};
 use crate::lago::customers::Customer;
 use crate::lago::plans::Plan;
@@ -44,6 +44,9 @@ pub(crate) struct Data {
     pub(crate) subscriptions: Vec<Subscription>,
     pub(crate) faults: FaultBook,
     pub(crate) calls: HashMap<Route, u64>,
+    /// When each call arrived, per route: lets a test measure the wait between a refused call
+    /// and its retry (a `Retry-After` honoured) from the server's side.
+    pub(crate) arrivals: HashMap<Route, Vec<Instant>>,
 }
 
 impl SandboxState {
@@ -87,15 +90,31 @@ impl SandboxState {
     }
 
     /// Called first by every external route: counts the call, applies the latency, and returns
-    /// the fault response if one is due.
+    /// the stall or fault response if one is due.
     pub(crate) async fn enter(&self, route: Route) -> Option<HttpResponse> {
-        let (latency, fault) = {
+        let (latency, stall, fault) = {
             let mut data = self.lock();
             *data.calls.entry(route).or_default() += 1;
-            (data.faults.latency(route), data.faults.take(route))
+            data.arrivals.entry(route).or_default().push(Instant::now());
+            let stall = data.faults.take_stall(route);
+            let fault = if stall.is_none() {
+                data.faults.take(route)
+            } else {
+                None
+            };
+            (data.faults.latency(route), stall, fault)
         };
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
+        }
+        if let Some(delay) = stall {
+            tokio::time::sleep(delay).await;
+            tracing::info!(
+                route = route.as_str(),
+                delay_ms = delay.as_millis() as u64,
+                "sandbox: stalled call"
+            );
+            return Some(faults::stalled(route));
         }
         let fault = fault?;
         tracing::info!(
@@ -162,12 +181,17 @@ impl SandboxState {
         self.lock().faults.push(fault);
     }
 
+    /// Holds the next `stall.count` calls of its route, then answers 504 without handling them.
+    pub fn inject_stall(&self, stall: Stall) {
+        self.lock().faults.push_stall(stall);
+    }
+
     /// Delay before handling; `None` = every route without a latency of its own.
     pub fn set_latency(&self, route: Option<Route>, latency: Duration) {
         self.lock().faults.set_latency(route, latency);
     }
 
-    /// Removes pending faults and every latency.
+    /// Removes pending faults and stalls, and every latency.
     pub fn clear_faults(&self) {
         self.lock().faults.clear();
     }
@@ -175,6 +199,12 @@ impl SandboxState {
     /// Requests that reached `route`, faulted and unauthorized ones included.
     pub fn calls(&self, route: Route) -> u64 {
         self.lock().calls.get(&route).copied().unwrap_or(0)
+    }
+
+    /// When each call of `route` arrived, oldest first (faulted, stalled and unauthorized
+    /// ones included, like [`Self::calls`]).
+    pub fn arrivals(&self, route: Route) -> Vec<Instant> {
+        self.lock().arrivals.get(&route).cloned().unwrap_or_default()
     }
 
     /// Everything stored, as served by `GET /_sandbox/state`.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
-use webhook_sandbox::{Fault, Route, Sandbox, SandboxConfig, SandboxState, SeedUser, UnmanagedPolicy};
+use webhook_sandbox::{Fault, Route, Sandbox, SandboxConfig, SandboxState, SeedUser, Stall, UnmanagedPolicy};
 
 struct TestSandbox {
     url: String,
@@ -788,6 +788,71 @@ async fn latency_delays_the_chosen_route() {
         sb.state.snapshot()["faults"]["latency_ms"],
         json!({"every_route": null, "per_route": {}})
     );
+}
+
+/// A stall holds the call past the client's timeout and changes nothing; the next call is
+/// handled. Every arrival is timed.
+#[tokio::test]
+async fn a_stall_holds_the_call_then_answers_504_and_changes_nothing() {
+    let sb = spawn_default().await;
+    let stall = json!({"route": "lago_create_subscription", "delay_ms": 400});
+    let response = sb
+        .client
+        .post(format!("{}/_sandbox/stalls", sb.url))
+        .json(&stall)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        sb.state.snapshot()["faults"]["stalls"],
+        json!([{"route": "lago_create_subscription", "count": 1, "delay_ms": 400}])
+    );
+    let started = Instant::now();
+    let response = sb.subscribe("kc-1", "starter_monthly", "sub-1").await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        json_of(response).await,
+        json!({"status": 504, "error": "Gateway Timeout"})
+    );
+    assert!(
+        sb.state.snapshot()["subscriptions"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "a stalled call changes no state"
+    );
+    // A client that gives up first sees a timeout.
+    sb.state.inject_stall(Stall {
+        route: Route::LagoCreateSubscription,
+        count: 1,
+        delay_ms: 2_000,
+    });
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let err = impatient
+        .post(format!("{}/api/v1/subscriptions", sb.url))
+        .bearer_auth("lago-sandbox-key")
+        .json(&json!({"subscription": {"external_customer_id": "kc-1", "plan_code": "starter_monthly", "external_id": "sub-1"}}))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert_eq!(
+        sb.subscribe("kc-1", "starter_monthly", "sub-1").await.status(),
+        StatusCode::OK
+    );
+    let arrivals = sb.state.arrivals(Route::LagoCreateSubscription);
+    assert_eq!(arrivals.len(), 3);
+    assert!(arrivals.windows(2).all(|w| w[0] <= w[1]));
+    assert!(sb.state.arrivals(Route::KeycloakPutUser).is_empty());
 }
 
 #[tokio::test]

@@ -38,6 +38,10 @@ pub async fn run(
 ) {
     let mut links = ctx.broker.links();
     let mut jobs = JoinSet::new();
+    // The channel of the consumer that shutdown stopped: kept open until the jobs in flight
+    // are settled, since their acks go through it (dropping it closes it, which hands every
+    // unacked message back to the queue at once, finished jobs included).
+    let mut draining = None;
     'outer: loop {
         // Wait for a usable connection (or shutdown).
         let link = loop {
@@ -98,6 +102,7 @@ pub async fn run(
                     if *shutdown.borrow() {
                         let tag = consumer.tag();
                         let _ = channel.basic_cancel(tag, BasicCancelOptions::default()).await;
+                        draining = Some(channel);
                         break 'outer;
                     }
                 }
@@ -115,6 +120,9 @@ pub async fn run(
             "shutdown timeout: returning unfinished jobs to the queue"
         );
         jobs.abort_all();
+    }
+    if let Some(channel) = draining {
+        let _ = channel.close(200, "shutdown".into()).await;
     }
 }
 
@@ -401,6 +409,7 @@ async fn route_failure(
                 kind: ErrorKind::Infrastructure,
                 step: failure.step,
                 spends_retry: true,
+                retry_after: None,
                 message: format!(
                     "{why}, so the retry could not be scheduled: declare the topology (`webhookctl setup`), then \
                      requeue. The job had failed with: {}",

@@ -1,5 +1,7 @@
 //! How a job can fail, and what that means for the message.
 
+use std::time::Duration;
+
 use webhook_core::message::ErrorKind;
 use webhook_store::fault::{self, DbFault};
 
@@ -15,6 +17,9 @@ pub struct Failure {
     /// Whether the retry counts against the schedule. Waiting for another job of the same
     /// subscription does not: the lease is free again within `worker.lease_secs`.
     pub spends_retry: bool,
+    /// How long the downstream asked us to wait (`Retry-After`): the retry waits at least that
+    /// long ([`crate::retry::tier`]).
+    pub retry_after: Option<Duration>,
 }
 
 impl Failure {
@@ -24,6 +29,7 @@ impl Failure {
             step,
             message: message.into(),
             spends_retry: true,
+            retry_after: None,
         }
     }
     pub fn permanent(step: &'static str, message: impl Into<String>) -> Self {
@@ -40,7 +46,10 @@ impl Failure {
         }
     }
     pub fn downstream(step: &'static str, e: DownstreamError) -> Self {
-        Self::new(e.kind, step, e.to_string())
+        Self {
+            retry_after: e.retry_after,
+            ..Self::new(e.kind, step, e.to_string())
+        }
     }
 }
 

@@ -204,7 +204,7 @@ impl Application {
         ));
         let mut stop = self.shutdown.subscribe();
         tokio::select! {
-            _ = shutdown_signal() => tracing::info!("shutdown signal received; finishing in-flight jobs"),
+            _ = webhook_core::shutdown_signal() => tracing::info!("shutdown signal received; finishing in-flight jobs"),
             _ = stop.wait_for(|s| *s) => tracing::info!("shutdown requested; finishing in-flight jobs"),
         }
         self.shutdown.send_replace(true);
@@ -216,18 +216,4 @@ impl Application {
         tracing::info!("webhook-worker stopped");
         Ok(())
     }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -29,14 +29,8 @@ pub fn next(ctx: &WorkerContext, failure: &Failure, retries_so_far: u32) -> Next
     if failure.kind == ErrorKind::Permanent {
         return Next::DeadLetter;
     }
-    // Contention waits in the first tier and keeps its count.
-    let (tier, attempt) = if failure.spends_retry {
-        (retries_so_far as usize, retries_so_far + 1)
-    } else {
-        (0, retries_so_far)
-    };
-    match ctx.retry_delays.get(tier) {
-        Some(&delay) => match ctx.broker.topology().retry_queue(delay) {
+    match tier(&ctx.retry_delays, failure, retries_so_far) {
+        Some((delay, attempt)) => match ctx.broker.topology().retry_queue(delay) {
             Some(queue) => Next::Retry {
                 attempt,
                 delay,
@@ -46,6 +40,28 @@ pub fn next(ctx: &WorkerContext, failure: &Failure, retries_so_far: u32) -> Next
         },
         None => Next::DeadLetter,
     }
+}
+
+/// The delay of the schedule (`delays`) a transient failure waits, and the attempt it comes
+/// back as; `None` once the schedule is spent. Contention waits in the first tier and keeps
+/// its count. A `Retry-After` longer than the tier's delay waits in the first later tier at
+/// least that long (the longest one left when none is), and still spends one retry.
+pub fn tier(delays: &[Duration], failure: &Failure, retries_so_far: u32) -> Option<(Duration, u32)> {
+    let (index, attempt) = if failure.spends_retry {
+        (retries_so_far as usize, retries_so_far + 1)
+    } else {
+        (0, retries_so_far)
+    };
+    let left = delays.get(index..).filter(|l| !l.is_empty())?;
+    let delay = match failure.retry_after {
+        Some(wait) if left[0] < wait => left
+            .iter()
+            .copied()
+            .find(|d| *d >= wait)
+            .or_else(|| left.iter().copied().max())?,
+        _ => left[0],
+    };
+    Some((delay, attempt))
 }
 
 /// Our retry count (`x-retry-attempt`), 0 for a first delivery.
@@ -179,4 +195,70 @@ fn republished_properties(
         .map(|m| m.as_str().to_owned())
         .unwrap_or_default();
     webhook_amqp::job_properties(&message_id, event_type, headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(list: &[u64]) -> Vec<Duration> {
+        list.iter().copied().map(Duration::from_secs).collect()
+    }
+
+    fn failure(spends_retry: bool, retry_after: Option<u64>) -> Failure {
+        Failure {
+            spends_retry,
+            retry_after: retry_after.map(Duration::from_secs),
+            ..Failure::transient("lago_subscription", "HTTP 429")
+        }
+    }
+
+    #[test]
+    fn each_retry_takes_the_next_tier_until_the_schedule_is_spent() {
+        let delays = secs(&[5, 30, 120]);
+        let f = failure(true, None);
+        assert_eq!(tier(&delays, &f, 0), Some((Duration::from_secs(5), 1)));
+        assert_eq!(tier(&delays, &f, 2), Some((Duration::from_secs(120), 3)));
+        assert_eq!(tier(&delays, &f, 3), None);
+        assert_eq!(tier(&[], &f, 0), None);
+    }
+
+    #[test]
+    fn contention_waits_in_the_first_tier_and_keeps_its_count() {
+        let delays = secs(&[5, 30]);
+        assert_eq!(
+            tier(&delays, &failure(false, None), 1),
+            Some((Duration::from_secs(5), 1))
+        );
+    }
+
+    #[test]
+    fn a_retry_after_waits_in_the_first_tier_at_least_that_long() {
+        let delays = secs(&[5, 30, 120, 600]);
+        // Shorter than the tier: the tier.
+        assert_eq!(
+            tier(&delays, &failure(true, Some(3)), 0),
+            Some((Duration::from_secs(5), 1))
+        );
+        // Exactly a tier, or between two: that tier or the next, one retry spent.
+        assert_eq!(
+            tier(&delays, &failure(true, Some(30)), 0),
+            Some((Duration::from_secs(30), 1))
+        );
+        assert_eq!(
+            tier(&delays, &failure(true, Some(31)), 1),
+            Some((Duration::from_secs(120), 2))
+        );
+        // Never an earlier tier than the schedule's, and the longest left when none is long
+        // enough.
+        assert_eq!(
+            tier(&delays, &failure(true, Some(10)), 2),
+            Some((Duration::from_secs(120), 3))
+        );
+        assert_eq!(
+            tier(&delays, &failure(true, Some(3600)), 1),
+            Some((Duration::from_secs(600), 2))
+        );
+        assert_eq!(tier(&delays, &failure(true, Some(3600)), 4), None);
+    }
 }
