@@ -1714,3 +1714,412 @@ async fn readyz_names_the_dependency_that_is_down_and_metrics_move_with_a_job() 
     sandbox.stop().await;
     ctx.cleanup().await;
 }
+
+/// The spans an OTLP/HTTP (`http/json`) receiver was sent: each with the `service.name` of its
+/// resource.
+#[derive(Clone, Default)]
+struct OtlpReceiver {
+    spans: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+}
+
+impl OtlpReceiver {
+    /// Listens on port 0; returns the receiver and its base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    fn spawn() -> (Self, String, actix_web::dev::ServerHandle) {
+        use actix_web::{App, HttpResponse, HttpServer, web};
+        let receiver = Self::default();
+        let spans = receiver.spans.clone();
+        let server = HttpServer::new(move || {
+            let spans = spans.clone();
+            App::new().route(
+                "/v1/traces",
+                web::post().to(move |body: web::Bytes| {
+                    let spans = spans.clone();
+                    async move {
+                        let Ok(export) = serde_json::from_slice::<Value>(&body) else {
+                            return HttpResponse::BadRequest().finish();
+                        };
+                        let mut spans = spans.lock().unwrap();
+                        for rs in export["resourceSpans"].as_array().into_iter().flatten() {
+                            let service = rs["resource"]["attributes"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .find(|a| a["key"] == "service.name")
+                                .and_then(|a| a["value"]["stringValue"].as_str())
+                                .unwrap_or("")
+                                .to_owned();
+                            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                                for span in ss["spans"].as_array().into_iter().flatten() {
+                                    spans.push((service.clone(), span.clone()));
+                                }
+                            }
+                        }
+                        HttpResponse::Ok().json(json!({}))
+                    }
+                }),
+            )
+        })
+        .workers(1)
+        .bind("127.0.0.1:0")
+        .unwrap();
+        let url = format!("http://{}", server.addrs()[0]);
+        let server = server.run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        (receiver, url, handle)
+    }
+
+    fn spans(&self) -> Vec<(String, Value)> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+fn span_attribute<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
+    let value = &span["attributes"].as_array()?.iter().find(|a| a["key"] == key)?["value"];
+    value
+        .get("stringValue")
+        .or_else(|| value.get("intValue"))
+        .or_else(|| value.get("boolValue"))
+}
+
+fn nanos(v: &Value) -> u64 {
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// The spans of one trace as an indented tree: name, service and duration.
+fn trace_tree(spans: &[(String, Value)]) -> String {
+    fn walk(spans: &[(String, Value)], parent: &str, depth: usize, out: &mut String) {
+        let mut children: Vec<&(String, Value)> = spans
+            .iter()
+            .filter(|(_, s)| s["parentSpanId"].as_str().unwrap_or("") == parent)
+            .collect();
+        children.sort_by_key(|(_, s)| nanos(&s["startTimeUnixNano"]));
+        for (service, s) in children {
+            let ms =
+                (nanos(&s["endTimeUnixNano"]).saturating_sub(nanos(&s["startTimeUnixNano"]))) as f64 / 1e6;
+            out.push_str(&format!(
+                "{}{} [{service}] {ms:.1} ms\n",
+                "  ".repeat(depth),
+                s["name"].as_str().unwrap_or("?")
+            ));
+            walk(spans, s["spanId"].as_str().unwrap_or(""), depth + 1, out);
+        }
+    }
+    let mut out = String::new();
+    walk(spans, "", 0, &mut out);
+    out
+}
+
+/// The JSON log lines of a process's stderr that carry `key` = `value`.
+fn log_lines_with(stderr: &[u8], key: &str, value: &str) -> Vec<Value> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l[key] == value)
+        .collect()
+}
+
+/// The ingest and worker binaries, exporting their spans to `otlp_url` (`http/json`, every
+/// 100 ms) and logging JSON at `info`; returns them (stderr piped) and the ingest's URL once
+/// it is ready.
+async fn traced_binaries(
+    ctx: &TestContext,
+    sandbox: &TestSandbox,
+    otlp_url: &str,
+    extra: &[(&str, &str)],
+) -> (tokio::process::Child, tokio::process::Child, String) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let bind = format!("127.0.0.1:{port}");
+    let mut settings = vec![
+        ("INGEST_BIND", bind.as_str()),
+        ("LOG_FORMAT", "json"),
+        ("RUST_LOG", "info"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_url),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        // The batch processor exports every 100 ms (5 s by default).
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    settings.extend_from_slice(extra);
+    let env = binary_env(ctx, sandbox, &settings);
+    let spawn = |bin: &str| {
+        tokio::process::Command::new(bin_path(bin))
+            .env_clear()
+            .envs(&env)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let ingest = spawn("webhook-ingest");
+    let worker = spawn("webhook-worker");
+    let url = format!("http://{bind}");
+    let client = reqwest::Client::new();
+    wait_for("ingest ready", LONG, || async {
+        (client.get(format!("{url}/readyz")).send().await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+    (ingest, worker, url)
+}
+
+/// POSTs a signed event to the ingest at `url`; asserts the 200.
+async fn post_signed(url: &str, event: &webhook_tests::SignedEvent) {
+    let answer = reqwest::Client::new()
+        .post(format!("{url}/webhooks/stripe"))
+        .header("content-type", "application/json")
+        .header("stripe-signature", &event.signature)
+        .body(event.body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+}
+
+#[tokio::test]
+async fn one_checkout_is_one_trace_from_the_ingest_request_through_the_queue_to_the_downstream_calls() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(user("trace@example.com", &[]));
+    let (receiver, otlp_url, otlp) = OtlpReceiver::spawn();
+    let (ingest, worker, url) = traced_binaries(&ctx, &sandbox, &otlp_url, &[]).await;
+    let event = signed_event("checkout.session.completed", "trace@example.com");
+    post_signed(&url, &event).await;
+    let pool = ctx.pool().await;
+    wait_event_status(&pool, &event.event_id, "succeeded").await;
+
+    // The ingest's request span names the event; its trace holds everything else.
+    const STEPS: [&str; 5] = [
+        "keycloak_lookup",
+        "lago_customer",
+        "lago_subscription",
+        "keycloak_attributes",
+        "audit",
+    ];
+    let (request, trace) = wait_for("the spans of the whole trace", LONG, || async {
+        let spans = receiver.spans();
+        let (_, request) = spans
+            .iter()
+            .find(|(service, s)| {
+                service == "webhook-ingest"
+                    && span_attribute(s, "event_id") == Some(&json!(event.event_id))
+                    && s["name"] == "POST /webhooks/stripe"
+            })?
+            .clone();
+        let trace_id = request["traceId"].as_str()?.to_owned();
+        let trace: Vec<(String, Value)> = spans
+            .into_iter()
+            .filter(|(_, s)| s["traceId"] == trace_id.as_str())
+            .collect();
+        let names: Vec<&str> = trace.iter().filter_map(|(_, s)| s["name"].as_str()).collect();
+        let complete = STEPS.iter().all(|step| names.contains(step))
+            && names.contains(&"lago create_subscription")
+            && names.contains(&"keycloak put_user");
+        complete.then_some((request, trace))
+    })
+    .await;
+    eprintln!("the trace of {}:\n{}", event.event_id, trace_tree(&trace));
+    let trace_id = request["traceId"].as_str().unwrap();
+    let by_name =
+        |name: &str| -> Vec<&(String, Value)> { trace.iter().filter(|(_, s)| s["name"] == name).collect() };
+    let one = |name: &str| -> &(String, Value) {
+        let found = by_name(name);
+        assert_eq!(
+            found.len(),
+            1,
+            "one {name} span in the trace:\n{}",
+            trace_tree(&trace)
+        );
+        found[0]
+    };
+    // The request is the root (a server span); the publish is its child, in the ingest.
+    assert_eq!(
+        request["parentSpanId"].as_str().unwrap_or(""),
+        "",
+        "the request span is the root"
+    );
+    assert_eq!(request["kind"], json!(2), "SERVER");
+    let request_id = request["spanId"].as_str().unwrap();
+    let (service, publish) = one(&format!("{}billing.events publish", ctx.prefix));
+    assert_eq!(service, "webhook-ingest");
+    assert_eq!(publish["parentSpanId"], request_id);
+    // The job continues the trace across the queue: its parent is the ingest's publish.
+    let (service, job) = one(&format!("{}billing.provisioning process", ctx.prefix));
+    assert_eq!(service, "webhook-worker");
+    assert_eq!(job["kind"], json!(5), "CONSUMER");
+    assert_eq!(job["parentSpanId"], publish["spanId"]);
+    assert_eq!(span_attribute(job, "event_id"), Some(&json!(event.event_id)));
+    assert_eq!(span_attribute(job, "outcome"), Some(&json!("succeeded")));
+    // The five steps of the ledger are the job's children, and every downstream call is the
+    // child of a step.
+    let job_id = job["spanId"].as_str().unwrap();
+    let mut step_ids = std::collections::HashMap::new();
+    for step in STEPS {
+        let (service, span) = one(step);
+        assert_eq!(service, "webhook-worker");
+        assert_eq!(span["parentSpanId"], job_id, "{step} is a child of the job");
+        step_ids.insert(span["spanId"].as_str().unwrap().to_owned(), step);
+    }
+    let calls: Vec<&(String, Value)> = trace.iter().filter(|(_, s)| s["kind"] == json!(3)).collect();
+    let parent_step = |name: &str| -> Vec<&str> {
+        calls
+            .iter()
+            .filter(|(_, s)| s["name"] == name)
+            .map(|(_, s)| {
+                step_ids
+                    .get(s["parentSpanId"].as_str().unwrap())
+                    .copied()
+                    .unwrap_or("?")
+            })
+            .collect()
+    };
+    assert_eq!(parent_step("keycloak search_users"), ["keycloak_lookup"]);
+    assert_eq!(parent_step("lago create_customer"), ["lago_customer"]);
+    assert_eq!(parent_step("lago create_subscription"), ["lago_subscription"]);
+    assert_eq!(parent_step("keycloak put_user"), ["keycloak_attributes"]);
+    for (_, call) in &calls {
+        assert!(
+            step_ids.contains_key(call["parentSpanId"].as_str().unwrap()),
+            "every downstream call is a step's child: {call}"
+        );
+        assert!(
+            span_attribute(call, "http.response.status_code").is_some(),
+            "{call}"
+        );
+    }
+    assert!(
+        trace.iter().all(|(_, s)| s["traceId"] == trace_id),
+        "one trace id"
+    );
+
+    // Graceful exits (they flush the exporter), then the JSON logs of both binaries.
+    for child in [&ingest, &worker] {
+        let pid = child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+    }
+    let ingest = tokio::time::timeout(LONG, ingest.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let worker = tokio::time::timeout(LONG, worker.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ingest.status.success() && worker.status.success());
+    let request_log = log_lines_with(&ingest.stderr, "message", "stripe webhook");
+    assert_eq!(
+        request_log.len(),
+        1,
+        "{}",
+        String::from_utf8_lossy(&ingest.stderr)
+    );
+    assert_eq!(request_log[0]["trace_id"], trace_id);
+    assert_eq!(request_log[0]["span_id"], request_id);
+    assert_eq!(request_log[0]["event_id"], json!(event.event_id));
+    let job_log = log_lines_with(&worker.stderr, "message", "job done");
+    assert_eq!(job_log.len(), 1, "{}", String::from_utf8_lossy(&worker.stderr));
+    assert_eq!(job_log[0]["trace_id"], trace_id);
+    assert_eq!(job_log[0]["span_id"], job_id);
+    // Lines outside any span carry no ids.
+    let started = log_lines_with(&worker.stderr, "message", "consuming");
+    assert!(!started.is_empty() && started.iter().all(|l| l.get("trace_id").is_none()));
+
+    otlp.stop(true).await;
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_retried_dead_lettered_and_requeued_job_stays_in_its_events_trace() {
+    let ctx = TestContext::new().await;
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(user("retrace@example.com", &[]));
+    // Attempt 1: Lago fails twice (the call and its one quick retry): a broker retry tier.
+    // Attempt 2: Lago refuses (400): the dead-letter queue. Attempt 3 (requeued): succeeds.
+    for (status, count) in [(500, 2), (400, 1)] {
+        sandbox.state.inject_fault(Fault {
+            route: Route::LagoCreateSubscription,
+            status,
+            count,
+            retry_after_secs: None,
+            body: None,
+        });
+    }
+    let (receiver, otlp_url, otlp) = OtlpReceiver::spawn();
+    let (ingest, worker, url) = traced_binaries(
+        &ctx,
+        &sandbox,
+        &otlp_url,
+        &[("WEBHOOK__WORKER__INLINE_RETRIES", "1")],
+    )
+    .await;
+    let event = signed_event("checkout.session.completed", "retrace@example.com");
+    post_signed(&url, &event).await;
+    let pool = ctx.pool().await;
+    wait_event_status(&pool, &event.event_id, "dead_lettered").await;
+    let out = webhook_tests::webhookctl(&ctx.env, &["dlq", "requeue", "--all"]).await;
+    assert_eq!(out.code, 0, "webhookctl dlq requeue: {out:?}");
+    wait_event_status(&pool, &event.event_id, "succeeded").await;
+
+    let publish_name = format!("{}billing.events publish", ctx.prefix);
+    let job_name = format!("{}billing.provisioning process", ctx.prefix);
+    let (publish, jobs, trace) = wait_for("the three jobs' spans", LONG, || async {
+        let spans = receiver.spans();
+        let (_, publish) = spans
+            .iter()
+            .find(|(_, s)| {
+                s["name"] == publish_name.as_str()
+                    && span_attribute(s, "messaging.message.id") == Some(&json!(event.event_id))
+            })?
+            .clone();
+        let jobs: Vec<Value> = spans
+            .iter()
+            .filter(|(_, s)| {
+                s["name"] == job_name.as_str()
+                    && span_attribute(s, "event_id") == Some(&json!(event.event_id))
+            })
+            .map(|(_, s)| s.clone())
+            .collect();
+        let trace: Vec<(String, Value)> = spans
+            .into_iter()
+            .filter(|(_, s)| s["traceId"] == publish["traceId"])
+            .collect();
+        (jobs.len() == 3).then_some((publish, jobs, trace))
+    })
+    .await;
+    eprintln!("the trace of {}:\n{}", event.event_id, trace_tree(&trace));
+    let mut outcomes: Vec<(u64, &str)> = jobs
+        .iter()
+        .map(|j| {
+            assert_eq!(
+                j["traceId"], publish["traceId"],
+                "every attempt is in the event's trace"
+            );
+            assert_eq!(
+                j["parentSpanId"], publish["spanId"],
+                "every attempt is a child of the publish"
+            );
+            (
+                nanos(&j["startTimeUnixNano"]),
+                span_attribute(j, "outcome")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?"),
+            )
+        })
+        .collect();
+    outcomes.sort();
+    let outcomes: Vec<&str> = outcomes.into_iter().map(|(_, o)| o).collect();
+    assert_eq!(outcomes, ["retry_scheduled", "dead_lettered", "succeeded"]);
+
+    drop((ingest, worker));
+    otlp.stop(true).await;
+    sandbox.stop().await;
+    ctx.cleanup().await;
+}

@@ -3,10 +3,12 @@
 //! - [`topology`]: names and idempotent declaration of exchanges, queues and bindings.
 //! - [`broker`]: the supervised connection (reconnects by itself) and the confirmed publisher.
 //! - [`dead_letters`]: reading, filtering, archiving and moving dead letters safely.
+//! - [`trace_context`]: the W3C trace context in the message headers.
 
 pub mod broker;
 pub mod dead_letters;
 pub mod topology;
+pub mod trace_context;
 
 pub use broker::{Broker, BrokerConfig, Link, Outgoing, PublishError, job_properties};
 pub use lapin;

@@ -370,7 +370,7 @@ impl WorkerSettings {
 }
 
 /// For a service's `main`: reads `--config PATH` (or `--config=PATH`) from the command line,
-/// loads the settings and starts logging. On a bad setting it prints what to fix and returns
+/// loads the settings and starts logging (and tracing, see `telemetry`). On a bad setting it prints what to fix and returns
 /// the exit code to end with (2).
 pub fn load_for_service(name: &str) -> Result<Settings, std::process::ExitCode> {
     let mut args = std::env::args().skip(1);
@@ -384,7 +384,11 @@ pub fn load_for_service(name: &str) -> Result<Settings, std::process::ExitCode> 
     }
     match Settings::load(config.as_deref()) {
         Ok(settings) => {
-            crate::telemetry::init(&settings.log.level, &settings.log.format);
+            // Traces when the standard OTEL_* variables ask for them (see `telemetry`).
+            if let Err(e) = crate::telemetry::init_service(&settings.log.level, &settings.log.format, name) {
+                eprintln!("{name}: {e}");
+                return Err(std::process::ExitCode::from(2));
+            }
             Ok(settings)
         }
         Err(e) => {

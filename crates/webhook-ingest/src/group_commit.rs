@@ -21,8 +21,8 @@ use std::time::Instant;
 
 use futures_util::future::join_all;
 use tokio::sync::{Mutex, mpsc, oneshot};
-use webhook_amqp::lapin::types::FieldTable;
-use webhook_amqp::{Broker, Outgoing, job_properties};
+use tracing::Instrument;
+use webhook_amqp::{Broker, Outgoing, job_properties, trace_context};
 use webhook_core::VerifiedEvent;
 use webhook_core::error_code::ApiError;
 use webhook_store::Store;
@@ -69,6 +69,8 @@ struct Job {
     event: VerifiedEvent,
     route: Route,
     reply: oneshot::Sender<Answer>,
+    /// The request's span: the parent of the publish, whose trace context the message carries.
+    span: tracing::Span,
 }
 
 /// The requests' side: hands events to the writers.
@@ -102,7 +104,12 @@ impl GroupCommit {
     /// Records and (for [`Route::Queue`]) queues the event; answers once that is durable, or why not.
     pub async fn submit(&self, event: VerifiedEvent, route: Route) -> Answer {
         let (reply, answer) = oneshot::channel();
-        let job = Job { event, route, reply };
+        let job = Job {
+            event,
+            route,
+            reply,
+            span: tracing::Span::current(),
+        };
         self.metrics.commit_waiting.inc();
         if self.jobs.send(job).await.is_err() {
             self.metrics.commit_waiting.dec();
@@ -194,14 +201,28 @@ async fn record_and_queue(
                 return Ok(Disposition::Ignored);
             }
             let started = Instant::now();
+            // The producer span of the message, in the request's trace; the worker's job
+            // span continues from the context the headers carry.
+            let span = tracing::info_span!(
+                parent: &job.span,
+                "publish",
+                otel.name = %format_args!("{} publish", topology.exchange),
+                otel.kind = "producer",
+                messaging.system = "rabbitmq",
+                messaging.destination.name = %topology.exchange,
+                messaging.rabbitmq.destination.routing_key = %job.event.event_type,
+                messaging.message.id = %job.event.id,
+            );
+            let headers = trace_context::headers_of(&span);
             let published = backend
                 .broker
                 .publish(Outgoing {
                     exchange: &topology.exchange,
                     routing_key: &job.event.event_type,
                     body: &job.event.body,
-                    properties: job_properties(job.event.id.as_str(), &job.event.event_type, FieldTable::default()),
+                    properties: job_properties(job.event.id.as_str(), &job.event.event_type, headers),
                 })
+                .instrument(span)
                 .await;
             let result = if published.is_ok() { "ack" } else { "failed" };
             backend

@@ -11,11 +11,13 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 use webhook_amqp::lapin::message::Delivery;
 use webhook_amqp::lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use webhook_amqp::lapin::types::FieldTable;
+use webhook_amqp::trace_context;
 use webhook_store::events::{ErrorRecord, EventStatus, Outcome};
 use webhook_store::fault::DbFault;
 
@@ -124,11 +126,38 @@ pub async fn run(
     }
 }
 
-/// Processes one delivery and settles it.
-async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, mut shutdown: watch::Receiver<bool>) {
+/// Processes one delivery and settles it, in the job's span: the child of the ingest's publish
+/// when the message carries its trace context (see `webhook_amqp::trace_context`).
+async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, shutdown: watch::Receiver<bool>) {
+    let retries = retry::retries_so_far(&delivery);
+    let queue = &ctx.broker.topology().work_queue;
+    let span = tracing::info_span!(
+        "job",
+        otel.name = %format_args!("{queue} process"),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = %queue,
+        messaging.message.id = delivery.properties.message_id().as_ref().map(|m| m.as_str()).unwrap_or(""),
+        messaging.rabbitmq.destination.routing_key = delivery.routing_key.as_str(),
+        retry_attempt = retries,
+        event_id = tracing::field::Empty,
+        event_type = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    trace_context::continue_trace(&span, delivery.properties.headers().as_ref());
+    run_job(ctx, delivery, shutdown, retries).instrument(span).await
+}
+
+async fn run_job(
+    ctx: Arc<WorkerContext>,
+    delivery: Delivery,
+    mut shutdown: watch::Receiver<bool>,
+    retries: u32,
+) {
     ctx.metrics.in_flight.inc();
     let started = Instant::now();
-    let retries = retry::retries_so_far(&delivery);
     let mut hold = Hold::new(ctx.health.clone());
     let (event_type, outcome) = loop {
         let processed = dispatch::process(&ctx, Bytes::copy_from_slice(&delivery.data)).await;
@@ -172,6 +201,12 @@ async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, mut shutdown: watch
         let outcome = settle(&ctx, &delivery, &event_type, processed, retries, &mut shutdown).await;
         break (event_type, outcome);
     };
+    let span = tracing::Span::current();
+    span.record("event_type", event_type.as_str());
+    span.record("outcome", outcome);
+    if matches!(outcome, "retry_scheduled" | "dead_lettered") {
+        span.record("otel.status_code", "error");
+    }
     ctx.metrics.jobs.with_label_values(&[&event_type, outcome]).inc();
     ctx.metrics
         .job_duration

@@ -79,6 +79,9 @@ pub(crate) async fn lago(
                 None => json!({"action": "terminated", "status": "already_terminated"}),
             };
             record.lago_terminated = true;
+            let span = tracing::Span::current();
+            span.record("otel.name", "lago_terminate");
+            span.record("step", "lago_terminate");
             steps.note("lago_terminate", result.clone());
             Ok(result)
         }

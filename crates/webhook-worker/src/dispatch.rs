@@ -49,6 +49,8 @@ pub async fn process(ctx: &WorkerContext, body: Bytes) -> Processed {
             };
         }
     };
+    // The job's span (see `consumer`) is known by its event from here on.
+    tracing::Span::current().record("event_id", envelope.id.as_str());
     let mut attempt = 0;
     let result = handle(ctx, &envelope, &mut attempt).await;
     Processed {

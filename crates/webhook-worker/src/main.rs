@@ -17,11 +17,14 @@ async fn main() -> std::process::ExitCode {
         }
     };
     tracing::info!(port = app.port(), "webhook-worker health and metrics listening");
-    match app.run_until_stopped().await {
+    let code = match app.run_until_stopped().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("webhook-worker failed: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // The spans still buffered are exported before the process ends.
+    webhook_core::telemetry::shutdown();
+    code
 }

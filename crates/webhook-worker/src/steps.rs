@@ -14,6 +14,7 @@ use std::future::Future;
 use std::time::Instant;
 
 use serde_json::{Value, json};
+use tracing::Instrument;
 use webhook_store::audit::AuditRow;
 use webhook_store::ledger::{self, DoneSteps, Fence, Finished, FinishedStep};
 
@@ -81,9 +82,11 @@ impl<'a> Steps<'a> {
             return Ok(result.clone());
         }
         let started = Instant::now();
-        let result = match f().await {
+        let span = step_span(step);
+        let result = match f().instrument(span.clone()).await {
             Ok(result) => result,
             Err(failure) => {
+                span.record("otel.status_code", "error");
                 self.save_progress(&failure).await?;
                 return Err(failure.into());
             }
@@ -186,14 +189,17 @@ impl Steps<'_> {
             subject,
             details,
         };
-        let finished = ledger::finish_with_audit(
-            &self.ctx.store.pool,
-            &self.action_key,
-            self.event_id,
-            &self.unrecorded,
-            &row,
-            fence,
-        )
+        let finished = traced("audit", async {
+            Ok(ledger::finish_with_audit(
+                &self.ctx.store.pool,
+                &self.action_key,
+                self.event_id,
+                &self.unrecorded,
+                &row,
+                fence,
+            )
+            .await?)
+        })
         .await?;
         if finished == Finished::LeaseLost {
             return Err(crate::lease::lost(fence.map_or("", |f| f.subscription_id)));
@@ -203,6 +209,31 @@ impl Steps<'_> {
         self.done.insert("audit".into(), json!({}));
         Ok(())
     }
+}
+
+/// The span of one step of a job, named as the ledger names the step (`keycloak_lookup`,
+/// `lago_customer`, `lago_subscription`, `keycloak_attributes`, `audit`, …); its downstream
+/// calls are its children.
+pub(crate) fn step_span(step: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "step",
+        otel.name = step,
+        step,
+        otel.status_code = tracing::field::Empty
+    )
+}
+
+/// Runs `f` in the span of the step `step`, marked as an error when `f` fails.
+pub(crate) async fn traced<T>(
+    step: &'static str,
+    f: impl Future<Output = Result<T, JobError>>,
+) -> Result<T, JobError> {
+    let span = step_span(step);
+    let result = f.instrument(span.clone()).await;
+    if result.is_err() {
+        span.record("otel.status_code", "error");
+    }
+    result
 }
 
 /// The id of the one Keycloak user with this email. None yet is transient (the account may

@@ -12,6 +12,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde_json::json;
+use tracing::Instrument;
 use webhook_core::VerifiedEvent;
 use webhook_core::error_code::ApiError;
 
@@ -27,8 +28,25 @@ struct Seen {
 
 pub async fn receive(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
     let started = Instant::now();
+    // The root of the event's trace (a Stripe request carries none): the worker's job is its
+    // descendant through the message headers (see `group_commit`).
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("POST {}", req.match_pattern().unwrap_or_else(|| req.path().to_owned())),
+        otel.kind = "server",
+        http.request.method = "POST",
+        url.path = req.path(),
+        http.response.status_code = tracing::field::Empty,
+        event_id = tracing::field::Empty,
+        event_type = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
     let mut seen = Seen::default();
-    let result = handle(&req, payload, &state, &mut seen).await;
+    let result = handle(&req, payload, &state, &mut seen)
+        .instrument(span.clone())
+        .await;
+    let _entered = span.enter();
     let latency = started.elapsed();
     let (response, outcome) = match result {
         Ok(disposition) => {
@@ -53,6 +71,17 @@ pub async fn receive(req: HttpRequest, payload: web::Payload, state: web::Data<A
         .request_duration
         .with_label_values(&[outcome])
         .observe(latency.as_secs_f64());
+    span.record("http.response.status_code", response.status().as_u16());
+    span.record("outcome", outcome);
+    if let Some(id) = &seen.event_id {
+        span.record("event_id", id.as_str());
+    }
+    if let Some(t) = &seen.event_type {
+        span.record("event_type", t.as_str());
+    }
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "error");
+    }
     tracing::info!(
         event_id = seen.event_id.as_deref().unwrap_or("-"),
         event_type = seen.event_type.as_deref().unwrap_or("-"),

@@ -147,7 +147,7 @@ impl KeycloakClient {
         req: RequestBuilder,
     ) -> Result<Response, DownstreamError> {
         let started = Instant::now();
-        let result = req.send().await;
+        let result = super::send(SERVICE, operation, req).await;
         if let Some(m) = &self.metrics {
             m.observe(
                 SERVICE,

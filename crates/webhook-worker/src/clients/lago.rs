@@ -69,7 +69,7 @@ impl LagoClient {
             req = req.json(b);
         }
         let started = Instant::now();
-        let result = req.send().await;
+        let result = super::send(SERVICE, operation, req).await;
         if let Some(m) = &self.metrics {
             m.observe(
                 SERVICE,

@@ -9,3 +9,50 @@ pub mod lago;
 pub use error::{DownstreamError, InlineRetry};
 pub use keycloak::KeycloakClient;
 pub use lago::LagoClient;
+
+use tracing::Instrument;
+
+/// Sends one request to a downstream API in a client span (`keycloak get_user`, `lago
+/// create_subscription`, …), the child of the step that calls it, with the W3C trace context in
+/// the request headers (a traced Keycloak or Lago joins the trace).
+pub(crate) async fn send(
+    service: &'static str,
+    operation: &'static str,
+    req: reqwest::RequestBuilder,
+) -> reqwest::Result<reqwest::Response> {
+    let (client, request) = req.build_split();
+    let mut request = request?;
+    let span = tracing::info_span!(
+        "call",
+        otel.name = %format_args!("{service} {operation}"),
+        otel.kind = "client",
+        peer.service = service,
+        operation,
+        http.request.method = %request.method(),
+        server.address = request.url().host_str().unwrap_or(""),
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let headers = request.headers_mut();
+    webhook_core::telemetry::inject(&span, |key, value| {
+        if let (Ok(name), Ok(value)) = (
+            reqwest::header::HeaderName::from_bytes(key.as_bytes()),
+            reqwest::header::HeaderValue::from_str(&value),
+        ) {
+            headers.insert(name, value);
+        }
+    });
+    let result = client.execute(request).instrument(span.clone()).await;
+    match &result {
+        Ok(resp) => {
+            span.record("http.response.status_code", resp.status().as_u16());
+            if resp.status().is_server_error() {
+                span.record("otel.status_code", "error");
+            }
+        }
+        Err(_) => {
+            span.record("otel.status_code", "error");
+        }
+    }
+    result
+}

@@ -26,7 +26,7 @@ use crate::entitlement;
 use crate::failure::{Failure, JobError};
 use crate::lease::Lease;
 use crate::ordering::{self, BoundBy, Change};
-use crate::steps::Steps;
+use crate::steps::{Steps, traced};
 
 /// What one event asks of its subscription.
 pub struct BillingJob<'a> {
@@ -164,8 +164,18 @@ async fn converge_and_finish(
     let saved = record.clone();
     // 4. Lago, then Keycloak.
     let effects = async {
-        let lago = crate::converge::lago(ctx, lease, record, steps).await?;
-        let keycloak = crate::converge::keycloak(ctx, lease, record, steps).await?;
+        // One span per system brought to the record, named by the step the ledger notes (a
+        // termination renames its span `lago_terminate`).
+        let lago = traced(
+            "lago_subscription",
+            crate::converge::lago(ctx, lease, record, steps),
+        )
+        .await?;
+        let keycloak = traced(
+            "keycloak_attributes",
+            crate::converge::keycloak(ctx, lease, record, steps),
+        )
+        .await?;
         Ok::<_, JobError>((lago, keycloak))
     }
     .await;
