@@ -85,12 +85,15 @@ enum Expect {
     Fails,
 }
 
+/// An event id and its body (signed at each delivery).
+type Delivery = (String, Vec<u8>);
+
 struct Sub {
     email: String,
     sub: String,
     expect: Expect,
-    /// Event ids and signed-later bodies, in `created` order.
-    events: Vec<(String, Vec<u8>)>,
+    /// Its events, in `created` order.
+    events: Vec<Delivery>,
 }
 
 /// One ingest's longest run of consecutive 503 answers (first 503 to the next 2xx).
@@ -240,13 +243,8 @@ async fn every_accepted_event_survives_node_losses_exactly_once() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let deliveries: Arc<Vec<(usize, Vec<(String, Vec<u8>)>)>> = Arc::new(
-        subs.iter()
-            .enumerate()
-            .map(|(k, s)| (k, s.events.clone()))
-            .collect(),
-    );
-    let duplicates: Vec<(String, Vec<u8>)> = subs
+    let deliveries: Arc<Vec<Vec<Delivery>>> = Arc::new(subs.iter().map(|s| s.events.clone()).collect());
+    let duplicates: Vec<Delivery> = subs
         .iter()
         .flat_map(|s| s.events.iter().cloned())
         .filter(|_| rng.below(10) == 0)
@@ -302,7 +300,7 @@ async fn every_accepted_event_survives_node_losses_exactly_once() {
         senders.push(tokio::spawn(async move {
             loop {
                 let k = next.fetch_add(1, Ordering::SeqCst);
-                let Some((_, events)) = deliveries.get(k) else {
+                let Some(events) = deliveries.get(k) else {
                     return;
                 };
                 tokio::time::sleep(pace).await;
