@@ -6,7 +6,10 @@
 #
 #   scripts/rabbitmq-cluster.sh up          start (or reuse) the cluster; prints AMQP_URL
 #   scripts/rabbitmq-cluster.sh down        stop it and delete its data
-#   scripts/rabbitmq-cluster.sh stop N      stop node N (1-3) as a crash would leave the others
+#   scripts/rabbitmq-cluster.sh stop N      stop node N (1-3) cleanly (connections closed, leadership
+#                                           handed over)
+#   scripts/rabbitmq-cluster.sh kill N      crash node N: SIGKILL of its Erlang VM (half-open
+#                                           connections, leaders lost without a hand-over)
 #   scripts/rabbitmq-cluster.sh start N     start node N again (it rejoins by itself)
 #   scripts/rabbitmq-cluster.sh status      which nodes run
 #   scripts/rabbitmq-cluster.sh url         the AMQP_URL list of the three nodes
@@ -25,6 +28,12 @@ amqp_port() { echo $((5680 + $1)); }
 dist_port() { echo $((25680 + $1)); }
 
 die() { echo "rabbitmq-cluster: $*" >&2; exit 1; }
+
+# The nodes run as the rabbitmq user (their files are its own): only root or that user can
+# start, stop or ask them anything.
+if [ "$(id -u)" != 0 ] && [ "$(id -un)" != "$RUN_AS" ]; then
+  die "run as root or as the $RUN_AS user (sudo $0 $*)"
+fi
 
 as_rabbitmq() {
   if [ "$(id -un)" = "$RUN_AS" ]; then "$@"; else runuser -u "$RUN_AS" -- "$@"; fi
@@ -143,10 +152,19 @@ for row in json.load(sys.stdin):
 case "${1:-}" in
   up) up ;;
   down) down ;;
-  stop) [[ "${2:-}" =~ ^[123]$ ]] || die "usage: $0 stop 1|2|3"; ctl "$2" -q stop >/dev/null ;;
+  stop) [[ "${2:-}" =~ ^[123]$ ]] || die "usage: $0 stop 1|2|3"; running "$2" && ctl "$2" -q stop >/dev/null; true ;;
+  kill)
+    [[ "${2:-}" =~ ^[123]$ ]] || die "usage: $0 kill 1|2|3"
+    # The node's name is in its Erlang VM's environment, not on its command line.
+    pids=$(for p in $(pgrep beam.smp); do
+      tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "RABBITMQ_NODENAME=$(node_name "$2")" && echo "$p"
+    done || true)
+    [ -n "$pids" ] || die "node $2 is not running"
+    kill -9 $pids
+    ;;
   start) [[ "${2:-}" =~ ^[123]$ ]] || die "usage: $0 start 1|2|3"; start_node "$2" ;;
   status) status ;;
   url) url ;;
   leader) [ -n "${2:-}" ] || die "usage: $0 leader QUEUE"; leader "$2" ;;
-  *) die "usage: $0 up|down|stop N|start N|status|url|leader QUEUE" ;;
+  *) die "usage: $0 up|down|stop N|kill N|start N|status|url|leader QUEUE" ;;
 esac

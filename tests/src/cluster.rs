@@ -42,9 +42,16 @@ impl Cluster {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", 5680 + u16::from(n))
     }
 
-    /// Stops node `n` (1-3), as a crash of that machine looks to the others.
+    /// Stops node `n` (1-3) cleanly: its connections closed, its leaderships handed over.
     pub async fn stop(&self, n: u8) {
         tokio::task::spawn_blocking(move || run(&["stop", &n.to_string()]))
+            .await
+            .unwrap();
+    }
+
+    /// Crashes node `n`: SIGKILL of its Erlang VM (no clean close, no leadership hand-over).
+    pub async fn kill(&self, n: u8) {
+        tokio::task::spawn_blocking(move || run(&["kill", &n.to_string()]))
             .await
             .unwrap();
     }

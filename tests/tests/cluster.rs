@@ -1,8 +1,9 @@
 //! The promise on a RabbitMQ cluster: a three-node cluster (scripts/rabbitmq-cluster.sh, beside
 //! the machine's node), quorum queues with three replicas, two ingest and four worker processes,
 //! a stream of signed events (checkouts, lifecycle sequences of some subscriptions, duplicate
-//! deliveries, and a few events made to fail) while nodes are stopped and started one at a time
-//! (the work queue's leader first) and ingests and workers are SIGKILLed. Whatever was not
+//! deliveries, and a few events made to fail) while nodes go away and come back one at a time
+//! (the work queue's leader first; every other loss a crash: SIGKILL of the node's VM, the others
+//! clean stops) and ingests and workers are SIGKILLed. Whatever was not
 //! answered 2xx is sent again, as Stripe does. Afterwards every accepted event has its effects
 //! exactly once in Keycloak, Lago and the audit log, each subscription ends as in-order delivery
 //! would leave it, nothing waits in the work or retry queues, and the dead-letter queue holds
@@ -360,7 +361,15 @@ async fn every_accepted_event_survives_node_losses_exactly_once() {
                     };
                     let before = succeeded(pool.clone()).await;
                     let stopped = Instant::now();
-                    cluster.stop(node).await;
+                    // Every other loss a crash (the first among them): a clean stop hands the
+                    // leadership over and closes the connections, a crash leaves both to be
+                    // found out.
+                    let crash = restarts % 2 == 0;
+                    if crash {
+                        cluster.kill(node).await;
+                    } else {
+                        cluster.stop(node).await;
+                    }
                     // How long until the workers finish jobs again (only measured while work
                     // is left to do).
                     let left: i64 = sqlx::query_scalar(
@@ -382,12 +391,16 @@ async fn every_accepted_event_survives_node_losses_exactly_once() {
                         resume.push(r);
                     }
                     cluster.start(node).await;
-                    let what = if Some(node) == leader {
-                        "node restart (the work queue's leader)"
-                    } else {
-                        "node restart (a follower)"
-                    };
-                    *faults.entry(what.into()).or_default() += 1;
+                    let what = format!(
+                        "node {} ({})",
+                        if crash { "crash" } else { "stop" },
+                        if Some(node) == leader {
+                            "the work queue's leader"
+                        } else {
+                            "a follower"
+                        }
+                    );
+                    *faults.entry(what).or_default() += 1;
                     restarts += 1;
                     last_restart = Instant::now();
                     continue;
