@@ -171,6 +171,20 @@ async fn database_unreachable_answers_503_then_recovers() {
         .await
         .unwrap();
     assert_eq!(json(ready).await.1["postgres"], "down");
+    // What Prometheus scrapes from the pod while the readiness probe keeps it out of the Service.
+    let postgres_up = r#"webhook_dependency_up{dependency="postgres"}"#;
+    let rabbitmq_up = r#"webhook_dependency_up{dependency="rabbitmq"}"#;
+    let metrics = ingest
+        .client
+        .get(format!("{}/metrics", ingest.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(&format!("{postgres_up} 0")), "{metrics}");
+    assert!(metrics.contains(&format!("{rabbitmq_up} 1")), "{metrics}");
     assert_eq!(
         rabbit::depth(&topo.work_queue).await,
         0,
@@ -189,6 +203,7 @@ async fn database_unreachable_answers_503_then_recovers() {
     .await;
     assert_eq!(body["status"], "accepted");
     assert_eq!(rabbit::drain(&topo.work_queue).await.len(), 1);
+    assert_eq!(webhook_tests::metric(&ingest.url, postgres_up).await, 1.0);
 
     ingest.stop().await;
     ctx.cleanup().await;

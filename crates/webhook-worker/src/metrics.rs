@@ -228,3 +228,40 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod dependency_tests {
+    use super::*;
+
+    fn up(m: &Metrics, service: &str) -> Option<i64> {
+        m.registry
+            .gather()
+            .iter()
+            .find(|f| f.name() == "webhook_dependency_up")?
+            .get_metric()
+            .iter()
+            .find(|x| x.get_label()[0].value() == service)
+            .map(|x| x.get_gauge().get_value() as i64)
+    }
+
+    #[test]
+    fn a_downstream_is_up_while_it_answers_usably_and_forgotten_when_quiet() {
+        let m = Metrics::new();
+        let d = &m.downstream;
+        assert_eq!(up(&m, "lago"), None, "no call yet, no claim");
+        d.observe("lago", "create_customer", Some(200), Duration::ZERO);
+        assert_eq!(up(&m, "lago"), Some(1));
+        d.observe("lago", "create_customer", Some(422), Duration::ZERO);
+        assert_eq!(up(&m, "lago"), Some(1), "a 4xx about the request is an answer");
+        for down in [Some(503), Some(500), Some(401), Some(403), None] {
+            d.observe("lago", "create_customer", down, Duration::ZERO);
+            assert_eq!(up(&m, "lago"), Some(0), "{down:?}");
+        }
+        d.observe("keycloak", "token", Some(200), Duration::ZERO);
+        d.forget_quiet(Duration::from_secs(60));
+        assert_eq!(up(&m, "lago"), Some(0), "called a moment ago: kept");
+        d.forget_quiet(Duration::ZERO);
+        assert_eq!(up(&m, "lago"), None, "quiet: no stale answer left");
+        assert_eq!(up(&m, "keycloak"), None);
+    }
+}
