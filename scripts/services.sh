@@ -76,6 +76,17 @@ if ! port_open 127.0.0.1 15672 && command -v rabbitmq-plugins >/dev/null 2>&1; t
   wait_port 127.0.0.1 15672 "RabbitMQ's management API" 60
 fi
 
+# The deploy check reads RabbitMQ's own per-queue metrics (the alerts do) from the
+# rabbitmq_prometheus plugin, and runs the alert scenarios with promtool (Debian's prometheus
+# package; the Prometheus server it also installs is not started here).
+if ! port_open 127.0.0.1 15692 && command -v rabbitmq-plugins >/dev/null 2>&1; then
+  say "enabling RabbitMQ's prometheus plugin (the deploy check reads its per-queue metrics)"
+  rabbitmq-plugins enable rabbitmq_prometheus >/dev/null \
+    || die "cannot enable the prometheus plugin; run as root: rabbitmq-plugins enable rabbitmq_prometheus"
+  wait_port 127.0.0.1 15692 "RabbitMQ's prometheus endpoint" 60
+fi
+command -v promtool >/dev/null 2>&1 || apt_install prometheus
+
 command -v psql >/dev/null 2>&1 || apt_install postgresql-client
 exists=$(psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'") \
   || die "PostgreSQL answers on $PGHOST:$PGPORT but refuses user $PGUSER; allow it (pg_hba.conf) or set PGUSER"
