@@ -370,7 +370,12 @@ async fn lago_401_names_the_api_key_and_timeouts_are_transient() {
         .await;
     Mock::given(method("POST"))
         .and(path("/api/v1/customers"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(500)))
+        // A valid answer, only late: nothing but the timeout can fail it.
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_delay(Duration::from_millis(500))
+                .set_body_json(json!({"customer": {"lago_id": "c-1", "external_id": "a@b.co"}})),
+        )
         .mount(&server)
         .await;
     let lago = lago(&server, 100);
@@ -379,6 +384,13 @@ async fn lago_401_names_the_api_key_and_timeouts_are_transient() {
     assert!(e.message.contains("LAGO_API_KEY"));
     let e = lago.upsert_customer("a@b.co", "a@b.co", None).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Transient);
+    assert!(
+        e.message.contains("timed out"),
+        "the timeout, not a decoding error: {e}"
+    );
+    // With time enough, the same answer is a success: the failure above was the timeout's.
+    let slow_ok = self::lago(&server, 2000);
+    assert!(slow_ok.upsert_customer("a@b.co", "a@b.co", None).await.is_ok());
 }
 
 #[tokio::test]
