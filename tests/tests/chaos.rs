@@ -383,8 +383,12 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
             let until = run_started + Duration::from_secs(seconds);
             let mut step = 0u64;
             // At least until every kind was injected once.
-            while !sending_done.load(Ordering::SeqCst) || Instant::now() < until || step < kinds {
+            let go_on = |step| !sending_done.load(Ordering::SeqCst) || Instant::now() < until || step < kinds;
+            while go_on(step) {
                 tokio::time::sleep(Duration::from_millis(300 + rng.below(1200))).await;
+                if !go_on(step) {
+                    break;
+                }
                 // Every kind once, in turn, then at random.
                 let pick = if step < kinds { step } else { rng.below(kinds) };
                 step += 1;
