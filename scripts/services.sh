@@ -87,6 +87,26 @@ if ! port_open 127.0.0.1 15692 && command -v rabbitmq-plugins >/dev/null 2>&1; t
 fi
 command -v promtool >/dev/null 2>&1 || apt_install prometheus
 
+# The deploy check (definitions import) and the chaos run with real restarts drive the broker
+# with rabbitmqctl. Debian's /usr/sbin/rabbitmqctl runs as user rabbitmq when called by root; a CLI
+# that runs as the caller authenticates with the caller's Erlang cookie ($HOME/.erlang.cookie),
+# which must be the node's (the CLI's first call makes a random one when there is none): when the
+# node's cookie is readable (root) and differs, it is copied there, the old one kept as .bak.
+rabbitmqctl_ok() { timeout 60 rabbitmqctl -q status >/dev/null 2>&1; }
+node_cookie=/var/lib/rabbitmq/.erlang.cookie
+if command -v rabbitmqctl >/dev/null 2>&1 && ! rabbitmqctl_ok; then
+  if [ -r "$node_cookie" ] && [ -n "${HOME:-}" ] && ! cmp -s "$node_cookie" "$HOME/.erlang.cookie"; then
+    say "rabbitmqctl cannot reach the node: copying its Erlang cookie ($node_cookie) to $HOME/.erlang.cookie"
+    [ ! -e "$HOME/.erlang.cookie" ] || mv -f "$HOME/.erlang.cookie" "$HOME/.erlang.cookie.bak"
+    install -m 400 "$node_cookie" "$HOME/.erlang.cookie"
+  fi
+  if ! rabbitmqctl_ok; then
+    msg="rabbitmqctl cannot reach the local RabbitMQ node: run as root or as user rabbitmq, with \$HOME/.erlang.cookie equal to $node_cookie"
+    [ "${CI:-}" = true ] && die "$msg (CI needs it for the deploy check)"
+    say "$msg; the deploy check will skip the definitions import"
+  fi
+fi
+
 command -v psql >/dev/null 2>&1 || apt_install postgresql-client
 exists=$(psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'") \
   || die "PostgreSQL answers on $PGHOST:$PGPORT but refuses user $PGUSER; allow it (pg_hba.conf) or set PGUSER"

@@ -4,7 +4,8 @@
 Run by scripts/check-deploy.sh (`make deploy-check`, the last step of `make test`), which
 installs the tools of requirements.txt into target/deploy-venv. Needs target/debug (make build)
 and the local Postgres and RabbitMQ (make services). Each check prints PASS or FAIL with what it
-compared; the last line counts them and the exit code is 1 when anything failed.
+compared; the last line counts them and the exit code is 1 when anything failed. A check that
+cannot run (no kubectl, rabbitmqctl cannot reach the node) prints SKIP, or FAIL in CI (CI=true).
 
   docker      hadolint; the builder's `cargo build` equals `make release` (+ --locked) and
               `cargo chef cook` uses the same profile and selection; the runtime stage copies
@@ -25,7 +26,7 @@ compared; the last line counts them and the exit code is 1 when anything failed.
               Job's commands, the Ingress paths, webhook.toml keys, the Postgres connection
               budget docs/deploy.md states, and that the copies of alerts.yml and
               definitions.json embedded in manifests are identical. `kubectl kustomize` renders
-              both kustomizations when kubectl is installed.
+              both kustomizations (kubectl: $KUBECTL, set by scripts/check-deploy.sh, else PATH).
   live        runs the binaries as the manifests do (the Job's and the CronJob's commands, then
               ingest and worker with ConfigMap webhook-env as environment and webhook-config's
               webhook.toml, against the sandbox instead of the in-cluster Keycloak and Lago),
@@ -80,6 +81,8 @@ K8S_VERSIONS = ["1.28.0", "1.37.0"]
 # Labels Prometheus adds at scrape time (target and Kubernetes discovery labels).
 SCRAPE_LABELS = {"job", "instance", "namespace", "pod", "container", "service", "endpoint"}
 COLOR = sys.stdout.isatty()
+# CI sets CI=true: there a check that cannot run fails instead of being skipped.
+IN_CI = os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
 
 
 # ── Reporting ──────────────────────────────────────────────────────────────────────────────
@@ -107,9 +110,14 @@ class Report:
             self.fail(section, msg + (f": {why}" if why else ""))
         return cond
 
-    def skip(self, section: str, msg: str) -> None:
+    def skip(self, section: str, msg: str, remedy: str) -> None:
+        """A check that could not run. In CI (CI=true) that is a failure: a green CI must mean
+        every check ran. `remedy` says what is missing and how to get it."""
+        if IN_CI:
+            self.fail(section, f"{msg} (a skip fails in CI, CI=true): {remedy}")
+            return
         self.skipped.append(f"[{section}] {msg}")
-        print(f"  SKIP [{section}] {msg}")
+        print(f"  SKIP [{section}] {msg} ({remedy})")
 
     def info(self, section: str, msg: str) -> None:
         print(f"  info [{section}] {msg}")
@@ -881,8 +889,11 @@ def check_k8s(state: dict) -> None:
     R.check(s, json.loads(defs_cm) == json.loads((DEPLOY / "rabbitmq/definitions.json").read_text()),
             "ConfigMap rabbitmq-definitions embeds deploy/rabbitmq/definitions.json unchanged")
 
-    kubectl = shutil.which("kubectl")
+    # scripts/check-deploy.sh sets KUBECTL (the one on PATH, else Debian's kubernetes-client).
+    kubectl = os.environ.get("KUBECTL") or shutil.which("kubectl")
     if kubectl:
+        version = run([kubectl, "version", "--client"], timeout=60)
+        R.info(s, f"rendering with {kubectl}: {' '.join(version.stdout.split())[:200]}")
         overlays = [(k8s, main_files, "stripe-webhooks"), (k8s / "base", base_files, "stripe-webhooks"),
                     (k8s / "rabbitmq", rmq_files, "rabbitmq")]
         scratch = Path(tempfile.mkdtemp(prefix="deploy-check-kustomize-"))
@@ -911,7 +922,9 @@ def check_k8s(state: dict) -> None:
                         f"{name}: the worker's replicas are " + ("KEDA's alone" if keda else "2 (no autoscaler)"))
         shutil.rmtree(scratch, ignore_errors=True)
     else:
-        R.skip(s, "kubectl is not installed: `kubectl kustomize` render not tried (the resource lists were checked)")
+        R.skip(s, "kubectl is not installed: `kubectl kustomize` render not tried (the resource lists were checked)",
+               "install kubectl (Debian: apt-get install kubernetes-client), or run through scripts/check-deploy.sh, "
+               "which unpacks Debian's kubernetes-client into target/tools where apt-get is available")
 
 
 # ── live: the binaries' /metrics and health checks ─────────────────────────────────────────
@@ -1174,9 +1187,16 @@ def check_rabbitmq(state: dict) -> None:
                 f"policy {pol['name']} applies to every queue of the topology (and works on RabbitMQ 3.10: apply-to {pol.get('apply-to')})")
 
     ctl = shutil.which("rabbitmqctl")
-    if not ctl or run([ctl, "-q", "status"], timeout=30).returncode != 0:
-        R.skip(s, "rabbitmqctl cannot reach the local node: definitions import and the argument "
-               "comparison with `webhookctl setup` not run")
+    status = run([ctl, "-q", "status"], timeout=30) if ctl else None
+    if status is None or status.returncode != 0:
+        why = "rabbitmqctl is not installed" if status is None else \
+            "rabbitmqctl cannot reach the local node (" + next(
+                (line.strip() for line in (status.stderr + status.stdout).splitlines() if line.strip()), "no output") + ")"
+        R.skip(s, f"{why}: definitions import and the argument comparison with `webhookctl setup` not run",
+               "run the check on the broker's machine with rabbitmqctl (Debian: apt-get install rabbitmq-server; "
+               "`make services` starts it), as root or as user rabbitmq: the CLI must hold the node's Erlang "
+               "cookie (/var/lib/rabbitmq/.erlang.cookie; scripts/services.sh copies it to root's home when "
+               "root's differs)")
         return
     vhost = f"deploycheck-{uuid.uuid4().hex[:10]}"
     amqp = urllib.parse.urlsplit(state.get("amqp_url", "amqp://guest:guest@127.0.0.1:5672/%2f"))

@@ -10,10 +10,18 @@
 //! value_already_exist` to a customer create. Each kind of fault is injected once, in turn,
 //! before they are drawn at random.
 //!
+//! Before anything is counted the pipeline must be at rest: the ingest stopped, every event
+//! succeeded, the work queue and every retry queue empty and nothing in flight (the worker is
+//! stopped, and the queues must still be empty without a consumer), so that a duplicate copy
+//! still queued cannot run after the count. Every kind of fault must have been injected.
+//!
 //! `make test` runs a short version. `make chaos` runs the long one
 //! (`CHAOS_EVENTS=3000 CHAOS_REAL_RESTARTS=1`), which also restarts the real RabbitMQ and
 //! Postgres servers (Postgres half the time as a crash: an immediate stop, then crash recovery),
-//! so it must run alone.
+//! so it must run alone (under `flock -x /tmp/services.lock`); CI runs a short one of those
+//! (.ci/run). Each restart is proven, not assumed: a connection opened before it is closed by the
+//! broker, Postgres's start time changes. Both servers are started again when the test ends,
+//! also when it fails.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -22,9 +30,173 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
+use webhook_amqp::lapin::options::QueueDeclareOptions;
+use webhook_amqp::lapin::types::FieldTable;
+use webhook_amqp::lapin::{Channel, Connection, ConnectionProperties};
 use webhook_sandbox::{Fault, Route, SeedUser};
 use webhook_tests::worker::{TestSandbox, binary_env};
 use webhook_tests::{SignedEvent, TcpProxy, TestContext, bin_path, rabbit, signed_event, wait_for};
+
+/// The kinds of fault, in the order of the first pass (the last two only with real restarts).
+const KINDS: [&str; 10] = [
+    "worker SIGKILL",
+    "ingest SIGKILL",
+    "RabbitMQ connections cut",
+    "Postgres connections cut",
+    "sandbox fails or stalls",
+    "Lago 422 value_already_exist",
+    "retry queue deleted",
+    "database read-only",
+    "RabbitMQ restarted",
+    "Postgres restarted or crashed",
+];
+
+/// Runs a service command to its end and fails the test when it fails.
+async fn run_ok(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{cmd} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The version of the local Postgres cluster (`/etc/postgresql/VERSION/main`).
+fn pg_version() -> String {
+    std::fs::read_dir("/etc/postgresql")
+        .expect("/etc/postgresql: real restarts need the local Debian cluster")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .max()
+        .expect("a cluster in /etc/postgresql")
+        .to_string()
+}
+
+/// When Postgres last started, as it says itself (`None` while it does not answer).
+async fn postgres_started_at() -> Option<String> {
+    use sqlx::Connection;
+    let connect = sqlx::PgConnection::connect(&webhook_tests::admin_database_url());
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .ok()?
+        .ok()?;
+    sqlx::query_scalar("SELECT pg_postmaster_start_time()::text")
+        .fetch_one(&mut conn)
+        .await
+        .ok()
+}
+
+/// Restarts the real Postgres (a crash: an immediate stop, then crash recovery on start) and
+/// proves it: its start time changed and it answers again.
+async fn restart_postgres(crash: bool) {
+    let before = postgres_started_at()
+        .await
+        .expect("Postgres answers before its restart");
+    let v = pg_version();
+    let mode = if crash { "immediate" } else { "fast" };
+    let args = ["--skip-systemctl-redirect", "-m", mode, &v, "main", "restart"];
+    run_ok("pg_ctlcluster", &args).await;
+    let after = wait_for(
+        "Postgres to answer after its restart",
+        Duration::from_secs(60),
+        postgres_started_at,
+    )
+    .await;
+    assert_ne!(before, after, "Postgres's start time changed: it restarted");
+}
+
+async fn amqp_connect() -> Option<Connection> {
+    let url = webhook_tests::amqp_url();
+    let connect = Connection::connect(&url, ConnectionProperties::default());
+    tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .ok()?
+        .ok()
+}
+
+/// Restarts the real RabbitMQ application (`stop_app`/`start_app`: every queue process and
+/// connection stops, the Erlang node stays) and proves it: a connection opened before is
+/// closed by the broker, and a new one opens.
+async fn restart_rabbitmq() {
+    let witness = amqp_connect().await.expect("RabbitMQ answers before its restart");
+    run_ok("rabbitmqctl", &["-q", "stop_app"]).await;
+    run_ok("rabbitmqctl", &["-q", "start_app"]).await;
+    wait_for(
+        "RabbitMQ to have closed the connection opened before its restart",
+        Duration::from_secs(30),
+        || async { (!witness.status().connected()).then_some(()) },
+    )
+    .await;
+    wait_for(
+        "RabbitMQ to accept connections after its restart",
+        Duration::from_secs(60),
+        amqp_connect,
+    )
+    .await;
+}
+
+/// Starts Postgres and RabbitMQ again when the test ends, also on a failure (a panic between a
+/// stop and a start would leave every other test of the machine without them), then waits until
+/// both answer. Starting a running server is a no-op.
+struct RestoreServices;
+
+impl Drop for RestoreServices {
+    fn drop(&mut self) {
+        use std::process::{Command, Stdio};
+        let quiet = |cmd: &mut Command| {
+            let _ = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        };
+        quiet(Command::new("rabbitmqctl").args(["-q", "start_app"]));
+        quiet(Command::new("pg_ctlcluster").args([
+            "--skip-systemctl-redirect",
+            &pg_version(),
+            "main",
+            "start",
+        ]));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for port in [5432, 5672] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if Instant::now() > deadline {
+                    eprintln!("chaos: nothing answers on 127.0.0.1:{port} after the restore");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Messages in `queue` and its consumers (passive declare); a missing queue fails the test.
+async fn queue_state(channel: &Channel, queue: &str) -> (u32, u32) {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .unwrap_or_else(|e| panic!("queue {queue} is missing: {e}"));
+    (q.message_count(), q.consumer_count())
+}
+
+/// SIGTERM (a graceful stop: what is in flight finishes, the rest goes back to the queue), then
+/// waits for the exit.
+async fn stop_gracefully(child: &mut Child, what: &str) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the {what} exits within 60 s of SIGTERM"))
+        .unwrap();
+}
 
 /// Sets the test database read-only (or back) for new sessions and ends the open ones: what a
 /// failover to a replica looks like from the services.
@@ -90,7 +262,18 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
     let seconds = env_num("CHAOS_SECONDS", 20);
     let real_restarts = std::env::var("CHAOS_REAL_RESTARTS").is_ok_and(|v| v == "1");
     let seed = env_num("CHAOS_SEED", webhook_core::unix_now() as u64 | 1);
-    eprintln!("chaos: {n_events} events over {seconds}s, seed {seed}, real restarts: {real_restarts}");
+    // With real restarts 60 s by default: longer than the whole retry schedule below, so a
+    // worker that retried through the tiers instead of holding would dead-letter.
+    let read_only_for = Duration::from_secs(env_num(
+        "CHAOS_READ_ONLY_SECS",
+        if real_restarts { 60 } else { 2 },
+    ));
+    eprintln!(
+        "chaos: {n_events} events over {seconds}s, seed {seed}, real restarts: {real_restarts}, \
+         read-only for {read_only_for:?}"
+    );
+    // Declared first, dropped last: whatever happens, both servers run again afterwards.
+    let _restore = real_restarts.then_some(RestoreServices);
 
     let ctx = TestContext::new().await;
     let sandbox = TestSandbox::spawn().await;
@@ -181,8 +364,9 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
     // Chaos, until every event was accepted.
     let sending_done = Arc::new(AtomicBool::new(false));
     let mut faults: BTreeMap<&'static str, u32> = BTreeMap::new();
+    let kinds = if real_restarts { KINDS.len() } else { 8 } as u64;
+    let mut per_kind = vec![0u32; kinds as usize];
     let mut rng = Rng(seed);
-    let read_only_for = Duration::from_secs(if real_restarts { 60 } else { 2 });
     let (database_name, ctl_env, retry_queues) = (
         ctx.database_name.clone(),
         env.clone(),
@@ -191,17 +375,24 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
             .map(|t| t.queue.clone())
             .collect::<Vec<_>>(),
     );
+    let worker_env = env.clone();
     let chaos = {
         let sending_done = sending_done.clone();
         async move {
-            let until = Instant::now() + Duration::from_secs(seconds);
+            let run_started = Instant::now();
+            let until = run_started + Duration::from_secs(seconds);
             let mut step = 0u64;
-            while !sending_done.load(Ordering::SeqCst) || Instant::now() < until {
+            // At least until every kind was injected once.
+            let go_on = |step| !sending_done.load(Ordering::SeqCst) || Instant::now() < until || step < kinds;
+            while go_on(step) {
                 tokio::time::sleep(Duration::from_millis(300 + rng.below(1200))).await;
-                let kinds = if real_restarts { 10 } else { 8 };
+                if !go_on(step) {
+                    break;
+                }
                 // Every kind once, in turn, then at random.
                 let pick = if step < kinds { step } else { rng.below(kinds) };
                 step += 1;
+                let fault_started = Instant::now();
                 let kind = match pick {
                     0 => {
                         let mut w = worker.lock().await;
@@ -290,40 +481,15 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
                         "database read-only"
                     }
                     8 => {
-                        let ok = std::process::Command::new("rabbitmqctl")
-                            .args(["stop_app"])
-                            .status()
-                            .is_ok_and(|s| s.success())
-                            && std::process::Command::new("rabbitmqctl")
-                                .args(["start_app"])
-                                .status()
-                                .is_ok_and(|s| s.success());
-                        assert!(ok, "rabbitmqctl stop_app/start_app failed");
+                        restart_rabbitmq().await;
                         "RabbitMQ restarted"
                     }
                     _ => {
-                        let v = std::fs::read_dir("/etc/postgresql")
-                            .unwrap()
-                            .flatten()
-                            .map(|e| e.file_name())
-                            .max()
-                            .unwrap();
                         // Half of them a crash: an immediate stop loses what was not yet
                         // written to the WAL on disk (the worker's deferred commits), as a
                         // killed server does, and the restart runs crash recovery.
                         let crash = rng.below(2) == 0;
-                        let ok = std::process::Command::new("pg_ctlcluster")
-                            .args([
-                                "--skip-systemctl-redirect",
-                                "-m",
-                                if crash { "immediate" } else { "fast" },
-                                v.to_str().unwrap(),
-                                "main",
-                                "restart",
-                            ])
-                            .status()
-                            .is_ok_and(|s| s.success());
-                        assert!(ok, "pg_ctlcluster restart failed");
+                        restart_postgres(crash).await;
                         if crash {
                             "Postgres crashed and recovered"
                         } else {
@@ -331,10 +497,16 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
                         }
                     }
                 };
+                eprintln!(
+                    "chaos: {:>6.1}s {kind} ({:.1}s)",
+                    run_started.elapsed().as_secs_f64(),
+                    fault_started.elapsed().as_secs_f64()
+                );
                 *faults.entry(kind).or_default() += 1;
+                per_kind[pick as usize] += 1;
             }
             sandbox.state.clear_faults();
-            (faults, worker, ingest, sandbox)
+            (faults, per_kind, worker, ingest, sandbox)
         }
     };
     let started = Instant::now();
@@ -346,7 +518,21 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
             .unwrap();
     }
     sending_done.store(true, Ordering::SeqCst);
-    let (faults, worker, ingest, sandbox) = chaos.await.unwrap();
+    eprintln!(
+        "chaos: every event accepted after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let (faults, per_kind, worker, ingest, sandbox) = chaos.await.unwrap();
+    let missing: Vec<&str> = per_kind
+        .iter()
+        .zip(KINDS)
+        .filter(|(n, _)| **n == 0)
+        .map(|(_, k)| k)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "every kind of fault injected at least once; never: {missing:?} ({faults:?})"
+    );
 
     // What a missing retry queue sent to the dead-letter queue (and only that) goes back, as an
     // operator would do once the topology is declared again.
@@ -370,20 +556,68 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
     }
     eprintln!("chaos: {requeued} infrastructure dead letters requeued");
 
-    // Let the pipeline drain, then check every effect.
-    wait_for(
-        "every accepted event to be provisioned",
-        Duration::from_secs(600),
-        || async {
-            let done: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM webhook_events WHERE status = 'succeeded'")
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
-            (done as usize == n_events).then_some(())
-        },
-    )
-    .await;
+    // Let the pipeline come to rest before counting: no request in flight (the ingest stopped,
+    // answering what it had), every event succeeded, the work queue and every retry queue empty,
+    // and nothing in flight in the worker: it is stopped, and without a consumer the queues must
+    // still be empty (an unacked copy goes back to the queue); if not, the worker runs again.
+    stop_gracefully(&mut *ingest.lock().await, "ingest").await;
+    let queues: Vec<String> = std::iter::once(topo.work_queue.clone())
+        .chain(topo.retry_tiers.iter().map(|t| t.queue.clone()))
+        .collect();
+    let (_conn, channel) = rabbit::channel().await;
+    let rest_deadline = Instant::now() + Duration::from_secs(600);
+    let mut worker_runs = 1;
+    loop {
+        wait_for(
+            "every accepted event succeeded and the work and retry queues empty",
+            rest_deadline.saturating_duration_since(Instant::now()),
+            || async {
+                let done: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM webhook_events WHERE status = 'succeeded'")
+                        .fetch_one(&pool)
+                        .await
+                        .ok()?;
+                if done as usize != n_events {
+                    return None;
+                }
+                for q in &queues {
+                    if queue_state(&channel, q).await.0 > 0 {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
+        stop_gracefully(&mut *worker.lock().await, "worker").await;
+        wait_for(
+            "the stopped worker's consumer to be gone",
+            Duration::from_secs(30),
+            || async { (queue_state(&channel, &topo.work_queue).await.1 == 0).then_some(()) },
+        )
+        .await;
+        let mut left = Vec::new();
+        for q in &queues {
+            let (messages, _) = queue_state(&channel, q).await;
+            if messages > 0 {
+                left.push((q.clone(), messages));
+            }
+        }
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < rest_deadline,
+            "the pipeline came to rest in time; still queued: {left:?}"
+        );
+        eprintln!("chaos: still queued after the worker stopped: {left:?}; running it again");
+        *worker.lock().await = spawn("webhook-worker", &worker_env);
+        worker_runs += 1;
+    }
+    eprintln!(
+        "chaos: at rest after {:.1}s (the worker ran {worker_runs} time(s) to get there)",
+        started.elapsed().as_secs_f64()
+    );
     let per_subject: Vec<(String, i64)> =
         sqlx::query_as("SELECT subject, count(*) FROM audit_logs GROUP BY subject")
             .fetch_all(&pool)
@@ -400,20 +634,26 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
             .chars()
             .filter(char::is_ascii_alphanumeric)
             .collect();
-        let n_subs = subs
+        let sub: Vec<_> = subs
             .iter()
             .filter(|s| s["external_id"] == format!("sub_{suffix}"))
-            .count();
+            .collect();
         let n_audit = audit.get(email).copied().unwrap_or(0);
         let tier = sandbox.state.user_by_email(email).and_then(|u| {
             u["attributes"]["subscription_tier"][0]
                 .as_str()
                 .map(str::to_owned)
         });
-        if n_subs == 0 || n_audit == 0 || tier.as_deref() != Some("professional") {
+        if sub.len() != 1
+            || sub[0]["status"] != "active"
+            || n_audit == 0
+            || tier.as_deref() != Some("professional")
+        {
             lost += 1;
         }
-        if n_subs > 1 || n_audit > 1 {
+        // Lago (and the sandbox) are idempotent on a subscription's external_id, so a repeated
+        // create cannot show there; the audit row is written by the pipeline itself.
+        if n_audit > 1 {
             doubled += 1;
         }
     }
@@ -434,7 +674,6 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
         "nothing else in the audit log"
     );
     assert_eq!(dlq, 0, "nothing in this run is designed to fail");
-    assert!(faults.values().sum::<u32>() > 0, "faults were injected");
 
     for p in [worker, ingest] {
         let mut p = p.lock().await;
