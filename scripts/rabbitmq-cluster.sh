@@ -157,7 +157,9 @@ case "${1:-}" in
     [[ "${2:-}" =~ ^[123]$ ]] || die "usage: $0 kill 1|2|3"
     # The node's name is in its Erlang VM's environment, not on its command line.
     pids=$(for p in $(pgrep beam.smp); do
-      tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "RABBITMQ_NODENAME=$(node_name "$2")" && echo "$p"
+      # grep reads it all (no -q): an early exit would kill tr with SIGPIPE, and pipefail
+      # would then call a match a miss.
+      tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -x "RABBITMQ_NODENAME=$(node_name "$2")" >/dev/null && echo "$p"
     done || true)
     [ -n "$pids" ] || die "node $2 is not running"
     kill -9 $pids
