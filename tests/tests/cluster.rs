@@ -364,7 +364,7 @@ async fn every_accepted_event_survives_node_losses_exactly_once() {
                     // Every other loss a crash (the first among them): a clean stop hands the
                     // leadership over and closes the connections, a crash leaves both to be
                     // found out.
-                    let crash = restarts % 2 == 0;
+                    let crash = restarts.is_multiple_of(2);
                     if crash {
                         cluster.kill(node).await;
                     } else {
