@@ -71,11 +71,8 @@ impl CheckoutOrder {
             .unwrap_or_else(|| default_cycle.to_owned())
             .to_lowercase();
         for (name, v) in [("metadata.tier_id", &tier), ("metadata.billing_cycle", &cycle)] {
-            if v.len() > 64
-                || !v
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
+            // Never empty here (`str_at` drops blank values), so only the token's shape can fail.
+            if !valid_token(v) {
                 return Err(format!("{name} {v:?} must be letters, digits, '_' or '-'"));
             }
         }
