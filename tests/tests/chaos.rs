@@ -35,7 +35,9 @@ use webhook_amqp::lapin::types::FieldTable;
 use webhook_amqp::lapin::{Channel, Connection, ConnectionProperties};
 use webhook_sandbox::{Fault, Route, SeedUser};
 use webhook_tests::worker::{TestSandbox, binary_env};
-use webhook_tests::{SignedEvent, TcpProxy, TestContext, bin_path, rabbit, signed_event, wait_for};
+use webhook_tests::{
+    Rng, SignedEvent, TcpProxy, TestContext, bin_path, env_num, free_port, rabbit, signed_event, wait_for,
+};
 
 /// The kinds of fault, in the order of the first pass (the last two only with real restarts).
 const KINDS: [&str; 10] = [
@@ -224,13 +226,6 @@ fn env_for_ctl(ctx: &TestContext) -> HashMap<String, String> {
     ctx.env.clone()
 }
 
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn spawn(bin: &str, env: &HashMap<String, String>) -> Child {
     Command::new(bin_path(bin))
         .env_clear()
@@ -240,20 +235,6 @@ fn spawn(bin: &str, env: &HashMap<String, String>) -> Child {
         .kill_on_drop(true)
         .spawn()
         .expect("start binary")
-}
-
-/// A tiny deterministic PRNG (xorshift), seeded from the clock; the seed is printed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 #[tokio::test]
@@ -283,11 +264,7 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
     }
     let amqp_proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let pg_proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", amqp_proxy.port);
     let db = ctx
         .database_url

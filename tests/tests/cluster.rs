@@ -25,14 +25,7 @@ use webhook_sandbox::SeedUser;
 use webhook_tests::cluster::Cluster;
 use webhook_tests::stripe::{checkout, subscription};
 use webhook_tests::worker::{TestSandbox, binary_env};
-use webhook_tests::{TestContext, bin_path, rabbit, sign, wait_for};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use webhook_tests::{Rng, TestContext, bin_path, env_num, free_port, rabbit, sign, wait_for};
 
 /// A process of the run, its log in the run's folder.
 fn spawn(bin: &str, env: &HashMap<String, String>, log: &std::path::Path) -> Child {
@@ -49,28 +42,6 @@ fn spawn(bin: &str, env: &HashMap<String, String>, log: &std::path::Path) -> Chi
         .kill_on_drop(true)
         .spawn()
         .expect("start binary")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// xorshift, seeded from the clock; the seed is printed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// What a subscription must end as, delivered in order.

@@ -13,7 +13,8 @@ use webhook_store::{Commits, Store};
 use webhook_tests::ingest::TestIngest;
 use webhook_tests::worker::{TestSandbox, TestWorker, binary_env, worker_settings};
 use webhook_tests::{
-    TcpProxy, TestContext, bin_path, rabbit, signed_event, signed_event_with_id, wait_event_status, wait_for,
+    TcpProxy, TestContext, bin_path, free_port, rabbit, signed_event, signed_event_with_id,
+    wait_event_status, wait_for,
 };
 use webhook_worker::outcomes::OutcomeWriter;
 
@@ -797,15 +798,6 @@ async fn outcomes_that_wait_for_a_writer_share_one_durable_write() {
     assert_eq!(attempt, 3);
     drop(writer);
     ctx.cleanup().await;
-}
-
-/// A free port on 127.0.0.1, for a worker process's `WORKER_BIND`.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A `webhook-worker` process, killed when dropped (a failing test leaves nothing running).
