@@ -80,21 +80,51 @@ ENV
   chown -R "$RUN_AS:$RUN_AS" "$dir"
 }
 
-start_node() {
+launch_node() { # starts node N's VM in the background; await_node waits for it
   local n=$1
   local dir="$BASE/c$n"
-  running "$n" && return 0
   prepare "$n"
   as_rabbitmq env HOME=/var/lib/rabbitmq RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf" \
     RABBITMQ_NODENAME="$(node_name "$n")" RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
     RABBITMQ_NODE_PORT="$(amqp_port "$n")" RABBITMQ_DIST_PORT="$(dist_port "$n")" \
     RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
     RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_FEATURE_FLAGS_FILE="$dir/feature_flags" \
-    rabbitmq-server -detached >/dev/null 2>&1 || die "node $n did not start: see $dir/log"
-  local deadline=$((SECONDS + 120))
+    rabbitmq-server -detached >"$dir/log/start.out" 2>&1 || die "node $n did not start: $(tail -5 "$dir/log/start.out")"
+}
+
+# Waits until node N has booted, or the deadline (seconds since the script started) passes.
+await_node() {
+  local n=$1 deadline=$2
   until ctl "$n" -q await_startup --timeout 5 >/dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || die "node $n did not finish starting within 120 s: see $dir/log/$(node_name "$n").log"
+    [ $SECONDS -lt "$deadline" ] || return 1
     sleep 0.5
+  done
+}
+
+node_log_tail() {
+  local log="$BASE/c$1/log/$(node_name "$1").log"
+  echo "the last lines of $log:"
+  tail -n 15 "$log" 2>/dev/null | cut -c1-240
+}
+
+# Starts node N again while the others run (it rejoins by itself).
+start_node() {
+  local n=$1
+  running "$n" && return 0
+  launch_node "$n"
+  await_node "$n" $((SECONDS + 180)) || die "node $n did not finish starting within 180 s; $(node_log_tail "$n")"
+}
+
+# Starts every stopped node at once. A clustered node waits at boot for the peers that ran
+# after it stopped (RabbitMQ's restart rule: the last node down must come up first, or all
+# together), so starting them one by one can wait for ever after an unclean stop: a machine
+# shut down with the cluster running, or one node after the other SIGKILLed.
+start_all() {
+  local n deadline=$((SECONDS + 240)) stopped=()
+  for n in "${NODES[@]}"; do running "$n" || stopped+=("$n"); done
+  for n in "${stopped[@]}"; do launch_node "$n"; done
+  for n in "${stopped[@]}"; do
+    await_node "$n" "$deadline" || { echo "node $n did not finish starting within 240 s; $(node_log_tail "$n")"; return 1; }
   done
 }
 
@@ -105,7 +135,12 @@ joined() { # whether node N is in node 1's cluster
 
 up() {
   command -v rabbitmq-server >/dev/null || die "rabbitmq-server is not installed (make services installs it)"
-  for n in "${NODES[@]}"; do start_node "$n"; done
+  if ! start_all; then
+    # The cluster is disposable (tests and demos): when its old state cannot boot, start over.
+    echo "rabbitmq-cluster: the existing cluster in $BASE did not start; deleting it and starting a new one" >&2
+    down
+    start_all >&2 || die "a new cluster did not start either (see above)"
+  fi
   for n in 2 3; do
     joined "$n" && continue
     ctl "$n" -q stop_app >/dev/null 2>&1
@@ -118,10 +153,25 @@ up() {
   url
 }
 
+# The Erlang VM of node N, if it runs. Its name is in the VM's environment, not on its
+# command line.
+node_pids() {
+  local p
+  for p in $(pgrep beam.smp); do
+    # grep reads it all (no -q): an early exit would kill tr with SIGPIPE, and pipefail would
+    # then call a match a miss.
+    tr '\0' '\n' 2>/dev/null <"/proc/$p/environ" | grep -x "RABBITMQ_NODENAME=$(node_name "$1")" >/dev/null && echo "$p"
+  done || true
+}
+
 down() {
+  local n pids
   for n in "${NODES[@]}"; do
     [ -d "$BASE/c$n" ] || continue
     running "$n" && ctl "$n" -q stop >/dev/null 2>&1 || true
+    # A node still booting (waiting for its peers) may not answer: its files go, so must it.
+    pids=$(node_pids "$n")
+    [ -z "$pids" ] || kill -9 $pids
   done
   rm -rf "$BASE"
   echo "rabbitmq-cluster: down" >&2
@@ -155,12 +205,7 @@ case "${1:-}" in
   stop) [[ "${2:-}" =~ ^[123]$ ]] || die "usage: $0 stop 1|2|3"; running "$2" && ctl "$2" -q stop >/dev/null; true ;;
   kill)
     [[ "${2:-}" =~ ^[123]$ ]] || die "usage: $0 kill 1|2|3"
-    # The node's name is in its Erlang VM's environment, not on its command line.
-    pids=$(for p in $(pgrep beam.smp); do
-      # grep reads it all (no -q): an early exit would kill tr with SIGPIPE, and pipefail
-      # would then call a match a miss.
-      tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -x "RABBITMQ_NODENAME=$(node_name "$2")" >/dev/null && echo "$p"
-    done || true)
+    pids=$(node_pids "$2")
     [ -n "$pids" ] || die "node $2 is not running"
     kill -9 $pids
     ;;
