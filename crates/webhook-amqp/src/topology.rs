@@ -17,6 +17,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ExchangeKind};
+use webhook_core::EventType;
 use webhook_core::settings::{AmqpSettings, duration_label};
 
 /// Every name of the topology, with the configured prefix applied.
@@ -29,7 +30,7 @@ pub struct Topology {
     /// One queue per retry delay, in schedule order.
     pub retry_tiers: Vec<RetryTier>,
     /// Routing keys (Stripe event types) bound to the work queue.
-    pub handled_event_types: Vec<String>,
+    pub handled_event_types: Vec<EventType>,
     /// `x-quorum-initial-group-size` of every queue; `None`: the broker's default.
     pub quorum_group_size: Option<u16>,
 }
@@ -41,7 +42,7 @@ pub struct RetryTier {
 }
 
 impl Topology {
-    pub fn new(amqp: &AmqpSettings, retry_delays: &[Duration], handled_event_types: &[String]) -> Self {
+    pub fn new(amqp: &AmqpSettings, retry_delays: &[Duration], handled_event_types: &[EventType]) -> Self {
         let p = &amqp.name_prefix;
         let work_queue = format!("{p}{}", amqp.work_queue);
         let mut retry_tiers: Vec<RetryTier> = Vec::new();

@@ -113,6 +113,11 @@ impl Envelope {
             body,
         })
     }
+
+    /// The event's type when the pipeline handles it; `None` for every other Stripe type.
+    pub fn handled_type(&self) -> Option<crate::EventType> {
+        crate::EventType::parse(&self.event_type)
+    }
 }
 
 /// An envelope whose body carried a valid Stripe signature.

@@ -2,16 +2,18 @@
 //!
 //! - [`signature`]: `Stripe-Signature` verification; only it can make a [`signature::VerifiedPayload`].
 //! - [`envelope`]: the event envelope and the [`envelope::VerifiedEvent`] the publisher takes.
+//! - [`group_commit`]: many callers' items written together (the ingest's events, the worker's outcomes).
+//! - [`event_type`]: the Stripe event types the pipeline handles ([`EventType`]).
 //! - [`settings`]: the typed configuration of every binary (defaults in `default.toml`).
 //! - [`urls`]: the configured URLs, checked at start.
 //! - [`redact`]: credentials out of URLs before they are shown.
 //! - [`message`]: the queue message schema and header names.
-//! - [`error_code`]: the ingest's JSON error contract.
 //! - [`telemetry`]: logging setup.
 //! - [`metrics`]: the metrics every server exports (build info, dependencies, process).
 
 pub mod envelope;
-pub mod error_code;
+pub mod event_type;
+pub mod group_commit;
 pub mod message;
 pub mod metrics;
 pub mod redact;
@@ -21,6 +23,7 @@ pub mod telemetry;
 pub mod urls;
 
 pub use envelope::{Envelope, EnvelopeError, EventId, VerifiedEvent};
+pub use event_type::EventType;
 pub use settings::Settings;
 pub use signature::{SignatureError, SignatureVerifier, VerifiedPayload};
 

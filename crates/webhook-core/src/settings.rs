@@ -99,7 +99,9 @@ pub struct StripeSettings {
     /// Comma-separated `whsec_…` secrets; see [`StripeSettings::secrets`].
     pub webhook_secret: SecretString,
     pub tolerance_secs: u64,
-    pub handled_event_types: Vec<String>,
+    /// The event types queued for the worker (a subset of [`crate::EventType::ALL`]; another
+    /// name is refused at start with the list).
+    pub handled_event_types: Vec<crate::EventType>,
     /// Which mode's events are queued (`WEBHOOK__STRIPE__LIVEMODE`).
     pub livemode: Livemode,
 }

@@ -7,9 +7,10 @@
 //! event RabbitMQ did not confirm, and commits. Only then are the requests answered: accepted
 //! (recorded and confirmed), duplicate, ignored, or 503 for an event that is not durably queued.
 //!
-//! There is no timer: under light load every batch holds one event and latency is that of a
-//! lone request; under heavy load the events that arrive while the writers are busy form the
-//! next batches, so the Postgres round trips and commits per event fall as the load rises.
+//! The batching is [`webhook_core::group_commit`] (no timer: under light load every batch holds
+//! one event and latency is that of a lone request; under heavy load the events that arrive
+//! while the writers are busy form the next batches, so the Postgres round trips and commits per
+//! event fall as the load rises).
 //!
 //! Rows are inserted in event-id order, so concurrent batches lock the unique index in the same
 //! order (no deadlock), and a second copy of an event waits for the first copy's transaction
@@ -20,11 +21,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::future::join_all;
-use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::Instrument;
-use webhook_amqp::{Broker, Outgoing, job_properties, trace_context};
+use webhook_amqp::{Broker, Outgoing, PublishError, job_properties, trace_context};
 use webhook_core::VerifiedEvent;
-use webhook_core::error_code::ApiError;
+use webhook_core::group_commit::{self, Pending};
 use webhook_store::Store;
 use webhook_store::events::{self, EventStatus};
 
@@ -63,12 +63,22 @@ impl Disposition {
     }
 }
 
-type Answer = Result<Disposition, ApiError>;
+/// Why an event was not durably queued (the request is answered 503, and Stripe retries).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotQueued {
+    #[error("the ingest is shutting down; retry later")]
+    ShuttingDown,
+    #[error("the event store is unavailable; retry later")]
+    StoreUnavailable(#[source] Arc<sqlx::Error>),
+    #[error("the event could not be queued ({0}); it was not recorded, retry later")]
+    NotConfirmed(#[source] Arc<PublishError>),
+}
+
+type Answer = Result<Disposition, NotQueued>;
 
 struct Job {
     event: VerifiedEvent,
     route: Route,
-    reply: oneshot::Sender<Answer>,
     /// The request's span: the parent of the publish, whose trace context the message carries.
     span: tracing::Span,
 }
@@ -76,7 +86,7 @@ struct Job {
 /// The requests' side: hands events to the writers.
 #[derive(Clone)]
 pub struct GroupCommit {
-    jobs: mpsc::Sender<Job>,
+    jobs: group_commit::GroupCommit<Job, Answer>,
     metrics: Metrics,
 }
 
@@ -92,54 +102,46 @@ impl GroupCommit {
     /// Starts `writers` writer tasks on the current runtime (each holds at most one pooled
     /// connection at a time). They stop once every `GroupCommit` clone is dropped.
     pub fn start(backend: Backend, writers: usize) -> Self {
-        let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * writers.max(1) * 4);
-        let rx = Arc::new(Mutex::new(rx));
         let metrics = backend.metrics.clone();
-        for _ in 0..writers.max(1) {
-            tokio::spawn(writer(backend.clone(), rx.clone()));
-        }
-        Self { jobs: tx, metrics }
+        let jobs = group_commit::GroupCommit::start(
+            writers,
+            MAX_BATCH,
+            MAX_BATCH * writers.max(1) * 4,
+            move |batch| {
+                let backend = backend.clone();
+                async move {
+                    backend.metrics.commit_waiting.sub(batch.len() as i64);
+                    commit(&backend, batch).await
+                }
+            },
+        );
+        Self { jobs, metrics }
     }
 
     /// Records and (for [`Route::Queue`]) queues the event; answers once that is durable, or why not.
     pub async fn submit(&self, event: VerifiedEvent, route: Route) -> Answer {
-        let (reply, answer) = oneshot::channel();
         let job = Job {
             event,
             route,
-            reply,
             span: tracing::Span::current(),
         };
+        // Taken off again by the writer that takes the event (at shutdown, an event the writers
+        // never took may stay counted: the process is ending).
         self.metrics.commit_waiting.inc();
-        if self.jobs.send(job).await.is_err() {
-            self.metrics.commit_waiting.dec();
-            return Err(ApiError::unavailable("the ingest is shutting down; retry later"));
-        }
-        answer
+        self.jobs
+            .submit(job)
             .await
-            .unwrap_or_else(|_| Err(ApiError::unavailable("the ingest is shutting down; retry later")))
-    }
-}
-
-async fn writer(backend: Backend, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
-    loop {
-        // Every event waiting, up to MAX_BATCH (waits for the first).
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        if jobs.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            return;
-        }
-        backend.metrics.commit_waiting.sub(batch.len() as i64);
-        commit(&backend, batch).await;
+            .unwrap_or(Err(NotQueued::ShuttingDown))
     }
 }
 
 /// One transaction for the whole batch, then every request's answer.
-async fn commit(backend: &Backend, mut batch: Vec<Job>) {
+async fn commit(backend: &Backend, mut batch: Vec<Pending<Job, Answer>>) {
     backend.metrics.commit_batch_size.observe(batch.len() as f64);
-    batch.sort_by(|a, b| a.event.id.cmp(&b.event.id));
+    batch.sort_by(|a, b| a.item.event.id.cmp(&b.item.event.id));
     // The first copy of each id is written; later copies in the batch follow its fate.
     let firsts: Vec<usize> = (0..batch.len())
-        .filter(|&i| i == 0 || batch[i].event.id != batch[i - 1].event.id)
+        .filter(|&i| i == 0 || batch[i].item.event.id != batch[i - 1].item.event.id)
         .collect();
     let answers = match record_and_queue(backend, &batch, &firsts).await {
         Ok(answers) => answers,
@@ -155,7 +157,7 @@ async fn commit(backend: &Backend, mut batch: Vec<Job>) {
             answers[first - 1].clone().map(|_| Disposition::Duplicate)
         };
         // A client that went away gets no answer; its event is durable all the same.
-        let _ = job.reply.send(answer);
+        job.answer(answer);
     }
 }
 
@@ -163,13 +165,13 @@ async fn commit(backend: &Backend, mut batch: Vec<Job>) {
 /// order of `firsts`; an `Err` of the whole function answers every event with it.
 async fn record_and_queue(
     backend: &Backend,
-    batch: &[Job],
+    batch: &[Pending<Job, Answer>],
     firsts: &[usize],
-) -> Result<Vec<Answer>, ApiError> {
+) -> Result<Vec<Answer>, NotQueued> {
     let rows: Vec<_> = firsts
         .iter()
         .map(|&i| {
-            let job = &batch[i];
+            let job = &batch[i].item;
             match &job.route {
                 Route::Queue => (job.event.envelope(), EventStatus::Queued, None),
                 Route::Ignore { reason } => (job.event.envelope(), EventStatus::Ignored, reason.as_deref()),
@@ -191,7 +193,7 @@ async fn record_and_queue(
     let inserted_at = Instant::now();
     let topology = backend.broker.topology();
     let answers: Vec<Answer> = join_all(firsts.iter().map(|&i| {
-        let job = &batch[i];
+        let job = &batch[i].item;
         let new = inserted.contains(job.event.id.as_str());
         async move {
             if !new {
@@ -232,7 +234,7 @@ async fn record_and_queue(
                 .observe(started.elapsed().as_secs_f64());
             published.map(|()| Disposition::Accepted).map_err(|e| {
                 tracing::warn!(event_id = %job.event.id, error = %e, "event not queued; answering 503 so Stripe retries");
-                ApiError::unavailable(format!("the event could not be queued ({e}); it was not recorded, retry later"))
+                NotQueued::NotConfirmed(Arc::new(e))
             })
         }
     }))
@@ -241,7 +243,7 @@ async fn record_and_queue(
         .iter()
         .zip(&answers)
         .filter(|(_, a)| a.is_err())
-        .map(|(&i, _)| batch[i].event.id.as_str())
+        .map(|(&i, _)| batch[i].item.event.id.as_str())
         .collect();
     if unconfirmed.len() == inserted.len() {
         let _ = tx.rollback().await;
@@ -277,7 +279,7 @@ async fn record_and_queue(
 /// A batch slower than this is logged with where its time went.
 const SLOW_BATCH: std::time::Duration = std::time::Duration::from_millis(50);
 
-fn db_unavailable(e: sqlx::Error) -> ApiError {
+fn db_unavailable(e: sqlx::Error) -> NotQueued {
     tracing::warn!(error = %e, "database unavailable");
-    ApiError::unavailable("the event store is unavailable; retry later")
+    NotQueued::StoreUnavailable(Arc::new(e))
 }

@@ -4,8 +4,11 @@
 //! - [`Application`]: builds the server from [`Settings`]; `main.rs` only loads settings and runs it.
 //! - [`routes::webhook`]: the webhook endpoint (verify → parse → record + publish → answer).
 //! - [`routes::health`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`group_commit`]: the events of concurrent requests recorded and queued together.
+//! - [`error`]: the HTTP errors ([`error::ApiError`]).
 //! - [`metrics`]: the Prometheus metrics.
 
+pub mod error;
 pub mod group_commit;
 pub mod metrics;
 pub mod routes;
@@ -20,7 +23,7 @@ use anyhow::Context;
 use webhook_amqp::{Broker, BrokerConfig};
 use webhook_core::redact;
 use webhook_core::settings::Livemode;
-use webhook_core::{Settings, SignatureVerifier};
+use webhook_core::{EventType, Settings, SignatureVerifier};
 use webhook_store::Store;
 
 use crate::group_commit::{Backend, GroupCommit};
@@ -39,7 +42,7 @@ pub struct AppState {
     pub store: Store,
     pub broker: Broker,
     pub metrics: Metrics,
-    pub handled_event_types: HashSet<String>,
+    pub handled_event_types: HashSet<EventType>,
     /// Which Stripe mode's events are queued; the others are stored as ignored.
     pub livemode: Livemode,
     pub body_limit: usize,

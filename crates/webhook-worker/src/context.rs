@@ -6,10 +6,10 @@ use webhook_amqp::Broker;
 use webhook_store::Store;
 
 use crate::clients::{InlineRetry, KeycloakClient, LagoClient};
-use crate::domain::PlanMap;
 use crate::entitlement::Entitlements;
 use crate::metrics::Metrics;
 use crate::outcomes::OutcomeWriter;
+use crate::plans::PlanMap;
 
 pub struct WorkerContext {
     /// Step writes: commits that do not wait for the disk ([`webhook_store::Commits::Deferred`]).
@@ -29,7 +29,7 @@ pub struct WorkerContext {
     pub retry_delays: Vec<Duration>,
     pub inline_retry: InlineRetry,
     /// The subscription lease's timing.
-    pub lease: crate::lease::LeaseTiming,
+    pub lease: crate::ordering::lease::LeaseTiming,
     pub metrics: Metrics,
     /// Jobs held for Postgres, missing queues: for `/readyz`.
     pub health: std::sync::Arc<crate::health::Health>,

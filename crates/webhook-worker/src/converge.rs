@@ -4,7 +4,7 @@
 //! - **Lago**, per subscription: terminated once the tombstone is written (it needs only the
 //!   subscription id, so it comes first and never waits for Keycloak), else on the record's plan
 //!   while the status carries one ([`crate::ordering::lago_target`]). What Lago was brought to
-//!   is kept in the record (written once, after Keycloak, by the handler), so a redelivery
+//!   is kept in the record (written once, after Keycloak, by [`crate::apply`]), so a redelivery
 //!   calls Lago only when something is left to do.
 //! - **Keycloak**, per account: the attributes that all of the account's subscriptions imply
 //!   ([`crate::entitlement`]). The user is read first and written only when it differs; after
@@ -20,9 +20,10 @@ use crate::clients::lago::NewSubscription;
 use crate::context::WorkerContext;
 use crate::entitlement::AccountView;
 use crate::failure::{Failure, JobError};
-use crate::lease::Lease;
+use crate::ledger::Steps;
+use crate::ordering::lease::Lease;
 use crate::ordering::{self, LagoTarget};
-use crate::steps::Steps;
+use crate::step::Step;
 
 /// How many times an account is synced again when its state keeps changing under the job.
 const SYNC_ROUNDS: usize = 4;
@@ -40,10 +41,13 @@ pub(crate) async fn lago(
             // Noted for `events show` (a redelivery finds Lago brought there already).
             let (step, result) = match (&record.deleted_by, &record.lago_plan_code) {
                 (Some(_), _) if record.lago_terminated => (
-                    "lago_terminate",
+                    Step::LagoTerminate,
                     json!({"action": "none", "status": "terminated"}),
                 ),
-                (None, Some(plan)) => ("lago_subscription", json!({"action": "none", "plan_code": plan})),
+                (None, Some(plan)) => (
+                    Step::LagoSubscription,
+                    json!({"action": "none", "plan_code": plan}),
+                ),
                 _ => return Ok(json!({"action": "none"})),
             };
             steps.note(step, result.clone());
@@ -59,11 +63,11 @@ pub(crate) async fn lago(
                 .inline_retry
                 .run(|| ctx.lago.terminate_subscription(&sub_id))
                 .await
-                .map_err(|e| Failure::downstream("lago_subscription", e))?;
+                .map_err(|e| Failure::downstream(Step::LagoSubscription, e))?;
             let result = json!({"action": "ended", "lago_id": t.as_ref().map(|s| s["lago_id"].clone()), "status": record.status});
             record.lago_plan_code = None;
             record.lago_customer = None;
-            steps.note("lago_subscription", result.clone());
+            steps.note(Step::LagoSubscription, result.clone());
             Ok(result)
         }
         LagoTarget::Terminate => {
@@ -72,7 +76,7 @@ pub(crate) async fn lago(
                 .inline_retry
                 .run(|| ctx.lago.terminate_subscription(&sub_id))
                 .await
-                .map_err(|e| Failure::downstream("lago_terminate", e))?;
+                .map_err(|e| Failure::downstream(Step::LagoTerminate, e))?;
             let result = match t {
                 Some(s) => json!({"action": "terminated", "lago_id": s["lago_id"], "status": s["status"]}),
                 // Lago's 404: terminated already (or never created: canceled before its checkout).
@@ -80,9 +84,9 @@ pub(crate) async fn lago(
             };
             record.lago_terminated = true;
             let span = tracing::Span::current();
-            span.record("otel.name", "lago_terminate");
-            span.record("step", "lago_terminate");
-            steps.note("lago_terminate", result.clone());
+            span.record("otel.name", Step::LagoTerminate.as_str());
+            span.record("step", Step::LagoTerminate.as_str());
+            steps.note(Step::LagoTerminate, result.clone());
             Ok(result)
         }
         LagoTarget::Assign {
@@ -98,7 +102,7 @@ pub(crate) async fn lago(
                 ctx.inline_retry
                     .run(|| ctx.lago.terminate_subscription_for_move(&sub_id))
                     .await
-                    .map_err(|e| Failure::downstream("lago_subscription", e))?;
+                    .map_err(|e| Failure::downstream(Step::LagoSubscription, e))?;
                 tracing::info!(subscription = %sub_id, from = %old, to = %customer, "moved the Lago subscription to the bound account's customer");
             }
             if record.lago_customer.as_deref() != Some(customer.as_str())
@@ -109,7 +113,7 @@ pub(crate) async fn lago(
                 ctx.inline_retry
                     .run(|| ctx.lago.upsert_customer(&customer, &customer, None))
                     .await
-                    .map_err(|e| Failure::downstream("lago_customer", e))?;
+                    .map_err(|e| Failure::downstream(Step::LagoCustomer, e))?;
             }
             let new = NewSubscription {
                 external_customer_id: &customer,
@@ -125,14 +129,14 @@ pub(crate) async fn lago(
                     ctx.inline_retry
                         .run(|| ctx.lago.terminate_subscription_for_move(&sub_id))
                         .await
-                        .map_err(|e| Failure::downstream("lago_subscription", e))?;
+                        .map_err(|e| Failure::downstream(Step::LagoSubscription, e))?;
                     ctx.inline_retry.run(|| ctx.lago.create_subscription(&new)).await
                 }
                 other => other,
             };
             let s = created
                 .map_err(|e| {
-                    let mut f = Failure::downstream("lago_subscription", e.clone());
+                    let mut f = Failure::downstream(Step::LagoSubscription, e.clone());
                     if e.code.as_deref() == Some("plan_not_found") {
                         f.message = format!(
                             "Lago has no plan {plan_code:?} (tier {:?}, cycle {:?}): create it in Lago or map it in \
@@ -152,7 +156,7 @@ pub(crate) async fn lago(
                 ctx.inline_retry
                     .run(|| ctx.lago.cancel_pending(&sub_id))
                     .await
-                    .map_err(|e| Failure::downstream("lago_subscription", e))?;
+                    .map_err(|e| Failure::downstream(Step::LagoSubscription, e))?;
                 next_plan = Value::Null;
             }
             let result = json!({
@@ -162,7 +166,7 @@ pub(crate) async fn lago(
             });
             record.lago_plan_code = Some(plan_code);
             record.lago_customer = Some(customer);
-            steps.note("lago_subscription", result.clone());
+            steps.note(Step::LagoSubscription, result.clone());
             Ok(result)
         }
     }
@@ -181,12 +185,12 @@ pub(crate) async fn keycloak(
     if record.account_id.is_none()
         && let Some(email) = record.account_email.clone()
     {
-        let id = match crate::steps::find_account(ctx, &email).await {
+        let id = match find_account(ctx, &email).await {
             Ok(id) => id,
             // An operator named an account that does not exist: say so, do not wait for it.
-            Err(f) if f.step == "keycloak_lookup" && record.bound_by.as_deref() == Some("operator") => {
+            Err(f) if f.step == Step::KeycloakLookup && record.bound_by.as_deref() == Some("operator") => {
                 return Err(Failure::permanent(
-                    "keycloak_lookup",
+                    Step::KeycloakLookup,
                     format!(
                         "no Keycloak user has the email {email} that `webhookctl billing rebind` bound {} to: rebind it \
                          to the right email, then requeue",
@@ -198,7 +202,8 @@ pub(crate) async fn keycloak(
             // The fallback account (a customer learned before account ids were kept) is gone:
             // recorded like a deleted account, not retried for hours.
             Err(f)
-                if f.step == "keycloak_lookup" && f.kind == webhook_core::message::ErrorKind::Transient =>
+                if f.step == Step::KeycloakLookup
+                    && f.kind == webhook_core::message::ErrorKind::Transient =>
             {
                 ctx.metrics.accounts_missing.inc();
                 return Ok(json!([{"account_email": email, "missing": true}]));
@@ -228,7 +233,7 @@ pub(crate) async fn keycloak(
     }
     record.synced_account_id = record.account_id.clone();
     let results = Value::Array(results);
-    steps.note("keycloak_attributes", results.clone());
+    steps.note(Step::KeycloakAttributes, results.clone());
     Ok(results)
 }
 
@@ -259,13 +264,13 @@ async fn sync_account(ctx: &WorkerContext, lease: &Lease, account: &str) -> Resu
                 );
                 return Ok(json!({"account_id": account, "missing": true, "tier": view.tier}));
             }
-            Err(e) => return Err(Failure::downstream("keycloak_attributes", e).into()),
+            Err(e) => return Err(Failure::downstream(Step::KeycloakAttributes, e).into()),
         };
         written |= synced.written;
         let wrote_now = synced.written;
         for key in &synced.dropped {
             if *key == ctx.tier_attribute {
-                return Err(Failure::downstream("keycloak_attributes", dropped_attribute(key)).into());
+                return Err(Failure::downstream(Step::KeycloakAttributes, dropped_attribute(key)).into());
             }
             ctx.metrics.attribute_dropped.with_label_values(&[key]).inc();
             tracing::warn!(
@@ -291,7 +296,7 @@ async fn sync_account(ctx: &WorkerContext, lease: &Lease, account: &str) -> Resu
         view = now;
     }
     Err(Failure::transient(
-        "keycloak_attributes",
+        Step::KeycloakAttributes,
         format!(
             "the billing state of Keycloak account {account} kept changing while it was synced (retrying)"
         ),
@@ -308,4 +313,35 @@ fn attributes(ctx: &WorkerContext, view: &AccountView) -> Vec<(String, String)> 
         values.push((attribute.clone(), status));
     }
     values
+}
+/// The id of the one Keycloak user with this email. None yet is transient (the account may
+/// still be being created: retried through the schedule); several is permanent.
+pub(crate) async fn find_account(ctx: &WorkerContext, email: &str) -> Result<String, Failure> {
+    let users = ctx
+        .inline_retry
+        .run(|| ctx.keycloak.find_users_by_email(email))
+        .await
+        .map_err(|e| Failure::downstream(Step::KeycloakLookup, e))?;
+    // Defensive: a Keycloak older than 11 ignores exact=true and matches substrings.
+    let matching: Vec<&Value> = users
+        .iter()
+        .filter(|u| u["email"].as_str().is_some_and(|e| e.eq_ignore_ascii_case(email)))
+        .collect();
+    match matching.as_slice() {
+        [] => Err(Failure::transient(
+            Step::KeycloakLookup,
+            format!(
+                "no Keycloak user has the email {email} yet (the account may still be being created; retried \
+                 through the schedule)"
+            ),
+        )),
+        [u] => Ok(u["id"].as_str().unwrap_or_default().to_owned()),
+        many => Err(Failure::permanent(
+            Step::KeycloakLookup,
+            format!(
+                "{} Keycloak users share the email {email}; merge them or make emails unique in the realm, then requeue",
+                many.len()
+            ),
+        )),
+    }
 }

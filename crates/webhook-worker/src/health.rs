@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use prometheus::{IntGauge, IntGaugeVec};
+use tokio::sync::watch;
+use webhook_store::Store;
 
 use crate::failure::Unavailable;
 
@@ -119,6 +121,22 @@ impl Drop for Hold {
     }
 }
 
+/// Polls Postgres until it answers; false if shutdown came first.
+pub async fn wait_for_store(store: &Store, shutdown: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        if *shutdown.borrow() {
+            return false;
+        }
+        if store.is_ready().await {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,10 +150,7 @@ mod tests {
     }
 
     fn why(reason: &str) -> Unavailable {
-        Unavailable {
-            reason: reason.into(),
-            recycle: false,
-        }
+        Unavailable::because(reason, false)
     }
 
     #[test]

@@ -3,38 +3,45 @@
 //! queues and a dead-letter queue with reasons.
 //!
 //! - [`Application`]: builds everything from [`Settings`]; `main.rs` only loads settings and runs it.
-//! - [`consumer`]: the consume loop (acks, concurrency, reconnects, graceful shutdown).
-//! - [`dispatch`]: one message → its handler → an outcome.
-//! - [`handlers`]: per event family, what the event asks of its subscription; then, for all of
-//!   them, the billing state updated and Lago and Keycloak brought to it.
-//! - [`ordering`]: is an event newer (watermarks, tombstones), and the account binding.
-//! - [`lease`]: the per-subscription lease, fenced per delivery attempt.
-//! - [`entitlement`]: what an account's subscriptions grant (status → access, tier order).
-//! - [`converge`]: Lago and Keycloak brought to the billing state.
-//! - [`steps`]: the step ledger and the audit row, exactly once per action.
-//! - [`outcomes`]: the durable outcome write before each ack, shared by the jobs that finish together.
-//! - [`retry`]: the next retry tier or the dead-letter queue for a failed message.
-//! - [`clients`]: typed Keycloak and Lago clients with error classification.
-//! - [`domain`]: checkout orders, emails, plan codes.
-//! - [`http`], [`metrics`]: health, readiness and Prometheus metrics.
+//!
+//! The job path, top to bottom (each module names its step):
+//!
+//! 1. [`consume`]: the consume loop (acks, concurrency, reconnects, graceful shutdown, holding
+//!    jobs while Postgres is unavailable); it runs 2 to 5 for each message;
+//! 2. [`job`]: the message decoded into a typed [`job::Job`] (its [`webhook_core::EventType`]
+//!    and business action);
+//! 3. [`handlers`]: one per event family (checkout, subscription, invoice): what the event asks
+//!    of its subscription;
+//! 4. [`apply`]: that applied under the subscription's lease: the binding, the ordering, Lago
+//!    and Keycloak brought to the state ([`converge`]), the audit row; every effect through the
+//!    step ledger ([`ledger`]);
+//! 5. [`settle`]: ack, retry tier or dead-letter queue, each once its outcome is durable
+//!    ([`outcomes`]).
+//!
+//! Beside it: [`ordering`] (which event is newer, the account binding, and the per-subscription
+//! [`ordering::lease`]), [`entitlement`] (what a subscription grants), [`stripe`] and [`plans`]
+//! (the Stripe objects and the plan map), [`clients`] (typed Keycloak and Lago clients),
+//! [`failure`] and [`step`] (how a job fails, and where), [`health`], [`http`] and [`metrics`].
 
+pub mod apply;
 pub mod clients;
-pub mod consumer;
+pub mod consume;
 pub mod context;
 pub mod converge;
-pub mod dispatch;
-pub mod domain;
 pub mod entitlement;
 pub mod failure;
 pub mod handlers;
 pub mod health;
 pub mod http;
-pub mod lease;
+pub mod job;
+pub mod ledger;
 pub mod metrics;
 pub mod ordering;
 pub mod outcomes;
-pub mod retry;
-pub mod steps;
+pub mod plans;
+pub mod settle;
+pub mod step;
+pub mod stripe;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -50,10 +57,10 @@ use webhook_store::{Commits, Store};
 
 use crate::clients::{InlineRetry, KeycloakClient, LagoClient};
 use crate::context::WorkerContext;
-use crate::domain::PlanMap;
 use crate::entitlement::Entitlements;
 use crate::metrics::Metrics;
 use crate::outcomes::OutcomeWriter;
+use crate::plans::PlanMap;
 use webhook_store::pool_metrics::PoolMetrics;
 
 /// Outcome writers (group commit): two, so that one batch collects while the other waits for
@@ -147,7 +154,7 @@ impl Application {
                 min_delay: Duration::from_millis(w.inline_retry_min_ms),
                 max_delay: Duration::from_millis(w.inline_retry_max_ms),
             },
-            lease: lease::LeaseTiming::new(w.lease_secs),
+            lease: ordering::lease::LeaseTiming::new(w.lease_secs),
             health: health::Health::new(metrics.jobs_held.clone(), metrics.queue_missing.clone()),
             metrics,
             tier_attribute: settings.keycloak.tier_attribute.clone(),
@@ -196,7 +203,7 @@ impl Application {
             self.ctx.clone(),
             Duration::from_secs(5),
         ));
-        let consumer = tokio::spawn(consumer::run(
+        let consumer = tokio::spawn(consume::run(
             self.ctx.clone(),
             self.concurrency,
             self.shutdown.subscribe(),

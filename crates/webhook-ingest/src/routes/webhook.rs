@@ -8,15 +8,15 @@
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde_json::json;
 use tracing::Instrument;
 use webhook_core::VerifiedEvent;
-use webhook_core::error_code::ApiError;
 
 use crate::AppState;
+use crate::error::ApiError;
 use crate::group_commit::{Disposition, Route};
 
 /// The facts a log line and a metric need, whatever the outcome.
@@ -54,15 +54,13 @@ pub async fn receive(req: HttpRequest, payload: web::Payload, state: web::Data<A
             (HttpResponse::Ok().json(body), disposition.as_str())
         }
         Err(err) => {
-            let mut builder =
-                HttpResponse::build(actix_web::http::StatusCode::from_u16(err.status).expect("valid status"));
+            let mut response = err.error_response();
             if err.status == 503 {
-                builder.insert_header((header::RETRY_AFTER, state.retry_after_secs.to_string()));
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(state.retry_after_secs));
             }
-            (
-                builder.content_type("application/json").body(err.to_json()),
-                err.code,
-            )
+            (response, err.code)
         }
     };
     state.metrics.requests.with_label_values(&[outcome]).inc();
@@ -132,11 +130,16 @@ async fn handle(
             );
             Route::Ignore { reason: Some(reason) }
         }
-        None if state.handled_event_types.contains(&event.event_type) => Route::Queue,
+        None if event
+            .handled_type()
+            .is_some_and(|t| state.handled_event_types.contains(&t)) =>
+        {
+            Route::Queue
+        }
         None => Route::Ignore { reason: None },
     };
     // Recorded and queued together with the other requests in flight (group commit).
-    state.queue.submit(event, route).await
+    Ok(state.queue.submit(event, route).await?)
 }
 
 /// Content type and header size, checked before the body is read.
@@ -212,8 +215,5 @@ async fn read_body(
 
 /// JSON 404 for every other path.
 pub async fn not_found() -> HttpResponse {
-    let err = ApiError::not_found();
-    HttpResponse::NotFound()
-        .content_type("application/json")
-        .body(err.to_json())
+    ApiError::not_found().error_response()
 }

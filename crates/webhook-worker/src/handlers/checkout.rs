@@ -6,12 +6,13 @@
 use serde_json::json;
 use webhook_core::Envelope;
 
-use super::BillingJob;
+use crate::apply::{self, BillingJob};
 use crate::context::WorkerContext;
-use crate::dispatch::Done;
-use crate::domain::CheckoutOrder;
 use crate::failure::{Failure, JobError};
+use crate::job::Done;
 use crate::ordering::{Change, Plan};
+use crate::step::Step;
+use crate::stripe::CheckoutOrder;
 
 pub async fn handle(
     ctx: &WorkerContext,
@@ -20,7 +21,7 @@ pub async fn handle(
     object: &serde_json::Value,
 ) -> Result<Done, JobError> {
     let order = CheckoutOrder::from_session(object, &ctx.plans.default_cycle)
-        .map_err(|m| Failure::permanent("parse", m))?;
+        .map_err(|m| Failure::permanent(Step::Parse, m))?;
     if !order.is_paid() {
         return Ok(Done::Skipped(format!(
             "payment_status is {:?}: nothing to provision until checkout.session.async_payment_succeeded",
@@ -32,7 +33,7 @@ pub async fn handle(
         tier: order.tier.clone(),
         cycle: order.cycle.clone(),
     };
-    super::run(
+    apply::run(
         ctx,
         BillingJob {
             event,

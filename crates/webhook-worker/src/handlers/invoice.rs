@@ -6,12 +6,13 @@
 use serde_json::{Value, json};
 use webhook_core::Envelope;
 
-use super::BillingJob;
+use crate::apply::{self, BillingJob};
 use crate::context::WorkerContext;
-use crate::dispatch::Done;
-use crate::domain::InvoiceChange;
 use crate::failure::{Failure, JobError};
+use crate::job::Done;
 use crate::ordering::Change;
+use crate::step::Step;
+use crate::stripe::InvoiceChange;
 
 pub async fn handle(
     ctx: &WorkerContext,
@@ -20,7 +21,7 @@ pub async fn handle(
     object: &Value,
     paid: bool,
 ) -> Result<Done, JobError> {
-    let inv = InvoiceChange::from_object(object).map_err(|m| Failure::permanent("parse", m))?;
+    let inv = InvoiceChange::from_object(object).map_err(|m| Failure::permanent(Step::Parse, m))?;
     let Some(sub_id) = inv.subscription_id.as_deref() else {
         return Ok(Done::Skipped(format!(
             "invoice {} is not for a subscription: nothing to change",
@@ -28,7 +29,7 @@ pub async fn handle(
         )));
     };
     let contact = inv.customer_email.as_ref().map(|e| e.as_str());
-    super::run(
+    apply::run(
         ctx,
         BillingJob {
             event,

@@ -1,225 +1,41 @@
-//! One handler per event family turns an event into a [`BillingJob`] (what it says about which
-//! subscription); [`run`] then applies it to the billing state and brings Lago and Keycloak to
-//! that state, top to bottom:
+//! Step 3 of the job path: one handler per event family reads the event's object and says what
+//! it asks of its subscription (a [`crate::apply::BillingJob`]); [`crate::apply`] does the rest.
 //!
-//! 1. take the subscription's lease ([`crate::lease`]) and its record;
-//! 2. a paid checkout: find the Keycloak account, upsert the Lago customer, bind the
-//!    subscription and the Stripe customer to the account; any other event of a subscription
-//!    with no binding yet: the customer's account as the fallback;
-//! 3. apply the event if it is newer ([`crate::ordering`]); a stale event other than a
-//!    checkout stops here (`skipped`, with the reason); the record is saved (fenced);
-//! 4. Lago, then Keycloak, brought to the record ([`crate::converge`]);
-//! 5. the audit row and the ledger, in one fenced statement; the lease is given back.
+//! - [`checkout`]: `checkout.session.completed`, `checkout.session.async_payment_succeeded`;
+//! - [`subscription`]: `customer.subscription.updated`, `customer.subscription.deleted`;
+//! - [`invoice`]: `invoice.paid`, `invoice.payment_failed`.
 
 pub mod checkout;
 pub mod invoice;
 pub mod subscription;
 
-use serde_json::{Value, json};
-use webhook_core::Envelope;
-use webhook_store::billing::{self, CustomerAccount};
+use webhook_core::EventType;
 
 use crate::context::WorkerContext;
-use crate::dispatch::Done;
-use crate::domain::{CheckoutOrder, Email};
-use crate::entitlement;
 use crate::failure::{Failure, JobError};
-use crate::lease::Lease;
-use crate::ordering::{self, BoundBy, Change};
-use crate::steps::{Steps, traced};
+use crate::job::{Done, Job};
+use crate::step::Step;
 
-/// What one event asks of its subscription.
-pub struct BillingJob<'a> {
-    pub event: &'a Envelope,
-    pub subscription_id: &'a str,
-    /// The Stripe customer the event names.
-    pub customer: Option<&'a str>,
-    pub change: Change,
-    /// The business action in the step ledger (see [`crate::dispatch::action_key`]).
-    pub action_key: String,
-    /// A paid checkout's order: it binds the subscription to its account.
-    pub checkout: Option<&'a CheckoutOrder>,
-    /// The account the subscription object itself names (`metadata.user_email`).
-    pub owner: Option<&'a Email>,
-    /// The price of a subscription event, for the error when its plan cannot be told.
-    pub price_id: Option<&'a str>,
-    /// The audit row's `event_type`.
-    pub audit_type: &'static str,
-    /// The event's own details for the audit row (ids of the session, invoice, …).
-    pub details: Value,
-    /// An invoice's `customer_email`: the billing contact, for the audit only.
-    pub contact: Option<&'a str>,
-}
-
-/// Applies the job under its subscription's lease (see the module docs).
-pub async fn run(ctx: &WorkerContext, job: BillingJob<'_>) -> Result<Done, JobError> {
-    let (lease, record) = Lease::acquire(ctx, job.subscription_id).await?;
-    let result = run_leased(ctx, &job, &lease, record).await;
-    lease.release().await;
-    result
-}
-
-async fn run_leased(
-    ctx: &WorkerContext,
-    job: &BillingJob<'_>,
-    lease: &Lease,
-    mut record: billing::SubscriptionRecord,
-) -> Result<Done, JobError> {
-    let event = job.event;
-    let pool = &ctx.store.pool;
-    let mut steps = Steps::begin(ctx, job.action_key.clone(), event.id.as_str()).await?;
-    if record.customer_id.is_none() {
-        record.customer_id = job.customer.map(str::to_owned);
+/// Runs the handler of the job's event type.
+pub async fn handle(ctx: &WorkerContext, job: &Job) -> Result<Done, JobError> {
+    let event = &job.event;
+    // The ingest does not queue events of the other Stripe mode; one replayed or published by
+    // hand is refused here too.
+    if let Some(reason) = ctx.livemode.refuses(event.livemode) {
+        return Ok(Done::Skipped(reason));
     }
-    let mut details = job.details.clone();
-    // 2. The binding.
-    if let Some(order) = job.checkout {
-        let email = order.email.as_str();
-        match steps.lookup_user(email).await {
-            Ok(user_id) => {
-                let customer = steps
-                    .upsert_customer(email, order.customer_name.as_deref())
-                    .await?;
-                ordering::bind(&mut record, Some(&user_id), email, BoundBy::Checkout);
-                if let Some(c) = job.customer {
-                    let account = CustomerAccount {
-                        account_id: Some(user_id.clone()),
-                        account_email: email.to_owned(),
-                    };
-                    let mark = job.change.watermark(event.created, event.id.as_str());
-                    billing::bind_customer(pool, c, &account, &mark).await?;
-                }
-                details["lago_customer_id"] = customer["lago_id"].clone();
-                details["keycloak_user_id"] = json!(user_id);
-            }
-            // A late checkout of a canceled subscription whose account is gone: nothing to
-            // provision, nothing to wait for.
-            Err(JobError::Failed(f)) if f.step == "keycloak_lookup" && record.deleted_by.is_some() => {
-                details["keycloak_account_missing"] = json!(email);
-            }
-            Err(e) => return Err(e),
+    let action_key = job.action_key.clone().ok_or_else(|| {
+        Failure::permanent(Step::Parse, "malformed message: the event has no data.object.id")
+    })?;
+    let object = &job.object;
+    // Every type by name: a new `EventType` does not compile until it has its handler here.
+    match job.event_type {
+        EventType::CheckoutSessionCompleted | EventType::CheckoutSessionAsyncPaymentSucceeded => {
+            checkout::handle(ctx, event, action_key, object).await
         }
-    } else if ordering::weakly_bound(&record) {
-        if let Some(owner) = job.owner {
-            let id = crate::steps::find_account(ctx, owner.as_str()).await?;
-            ordering::bind(&mut record, Some(&id), owner.as_str(), BoundBy::Subscription);
-        } else if let Some(c) = job.customer
-            && let Some(account) = billing::customer_account(pool, c).await?
-        {
-            ordering::bind(
-                &mut record,
-                account.account_id.as_deref(),
-                &account.account_email,
-                BoundBy::Customer,
-            );
-        }
+        EventType::CustomerSubscriptionUpdated => subscription::updated(ctx, event, action_key, object).await,
+        EventType::CustomerSubscriptionDeleted => subscription::deleted(ctx, event, action_key, object).await,
+        EventType::InvoicePaid => invoice::handle(ctx, event, action_key, object, true).await,
+        EventType::InvoicePaymentFailed => invoice::handle(ctx, event, action_key, object, false).await,
     }
-    // 3. The state.
-    let applied = ordering::apply(
-        &mut record,
-        event.id.as_str(),
-        &event.event_type,
-        event.created,
-        &job.change,
-    );
-    if let Err(reason) = &applied
-        && job.checkout.is_none()
-    {
-        return Ok(Done::Skipped(reason.clone()));
-    }
-    if record.plan_code.is_none()
-        && record.deleted_by.is_none()
-        && matches!(job.change, Change::Updated { plan: None, .. })
-    {
-        return Err(Failure::permanent(
-            "parse",
-            format!(
-                "cannot tell the tier of price {}: map it in [plans.prices] (price id or lookup_key = \"tier:cycle\") \
-                 or set metadata.tier_id on the price, then requeue",
-                job.price_id.unwrap_or("(none)")
-            ),
-        )
-        .into());
-    }
-    let result = converge_and_finish(ctx, job, lease, &mut record, &mut steps, details, applied).await;
-    if let Err(JobError::Failed(failure)) = &result {
-        // The retry resumes after the steps finished before the failure.
-        steps.save_progress(failure).await?;
-    }
-    result
-}
-
-/// Steps 3 (the save) to 5 of the module docs.
-async fn converge_and_finish(
-    ctx: &WorkerContext,
-    job: &BillingJob<'_>,
-    lease: &Lease,
-    record: &mut billing::SubscriptionRecord,
-    steps: &mut Steps<'_>,
-    mut details: Value,
-    applied: Result<(), String>,
-) -> Result<Done, JobError> {
-    let event = job.event;
-    lease.save(record).await?;
-    let saved = record.clone();
-    // 4. Lago, then Keycloak.
-    let effects = async {
-        // One span per system brought to the record, named by the step the ledger notes (a
-        // termination renames its span `lago_terminate`).
-        let lago = traced(
-            "lago_subscription",
-            crate::converge::lago(ctx, lease, record, steps),
-        )
-        .await?;
-        let keycloak = traced(
-            "keycloak_attributes",
-            crate::converge::keycloak(ctx, lease, record, steps),
-        )
-        .await?;
-        Ok::<_, JobError>((lago, keycloak))
-    }
-    .await;
-    // What Lago and Keycloak were brought to, in one write (also when a later step failed, so
-    // that the retry does not redo what is done).
-    if *record != saved {
-        let written = lease.save(record).await;
-        if effects.is_ok() {
-            written?;
-        }
-    }
-    let (lago, keycloak) = effects?;
-    // 5. The audit row.
-    let r = &*record;
-    for (key, value) in [
-        ("stripe_event_id", json!(event.id.as_str())),
-        ("stripe_subscription_id", json!(r.subscription_id)),
-        ("stripe_customer_id", json!(r.customer_id)),
-        ("applied", json!(applied.is_ok())),
-        ("status", json!(r.status)),
-        ("billing_status", json!(entitlement::billing_status(r))),
-        ("tier", json!(r.tier)),
-        ("billing_cycle", json!(r.cycle)),
-        ("plan", json!(r.plan_code)),
-        ("account_email", json!(r.account_email)),
-        ("keycloak_account_id", json!(r.account_id)),
-        ("lago_subscription_id", lago["lago_id"].clone()),
-        ("lago", lago),
-        ("keycloak", keycloak),
-    ] {
-        details[key] = value;
-    }
-    if let Err(reason) = applied {
-        details["not_applied"] = json!(reason);
-    }
-    let subject = r
-        .account_email
-        .as_deref()
-        .or(job.contact)
-        .or(r.customer_id.as_deref())
-        .unwrap_or(&r.subscription_id)
-        .to_owned();
-    steps
-        .finish_with_audit(job.audit_type, &subject, &details, Some(lease.fence()))
-        .await?;
-    Ok(Done::Succeeded(details))
 }

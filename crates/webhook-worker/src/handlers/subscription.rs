@@ -4,12 +4,13 @@
 use serde_json::{Value, json};
 use webhook_core::Envelope;
 
-use super::BillingJob;
+use crate::apply::{self, BillingJob};
 use crate::context::WorkerContext;
-use crate::dispatch::Done;
-use crate::domain::SubscriptionChange;
 use crate::failure::{Failure, JobError};
+use crate::job::Done;
 use crate::ordering::{Change, Plan};
+use crate::step::Step;
+use crate::stripe::SubscriptionChange;
 
 pub async fn updated(
     ctx: &WorkerContext,
@@ -17,11 +18,11 @@ pub async fn updated(
     action_key: String,
     object: &Value,
 ) -> Result<Done, JobError> {
-    let change =
-        SubscriptionChange::from_object(object, &ctx.plans).map_err(|m| Failure::permanent("parse", m))?;
+    let change = SubscriptionChange::from_object(object, &ctx.plans)
+        .map_err(|m| Failure::permanent(Step::Parse, m))?;
     // A price the plan map cannot tell still carries its status (e.g. `unpaid` revokes access);
     // the record keeps its plan, and only a subscription with no plan at all fails (see
-    // `super::run`).
+    // `apply::run`).
     let plan = plan_of(ctx, &change);
     run(
         ctx,
@@ -43,8 +44,8 @@ pub async fn deleted(
     action_key: String,
     object: &Value,
 ) -> Result<Done, JobError> {
-    let change =
-        SubscriptionChange::from_object(object, &ctx.plans).map_err(|m| Failure::permanent("parse", m))?;
+    let change = SubscriptionChange::from_object(object, &ctx.plans)
+        .map_err(|m| Failure::permanent(Step::Parse, m))?;
     let plan = plan_of(ctx, &change);
     run(
         ctx,
@@ -74,7 +75,7 @@ async fn run(
     change: Change,
     audit_type: &'static str,
 ) -> Result<Done, JobError> {
-    super::run(
+    apply::run(
         ctx,
         BillingJob {
             event,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use webhook_amqp::lapin::types::FieldTable;
 use webhook_amqp::{Broker, BrokerConfig, Outgoing, PublishError, job_properties};
-use webhook_core::Settings;
+use webhook_core::{EventType, Settings};
 use webhook_store::{Store, events};
 
 pub async fn run(settings: &Settings, event_id: &str) -> anyhow::Result<()> {
@@ -28,7 +28,7 @@ pub async fn run(settings: &Settings, event_id: &str) -> anyhow::Result<()> {
     })?;
     let mut config = BrokerConfig::from_settings(settings, "webhookctl replay")?;
     config.declare_topology = false;
-    if !config.topology.handled_event_types.contains(&event_type) {
+    if !EventType::parse(&event_type).is_some_and(|t| config.topology.handled_event_types.contains(&t)) {
         anyhow::bail!(
             "{event_id} is a {event_type} event, which no queue handles (it was ignored on receipt); nothing replayed"
         );

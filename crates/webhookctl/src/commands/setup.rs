@@ -37,7 +37,12 @@ pub async fn setup(settings: &Settings) -> anyhow::Result<()> {
         "topology declared: exchange {}, queue {} (bound to {}), {} retry queues, dead letters {} -> {}",
         topology.exchange,
         topology.work_queue,
-        topology.handled_event_types.join(", "),
+        topology
+            .handled_event_types
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         topology.retry_tiers.len(),
         topology.dead_letter_exchange,
         topology.dead_letter_queue

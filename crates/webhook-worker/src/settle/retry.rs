@@ -123,7 +123,7 @@ pub fn failure_headers(delivery: &Delivery, event_type: &str, failure: &Failure,
     );
     h.insert(message::H_ERROR.into(), s(&truncate(&failure.message, 1000)));
     h.insert(message::H_ERROR_KIND.into(), s(failure.kind.as_str()));
-    h.insert(message::H_FAILED_STEP.into(), s(failure.step));
+    h.insert(message::H_FAILED_STEP.into(), s(failure.step.as_str()));
     h.insert(message::H_FIRST_FAILED_AT.into(), s(&first));
     h.insert(message::H_ORIGINAL_ROUTING_KEY.into(), s(&original));
     h
@@ -200,6 +200,7 @@ fn republished_properties(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::step::Step;
     use webhook_amqp::lapin::BasicProperties;
     use webhook_amqp::lapin::types::ShortString;
 
@@ -254,7 +255,7 @@ mod tests {
             ("x-custom", s("kept")),
             (message::H_RETRY_ATTEMPT, AMQPValue::LongInt(1)),
         ]);
-        let failure = Failure::transient("lago_subscription", "HTTP 503");
+        let failure = Failure::transient(Step::LagoSubscription, "HTTP 503");
         let h = failure_headers(&incoming, "invoice.paid", &failure, 2);
         for broker_owned in ["x-death", "x-first-death-queue", "x-last-death-reason"] {
             assert!(get(&h, broker_owned).is_none(), "{broker_owned} carried over");
@@ -276,7 +277,7 @@ mod tests {
                 AMQPValue::ShortString("checkout.session.completed".into()),
             ),
         ]);
-        let failure = Failure::permanent("parse", "no id");
+        let failure = Failure::permanent(Step::Parse, "no id");
         let h = failure_headers(&again, "other", &failure, 3);
         assert_eq!(text(&h, message::H_FIRST_FAILED_AT), "2026-01-01T00:00:00.000Z");
         assert_eq!(
@@ -288,7 +289,7 @@ mod tests {
 
     #[test]
     fn a_long_error_is_cut_on_a_character_boundary() {
-        let failure = Failure::transient("keycloak_sync", format!("a{}", "é".repeat(600)));
+        let failure = Failure::transient(Step::KeycloakAttributes, format!("a{}", "é".repeat(600)));
         let h = failure_headers(&delivery(&[]), "invoice.paid", &failure, 1);
         let error = text(&h, message::H_ERROR);
         assert!(error.ends_with('…'), "{error}");
@@ -315,7 +316,7 @@ mod tests {
         Failure {
             spends_retry,
             retry_after: retry_after.map(Duration::from_secs),
-            ..Failure::transient("lago_subscription", "HTTP 429")
+            ..Failure::transient(Step::LagoSubscription, "HTTP 429")
         }
     }
 

@@ -1,10 +1,14 @@
-//! The HTTP error contract of the ingest: `{"error":"<code>","message":"…"}` with only
-//! 400, 413, 415 and 503 as error statuses (ARCHITECTURE.md, Ingest §5).
+//! The ingest's HTTP errors: `{"error":"<code>","message":"…"}` with only 400, 413, 415 and 503
+//! as error statuses on the webhook route, and a JSON 404 elsewhere (ARCHITECTURE.md, Ingest §5).
+//! A 503 also carries `Retry-After` (added by the route, which knows the configured value).
 
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 /// Every error the ingest can answer, with its status and stable code.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status} {code}: {message}")]
 pub struct ApiError {
     pub status: u16,
     pub code: &'static str,
@@ -62,9 +66,22 @@ impl ApiError {
     }
 }
 
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status, self.code, self.message)
+/// An event not durably queued: 503, and Stripe delivers it again later.
+impl From<crate::group_commit::NotQueued> for ApiError {
+    fn from(e: crate::group_commit::NotQueued) -> Self {
+        Self::unavailable(e.to_string())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code())
+            .content_type("application/json")
+            .body(self.to_json())
     }
 }
 
@@ -103,5 +120,22 @@ mod tests {
             serde_json::json!({"error": "unavailable", "message": "RabbitMQ \"down\""})
         );
         assert_eq!(e.to_string(), "503 unavailable: RabbitMQ \"down\"");
+    }
+
+    #[test]
+    fn the_response_has_the_status_and_the_json_body() {
+        for e in [
+            ApiError::payload_too_large(8),
+            ApiError::not_found(),
+            ApiError::unavailable("x"),
+        ] {
+            let response = e.error_response();
+            assert_eq!(response.status().as_u16(), e.status, "{e}");
+            assert_eq!(
+                response.headers().get("content-type").unwrap(),
+                "application/json",
+                "{e}"
+            );
+        }
     }
 }

@@ -22,6 +22,11 @@
 //! account of the customer's latest paid checkout): the checkout then replaces that binding. A
 //! checkout binding is never replaced by an event; only an operator rebinds
 //! (`webhookctl billing rebind`).
+//!
+//! **Turns.** [`lease`]: the jobs of one subscription take turns across all workers (a lease
+//! per subscription, fenced per delivery attempt).
+
+pub mod lease;
 
 use webhook_store::billing::{SubscriptionRecord, Watermark};
 

@@ -14,8 +14,8 @@ use uuid::Uuid;
 use webhook_store::billing::{self, SubscriptionRecord};
 use webhook_store::ledger::Fence;
 
-use crate::context::WorkerContext;
 use crate::failure::{Failure, JobError};
+use crate::step::Step;
 
 /// How long a lease lasts without renewal (`worker.lease_secs`), how often a running job
 /// renews it (a third of that), and how long a job waits for it before it goes to the retry
@@ -53,15 +53,15 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Waits (up to [`LEASE_WAIT`]) for the subscription's lease; returns it with the record as
+    /// Waits (up to `timing.wait`) for the subscription's lease; returns it with the record as
     /// it is under the lease.
     pub async fn acquire(
-        ctx: &WorkerContext,
+        pool: &PgPool,
+        timing: LeaseTiming,
         subscription_id: &str,
     ) -> Result<(Lease, SubscriptionRecord), JobError> {
-        let pool = ctx.store.pool.clone();
+        let pool = pool.clone();
         let token = Uuid::new_v4();
-        let timing = ctx.lease;
         let waited_until = Instant::now() + timing.wait;
         let record = loop {
             if let Some(record) =
@@ -71,7 +71,7 @@ impl Lease {
             }
             if Instant::now() >= waited_until {
                 return Err(Failure::contention(
-                    "subscription_lease",
+                    Step::SubscriptionLease,
                     format!("another event of subscription {subscription_id} is being processed (retrying)"),
                 )
                 .into());
@@ -152,7 +152,7 @@ impl Drop for Lease {
 
 pub(crate) fn lost(subscription_id: &str) -> JobError {
     Failure::contention(
-        "subscription_lease",
+        Step::SubscriptionLease,
         format!(
             "this attempt lost (or could not renew) its lease on subscription {subscription_id}; it stopped before \
              its next write, and the retry brings Lago and Keycloak to the state (retrying)"

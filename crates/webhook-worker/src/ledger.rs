@@ -1,4 +1,4 @@
-//! The step ledger of an action, as the handlers use it: a step runs unless the ledger has it
+//! The step ledger of an action, as [`crate::apply`] and [`crate::converge`] use it: a step runs unless the ledger has it
 //! (then its recorded result is returned), and the finished steps are written to the ledger
 //! together with the audit row, in the one statement that finishes the action, or, when a step
 //! fails, before that failure goes to the retry schedule (so the retry resumes after the last
@@ -20,6 +20,7 @@ use webhook_store::ledger::{self, DoneSteps, Fence, Finished, FinishedStep};
 
 use crate::context::WorkerContext;
 use crate::failure::{Failure, JobError};
+use crate::step::Step;
 
 /// Runs a step unless the ledger has it, and keeps its result for the ledger.
 pub(crate) struct Steps<'a> {
@@ -55,7 +56,7 @@ impl<'a> Steps<'a> {
     /// Runs `step`, which changes something, unless the ledger has it (then its recorded result
     /// is returned). A failed step first writes the steps finished before it, so that its retry
     /// resumes after them.
-    pub(crate) async fn run<F, Fut>(&mut self, step: &'static str, f: F) -> Result<Value, JobError>
+    pub(crate) async fn run<F, Fut>(&mut self, step: Step, f: F) -> Result<Value, JobError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Value, Failure>>,
@@ -65,7 +66,7 @@ impl<'a> Steps<'a> {
 
     /// A step that only reads (the Keycloak lookup): written to the ledger only together with a
     /// step that changes something.
-    pub(crate) async fn run_read<F, Fut>(&mut self, step: &'static str, f: F) -> Result<Value, JobError>
+    pub(crate) async fn run_read<F, Fut>(&mut self, step: Step, f: F) -> Result<Value, JobError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Value, Failure>>,
@@ -73,12 +74,12 @@ impl<'a> Steps<'a> {
         self.run_step(step, true, f).await
     }
 
-    async fn run_step<F, Fut>(&mut self, step: &'static str, read_only: bool, f: F) -> Result<Value, JobError>
+    async fn run_step<F, Fut>(&mut self, step: Step, read_only: bool, f: F) -> Result<Value, JobError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Value, Failure>>,
     {
-        if let Some(result) = self.done.get(step) {
+        if let Some(result) = self.done.get(step.as_str()) {
             return Ok(result.clone());
         }
         let started = Instant::now();
@@ -94,11 +95,12 @@ impl<'a> Steps<'a> {
         self.ctx
             .metrics
             .step_duration
-            .with_label_values(&[step])
+            .with_label_values(&[step.as_str()])
             .observe(started.elapsed().as_secs_f64());
-        self.unrecorded.push(FinishedStep::now(step, result.clone()));
+        self.unrecorded
+            .push(FinishedStep::now(step.as_str(), result.clone()));
         self.unrecorded_change |= !read_only;
-        self.done.insert(step.to_owned(), result.clone());
+        self.done.insert(step.as_str().to_owned(), result.clone());
         Ok(result)
     }
 
@@ -112,7 +114,7 @@ impl<'a> Steps<'a> {
             // The job is held until Postgres is back and then runs again; say why the step
             // failed, since this attempt will not record it.
             tracing::warn!(
-                event_id = self.event_id, step = failure.step, error = %failure.message,
+                event_id = self.event_id, step = failure.step.as_str(), error = %failure.message,
                 "the step failed, and the steps finished before it could not be recorded"
             );
         })
@@ -139,38 +141,9 @@ impl<'a> Steps<'a> {
 impl Steps<'_> {
     /// Notes a finished effect in the ledger (with the action's finish), without skipping it
     /// next time: see the module docs.
-    pub(crate) fn note(&mut self, step: &'static str, result: Value) {
-        self.unrecorded.push(FinishedStep::now(step, result));
+    pub(crate) fn note(&mut self, step: Step, result: Value) {
+        self.unrecorded.push(FinishedStep::now(step.as_str(), result));
         self.unrecorded_change = true;
-    }
-
-    /// The `lago_customer` step: the Lago customer `external_id` = the account's email.
-    pub(crate) async fn upsert_customer(
-        &mut self,
-        email: &str,
-        name: Option<&str>,
-    ) -> Result<Value, JobError> {
-        let ctx = self.ctx;
-        self.run("lago_customer", || async {
-            let c = ctx
-                .inline_retry
-                .run(|| ctx.lago.upsert_customer(email, email, name))
-                .await
-                .map_err(|e| Failure::downstream("lago_customer", e))?;
-            Ok(json!({"lago_id": c["lago_id"], "external_id": c["external_id"]}))
-        })
-        .await
-    }
-
-    /// The `keycloak_lookup` step: the one user with this email (see [`find_account`]).
-    pub(crate) async fn lookup_user(&mut self, email: &str) -> Result<String, JobError> {
-        let ctx = self.ctx;
-        let user = self
-            .run_read("keycloak_lookup", || async {
-                find_account(ctx, email).await.map(|id| json!({"user_id": id}))
-            })
-            .await?;
-        Ok(user["user_id"].as_str().unwrap_or_default().to_owned())
     }
 
     /// The last step: the steps not yet in the ledger, the audit row, its ledger entry and the
@@ -189,7 +162,7 @@ impl Steps<'_> {
             subject,
             details,
         };
-        let finished = traced("audit", async {
+        let finished = traced(Step::Audit, async {
             Ok(ledger::finish_with_audit(
                 &self.ctx.store.pool,
                 &self.action_key,
@@ -202,11 +175,13 @@ impl Steps<'_> {
         })
         .await?;
         if finished == Finished::LeaseLost {
-            return Err(crate::lease::lost(fence.map_or("", |f| f.subscription_id)));
+            return Err(crate::ordering::lease::lost(
+                fence.map_or("", |f| f.subscription_id),
+            ));
         }
         self.unrecorded.clear();
         self.unrecorded_change = false;
-        self.done.insert("audit".into(), json!({}));
+        self.done.insert(Step::Audit.as_str().into(), json!({}));
         Ok(())
     }
 }
@@ -214,18 +189,18 @@ impl Steps<'_> {
 /// The span of one step of a job, named as the ledger names the step (`keycloak_lookup`,
 /// `lago_customer`, `lago_subscription`, `keycloak_attributes`, `audit`, …); its downstream
 /// calls are its children.
-pub(crate) fn step_span(step: &'static str) -> tracing::Span {
+pub(crate) fn step_span(step: Step) -> tracing::Span {
     tracing::info_span!(
         "step",
-        otel.name = step,
-        step,
+        otel.name = step.as_str(),
+        step = step.as_str(),
         otel.status_code = tracing::field::Empty
     )
 }
 
 /// Runs `f` in the span of the step `step`, marked as an error when `f` fails.
 pub(crate) async fn traced<T>(
-    step: &'static str,
+    step: Step,
     f: impl Future<Output = Result<T, JobError>>,
 ) -> Result<T, JobError> {
     let span = step_span(step);
@@ -234,36 +209,4 @@ pub(crate) async fn traced<T>(
         span.record("otel.status_code", "error");
     }
     result
-}
-
-/// The id of the one Keycloak user with this email. None yet is transient (the account may
-/// still be being created: retried through the schedule); several is permanent.
-pub(crate) async fn find_account(ctx: &WorkerContext, email: &str) -> Result<String, Failure> {
-    let users = ctx
-        .inline_retry
-        .run(|| ctx.keycloak.find_users_by_email(email))
-        .await
-        .map_err(|e| Failure::downstream("keycloak_lookup", e))?;
-    // Defensive: a Keycloak older than 11 ignores exact=true and matches substrings.
-    let matching: Vec<&Value> = users
-        .iter()
-        .filter(|u| u["email"].as_str().is_some_and(|e| e.eq_ignore_ascii_case(email)))
-        .collect();
-    match matching.as_slice() {
-        [] => Err(Failure::transient(
-            "keycloak_lookup",
-            format!(
-                "no Keycloak user has the email {email} yet (the account may still be being created; retried \
-                 through the schedule)"
-            ),
-        )),
-        [u] => Ok(u["id"].as_str().unwrap_or_default().to_owned()),
-        many => Err(Failure::permanent(
-            "keycloak_lookup",
-            format!(
-                "{} Keycloak users share the email {email}; merge them or make emails unique in the realm, then requeue",
-                many.len()
-            ),
-        )),
-    }
 }

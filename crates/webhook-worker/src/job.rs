@@ -1,0 +1,163 @@
+//! Step 2 of the job path: a delivery's body decoded into a typed [`Job`], and what a finished
+//! job returns ([`Done`]). The body is untrusted: anything malformed is a permanent failure
+//! (dead letter), never a panic.
+
+use bytes::Bytes;
+use serde_json::Value;
+use webhook_core::{Envelope, EventType};
+
+use crate::failure::{Failure, JobError};
+use crate::step::Step;
+
+/// One message, decoded: a Stripe event of a type the worker handles.
+#[derive(Debug)]
+pub struct Job {
+    pub event: Envelope,
+    pub event_type: EventType,
+    /// The business action it works on ([`action_key`]); `None` when the event has no
+    /// `data.object.id` (its handler then fails it as malformed, after its attempt is recorded).
+    pub action_key: Option<String>,
+    /// The event's `data.object` (the session, subscription or invoice).
+    pub object: Value,
+}
+
+/// A message that is not a job.
+#[derive(Debug)]
+pub struct Rejected {
+    /// `None` when the body is not a Stripe event at all.
+    pub event: Option<Envelope>,
+    pub failure: Failure,
+}
+
+impl Job {
+    pub fn decode(body: Bytes) -> Result<Job, Box<Rejected>> {
+        let event = Envelope::parse(body).map_err(|e| {
+            Box::new(Rejected {
+                event: None,
+                failure: Failure::permanent(Step::Parse, format!("malformed message: {e}")),
+            })
+        })?;
+        let Some(event_type) = event.handled_type() else {
+            let failure = Failure::permanent(
+                Step::Dispatch,
+                format!(
+                    "no handler for event type {:?}: remove its binding from the work queue",
+                    event.event_type
+                ),
+            );
+            return Err(Box::new(Rejected {
+                event: Some(event),
+                failure,
+            }));
+        };
+        let mut body: Value = match serde_json::from_slice(&event.body) {
+            Ok(body) => body,
+            Err(e) => {
+                let failure = Failure::permanent(Step::Parse, format!("malformed message: {e}"));
+                return Err(Box::new(Rejected {
+                    event: Some(event),
+                    failure,
+                }));
+            }
+        };
+        Ok(Job {
+            action_key: action_key(&event, event_type),
+            object: body["data"]["object"].take(),
+            event,
+            event_type,
+        })
+    }
+}
+
+/// A finished job.
+#[derive(Debug)]
+pub enum Done {
+    /// Every step is done; what the subscription became.
+    Succeeded(Summary),
+    /// Nothing to do (e.g. an unpaid session); the reason.
+    Skipped(String),
+}
+
+/// What a succeeded job left its subscription with (for the log line), and the details of
+/// its audit row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub tier: Option<String>,
+    pub plan: Option<String>,
+    pub audit_details: Value,
+}
+
+/// The result of processing one message.
+pub struct Processed {
+    /// `None` when the body is not a Stripe event at all.
+    pub event: Option<Envelope>,
+    /// The attempt number recorded for the event (0 when none could be recorded).
+    pub attempt: i32,
+    pub result: Result<Done, JobError>,
+}
+
+/// The business action an event works on: its key in the step ledger. Events about one object
+/// share an action where they must not act twice: both checkout events of a session, every copy
+/// of a subscription's deletion. A plan change is an action per event, a payment one per invoice.
+/// `None` when the event has no `data.object.id`.
+pub fn action_key(event: &Envelope, event_type: EventType) -> Option<String> {
+    let object = event
+        .object_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())?;
+    Some(match event_type {
+        EventType::CheckoutSessionCompleted | EventType::CheckoutSessionAsyncPaymentSucceeded => {
+            format!("checkout:{object}")
+        }
+        EventType::CustomerSubscriptionUpdated => format!("{event_type}:{}", event.id),
+        EventType::CustomerSubscriptionDeleted | EventType::InvoicePaid | EventType::InvoicePaymentFailed => {
+            format!("{event_type}:{object}")
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(event_type: &str, object_id: Option<&str>) -> Envelope {
+        let mut body = serde_json::json!({"id": "evt_9", "type": event_type, "data": {"object": {}}});
+        if let Some(id) = object_id {
+            body["data"]["object"]["id"] = id.into();
+        }
+        Envelope::parse(Bytes::from(body.to_string())).unwrap()
+    }
+
+    #[test]
+    fn events_that_must_not_act_twice_share_an_action() {
+        let key = |t: &str, id: Option<&str>| action_key(&event(t, id), EventType::parse(t).unwrap());
+        // Both checkout events of a session: one provisioning.
+        assert_eq!(
+            key("checkout.session.completed", Some("cs_1")).as_deref(),
+            Some("checkout:cs_1")
+        );
+        assert_eq!(
+            key("checkout.session.async_payment_succeeded", Some(" cs_1 ")).as_deref(),
+            Some("checkout:cs_1")
+        );
+        // Every copy of a deletion: one cancellation.
+        assert_eq!(
+            key("customer.subscription.deleted", Some("sub_1")).as_deref(),
+            Some("customer.subscription.deleted:sub_1")
+        );
+        // A payment: one per invoice.
+        assert_eq!(
+            key("invoice.paid", Some("in_1")).as_deref(),
+            Some("invoice.paid:in_1")
+        );
+        // A plan change: one per event, so that a later change of the same subscription runs.
+        assert_eq!(
+            key("customer.subscription.updated", Some("sub_1")).as_deref(),
+            Some("customer.subscription.updated:evt_9")
+        );
+        // No object id: no action (the handler fails the event as malformed).
+        assert_eq!(key("invoice.paid", None), None);
+        assert_eq!(key("invoice.paid", Some("  ")), None);
+    }
+}
