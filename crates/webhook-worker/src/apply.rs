@@ -124,7 +124,7 @@ async fn run_leased(
     if let Err(reason) = &applied
         && job.checkout.is_none()
     {
-        return Ok(Done::Skipped(reason.clone()));
+        return Ok(Done::Skipped(reason.to_string()));
     }
     if record.plan_code.is_none()
         && record.deleted_by.is_none()
@@ -156,7 +156,7 @@ async fn converge_and_finish(
     record: &mut billing::SubscriptionRecord,
     steps: &mut Steps<'_>,
     mut details: Value,
-    applied: Result<(), String>,
+    applied: Result<(), ordering::Stale>,
 ) -> Result<Done, JobError> {
     let event = job.event;
     lease.save(record).await?;
@@ -204,7 +204,7 @@ async fn converge_and_finish(
         details[key] = value;
     }
     if let Err(reason) = applied {
-        details["not_applied"] = json!(reason);
+        details["not_applied"] = json!(reason.to_string());
     }
     let subject = r
         .account_email
@@ -248,7 +248,7 @@ async fn upsert_customer(
                 .run(|| ctx.lago.upsert_customer(email, email, name))
                 .await
                 .map_err(|e| Failure::downstream(Step::LagoCustomer, e))?;
-            Ok(json!({"lago_id": c["lago_id"], "external_id": c["external_id"]}))
+            Ok(json!({"lago_id": c.lago_id, "external_id": c.external_id}))
         })
         .await
 }

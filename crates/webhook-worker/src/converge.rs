@@ -15,7 +15,7 @@
 use serde_json::{Value, json};
 use webhook_store::billing::{self, SubscriptionRecord};
 
-use crate::clients::keycloak::dropped_attribute;
+use crate::clients::keycloak::{UserRef, dropped_attribute};
 use crate::clients::lago::NewSubscription;
 use crate::context::WorkerContext;
 use crate::entitlement::AccountView;
@@ -64,7 +64,7 @@ pub(crate) async fn lago(
                 .run(|| ctx.lago.terminate_subscription(&sub_id))
                 .await
                 .map_err(|e| Failure::downstream(Step::LagoSubscription, e))?;
-            let result = json!({"action": "ended", "lago_id": t.as_ref().map(|s| s["lago_id"].clone()), "status": record.status});
+            let result = json!({"action": "ended", "lago_id": t.as_ref().map(|s| s.lago_id.clone()), "status": record.status});
             record.lago_plan_code = None;
             record.lago_customer = None;
             steps.note(Step::LagoSubscription, result.clone());
@@ -78,7 +78,7 @@ pub(crate) async fn lago(
                 .await
                 .map_err(|e| Failure::downstream(Step::LagoTerminate, e))?;
             let result = match t {
-                Some(s) => json!({"action": "terminated", "lago_id": s["lago_id"], "status": s["status"]}),
+                Some(s) => json!({"action": "terminated", "lago_id": s.lago_id, "status": s.status}),
                 // Lago's 404: terminated already (or never created: canceled before its checkout).
                 None => json!({"action": "terminated", "status": "already_terminated"}),
             };
@@ -149,19 +149,19 @@ pub(crate) async fn lago(
                 })?;
             // Assigning the current plan again leaves a downgrade Lago scheduled earlier in place
             // (a downgrade, then back): cancel it, so that Lago bills the plan the state has.
-            let mut next_plan = s["next_plan_code"].clone();
-            if next_plan.as_str().is_some_and(|next| next != plan_code)
-                && s["plan_code"] == plan_code.as_str()
+            let mut next_plan = s.next_plan_code.clone();
+            if next_plan.as_deref().is_some_and(|next| next != plan_code)
+                && s.plan_code.as_deref() == Some(plan_code.as_str())
             {
                 ctx.inline_retry
                     .run(|| ctx.lago.cancel_pending(&sub_id))
                     .await
                     .map_err(|e| Failure::downstream(Step::LagoSubscription, e))?;
-                next_plan = Value::Null;
+                next_plan = None;
             }
             let result = json!({
-                "action": "assigned", "lago_id": s["lago_id"], "external_id": s["external_id"],
-                "plan_code": s["plan_code"], "status": s["status"], "next_plan_code": next_plan,
+                "action": "assigned", "lago_id": s.lago_id, "external_id": s.external_id,
+                "plan_code": s.plan_code, "status": s.status, "next_plan_code": next_plan,
                 "moved_from": move_from,
             });
             record.lago_plan_code = Some(plan_code);
@@ -323,9 +323,9 @@ pub(crate) async fn find_account(ctx: &WorkerContext, email: &str) -> Result<Str
         .await
         .map_err(|e| Failure::downstream(Step::KeycloakLookup, e))?;
     // Defensive: a Keycloak older than 11 ignores exact=true and matches substrings.
-    let matching: Vec<&Value> = users
+    let matching: Vec<&UserRef> = users
         .iter()
-        .filter(|u| u["email"].as_str().is_some_and(|e| e.eq_ignore_ascii_case(email)))
+        .filter(|u| u.email.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(email)))
         .collect();
     match matching.as_slice() {
         [] => Err(Failure::transient(
@@ -335,7 +335,7 @@ pub(crate) async fn find_account(ctx: &WorkerContext, email: &str) -> Result<Str
                  through the schedule)"
             ),
         )),
-        [u] => Ok(u["id"].as_str().unwrap_or_default().to_owned()),
+        [u] => Ok(u.id.clone()),
         many => Err(Failure::permanent(
             Step::KeycloakLookup,
             format!(

@@ -39,6 +39,14 @@ pub struct Entitlements {
     pub free_tier: String,
 }
 
+/// An entry of `[plans.access]` that is neither `grant` nor `none`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("plans.access.{status} = {value:?} must be \"grant\" or \"none\"")]
+pub struct AccessError {
+    pub status: String,
+    pub value: String,
+}
+
 /// The Keycloak attributes an account should have.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountView {
@@ -49,16 +57,17 @@ pub struct AccountView {
 
 impl Entitlements {
     /// Fails (naming the setting) on an access value other than `grant` or `none`.
-    pub fn new(settings: &PlanSettings) -> Result<Self, String> {
+    pub fn new(settings: &PlanSettings) -> Result<Self, AccessError> {
         let mut access = HashMap::new();
         for (status, value) in &settings.access {
             let a = match value.trim().to_ascii_lowercase().as_str() {
                 "grant" => Access::Grant,
                 "none" => Access::None,
                 _ => {
-                    return Err(format!(
-                        "plans.access.{status} = {value:?} must be \"grant\" or \"none\""
-                    ));
+                    return Err(AccessError {
+                        status: status.clone(),
+                        value: value.clone(),
+                    });
                 }
             };
             access.insert(status.trim().to_ascii_lowercase(), a);
@@ -312,7 +321,12 @@ mod tests {
             access: HashMap::new(),
         };
         s.access.insert("active".into(), "yes".into());
-        assert!(Entitlements::new(&s).unwrap_err().contains("plans.access.active"));
+        assert!(
+            Entitlements::new(&s)
+                .unwrap_err()
+                .to_string()
+                .contains("plans.access.active")
+        );
         s.access.insert("active".into(), " Grant ".into());
         assert_eq!(Entitlements::new(&s).unwrap().access("active"), Access::Grant);
     }

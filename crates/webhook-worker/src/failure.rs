@@ -67,6 +67,13 @@ impl Failure {
     }
 }
 
+/// A Stripe object that cannot be read: permanent (the event will never change).
+impl From<crate::stripe::ObjectError> for Failure {
+    fn from(e: crate::stripe::ObjectError) -> Self {
+        Failure::permanent(Step::Parse, e.to_string()).caused_by(e)
+    }
+}
+
 /// Why a job did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -98,6 +105,12 @@ impl Unavailable {
             recycle,
             source: None,
         }
+    }
+}
+
+impl From<crate::stripe::ObjectError> for JobError {
+    fn from(e: crate::stripe::ObjectError) -> Self {
+        JobError::Failed(e.into())
     }
 }
 

@@ -145,9 +145,9 @@ impl Application {
             broker,
             keycloak,
             lago,
-            plans: PlanMap::new(&settings.plans).map_err(anyhow::Error::msg)?,
+            plans: PlanMap::new(&settings.plans)?,
             livemode: settings.stripe.livemode,
-            entitlements: Entitlements::new(&settings.plans).map_err(anyhow::Error::msg)?,
+            entitlements: Entitlements::new(&settings.plans)?,
             retry_delays: w.retry_delays()?,
             inline_retry: InlineRetry {
                 times: w.inline_retries,

@@ -1,71 +1,150 @@
-//! The plan map (`[plans]`): tier × cycle → Lago plan code, and Stripe price → tier × cycle.
+//! The plan map (`[plans]`): tier × cycle → Lago plan code, and Stripe price → tier × cycle;
+//! and the names it maps: [`Tier`], [`Cycle`], [`PlanCode`].
 
 use std::collections::HashMap;
+use std::fmt;
 
 use serde_json::Value;
 use webhook_core::settings::PlanSettings;
+
+/// A tier (`professional`), as Stripe metadata, a price or the plan map names it: trimmed,
+/// lowercased, 1-64 ASCII letters, digits, `_` or `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tier(String);
+
+/// A billing cycle (`monthly`, `yearly`, …), read as a tier is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Cycle(String);
+
+/// A Lago plan code: what the plan map gives a tier and a cycle.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PlanCode(String);
+
+impl Tier {
+    /// `None` unless `raw`, trimmed and lowercased, is a token (see the type).
+    pub fn parse(raw: &str) -> Option<Self> {
+        token(raw).map(Self)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Cycle {
+    /// `None` unless `raw`, trimmed and lowercased, is a token (see [`Tier`]).
+    pub fn parse(raw: &str) -> Option<Self> {
+        token(raw).map(Self)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PlanCode {
+    /// A code as configured (`[plans] map`, `default_rule`): Lago's, not checked here.
+    pub fn new(code: impl Into<String>) -> Self {
+        Self(code.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for Cycle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for PlanCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn token(raw: &str) -> Option<String> {
+    let v = raw.trim().to_lowercase();
+    valid_token(&v).then_some(v)
+}
 
 /// Tier × cycle → Lago plan code, and Stripe price → tier × cycle.
 #[derive(Debug, Clone)]
 pub struct PlanMap {
     rule: String,
     map: HashMap<String, String>,
-    pub default_cycle: String,
-    pub free_tier: String,
+    /// The cycle of a checkout or subscription that names none (`plans.default_cycle`).
+    pub default_cycle: Cycle,
     /// Stripe price id or lookup_key → (tier, cycle).
-    prices: HashMap<String, (String, String)>,
+    prices: HashMap<String, (Tier, Cycle)>,
 }
 
 impl PlanMap {
-    /// Fails (naming the setting) when a price entry is not `tier:cycle`.
-    pub fn new(settings: &PlanSettings) -> Result<Self, String> {
+    /// Fails (naming the setting) when a price entry is not `tier:cycle`, or the default
+    /// cycle is not a cycle name.
+    pub fn new(settings: &PlanSettings) -> Result<Self, PlanMapError> {
         let mut prices = HashMap::new();
         for (price, value) in &settings.prices {
             let parsed = value
                 .split_once(':')
-                .map(|(t, c)| (t.trim().to_lowercase(), c.trim().to_lowercase()))
-                .filter(|(t, c)| valid_token(t) && valid_token(c))
-                .ok_or_else(|| {
-                    format!("plans.prices[{price:?}] = {value:?} must be \"tier:cycle\", e.g. \"professional:monthly\"")
+                .and_then(|(t, c)| Some((Tier::parse(t)?, Cycle::parse(c)?)))
+                .ok_or_else(|| PlanMapError::Price {
+                    price: price.clone(),
+                    value: value.clone(),
                 })?;
             prices.insert(price.clone(), parsed);
         }
+        let default_cycle = Cycle::parse(&settings.default_cycle)
+            .ok_or_else(|| PlanMapError::DefaultCycle(settings.default_cycle.clone()))?;
         Ok(Self {
             rule: settings.default_rule.clone(),
             map: settings.map.clone(),
-            default_cycle: settings.default_cycle.clone(),
-            free_tier: settings.free_tier.clone(),
+            default_cycle,
             prices,
         })
     }
 
-    pub fn plan_code(&self, tier: &str, cycle: &str) -> String {
-        self.map
-            .get(&format!("{tier}_{cycle}"))
-            .cloned()
-            .unwrap_or_else(|| self.rule.replace("{tier}", tier).replace("{cycle}", cycle))
+    pub fn plan_code(&self, tier: &Tier, cycle: &Cycle) -> PlanCode {
+        let (tier, cycle) = (tier.as_str(), cycle.as_str());
+        PlanCode::new(
+            self.map
+                .get(&format!("{tier}_{cycle}"))
+                .cloned()
+                .unwrap_or_else(|| self.rule.replace("{tier}", tier).replace("{cycle}", cycle)),
+        )
     }
 
     /// The tier and cycle of a Stripe price object: the configured map (by id, then
     /// lookup_key), else the price's `metadata.tier_id` and recurring interval.
-    pub fn tier_of_price(&self, price: &Value) -> Option<(String, String)> {
+    pub fn tier_of_price(&self, price: &Value) -> Option<(Tier, Cycle)> {
         for key in ["id", "lookup_key"] {
             if let Some(hit) = price[key].as_str().and_then(|k| self.prices.get(k)) {
                 return Some(hit.clone());
             }
         }
-        let tier = price["metadata"]["tier_id"]
-            .as_str()
-            .map(|t| t.trim().to_lowercase())
-            .filter(|t| valid_token(t))?;
+        let tier = price["metadata"]["tier_id"].as_str().and_then(Tier::parse)?;
         let cycle = match price["recurring"]["interval"].as_str() {
-            Some("month") => "monthly".to_owned(),
-            Some("year") => "yearly".to_owned(),
-            Some(other) if valid_token(other) => other.to_owned(),
-            _ => self.default_cycle.clone(),
+            Some("month") => Cycle("monthly".to_owned()),
+            Some("year") => Cycle("yearly".to_owned()),
+            Some(other) => Cycle::parse(other).unwrap_or_else(|| self.default_cycle.clone()),
+            None => self.default_cycle.clone(),
         };
         Some((tier, cycle))
     }
+}
+
+/// A `[plans]` setting the map cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanMapError {
+    #[error("plans.prices[{price:?}] = {value:?} must be \"tier:cycle\", e.g. \"professional:monthly\"")]
+    Price { price: String, value: String },
+    #[error("plans.default_cycle = {0:?} must be letters, digits, '_' or '-', e.g. \"monthly\"")]
+    DefaultCycle(String),
 }
 
 /// A tier or cycle name: 1-64 ASCII letters, digits, `_` or `-`.
@@ -81,6 +160,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn tc(tier: &str, cycle: &str) -> (Tier, Cycle) {
+        (Tier::parse(tier).unwrap(), Cycle::parse(cycle).unwrap())
+    }
+
     #[test]
     fn a_price_tells_its_cycle_by_its_interval() {
         let plans = PlanMap::new(&PlanSettings {
@@ -95,10 +178,14 @@ mod tests {
         .unwrap();
         let price =
             |interval: Value| json!({"metadata": {"tier_id": " Pro "}, "recurring": {"interval": interval}});
-        let cycle = |interval: Value| plans.tier_of_price(&price(interval)).map(|(_, c)| c);
+        let cycle = |interval: Value| {
+            plans
+                .tier_of_price(&price(interval))
+                .map(|(_, c)| c.as_str().to_owned())
+        };
         assert_eq!(
             plans.tier_of_price(&price(json!("month"))),
-            Some(("pro".into(), "monthly".into()))
+            Some(tc("pro", "monthly"))
         );
         assert_eq!(cycle(json!("year")).as_deref(), Some("yearly"));
         assert_eq!(cycle(json!("week")).as_deref(), Some("week"));
@@ -126,7 +213,7 @@ mod tests {
         let plans = PlanMap::new(&settings(" Pro_1 : Semi-Annual ")).unwrap();
         assert_eq!(
             plans.tier_of_price(&json!({"id": "price_1"})),
-            Some(("pro_1".into(), "semi-annual".into()))
+            Some(tc("pro_1", "semi-annual"))
         );
         let long = "t".repeat(65);
         for bad in [
@@ -139,6 +226,28 @@ mod tests {
             assert!(PlanMap::new(&settings(bad)).is_err(), "{bad:?}");
         }
         assert!(PlanMap::new(&settings(&format!("{}:monthly", "t".repeat(64)))).is_ok());
+    }
+
+    #[test]
+    fn the_default_cycle_is_read_as_a_cycle_and_a_bad_one_is_refused() {
+        let settings = |cycle: &str| PlanSettings {
+            default_rule: "{tier}_{cycle}".into(),
+            default_cycle: cycle.into(),
+            map: HashMap::new(),
+            free_tier: "free".into(),
+            prices: HashMap::new(),
+            tier_order: vec![],
+            access: HashMap::new(),
+        };
+        assert_eq!(
+            PlanMap::new(&settings(" Monthly "))
+                .unwrap()
+                .default_cycle
+                .as_str(),
+            "monthly"
+        );
+        let err = PlanMap::new(&settings("every month")).unwrap_err().to_string();
+        assert!(err.starts_with("plans.default_cycle = \"every month\""), "{err}");
     }
 
     #[test]
@@ -155,7 +264,11 @@ mod tests {
             access: HashMap::new(),
         })
         .unwrap();
-        assert_eq!(plans.plan_code("professional", "monthly"), "professional_monthly");
-        assert_eq!(plans.plan_code("enterprise", "yearly"), "ent-annual-2026");
+        let code = |tier, cycle| {
+            let (t, c) = tc(tier, cycle);
+            plans.plan_code(&t, &c).as_str().to_owned()
+        };
+        assert_eq!(code("professional", "monthly"), "professional_monthly");
+        assert_eq!(code("enterprise", "yearly"), "ent-annual-2026");
     }
 }

@@ -79,7 +79,7 @@ async fn keycloak_search_caches_the_token() {
     for _ in 0..2 {
         let users = kc.find_users_by_email("ada@example.com").await.unwrap();
         assert_eq!(users.len(), 1);
-        assert_eq!(users[0]["id"], "u1");
+        assert_eq!(users[0].id, "u1");
     }
 }
 
@@ -256,6 +256,48 @@ async fn keycloak_timeout_is_transient() {
 }
 
 #[tokio::test]
+async fn answers_of_the_wrong_shape_are_permanent_errors_that_name_the_url_to_check() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/subscriptions"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"subscription": {"lago_id": 5, "status": "active"}})),
+        )
+        .mount(&server)
+        .await;
+    let sub = NewSubscription {
+        external_customer_id: "ada@example.com",
+        plan_code: "professional_monthly",
+        external_id: "sub_1",
+        name: None,
+    };
+    let e = lago(&server, 2000).create_subscription(&sub).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Permanent);
+    assert!(e.message.contains("LAGO_API_URL"), "{e}");
+
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/realms/master/protocol/openid-connect/token"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"access_token": "t", "expires_in": 60})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/admin/realms/uchub/users"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([{"email": "a@b.co"}])))
+        .mount(&server)
+        .await;
+    let e = keycloak(&server, 2000)
+        .find_users_by_email("a@b.co")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Permanent);
+    assert!(e.message.contains("KEYCLOAK_URL"), "{e}");
+}
+
+#[tokio::test]
 async fn lago_customer_upsert_and_subscription_success() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
@@ -287,7 +329,7 @@ async fn lago_customer_upsert_and_subscription_success() {
         .upsert_customer("ada@example.com", "ada@example.com", None)
         .await
         .unwrap();
-    assert_eq!(c["lago_id"], "c-1");
+    assert_eq!(c.lago_id.as_deref(), Some("c-1"));
     let s = lago
         .create_subscription(&NewSubscription {
             external_customer_id: "ada@example.com",
@@ -297,7 +339,7 @@ async fn lago_customer_upsert_and_subscription_success() {
         })
         .await
         .unwrap();
-    assert_eq!(s["lago_id"], "s-1");
+    assert_eq!(s.lago_id.as_deref(), Some("s-1"));
 }
 
 #[tokio::test]
@@ -416,8 +458,13 @@ async fn lago_second_termination_is_already_terminated() {
         .await;
     let lago = lago(&server, 2000);
     assert_eq!(
-        lago.terminate_subscription("sub_1").await.unwrap().unwrap()["status"],
-        "terminated"
+        lago.terminate_subscription("sub_1")
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .as_deref(),
+        Some("terminated")
     );
     assert!(lago.terminate_subscription("sub_1").await.unwrap().is_none());
 }
@@ -447,7 +494,7 @@ async fn inline_retry_honours_retry_after_then_succeeds() {
         .run(|| lago.upsert_customer("a@b.co", "a@b.co", None))
         .await
         .unwrap();
-    assert_eq!(c["lago_id"], "c-1");
+    assert_eq!(c.lago_id.as_deref(), Some("c-1"));
     assert!(
         started.elapsed() >= Duration::from_millis(900),
         "waited for Retry-After"
@@ -480,7 +527,7 @@ async fn lago_customer_create_race_is_retried_once_as_the_upsert_it_is() {
         .upsert_customer("ada@example.com", "ada@example.com", None)
         .await
         .unwrap();
-    assert_eq!(c["lago_id"], "c1");
+    assert_eq!(c.lago_id.as_deref(), Some("c1"));
 
     // Any other 422 is not retried.
     let server = MockServer::start().await;

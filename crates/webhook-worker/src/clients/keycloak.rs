@@ -33,6 +33,14 @@ struct CachedToken {
     refresh_at: Instant,
 }
 
+/// A user found by a search: its id and email (what the lookup needs).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct UserRef {
+    pub id: String,
+    #[serde(default)]
+    pub email: Option<String>,
+}
+
 pub struct KeycloakClient {
     http: reqwest::Client,
     base: String,
@@ -189,8 +197,8 @@ impl KeycloakClient {
         unreachable!("the loop returns on its second pass")
     }
 
-    /// Users whose email is exactly `email` (already lowercased), full representations.
-    pub async fn find_users_by_email(&self, email: &str) -> Result<Vec<Value>, DownstreamError> {
+    /// Users whose email is exactly `email` (already lowercased).
+    pub async fn find_users_by_email(&self, email: &str) -> Result<Vec<UserRef>, DownstreamError> {
         let resp = self
             .admin(
                 "search_users",
@@ -205,9 +213,19 @@ impl KeycloakClient {
                 ],
             )
             .await?;
-        resp.json()
+        let users: Value = resp
+            .json()
             .await
-            .map_err(|e| DownstreamError::from_transport(SERVICE, "search_users", &e))
+            .map_err(|e| DownstreamError::from_transport(SERVICE, "search_users", &e))?;
+        serde_json::from_value(users).map_err(|e| {
+            DownstreamError::permanent(
+                SERVICE,
+                "search_users",
+                format!(
+                    "Keycloak answered users this client cannot read ({e}): check KEYCLOAK_URL points at Keycloak"
+                ),
+            )
+        })
     }
 
     pub async fn get_user(&self, id: &str) -> Result<Value, DownstreamError> {

@@ -5,6 +5,8 @@ use std::time::Instant;
 
 use reqwest::{Method, Response};
 use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use webhook_core::settings::LagoSettings;
 
@@ -21,6 +23,32 @@ pub struct LagoClient {
 }
 
 /// What a new subscription needs.
+/// A Lago customer, as Lago answers it (the fields this worker reads).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LagoCustomer {
+    #[serde(default)]
+    pub lago_id: Option<String>,
+    #[serde(default)]
+    pub external_id: Option<String>,
+}
+
+/// A Lago subscription, as Lago answers it (the fields this worker reads).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LagoSubscription {
+    #[serde(default)]
+    pub lago_id: Option<String>,
+    #[serde(default)]
+    pub external_id: Option<String>,
+    #[serde(default)]
+    pub plan_code: Option<String>,
+    /// `active`, `pending`, `terminated`, `canceled`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// The plan of a downgrade Lago scheduled for the end of the period.
+    #[serde(default)]
+    pub next_plan_code: Option<String>,
+}
+
 pub struct NewSubscription<'a> {
     pub external_customer_id: &'a str,
     pub plan_code: &'a str,
@@ -92,12 +120,24 @@ impl LagoClient {
         Err(err)
     }
 
-    async fn json(resp: Response, operation: &'static str, root: &str) -> Result<Value, DownstreamError> {
+    /// The object under `root` (`{"customer": {…}}`), or the whole body when there is none.
+    async fn json<T: DeserializeOwned>(
+        resp: Response,
+        operation: &'static str,
+        root: &str,
+    ) -> Result<T, DownstreamError> {
         let mut v: Value = resp
             .json()
             .await
             .map_err(|e| DownstreamError::from_transport(SERVICE, operation, &e))?;
-        Ok(v.get_mut(root).map(Value::take).unwrap_or(v))
+        let object = v.get_mut(root).map(Value::take).unwrap_or(v);
+        serde_json::from_value(object).map_err(|e| {
+            DownstreamError::permanent(
+                SERVICE,
+                operation,
+                format!("Lago answered a {root} this client cannot read ({e}): check LAGO_API_URL points at Lago's API"),
+            )
+        })
     }
 
     /// Creates or updates the customer `external_id` (Lago upserts; only the keys sent change).
@@ -106,7 +146,7 @@ impl LagoClient {
         external_id: &str,
         email: &str,
         name: Option<&str>,
-    ) -> Result<Value, DownstreamError> {
+    ) -> Result<LagoCustomer, DownstreamError> {
         let mut customer = json!({"external_id": external_id, "email": email});
         if let Some(n) = name {
             customer["name"] = json!(n);
@@ -129,7 +169,10 @@ impl LagoClient {
 
     /// Assigns the plan. Same `external_id` and plan → the existing subscription (idempotent);
     /// another plan → Lago's upgrade (now) or downgrade (at period end).
-    pub async fn create_subscription(&self, sub: &NewSubscription<'_>) -> Result<Value, DownstreamError> {
+    pub async fn create_subscription(
+        &self,
+        sub: &NewSubscription<'_>,
+    ) -> Result<LagoSubscription, DownstreamError> {
         let mut body = json!({
             "external_customer_id": sub.external_customer_id,
             "plan_code": sub.plan_code,
@@ -150,7 +193,10 @@ impl LagoClient {
     }
 
     /// The active subscription `external_id`, or `None` when Lago has none.
-    pub async fn get_subscription(&self, external_id: &str) -> Result<Option<Value>, DownstreamError> {
+    pub async fn get_subscription(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<LagoSubscription>, DownstreamError> {
         match self
             .call(
                 "get_subscription",
@@ -170,7 +216,10 @@ impl LagoClient {
 
     /// Terminates `external_id`. Lago answers 404 `subscription_not_found` to a second
     /// termination, so `Ok(None)` means "already terminated (or never existed)".
-    pub async fn terminate_subscription(&self, external_id: &str) -> Result<Option<Value>, DownstreamError> {
+    pub async fn terminate_subscription(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<LagoSubscription>, DownstreamError> {
         self.terminate(external_id, "").await
     }
 
@@ -179,7 +228,7 @@ impl LagoClient {
     pub async fn terminate_subscription_for_move(
         &self,
         external_id: &str,
-    ) -> Result<Option<Value>, DownstreamError> {
+    ) -> Result<Option<LagoSubscription>, DownstreamError> {
         self.terminate(
             external_id,
             "?on_termination_invoice=skip&on_termination_credit_note=skip",
@@ -187,7 +236,11 @@ impl LagoClient {
         .await
     }
 
-    async fn terminate(&self, external_id: &str, query: &str) -> Result<Option<Value>, DownstreamError> {
+    async fn terminate(
+        &self,
+        external_id: &str,
+        query: &str,
+    ) -> Result<Option<LagoSubscription>, DownstreamError> {
         match self
             .call(
                 "terminate_subscription",

@@ -8,10 +8,9 @@ use webhook_core::Envelope;
 
 use crate::apply::{self, BillingJob};
 use crate::context::WorkerContext;
-use crate::failure::{Failure, JobError};
+use crate::failure::JobError;
 use crate::job::Done;
 use crate::ordering::{Change, Plan};
-use crate::step::Step;
 use crate::stripe::CheckoutOrder;
 
 pub async fn handle(
@@ -20,8 +19,7 @@ pub async fn handle(
     action_key: String,
     object: &serde_json::Value,
 ) -> Result<Done, JobError> {
-    let order = CheckoutOrder::from_session(object, &ctx.plans.default_cycle)
-        .map_err(|m| Failure::permanent(Step::Parse, m))?;
+    let order = CheckoutOrder::from_session(object, &ctx.plans.default_cycle)?;
     if !order.is_paid() {
         return Ok(Done::Skipped(format!(
             "payment_status is {:?}: nothing to provision until checkout.session.async_payment_succeeded",

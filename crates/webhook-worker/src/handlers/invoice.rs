@@ -8,10 +8,9 @@ use webhook_core::Envelope;
 
 use crate::apply::{self, BillingJob};
 use crate::context::WorkerContext;
-use crate::failure::{Failure, JobError};
+use crate::failure::JobError;
 use crate::job::Done;
 use crate::ordering::Change;
-use crate::step::Step;
 use crate::stripe::InvoiceChange;
 
 pub async fn handle(
@@ -21,7 +20,7 @@ pub async fn handle(
     object: &Value,
     paid: bool,
 ) -> Result<Done, JobError> {
-    let inv = InvoiceChange::from_object(object).map_err(|m| Failure::permanent(Step::Parse, m))?;
+    let inv = InvoiceChange::from_object(object)?;
     let Some(sub_id) = inv.subscription_id.as_deref() else {
         return Ok(Done::Skipped(format!(
             "invoice {} is not for a subscription: nothing to change",

@@ -6,10 +6,9 @@ use webhook_core::Envelope;
 
 use crate::apply::{self, BillingJob};
 use crate::context::WorkerContext;
-use crate::failure::{Failure, JobError};
+use crate::failure::JobError;
 use crate::job::Done;
 use crate::ordering::{Change, Plan};
-use crate::step::Step;
 use crate::stripe::SubscriptionChange;
 
 pub async fn updated(
@@ -18,8 +17,7 @@ pub async fn updated(
     action_key: String,
     object: &Value,
 ) -> Result<Done, JobError> {
-    let change = SubscriptionChange::from_object(object, &ctx.plans)
-        .map_err(|m| Failure::permanent(Step::Parse, m))?;
+    let change = SubscriptionChange::from_object(object, &ctx.plans)?;
     // A price the plan map cannot tell still carries its status (e.g. `unpaid` revokes access);
     // the record keeps its plan, and only a subscription with no plan at all fails (see
     // `apply::run`).
@@ -44,8 +42,7 @@ pub async fn deleted(
     action_key: String,
     object: &Value,
 ) -> Result<Done, JobError> {
-    let change = SubscriptionChange::from_object(object, &ctx.plans)
-        .map_err(|m| Failure::permanent(Step::Parse, m))?;
+    let change = SubscriptionChange::from_object(object, &ctx.plans)?;
     let plan = plan_of(ctx, &change);
     run(
         ctx,
@@ -87,7 +84,7 @@ async fn run(
             owner: sub.user_email.as_ref(),
             price_id: sub.price_id.as_deref(),
             audit_type,
-            details: json!({"stripe_status": sub.status}),
+            details: json!({"stripe_status": sub.status.as_str()}),
             contact: None,
         },
     )

@@ -30,6 +30,9 @@ pub mod lease;
 
 use webhook_store::billing::{SubscriptionRecord, Watermark};
 
+use crate::plans::{Cycle, PlanCode, Tier};
+use crate::stripe::SubscriptionStatus;
+
 /// What an event says about its subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -37,7 +40,10 @@ pub enum Change {
     Checkout(Plan),
     /// `customer.subscription.updated`: Stripe's status and the price's plan (`None`: a price
     /// the plan map cannot tell; the record keeps its plan).
-    Updated { status: String, plan: Option<Plan> },
+    Updated {
+        status: SubscriptionStatus,
+        plan: Option<Plan>,
+    },
     /// `customer.subscription.deleted`, with the plan of its price when it can be told.
     Deleted { plan: Option<Plan> },
     /// `invoice.paid` (`true`) or `invoice.payment_failed`.
@@ -47,9 +53,9 @@ pub enum Change {
 /// A tier, a billing cycle and the Lago plan code they map to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    pub tier: String,
-    pub cycle: String,
-    pub code: String,
+    pub tier: Tier,
+    pub cycle: Cycle,
+    pub code: PlanCode,
 }
 
 /// Where the binding of a subscription comes from.
@@ -79,17 +85,18 @@ pub fn weakly_bound(record: &SubscriptionRecord) -> bool {
 }
 
 /// Where a status stands on the way a subscription moves (for same-second updates).
-fn status_place(status: &str) -> i32 {
+fn status_place(status: &SubscriptionStatus) -> i32 {
+    use SubscriptionStatus::*;
     match status {
-        "incomplete" => 0,
-        "trialing" => 1,
-        "active" => 2,
-        "past_due" => 3,
-        "unpaid" => 4,
-        "paused" => 5,
-        "incomplete_expired" => 6,
-        "canceled" => 7,
-        _ => 8,
+        Incomplete => 0,
+        Trialing => 1,
+        Active => 2,
+        PastDue => 3,
+        Unpaid => 4,
+        Paused => 5,
+        IncompleteExpired => 6,
+        Canceled => 7,
+        Other(_) => 8,
     }
 }
 
@@ -121,7 +128,7 @@ pub fn apply(
     event_type: &str,
     created: i64,
     change: &Change,
-) -> Result<(), String> {
+) -> Result<(), Stale> {
     let mark = change.watermark(created, event_id);
     let sub = &record.subscription_id;
     if let Some(deleted_by) = &record.deleted_by {
@@ -132,16 +139,17 @@ pub fn apply(
             // nothing once deleted, and recording it keeps the state independent of the order.
             Change::Invoice { .. } => {}
             _ => {
-                return Err(format!(
-                    "subscription {sub} was deleted by {deleted_by}; a canceled subscription never comes back"
-                ));
+                return Err(Stale::Deleted {
+                    subscription: sub.clone(),
+                    deleted_by: deleted_by.clone(),
+                });
             }
         }
     }
     let plan = |record: &mut SubscriptionRecord, plan: &Plan| {
-        record.tier = Some(plan.tier.clone());
-        record.cycle = Some(plan.cycle.clone());
-        record.plan_code = Some(plan.code.clone());
+        record.tier = Some(plan.tier.as_str().to_owned());
+        record.cycle = Some(plan.cycle.as_str().to_owned());
+        record.plan_code = Some(plan.code.as_str().to_owned());
     };
     match change {
         Change::Invoice { paid } => {
@@ -154,7 +162,7 @@ pub fn apply(
         Change::Deleted { plan: p } => {
             // A deletion is final whatever its place: the tombstone, and the plan it ended on.
             record.deleted_by = Some(event_id.to_owned());
-            record.status = Some("canceled".to_owned());
+            record.status = Some(SubscriptionStatus::Canceled.as_str().to_owned());
             if let Some(p) = p {
                 plan(record, p);
             }
@@ -168,8 +176,8 @@ pub fn apply(
                 return Err(stale(sub, newer, &mark));
             }
             let (status, p) = match change {
-                Change::Updated { status, plan } => (status.clone(), plan.as_ref()),
-                Change::Checkout(p) => ("active".to_owned(), Some(p)),
+                Change::Updated { status, plan } => (status.as_str().to_owned(), plan.as_ref()),
+                Change::Checkout(p) => (SubscriptionStatus::Active.as_str().to_owned(), Some(p)),
                 _ => unreachable!("matched above"),
             };
             record.status = Some(status);
@@ -183,11 +191,34 @@ pub fn apply(
     Ok(())
 }
 
-fn stale(sub: &str, newer: &Watermark, this: &Watermark) -> String {
-    format!(
-        "out of order: {} (created {}) was already applied to {sub}, and this event is older (created {})",
-        newer.event_id, newer.created, this.created
-    )
+fn stale(sub: &str, newer: &Watermark, this: &Watermark) -> Stale {
+    Stale::Older {
+        subscription: sub.to_owned(),
+        newer: newer.event_id.clone(),
+        newer_created: newer.created,
+        created: this.created,
+    }
+}
+
+/// Why an event is not applied to its subscription's record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Stale {
+    #[error(
+        "subscription {subscription} was deleted by {deleted_by}; a canceled subscription never comes back"
+    )]
+    Deleted {
+        subscription: String,
+        deleted_by: String,
+    },
+    #[error(
+        "out of order: {newer} (created {newer_created}) was already applied to {subscription}, and this event is older (created {created})"
+    )]
+    Older {
+        subscription: String,
+        newer: String,
+        newer_created: i64,
+        created: i64,
+    },
 }
 
 /// Binds the subscription to an account unless a binding that wins is there already: the
@@ -280,15 +311,15 @@ mod tests {
 
     fn plan(tier: &str) -> Plan {
         Plan {
-            tier: tier.into(),
-            cycle: "monthly".into(),
-            code: format!("{tier}_monthly"),
+            tier: Tier::parse(tier).unwrap(),
+            cycle: Cycle::parse("monthly").unwrap(),
+            code: PlanCode::new(format!("{tier}_monthly")),
         }
     }
 
     fn updated(status: &str, tier: &str) -> Change {
         Change::Updated {
-            status: status.into(),
+            status: SubscriptionStatus::parse(status),
             plan: Some(plan(tier)),
         }
     }
@@ -319,7 +350,8 @@ mod tests {
             10,
             &Change::Checkout(plan("starter")),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(why.contains("out of order") && why.contains("evt_2"), "{why}");
         assert_eq!(r, before, "a stale event changes nothing");
         apply(
@@ -485,7 +517,7 @@ mod tests {
         );
         for change in [updated("active", "enterprise"), Change::Checkout(plan("x"))] {
             let before = r.clone();
-            let why = apply(&mut r, "evt_9", "t", 99, &change).unwrap_err();
+            let why = apply(&mut r, "evt_9", "t", 99, &change).unwrap_err().to_string();
             assert!(why.contains("deleted by evt_d"), "{why}");
             assert_eq!(r, before);
         }
@@ -524,7 +556,7 @@ mod tests {
         )
         .unwrap();
         let unknown = Change::Updated {
-            status: "unpaid".into(),
+            status: SubscriptionStatus::Unpaid,
             plan: None,
         };
         apply(&mut r, "evt_2", "customer.subscription.updated", 20, &unknown).unwrap();
