@@ -80,16 +80,26 @@ ENV
   chown -R "$RUN_AS:$RUN_AS" "$dir"
 }
 
-launch_node() { # starts node N's VM in the background; await_node waits for it
+# Starts node N's VM in the background (await_node waits for it); on failure says why on
+# stderr and returns 1.
+launch_node() {
   local n=$1
-  local dir="$BASE/c$n"
-  prepare "$n"
-  as_rabbitmq env HOME=/var/lib/rabbitmq RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf" \
+  local dir="$BASE/c$n" out
+  prepare "$n" || return 1
+  # The launcher's own output, in a file of the caller's (not in the node's directory, whose
+  # files are the rabbitmq user's).
+  out=$(mktemp)
+  if ! as_rabbitmq env HOME=/var/lib/rabbitmq RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf" \
     RABBITMQ_NODENAME="$(node_name "$n")" RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
     RABBITMQ_NODE_PORT="$(amqp_port "$n")" RABBITMQ_DIST_PORT="$(dist_port "$n")" \
     RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
     RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_FEATURE_FLAGS_FILE="$dir/feature_flags" \
-    rabbitmq-server -detached >"$dir/log/start.out" 2>&1 || die "node $n did not start: $(tail -5 "$dir/log/start.out")"
+    rabbitmq-server -detached >"$out" 2>&1; then
+    echo "rabbitmq-cluster: node $n did not start: $(tail -5 "$out")" >&2
+    rm -f "$out"
+    return 1
+  fi
+  rm -f "$out"
 }
 
 # Waits until node N has booted, or the deadline (seconds since the script started) passes.
@@ -111,7 +121,7 @@ node_log_tail() {
 start_node() {
   local n=$1
   running "$n" && return 0
-  launch_node "$n"
+  launch_node "$n" || exit 1
   await_node "$n" $((SECONDS + 180)) || die "node $n did not finish starting within 180 s; $(node_log_tail "$n")"
 }
 
@@ -119,12 +129,18 @@ start_node() {
 # after it stopped (RabbitMQ's restart rule: the last node down must come up first, or all
 # together), so starting them one by one can wait for ever after an unclean stop: a machine
 # shut down with the cluster running, or one node after the other SIGKILLed.
+# Every message goes to stderr (stdout is the URL list); returns 1 when a node does not boot.
 start_all() {
-  local n deadline=$((SECONDS + 240)) stopped=()
-  for n in "${NODES[@]}"; do running "$n" || stopped+=("$n"); done
-  for n in "${stopped[@]}"; do launch_node "$n"; done
-  for n in "${stopped[@]}"; do
-    await_node "$n" "$deadline" || { echo "node $n did not finish starting within 240 s; $(node_log_tail "$n")"; return 1; }
+  local n deadline=$((SECONDS + 240))
+  for n in "${NODES[@]}"; do
+    running "$n" || launch_node "$n" || return 1
+  done
+  # Every node, also one that answered `status` while still booting.
+  for n in "${NODES[@]}"; do
+    if ! await_node "$n" "$deadline"; then
+      echo "rabbitmq-cluster: node $n did not finish starting within 240 s; $(node_log_tail "$n")" >&2
+      return 1
+    fi
   done
 }
 
@@ -139,7 +155,7 @@ up() {
     # The cluster is disposable (tests and demos): when its old state cannot boot, start over.
     echo "rabbitmq-cluster: the existing cluster in $BASE did not start; deleting it and starting a new one" >&2
     down
-    start_all >&2 || die "a new cluster did not start either (see above)"
+    start_all || die "a new cluster did not start either (see above)"
   fi
   for n in 2 3; do
     joined "$n" && continue
@@ -168,10 +184,10 @@ down() {
   local n pids
   for n in "${NODES[@]}"; do
     [ -d "$BASE/c$n" ] || continue
-    running "$n" && ctl "$n" -q stop >/dev/null 2>&1 || true
-    # A node still booting (waiting for its peers) may not answer: its files go, so must it.
+    # Its files go, so it need not stop cleanly (and a node still booting, waiting for its
+    # peers, may not answer a stop at all).
     pids=$(node_pids "$n")
-    [ -z "$pids" ] || kill -9 $pids
+    [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
   done
   rm -rf "$BASE"
   echo "rabbitmq-cluster: down" >&2

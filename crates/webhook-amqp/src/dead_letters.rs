@@ -20,7 +20,9 @@
 //! that were there. Dead letters that arrive during the scan queue up behind them and are left
 //! for the next run. The cost: the skipped messages move to the DLQ's tail (their order among
 //! themselves is kept), and an interruption between copies' confirms and the originals' acks
-//! leaves those messages (at most [`WINDOW`]) twice in the DLQ (requeueing both is harmless).
+//! leaves those messages twice (requeueing both is harmless): at most [`PREFETCH`], the
+//! messages the broker lets the scan hold unacked, since acks already sent but still in the
+//! process's or the socket's buffers are lost with a SIGKILL.
 //!
 //! `dlq restore` reads its archive with [`ArchiveReader`], one line at a time.
 

@@ -28,7 +28,10 @@ impl<I, A> Pending<I, A> {
 /// The writers stopped (the process is shutting down): the item was not written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the writers have stopped (shutting down)")]
-pub struct Stopped;
+pub struct Stopped {
+    /// Whether a writer had taken the item (and dropped it unanswered) before it stopped.
+    pub taken: bool,
+}
 
 /// The callers' side: hands items to the writers.
 pub struct GroupCommit<I, A> {
@@ -78,8 +81,8 @@ impl<I: Send + 'static, A: Send + 'static> GroupCommit<I, A> {
         self.pending
             .send(Pending { item, reply })
             .await
-            .map_err(|_| Stopped)?;
-        answer.await.map_err(|_| Stopped)
+            .map_err(|_| Stopped { taken: false })?;
+        answer.await.map_err(|_| Stopped { taken: true })
     }
 
     /// Items handed over and not yet taken by a writer.
@@ -145,7 +148,7 @@ mod tests {
             counted.fetch_add(1, Ordering::SeqCst);
             async move { drop(batch) }
         });
-        assert_eq!(gc.submit(1).await, Err(Stopped));
+        assert_eq!(gc.submit(1).await, Err(Stopped { taken: true }));
         assert_eq!(commits.load(Ordering::SeqCst), 1);
         drop(gc);
     }

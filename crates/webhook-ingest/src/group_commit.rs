@@ -125,13 +125,17 @@ impl GroupCommit {
             route,
             span: tracing::Span::current(),
         };
-        // Taken off again by the writer that takes the event (at shutdown, an event the writers
-        // never took may stay counted: the process is ending).
+        // Taken off again by the writer that takes the event.
         self.metrics.commit_waiting.inc();
-        self.jobs
-            .submit(job)
-            .await
-            .unwrap_or(Err(NotQueued::ShuttingDown))
+        match self.jobs.submit(job).await {
+            Ok(answer) => answer,
+            Err(stopped) => {
+                if !stopped.taken {
+                    self.metrics.commit_waiting.dec();
+                }
+                Err(NotQueued::ShuttingDown)
+            }
+        }
     }
 }
 

@@ -224,6 +224,9 @@ async fn process(ctx: &WorkerContext, body: Bytes) -> Processed {
     let job = match Job::decode(body) {
         Ok(job) => job,
         Err(rejected) => {
+            if let Some(event) = &rejected.event {
+                tracing::Span::current().record("event_id", event.id.as_str());
+            }
             return Processed {
                 event: rejected.event,
                 attempt: 0,

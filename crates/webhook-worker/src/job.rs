@@ -17,8 +17,6 @@ pub struct Job {
     /// The business action it works on ([`action_key`]); `None` when the event has no
     /// `data.object.id` (its handler then fails it as malformed, after its attempt is recorded).
     pub action_key: Option<String>,
-    /// The event's `data.object` (the session, subscription or invoice).
-    pub object: Value,
 }
 
 /// A message that is not a job.
@@ -50,22 +48,23 @@ impl Job {
                 failure,
             }));
         };
-        let mut body: Value = match serde_json::from_slice(&event.body) {
-            Ok(body) => body,
-            Err(e) => {
-                let failure = Failure::permanent(Step::Parse, format!("malformed message: {e}"));
-                return Err(Box::new(Rejected {
-                    event: Some(event),
-                    failure,
-                }));
-            }
-        };
         Ok(Job {
             action_key: action_key(&event, event_type),
-            object: body["data"]["object"].take(),
             event,
             event_type,
         })
+    }
+
+    /// The event's `data.object` (the session, subscription or invoice); `Null` when the body
+    /// has none (the handler's parser then says what is missing).
+    pub fn object(&self) -> Result<Value, Failure> {
+        let body: Value = serde_json::from_slice(&self.event.body)
+            .map_err(|e| Failure::permanent(Step::Parse, format!("malformed message: {e}")))?;
+        Ok(body
+            .get("data")
+            .and_then(|d| d.get("object"))
+            .cloned()
+            .unwrap_or(Value::Null))
     }
 }
 
@@ -120,6 +119,32 @@ pub fn action_key(event: &Envelope, event_type: EventType) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn odd_shapes_decode_without_a_panic() {
+        // `data` an array, or the whole body one: the envelope parser fills its defaults from
+        // them; the object is then Null, and the handler's parser says what is missing.
+        for body in [
+            r#"{"id": "evt_1", "type": "invoice.paid", "data": []}"#,
+            r#"{"id": "evt_1", "type": "invoice.paid", "data": {"object": null}}"#,
+        ] {
+            let job = Job::decode(Bytes::from(body)).unwrap();
+            assert_eq!(job.action_key, None, "{body}");
+            let object = job.object().unwrap();
+            assert!(object.get("id").is_none(), "{body}");
+        }
+        match Job::decode(Bytes::from(r#"["evt_1", "invoice.paid"]"#)) {
+            Ok(job) => assert!(job.object().unwrap().is_null()),
+            Err(rejected) => assert_eq!(rejected.failure.step, Step::Parse),
+        }
+        let rejected = Job::decode(Bytes::from("not json")).unwrap_err();
+        assert!(rejected.event.is_none());
+        assert_eq!(rejected.failure.step, Step::Parse);
+        let rejected =
+            Job::decode(Bytes::from(r#"{"id": "evt_1", "type": "customer.created"}"#)).unwrap_err();
+        assert_eq!(rejected.failure.step, Step::Dispatch);
+        assert!(rejected.event.is_some());
+    }
 
     fn event(event_type: &str, object_id: Option<&str>) -> Envelope {
         let mut body = serde_json::json!({"id": "evt_9", "type": event_type, "data": {"object": {}}});

@@ -256,7 +256,7 @@ async fn keycloak_timeout_is_transient() {
 }
 
 #[tokio::test]
-async fn answers_of_the_wrong_shape_are_permanent_errors_that_name_the_url_to_check() {
+async fn answers_of_the_wrong_shape_are_transient_errors_that_name_the_url_to_check() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/api/v1/subscriptions"))
@@ -273,7 +273,7 @@ async fn answers_of_the_wrong_shape_are_permanent_errors_that_name_the_url_to_ch
         name: None,
     };
     let e = lago(&server, 2000).create_subscription(&sub).await.unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Permanent);
+    assert_eq!(e.kind, ErrorKind::Transient);
     assert!(e.message.contains("LAGO_API_URL"), "{e}");
 
     let server = MockServer::start().await;
@@ -293,7 +293,7 @@ async fn answers_of_the_wrong_shape_are_permanent_errors_that_name_the_url_to_ch
         .find_users_by_email("a@b.co")
         .await
         .unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Permanent);
+    assert_eq!(e.kind, ErrorKind::Transient);
     assert!(e.message.contains("KEYCLOAK_URL"), "{e}");
 }
 

@@ -36,6 +36,14 @@ impl DownstreamError {
         }
     }
 
+    /// An error that may heal by itself (retried through the schedule).
+    pub fn transient(service: &'static str, operation: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Transient,
+            ..Self::permanent(service, operation, message)
+        }
+    }
+
     /// Classifies an HTTP error answer. 408, 425, 429 and 5xx can heal by themselves; every other
     /// 4xx means the request itself is wrong (bad plan, bad credentials, conflict) and a retry
     /// would get the same answer.

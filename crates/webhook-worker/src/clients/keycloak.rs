@@ -217,8 +217,9 @@ impl KeycloakClient {
             .json()
             .await
             .map_err(|e| DownstreamError::from_transport(SERVICE, "search_users", &e))?;
+        // Transient, as an answer that is not JSON at all is: see `LagoClient::json`.
         serde_json::from_value(users).map_err(|e| {
-            DownstreamError::permanent(
+            DownstreamError::transient(
                 SERVICE,
                 "search_users",
                 format!(

@@ -22,7 +22,6 @@ pub struct LagoClient {
     metrics: Option<DownstreamMetrics>,
 }
 
-/// What a new subscription needs.
 /// A Lago customer, as Lago answers it (the fields this worker reads).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct LagoCustomer {
@@ -49,6 +48,7 @@ pub struct LagoSubscription {
     pub next_plan_code: Option<String>,
 }
 
+/// What a new subscription needs.
 pub struct NewSubscription<'a> {
     pub external_customer_id: &'a str,
     pub plan_code: &'a str,
@@ -131,8 +131,10 @@ impl LagoClient {
             .await
             .map_err(|e| DownstreamError::from_transport(SERVICE, operation, &e))?;
         let object = v.get_mut(root).map(Value::take).unwrap_or(v);
+        // Transient, as an answer that is not JSON at all is (a proxy's page, a half-deployed
+        // Lago): retried through the schedule, then dead-lettered with this message.
         serde_json::from_value(object).map_err(|e| {
-            DownstreamError::permanent(
+            DownstreamError::transient(
                 SERVICE,
                 operation,
                 format!("Lago answered a {root} this client cannot read ({e}): check LAGO_API_URL points at Lago's API"),

@@ -27,7 +27,7 @@ pub async fn handle(ctx: &WorkerContext, job: &Job) -> Result<Done, JobError> {
     let action_key = job.action_key.clone().ok_or_else(|| {
         Failure::permanent(Step::Parse, "malformed message: the event has no data.object.id")
     })?;
-    let object = &job.object;
+    let object = &job.object()?;
     // Every type by name: a new `EventType` does not compile until it has its handler here.
     match job.event_type {
         EventType::CheckoutSessionCompleted | EventType::CheckoutSessionAsyncPaymentSucceeded => {
