@@ -69,6 +69,9 @@ pub enum SettingsError {
     },
 }
 
+/// Every setting, shaped as `default.toml` is (the loading format: an unknown key is an
+/// error). A server reads what it needs through its view ([`Settings::for_ingest`],
+/// [`Settings::for_worker`]); `webhookctl` and the libraries read the sections they take.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -276,8 +279,8 @@ impl Settings {
         let invalid = |variable: &'static str| move |reason| SettingsError::Invalid { variable, reason };
         crate::urls::check_postgres(self.database.url.expose_secret()).map_err(invalid("DATABASE_URL"))?;
         crate::urls::check_amqp(self.amqp.url.expose_secret()).map_err(invalid("AMQP_URL"))?;
-        // Only the worker needs Keycloak and Lago (it requires them when it starts); anyone who
-        // sets them gets them checked.
+        // Only the worker needs Keycloak and Lago (its view requires them); anyone who sets
+        // them gets them checked.
         if !self.keycloak.url.trim().is_empty() {
             crate::urls::check_http(
                 &self.keycloak.url,
