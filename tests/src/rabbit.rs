@@ -11,7 +11,7 @@ use webhook_core::Settings;
 pub fn topology(settings: &Settings) -> Topology {
     Topology::new(
         &settings.amqp,
-        &settings.worker.retry_delays().unwrap(),
+        &settings.worker.retry_schedule,
         &settings.stripe.handled_event_types,
     )
 }

@@ -18,12 +18,16 @@ use std::time::Duration;
 use webhook_core::Settings;
 
 impl BrokerConfig {
-    /// The broker configuration of a binary from its settings.
+    /// The broker configuration of a binary from its settings (checked when they were loaded:
+    /// this does not fail today).
     pub fn from_settings(settings: &Settings, connection_name: &str) -> anyhow::Result<Self> {
-        let delays = settings.worker.retry_delays()?;
         Ok(Self {
             url: settings.amqp.url.clone(),
-            topology: Topology::new(&settings.amqp, &delays, &settings.stripe.handled_event_types),
+            topology: Topology::new(
+                &settings.amqp,
+                &settings.worker.retry_schedule,
+                &settings.stripe.handled_event_types,
+            ),
             declare_topology: settings.amqp.declare_on_start,
             confirm_timeout: Duration::from_millis(settings.amqp.confirm_timeout_ms),
             reconnect_min: Duration::from_millis(settings.amqp.reconnect_min_ms),

@@ -18,7 +18,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ExchangeKind};
 use webhook_core::EventType;
-use webhook_core::settings::{AmqpSettings, duration_label};
+use webhook_core::settings::{AmqpSettings, RetrySchedule};
 
 /// Every name of the topology, with the configured prefix applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,19 +42,21 @@ pub struct RetryTier {
 }
 
 impl Topology {
-    pub fn new(amqp: &AmqpSettings, retry_delays: &[Duration], handled_event_types: &[EventType]) -> Self {
+    pub fn new(
+        amqp: &AmqpSettings,
+        retry_schedule: &RetrySchedule,
+        handled_event_types: &[EventType],
+    ) -> Self {
         let p = &amqp.name_prefix;
         let work_queue = format!("{p}{}", amqp.work_queue);
-        let mut retry_tiers: Vec<RetryTier> = Vec::new();
-        for &delay in retry_delays {
-            // A schedule may repeat a delay (5s,5s,30s): the tiers share one queue.
-            if !retry_tiers.iter().any(|t| t.delay == delay) {
-                retry_tiers.push(RetryTier {
-                    delay,
-                    queue: format!("{work_queue}.retry.{}", duration_label(delay)),
-                });
-            }
-        }
+        // A schedule may repeat a delay (5s,5s,30s): the tiers share one queue.
+        let retry_tiers = retry_schedule
+            .tiers()
+            .map(|(delay, label)| RetryTier {
+                delay,
+                queue: format!("{work_queue}.retry.{label}"),
+            })
+            .collect();
         Self {
             exchange: format!("{p}{}", amqp.exchange),
             dead_letter_exchange: format!("{p}{}", amqp.dead_letter_exchange),

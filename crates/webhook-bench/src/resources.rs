@@ -79,14 +79,9 @@ impl Resources {
 
     /// The queues and exchanges of this run.
     pub fn topology(&self) -> Topology {
-        let delays = self
-            .settings
-            .worker
-            .retry_delays()
-            .expect("default schedule is valid");
         Topology::new(
             &self.settings.amqp,
-            &delays,
+            &self.settings.worker.retry_schedule,
             &self.settings.stripe.handled_event_types,
         )
     }

@@ -4,11 +4,13 @@
 //! - [`envelope`]: the event envelope and the [`envelope::VerifiedEvent`] the publisher takes.
 //! - [`group_commit`]: many callers' items written together (the ingest's events, the worker's outcomes).
 //! - [`event_type`]: the Stripe event types the pipeline handles ([`EventType`]).
-//! - [`settings`]: the typed configuration of every binary (defaults in `default.toml`).
+//! - [`settings`]: the configuration of every binary (defaults in `default.toml`), and each
+//!   server's typed view of it.
+//! - [`service`]: the `main` of the servers: command line, settings, telemetry, build, run.
 //! - [`urls`]: the configured URLs, checked at start.
 //! - [`redact`]: credentials out of URLs before they are shown.
 //! - [`message`]: the queue message schema and header names.
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logging and tracing setup.
 //! - [`metrics`]: the metrics every server exports (build info, dependencies, process).
 
 pub mod envelope;
@@ -17,6 +19,7 @@ pub mod group_commit;
 pub mod message;
 pub mod metrics;
 pub mod redact;
+pub mod service;
 pub mod settings;
 pub mod signature;
 pub mod telemetry;

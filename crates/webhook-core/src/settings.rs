@@ -1,12 +1,25 @@
-//! Typed settings, loaded once at start: built-in defaults (`default.toml`), then an optional
-//! TOML file, then the environment (the contract's flat names, then `WEBHOOK__SECTION__KEY`).
+//! The settings of every binary, loaded once at start: built-in defaults (`default.toml`), then
+//! an optional TOML file, then the environment (the contract's flat names, then
+//! `WEBHOOK__SECTION__KEY`).
 //!
-//! Secrets are `secrecy` types, so they never show in `Debug` output, logs or errors. A missing or
-//! malformed setting is an error that names the variable to fix.
+//! - [`Settings`]: the tree the file and the environment are read into, every key of
+//!   `default.toml`. What every binary shares is checked as it loads: the URLs, and the values
+//!   parsed into types ([`values`]: the retry schedule, the log format, the Stripe mode).
+//! - [`views`]: each server's own view, [`Settings::for_ingest`] and [`Settings::for_worker`]:
+//!   what that server requires, checked, with `Duration`s and `SocketAddr`s instead of numbers
+//!   and strings.
+//!
+//! Secrets are `secrecy` types, so they never show in `Debug` output, logs or errors. A missing
+//! or malformed setting is an error that names the variable to fix.
+
+pub mod values;
+pub mod views;
+
+pub use values::{Livemode, LogFormat, RetrySchedule};
+pub use views::{IngestConfig, WorkerConfig};
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -48,8 +61,17 @@ pub enum SettingsError {
     },
     #[error("{variable} is invalid: {reason}")]
     Invalid { variable: &'static str, reason: String },
+    /// Neither of the ways to authenticate to a service is configured.
+    #[error("{service} credentials are missing: set {set}")]
+    MissingCredentials {
+        service: &'static str,
+        set: &'static str,
+    },
 }
 
+/// Every setting, shaped as `default.toml` is (the loading format: an unknown key is an
+/// error). A server reads what it needs through its view ([`Settings::for_ingest`],
+/// [`Settings::for_worker`]); `webhookctl` and the libraries read the sections they take.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -106,59 +128,6 @@ pub struct StripeSettings {
     pub livemode: Livemode,
 }
 
-/// Which Stripe mode's events the ingest queues (`stripe.livemode`): an event of the other
-/// mode is verified, stored with the reason and answered `ignored`, never queued.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub enum Livemode {
-    /// Only events with `"livemode": true` (production).
-    Live,
-    /// Only events with `"livemode": false` (a staging endpoint on Stripe's test mode).
-    Test,
-    /// Both (local runs, where `webhookctl send-test-event` and `stripe listen` send test events).
-    Any,
-}
-
-impl TryFrom<String> for Livemode {
-    type Error = String;
-
-    fn try_from(raw: String) -> Result<Self, String> {
-        match raw.trim().to_ascii_lowercase().as_str() {
-            "live" => Ok(Self::Live),
-            "test" => Ok(Self::Test),
-            "any" => Ok(Self::Any),
-            _ => Err(format!(
-                "WEBHOOK__STRIPE__LIVEMODE (stripe.livemode) is {raw:?}; set \"live\" (production), \"test\" or \"any\""
-            )),
-        }
-    }
-}
-
-impl Livemode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Live => "live",
-            Self::Test => "test",
-            Self::Any => "any",
-        }
-    }
-
-    /// Why an event whose `livemode` is `event_livemode` is not for this endpoint (the reason
-    /// stored with the ignored event), or `None` when it is.
-    pub fn refuses(self, event_livemode: bool) -> Option<String> {
-        let (event, wanted) = match (self, event_livemode) {
-            (Self::Live, false) => ("a test-mode event (livemode: false)", "live"),
-            (Self::Test, true) => ("a live-mode event (livemode: true)", "test"),
-            _ => return None,
-        };
-        Some(format!(
-            "ignored: {event}, and stripe.livemode is \"{wanted}\" (WEBHOOK__STRIPE__LIVEMODE); \
-             not queued. If it should be processed, check which Stripe mode's endpoint secret is in \
-             STRIPE_WEBHOOK_SECRET, or set stripe.livemode"
-        ))
-    }
-}
-
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestSettings {
@@ -178,8 +147,8 @@ pub struct IngestSettings {
 pub struct WorkerSettings {
     pub bind: String,
     pub concurrency: u16,
-    /// Raw schedule; see [`WorkerSettings::retry_delays`].
-    pub retry_schedule: String,
+    /// Parsed at load (`WORKER_RETRY_SCHEDULE`).
+    pub retry_schedule: RetrySchedule,
     pub inline_retries: usize,
     pub inline_retry_min_ms: u64,
     pub inline_retry_max_ms: u64,
@@ -233,8 +202,9 @@ pub struct PlanSettings {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
+    /// A `RUST_LOG` filter.
     pub level: String,
-    pub format: String,
+    pub format: LogFormat,
 }
 
 impl Settings {
@@ -287,7 +257,7 @@ impl Settings {
         let settings: Settings = builder
             .build()
             .and_then(config::Config::try_deserialize)
-            .map_err(|e| SettingsError::Load(e.to_string()))?;
+            .map_err(load_error)?;
         settings.validate_common()?;
         Ok(settings)
     }
@@ -309,8 +279,8 @@ impl Settings {
         let invalid = |variable: &'static str| move |reason| SettingsError::Invalid { variable, reason };
         crate::urls::check_postgres(self.database.url.expose_secret()).map_err(invalid("DATABASE_URL"))?;
         crate::urls::check_amqp(self.amqp.url.expose_secret()).map_err(invalid("AMQP_URL"))?;
-        // Only the worker needs Keycloak and Lago (it requires them when it starts); anyone who
-        // sets them gets them checked.
+        // Only the worker needs Keycloak and Lago (its view requires them); anyone who sets
+        // them gets them checked.
         if !self.keycloak.url.trim().is_empty() {
             crate::urls::check_http(
                 &self.keycloak.url,
@@ -323,19 +293,34 @@ impl Settings {
             crate::urls::check_http(&self.lago.api_url, "http://lago-api:3000", "LAGO_API_KEY")
                 .map_err(invalid("LAGO_API_URL"))?;
         }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(SettingsError::Invalid {
-                variable: "LOG_FORMAT",
-                reason: format!("{:?} is neither \"text\" nor \"json\"", self.log.format),
-            });
-        }
-        self.worker.retry_delays()?;
         Ok(())
     }
 }
 
+/// A value of the file or the environment that does not deserialize. One that has a flat name
+/// and failed to parse into its type ([`values`]: `LOG_FORMAT`, `WORKER_RETRY_SCHEDULE`) is
+/// reported like the checks after loading, `VARIABLE is invalid: reason`; the rest as `config`
+/// words them (with the key).
+fn load_error(e: config::ConfigError) -> SettingsError {
+    if let config::ConfigError::At {
+        error,
+        key: Some(key),
+        ..
+    } = &e
+        && let config::ConfigError::Message(reason) = error.as_ref()
+        && let Some((variable, _)) = FLAT_ENV.iter().find(|(_, k)| k == key)
+    {
+        return SettingsError::Invalid {
+            variable,
+            reason: reason.clone(),
+        };
+    }
+    SettingsError::Load(e.to_string())
+}
+
 impl StripeSettings {
-    /// The configured endpoint secrets. Required for the ingest and for signing test events.
+    /// The configured endpoint secrets, at least one: the ingest's view requires them, and
+    /// `webhookctl send-test-event` signs with the first.
     pub fn secrets(&self) -> Result<Vec<SecretString>, SettingsError> {
         let secrets: Vec<SecretString> = self
             .webhook_secret
@@ -351,85 +336,8 @@ impl StripeSettings {
                 why: " (the endpoint's signing secret, whsec_…, from the Stripe dashboard or `stripe listen`)",
             });
         }
-        if self.tolerance_secs == 0 {
-            return Err(SettingsError::Invalid {
-                variable: "STRIPE_SIGNATURE_TOLERANCE_SECS",
-                reason: "0 would accept replays of any age; Stripe's libraries use 300".into(),
-            });
-        }
         Ok(secrets)
     }
-}
-
-impl WorkerSettings {
-    /// Parses `retry_schedule` ("5s,30s,2m") into delays.
-    pub fn retry_delays(&self) -> Result<Vec<Duration>, SettingsError> {
-        parse_schedule(&self.retry_schedule).map_err(|reason| SettingsError::Invalid {
-            variable: "WORKER_RETRY_SCHEDULE",
-            reason,
-        })
-    }
-}
-
-/// For a service's `main`: reads `--config PATH` (or `--config=PATH`) from the command line,
-/// loads the settings and starts logging (and tracing, see `telemetry`). On a bad setting it prints what to fix and returns
-/// the exit code to end with (2).
-pub fn load_for_service(name: &str) -> Result<Settings, std::process::ExitCode> {
-    let mut args = std::env::args().skip(1);
-    let mut config = None;
-    while let Some(arg) = args.next() {
-        if arg == "--config" {
-            config = args.next().map(std::path::PathBuf::from);
-        } else if let Some(p) = arg.strip_prefix("--config=") {
-            config = Some(std::path::PathBuf::from(p));
-        }
-    }
-    match Settings::load(config.as_deref()) {
-        Ok(settings) => {
-            // Traces when the standard OTEL_* variables ask for them (see `telemetry`).
-            if let Err(e) = crate::telemetry::init_service(&settings.log.level, &settings.log.format, name) {
-                eprintln!("{name}: {e}");
-                return Err(std::process::ExitCode::from(2));
-            }
-            Ok(settings)
-        }
-        Err(e) => {
-            eprintln!("{name}: {e}");
-            Err(std::process::ExitCode::from(2))
-        }
-    }
-}
-
-/// Parses a comma-separated list of durations such as `5s,30s,2m,1h` (milliseconds allowed).
-pub fn parse_schedule(raw: &str) -> Result<Vec<Duration>, String> {
-    let raw = raw.trim();
-    if raw.is_empty() {
-        return Ok(Vec::new());
-    }
-    raw.split(',')
-        .map(|part| {
-            let d = humantime::parse_duration(part.trim())
-                .map_err(|e| format!("{:?} is not a duration like 5s, 2m or 1h ({e})", part.trim()))?;
-            if d.is_zero() || d.subsec_nanos() % 1_000_000 != 0 {
-                return Err(format!(
-                    "{:?} must be a positive whole number of milliseconds",
-                    part.trim()
-                ));
-            }
-            Ok(d)
-        })
-        .collect()
-}
-
-/// A compact label for a delay, used in retry queue names: `5s`, `2m`, `1h`, `1500ms`.
-pub fn duration_label(d: Duration) -> String {
-    let ms = d.as_millis();
-    for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms.is_multiple_of(size) {
-            return format!("{}{unit}", ms / size);
-        }
-    }
-    format!("{ms}ms")
 }
 
 #[cfg(test)]
@@ -460,14 +368,14 @@ mod tests {
         assert_eq!(s.worker.concurrency, 16);
         let labels: Vec<_> = s
             .worker
-            .retry_delays()
-            .unwrap()
-            .into_iter()
-            .map(duration_label)
+            .retry_schedule
+            .iter()
+            .map(|&d| RetrySchedule::label(d))
             .collect();
         assert_eq!(labels, ["5s", "30s", "2m", "10m", "30m", "1h", "3h", "6h"]);
         assert_eq!(s.keycloak.admin_realm, "master");
         assert_eq!(s.keycloak.client_id, "admin-cli");
+        assert_eq!(s.log.format, LogFormat::Text);
     }
 
     #[test]
@@ -500,8 +408,34 @@ mod tests {
                 .to_string()
                 .contains("STRIPE_WEBHOOK_SECRET")
         );
+        // Values parsed into a type at load are reported like the other checks.
         let err = Settings::load_from(None, &env(&[("WORKER_RETRY_SCHEDULE", "5s,soon")])).unwrap_err();
-        assert!(err.to_string().contains("WORKER_RETRY_SCHEDULE"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("WORKER_RETRY_SCHEDULE is invalid: \"soon\" is not a duration like 5s"),
+            "{err}"
+        );
+        let err = Settings::load_from(None, &env(&[("LOG_FORMAT", "xml")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "LOG_FORMAT is invalid: \"xml\" is neither \"text\" nor \"json\""
+        );
+        let s = Settings::load_from(None, &env(&[("LOG_FORMAT", "json")])).unwrap();
+        assert_eq!(s.log.format, LogFormat::Json);
+        // Whichever source the value comes from, the message names the contract's variable.
+        let err = Settings::load_from(None, &env(&[("WEBHOOK__LOG__FORMAT", "xml")])).unwrap_err();
+        assert!(err.to_string().starts_with("LOG_FORMAT is invalid: "), "{err}");
+        let dir = std::env::temp_dir().join(format!("settings-typed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("typed.toml");
+        std::fs::write(&file, "[worker]\nretry_schedule = \"1s,2x\"\n").unwrap();
+        let err = Settings::load_from(Some(&file), &env(&[])).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("WORKER_RETRY_SCHEDULE is invalid: \"2x\""),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
         let err = Settings::load_from(None, &env(&[("WORKER_CONCURRENCY", "many")])).unwrap_err();
         assert!(err.to_string().contains("concurrency"), "{err}");
         let err = Settings::load_from(Some(Path::new("/nonexistent.toml")), &env(&[])).unwrap_err();
@@ -582,11 +516,6 @@ mod tests {
         assert_eq!(s.stripe.livemode, Livemode::Any, "default for local runs");
         let s = Settings::load_from(None, &env(&[("WEBHOOK__STRIPE__LIVEMODE", "live")])).unwrap();
         assert_eq!(s.stripe.livemode, Livemode::Live);
-        assert!(Livemode::Live.refuses(true).is_none());
-        assert!(Livemode::Live.refuses(false).unwrap().contains("test-mode event"));
-        assert!(Livemode::Test.refuses(true).unwrap().contains("live-mode event"));
-        assert!(Livemode::Test.refuses(false).is_none());
-        assert!(Livemode::Any.refuses(true).is_none() && Livemode::Any.refuses(false).is_none());
         let err = Settings::load_from(None, &env(&[("WEBHOOK__STRIPE__LIVEMODE", "prod")]))
             .unwrap_err()
             .to_string();
@@ -607,40 +536,5 @@ mod tests {
         let s = Settings::load_from(None, &env(&[("WEBHOOK_CONFIG", "")])).unwrap();
         assert_eq!(s.worker.concurrency, 16, "an empty WEBHOOK_CONFIG: no file");
         let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn livemode_values_read_and_show_as_written() {
-        for (raw, mode) in [
-            ("live", Livemode::Live),
-            (" Test ", Livemode::Test),
-            ("ANY", Livemode::Any),
-        ] {
-            let parsed = Livemode::try_from(raw.to_string()).unwrap();
-            assert_eq!(parsed, mode);
-            assert_eq!(parsed.as_str(), raw.trim().to_ascii_lowercase());
-        }
-    }
-
-    #[test]
-    fn a_schedule_takes_whole_milliseconds_only() {
-        assert_eq!(
-            parse_schedule(" 1500ms, 2s ").unwrap(),
-            [Duration::from_millis(1500), Duration::from_secs(2)]
-        );
-        assert!(
-            parse_schedule("500us")
-                .unwrap_err()
-                .contains("whole number of milliseconds")
-        );
-    }
-
-    #[test]
-    fn labels() {
-        assert_eq!(duration_label(Duration::from_millis(1500)), "1500ms");
-        assert_eq!(duration_label(Duration::from_secs(90)), "90s");
-        assert_eq!(duration_label(Duration::from_secs(7200)), "2h");
-        assert!(parse_schedule("").unwrap().is_empty());
-        assert!(parse_schedule("0s").is_err());
     }
 }

@@ -34,20 +34,22 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{EnvFilter, Layer, Registry, filter};
 
+use crate::settings::LogFormat;
+
 /// The tracer provider, when traces are exported (flushed by [`shutdown`]).
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 /// The installed subscriber, for the log formatter to read the OpenTelemetry ids of a span.
 static DISPATCH: OnceLock<tracing::dispatcher::WeakDispatch> = OnceLock::new();
 
 /// Installs the global subscriber (logs only). Safe to call more than once (later calls do nothing).
-pub fn init(level: &str, format: &str) {
+pub fn init(level: &str, format: LogFormat) {
     install(level, format, None);
 }
 
 /// Installs the global subscriber of a service: logs, and traces when the standard OpenTelemetry
 /// variables ask for them (see the module docs); `service` is the default `service.name`.
 /// `Err` names the variable that is malformed. Call [`shutdown`] before the process exits.
-pub fn init_service(level: &str, format: &str, service: &str) -> Result<(), String> {
+pub fn init_service(level: &str, format: LogFormat, service: &str) -> Result<(), String> {
     let provider = if export_configured() {
         Some(provider(service)?)
     } else {
@@ -131,10 +133,10 @@ fn provider(service: &str) -> Result<SdkTracerProvider, String> {
 
 type Boxed = Box<dyn Layer<Registry> + Send + Sync>;
 
-fn install(level: &str, format: &str, provider: Option<SdkTracerProvider>) {
+fn install(level: &str, format: LogFormat, provider: Option<SdkTracerProvider>) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
-    let logs: Boxed = if format == "json" {
+    let logs: Boxed = if format == LogFormat::Json {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(ansi)

@@ -1,7 +1,8 @@
 //! `webhook-ingest`: receives Stripe webhooks, verifies them, dedupes them on the event id in
 //! Postgres and queues them on RabbitMQ with publisher confirms, in milliseconds.
 //!
-//! - [`Application`]: builds the server from [`Settings`]; `main.rs` only loads settings and runs it.
+//! - [`Application`]: builds the server from [`Settings`] (its view of them,
+//!   [`Settings::for_ingest`]); `main.rs` hands it to `webhook_core::service::main`.
 //! - [`routes::webhook`]: the webhook endpoint (verify → parse → record + publish → answer).
 //! - [`routes::health`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`group_commit`]: the events of concurrent requests recorded and queued together.
@@ -59,24 +60,25 @@ pub struct Application {
 }
 
 impl Application {
-    /// Validates the settings, migrates (if enabled), starts the broker supervisor and binds.
-    /// The broker may still be down when this returns: requests get 503 until it is up.
+    /// Takes the ingest's view of the settings (a missing or malformed one stops it here),
+    /// migrates (if enabled), starts the broker supervisor and binds. The broker may still be
+    /// down when this returns: requests get 503 until it is up.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let secrets = settings.stripe.secrets()?;
+        let config = settings.for_ingest()?;
         tracing::info!(
             database = %redact::secret_url(&settings.database.url),
             rabbitmq = %redact::secret_url(&settings.amqp.url),
-            livemode = settings.stripe.livemode.as_str(),
+            livemode = config.livemode.as_str(),
             "webhook-ingest starting"
         );
-        let verifier = SignatureVerifier::new(secrets, settings.stripe.tolerance_secs);
+        let verifier = SignatureVerifier::new(config.secrets, config.tolerance.as_secs());
         let store = Store::connect_lazy(&settings.database)?;
         if settings.database.migrate_on_start {
             store.migrate().await?;
         }
         let broker = Broker::start(BrokerConfig::from_settings(&settings, "webhook-ingest")?);
-        let listener = TcpListener::bind(&settings.ingest.bind)
-            .with_context(|| format!("cannot listen on INGEST_BIND={}", settings.ingest.bind))?;
+        let listener = TcpListener::bind(config.bind)
+            .with_context(|| format!("cannot listen on INGEST_BIND={}", config.bind))?;
         let port = listener.local_addr()?.port();
         let metrics = Metrics::new();
         metrics
@@ -88,7 +90,7 @@ impl Application {
                 broker: broker.clone(),
                 metrics: metrics.clone(),
             },
-            settings.ingest.commit_writers,
+            config.commit_writers,
         );
         let state = web::Data::new(AppState {
             verifier,
@@ -96,12 +98,12 @@ impl Application {
             store,
             broker: broker.clone(),
             metrics,
-            handled_event_types: settings.stripe.handled_event_types.iter().cloned().collect(),
-            livemode: settings.stripe.livemode,
-            body_limit: settings.ingest.body_limit_bytes,
-            body_timeout: Duration::from_secs(settings.ingest.body_timeout_secs),
+            handled_event_types: config.handled_event_types.into_iter().collect(),
+            livemode: config.livemode,
+            body_limit: config.body_limit_bytes,
+            body_timeout: config.body_timeout,
             max_header_bytes: MAX_HEADER_BYTES,
-            retry_after_secs: settings.ingest.retry_after_secs,
+            retry_after_secs: config.retry_after.as_secs(),
         });
         let mut server = HttpServer::new(move || {
             App::new()
@@ -117,14 +119,14 @@ impl Application {
                 .default_service(web::to(routes::webhook::not_found))
         })
         // Slow-loris: a client must finish its request head within this time.
-        .client_request_timeout(Duration::from_secs(settings.ingest.header_timeout_secs))
+        .client_request_timeout(config.header_timeout)
         .client_disconnect_timeout(Duration::from_secs(1))
-        .shutdown_timeout(settings.ingest.shutdown_timeout_secs)
+        .shutdown_timeout(config.shutdown_timeout.as_secs())
         // actix stops at once on SIGINT (Ctrl-C); both signals are handled in
         // `run_until_stopped` instead, as a graceful stop.
         .disable_signals();
-        if settings.ingest.workers > 0 {
-            server = server.workers(settings.ingest.workers);
+        if let Some(workers) = config.workers {
+            server = server.workers(workers.get());
         }
         let server = server.listen(listener)?.run();
         Ok(Self { port, server, broker })

@@ -1,30 +1,23 @@
 //! `webhook-ingest`: see the crate docs and README.md.
 
+use webhook_core::service::{self, Binary, Started};
 use webhook_ingest::Application;
+
+const INGEST: Binary = Binary {
+    name: env!("CARGO_PKG_NAME"),
+    version: env!("CARGO_PKG_VERSION"),
+    about: env!("CARGO_PKG_DESCRIPTION"),
+    listening: "listening",
+};
 
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
-    let settings = match webhook_core::settings::load_for_service("webhook-ingest") {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let app = match Application::build(settings).await {
-        Ok(app) => app,
-        Err(e) => {
-            tracing::error!("webhook-ingest cannot start: {e:#}");
-            eprintln!("webhook-ingest cannot start: {e:#}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    tracing::info!(port = app.port(), "webhook-ingest listening");
-    let code = match app.run_until_stopped().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("webhook-ingest failed: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    };
-    // The spans still buffered are exported before the process ends.
-    webhook_core::telemetry::shutdown();
-    code
+    service::main(INGEST, |settings| async move {
+        let app = Application::build(settings).await?;
+        Ok(Started {
+            port: app.port(),
+            run: app.run_until_stopped(),
+        })
+    })
+    .await
 }

@@ -9,7 +9,9 @@ use webhook_sandbox::cli::Cli;
 #[actix_web::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    webhook_core::telemetry::init(&cli.log_level, &cli.log_format);
+    // Lenient, as the sandbox has always been: anything but "json" is text.
+    let log_format = cli.log_format.parse().unwrap_or_default();
+    webhook_core::telemetry::init(&cli.log_level, log_format);
     let config = match cli.config() {
         Ok(config) => config,
         Err(e) => {

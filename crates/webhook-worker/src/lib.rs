@@ -2,7 +2,8 @@
 //! Keycloak, Lago and the audit log, exactly once in effect, with retries through broker delay
 //! queues and a dead-letter queue with reasons.
 //!
-//! - [`Application`]: builds everything from [`Settings`]; `main.rs` only loads settings and runs it.
+//! - [`Application`]: builds everything from [`Settings`] (its view of them,
+//!   [`Settings::for_worker`]); `main.rs` hands it to `webhook_core::service::main`.
 //!
 //! The job path, top to bottom (each module names its step):
 //!
@@ -87,22 +88,20 @@ pub struct Application {
 }
 
 impl Application {
+    /// Takes the worker's view of the settings (a missing or malformed one stops it here),
+    /// migrates (if enabled), starts the broker supervisor and binds the health endpoints.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let config = settings.for_worker()?;
         let metrics = Metrics::new();
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(
-                settings.keycloak.timeout_ms.max(settings.lago.timeout_ms),
-            ))
+            .timeout(config.keycloak_timeout.max(config.lago_timeout))
             .connect_timeout(Duration::from_secs(5))
-            .pool_max_idle_per_host(usize::from(settings.worker.concurrency).max(4))
+            .pool_max_idle_per_host(usize::from(config.concurrency.get()).max(4))
             .build()
             .context("building the HTTP client")?;
         let keycloak =
             KeycloakClient::new(&settings.keycloak, http.clone(), Some(metrics.downstream.clone()))?;
         let lago = LagoClient::new(&settings.lago, http, Some(metrics.downstream.clone()))?;
-        if settings.worker.concurrency == 0 {
-            anyhow::bail!("WORKER_CONCURRENCY must be at least 1");
-        }
         let database = settings.database.clone();
         // Step writes commit without waiting for the disk; the outcome write before each ack is
         // durable, and with it everything the job wrote (see `webhook_store::Commits`). The two
@@ -128,10 +127,7 @@ impl Application {
             outcomes.migrate().await?;
         }
         let broker = Broker::start(BrokerConfig::from_settings(&settings, "webhook-worker")?);
-        let w = &settings.worker;
-        let status_attribute =
-            Some(settings.keycloak.status_attribute.trim().to_owned()).filter(|a| !a.is_empty());
-        if let Some(a) = &status_attribute {
+        if let Some(a) = &config.status_attribute {
             // The series exists from the start (at 0), so that a rate over it is defined.
             metrics.attribute_dropped.with_label_values(&[a]).inc_by(0);
         }
@@ -148,20 +144,20 @@ impl Application {
             plans: PlanMap::new(&settings.plans)?,
             livemode: settings.stripe.livemode,
             entitlements: Entitlements::new(&settings.plans)?,
-            retry_delays: w.retry_delays()?,
+            retry_delays: config.retry_schedule.to_vec(),
             inline_retry: InlineRetry {
-                times: w.inline_retries,
-                min_delay: Duration::from_millis(w.inline_retry_min_ms),
-                max_delay: Duration::from_millis(w.inline_retry_max_ms),
+                times: config.inline_retries,
+                min_delay: config.inline_retry_min,
+                max_delay: config.inline_retry_max,
             },
-            lease: ordering::lease::LeaseTiming::new(w.lease_secs),
+            lease: ordering::lease::LeaseTiming::new(config.lease.as_secs()),
             health: health::Health::new(metrics.jobs_held.clone(), metrics.queue_missing.clone()),
             metrics,
-            tier_attribute: settings.keycloak.tier_attribute.clone(),
-            status_attribute,
+            tier_attribute: config.tier_attribute,
+            status_attribute: config.status_attribute,
         });
-        let listener =
-            TcpListener::bind(&w.bind).with_context(|| format!("cannot listen on WORKER_BIND={}", w.bind))?;
+        let listener = TcpListener::bind(config.bind)
+            .with_context(|| format!("cannot listen on WORKER_BIND={}", config.bind))?;
         let port = listener.local_addr()?.port();
         let data = web::Data::new(ctx.clone());
         let server = HttpServer::new(move || {
@@ -180,8 +176,8 @@ impl Application {
             port,
             server,
             ctx,
-            concurrency: w.concurrency,
-            drain_timeout: Duration::from_secs(w.shutdown_timeout_secs),
+            concurrency: config.concurrency.get(),
+            drain_timeout: config.shutdown_timeout,
             shutdown: Arc::new(tx),
         })
     }

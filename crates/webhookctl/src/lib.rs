@@ -19,7 +19,7 @@ pub struct UsageError(pub String);
 /// Runs one parsed command. Errors are printed by `main` with what to do next.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
-    webhook_core::telemetry::init(&format!("warn,{}", cli.log_level), &settings.log.format);
+    webhook_core::telemetry::init(&format!("warn,{}", cli.log_level), settings.log.format);
     use commands::{billing, dlq, events, replay, send_test_event, setup};
     match cli.command {
         Command::Migrate => setup::migrate(&settings).await,
