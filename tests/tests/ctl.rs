@@ -395,8 +395,29 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
     // What the killed requeue held unacked goes back to the DLQ once the broker has seen its
     // connection close, in the same step as its consumer goes: `all_messages` waits for that
     // (a lost message never comes back).
-    let moved = rabbit::all_messages(&topo.work_queue).await as usize;
-    let left = rabbit::all_messages(&topo.dead_letter_queue).await as usize;
+    // The broker still enqueues what it had read from the killed connection for a moment after
+    // the kill (a quorum queue's count follows its log): count once both counts have held still
+    // for a second.
+    let deadline = std::time::Instant::now() + LONG;
+    let mut last = None;
+    let mut still_since = std::time::Instant::now();
+    let (moved, left) = loop {
+        let now = (
+            rabbit::all_messages(&topo.work_queue).await as usize,
+            rabbit::all_messages(&topo.dead_letter_queue).await as usize,
+        );
+        if last != Some(now) {
+            last = Some(now);
+            still_since = std::time::Instant::now();
+        } else if still_since.elapsed() >= Duration::from_secs(1) {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the counts did not settle after the kill: {now:?} (moved, left)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(moved < N, "killed before the end ({moved} moved, {left} left)");
     // Every message is in the DLQ or on the work queue; only those whose copy was confirmed but
     // whose ack the broker had not processed when the requeue was killed are in both. That is
