@@ -7,7 +7,7 @@
 //! - [`settings`]: the configuration of every binary (defaults in `default.toml`), and each
 //!   server's typed view of it.
 //! - [`service`]: the `main` of the servers: command line, settings, telemetry, build, run.
-//! - [`urls`]: the configured URLs, checked at start.
+//! - [`urls`]: the configured URLs, checked at start ([`url_list`]: where one URL of a list ends).
 //! - [`redact`]: credentials out of URLs before they are shown.
 //! - [`message`]: the queue message schema and header names.
 //! - [`telemetry`]: logging and tracing setup.
@@ -23,6 +23,7 @@ pub mod service;
 pub mod settings;
 pub mod signature;
 pub mod telemetry;
+pub mod url_list;
 pub mod urls;
 
 pub use envelope::{Envelope, EnvelopeError, EventId, VerifiedEvent};

@@ -4,7 +4,7 @@
 
 use url::Url;
 
-use crate::urls;
+use crate::url_list;
 
 /// What a hidden credential is shown as.
 pub const MASK: &str = "***";
@@ -23,7 +23,7 @@ pub const MASK: &str = "***";
 /// A parsed URL with an `@` after its authority (`amqp://u:1/x@h`: the password's tail landed
 /// in the path) is treated as unparsable, so that tail is hidden too.
 pub fn url(raw: &str) -> String {
-    let parts: Vec<String> = urls::split_list(raw).into_iter().map(one).collect();
+    let parts: Vec<String> = url_list::split_list(raw).into_iter().map(one).collect();
     if parts.is_empty() {
         return raw.trim().to_owned();
     }
@@ -45,7 +45,7 @@ pub fn scrub(text: &str, raw: &str) -> String {
         return text.to_owned();
     }
     let mut out = text.replace(raw, &url(raw));
-    for element in urls::split_list(raw) {
+    for element in url_list::split_list(raw) {
         out = out.replace(element, &one(element));
         for secret in secrets(element) {
             if secret.chars().count() >= 4 {
@@ -91,7 +91,7 @@ fn one(raw: &str) -> String {
 /// `raw` parsed, if it is a URL with an authority (`scheme://…`) and no `@` after it.
 fn parse_with_authority(raw: &str) -> Option<Url> {
     let parsed = Url::parse(raw).ok()?;
-    if parsed.cannot_be_a_base() || !raw[urls::scheme_len(raw)..].starts_with("://") {
+    if parsed.cannot_be_a_base() || !raw[url_list::scheme_len(raw)..].starts_with("://") {
         return None;
     }
     let after_authority = [Some(parsed.path()), parsed.query(), parsed.fragment()];
@@ -104,7 +104,7 @@ fn parse_with_authority(raw: &str) -> Option<Url> {
 /// Byte offset where the authority (or what stands in its place) begins: after `scheme://`,
 /// else after `scheme:`, else 0.
 fn authority_start(raw: &str) -> usize {
-    let scheme = urls::scheme_len(raw);
+    let scheme = url_list::scheme_len(raw);
     if scheme == 0 {
         return 0;
     }
