@@ -36,7 +36,7 @@ deploy-check: services build
 ## The long fault-injection run (restarts the real RabbitMQ and Postgres: run it alone). See docs/reliability.md.
 chaos: services build
 	CHAOS_EVENTS=$${CHAOS_EVENTS:-3000} CHAOS_SECONDS=$${CHAOS_SECONDS:-120} CHAOS_REAL_RESTARTS=$${CHAOS_REAL_RESTARTS:-1} \
-		$(CARGO) test -p webhook-tests --test chaos -- --nocapture
+		$(CARGO) test -p webhook-tests --test it -- chaos:: --nocapture
 
 ## A local three-node RabbitMQ cluster (ports 5681-5683) beside the machine's node; prints its
 ## AMQP_URL. `make cluster-down` removes it. See scripts/rabbitmq-cluster.sh and docs/deploy.md.
@@ -51,11 +51,11 @@ cluster-down:
 ## `make test` runs a 300-event version. See docs/reliability.md.
 chaos-cluster: services build
 	CLUSTER_EVENTS=$${CLUSTER_EVENTS:-3000} CLUSTER_SECONDS=$${CLUSTER_SECONDS:-120} \
-		$(CARGO) test -p webhook-tests --test cluster -- --nocapture
+		$(CARGO) test -p webhook-tests --test it -- cluster:: --nocapture
 
 ## The billing model property test, longer than in `make test` (PROPTEST_CASES, default 2000).
 model: services build
-	PROPTEST_CASES=$${PROPTEST_CASES:-2000} $(CARGO) test -p webhook-tests --test billing_model -- --nocapture
+	PROPTEST_CASES=$${PROPTEST_CASES:-2000} $(CARGO) test -p webhook-tests --test it -- billing_model:: --nocapture
 
 ## Coverage-guided fuzzing of the untrusted-input parsers (FUZZ_SECONDS per target, default 60).
 fuzz:

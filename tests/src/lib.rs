@@ -111,19 +111,35 @@ impl TestContext {
             .await
             .expect("connect to the test database")
     }
+}
 
-    /// Removes this test's queues, exchanges and database.
-    pub async fn cleanup(self) {
-        let settings = self.settings();
-        rabbit::delete_topology(&settings).await;
-        if let Ok(mut conn) = PgConnection::connect(&admin_database_url()).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.database_name
-            )))
-            .execute(&mut conn)
-            .await;
-        }
+/// Removes this test's queues, exchanges and database when the test ends, passed or failed (a
+/// failed test used to leave them behind). `Drop` cannot wait for async work, so the cleanup
+/// runs on a thread of its own with a small runtime, and is joined: the next test never sees
+/// this one's resources. It never panics (a panic while unwinding would abort): what cannot be
+/// removed is left to `make clean-test-resources`.
+impl Drop for TestContext {
+    fn drop(&mut self) {
+        let env = std::mem::take(&mut self.env);
+        let database_name = std::mem::take(&mut self.database_name);
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(settings) = Settings::load_from(None, &env) {
+                    rabbit::delete_topology(&settings).await;
+                }
+                if let Ok(mut conn) = PgConnection::connect(&admin_database_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{database_name}\" WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
     }
 }
 

@@ -64,7 +64,6 @@ async fn a_processed_event_resent_with_a_fresh_signature_is_a_duplicate_with_no_
 
     ingest.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -107,7 +106,6 @@ async fn invalid_utf8_and_a_flood_of_forged_signatures_change_nothing_and_valid_
     assert_eq!(stored, 20, "only the genuine events are stored");
 
     ingest.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -244,5 +242,4 @@ async fn secrets_never_appear_in_the_logs_of_a_full_run() {
     );
 
     sandbox.stop().await;
-    ctx.cleanup().await;
 }

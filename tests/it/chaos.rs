@@ -658,5 +658,4 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
         let _ = p.wait().await;
     }
     sandbox.stop().await;
-    ctx.cleanup().await;
 }

@@ -126,7 +126,6 @@ async fn a_read_only_database_holds_the_message_with_backoff_then_completes_once
     assert_eq!(metric(port, "webhook_worker_jobs_held").await, 0.0);
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 /// The job's own statement refused (a worker newer than the schema: a column missing): retried
@@ -173,7 +172,6 @@ async fn a_refused_statement_goes_through_the_schedule_to_the_dead_letter_queue(
     );
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 /// A retry queue missing (the schedule changed, the topology not declared again, as in
@@ -270,7 +268,6 @@ async fn a_missing_retry_queue_dead_letters_with_the_fix_and_shows_in_readyz() {
     assert!(rabbit::drain(&topo.dead_letter_queue).await.is_empty());
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 /// The dead-letter queue refusing too (deleted): the failed message is held unacked, its
@@ -334,7 +331,6 @@ async fn a_refusing_dead_letter_queue_holds_the_message_without_rerunning_the_jo
     assert_eq!(dead[0].delivery.data, b"{not json");
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 /// The outcome of a finished job cannot be written (a column missing: a worker newer than the
@@ -402,7 +398,6 @@ async fn an_outcome_that_cannot_be_written_is_held_with_backoff() {
     .await;
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 /// An event of the other Stripe mode that reaches the queue anyway (a replay, a publish by
@@ -436,7 +431,6 @@ async fn the_worker_skips_an_event_of_the_other_stripe_mode() {
     assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 0);
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 /// Postgres unreachable (every connection cut and refused, through a proxy): the worker holds
@@ -595,5 +589,4 @@ async fn an_unreachable_database_holds_the_message_without_spending_a_retry_then
     .await;
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }

@@ -439,12 +439,14 @@ fn any_delivery_order_ends_in_the_state_of_in_order_delivery() {
         case.load(std::sync::atomic::Ordering::Relaxed)
     );
     let Harness {
-        ctx, sandbox, worker, ..
+        ctx: _ctx,
+        sandbox,
+        worker,
+        ..
     } = harness;
     rt.block_on(async {
         worker.stop().await;
         sandbox.stop().await;
-        ctx.cleanup().await;
     });
     match result {
         Ok(()) => {}

@@ -99,7 +99,6 @@ impl Env {
     async fn stop(self) {
         self.worker.stop().await;
         self.sandbox.stop().await;
-        self.ctx.cleanup().await;
     }
 }
 
@@ -986,7 +985,6 @@ async fn a_stale_attempt_writes_nothing_once_its_lease_is_taken() {
             .unwrap(),
         Rebound::Unknown
     ));
-    ctx.cleanup().await;
 }
 
 /// A second seat bought by the same Stripe customer for another person: the subscription's own

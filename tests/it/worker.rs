@@ -108,7 +108,6 @@ async fn paid_checkout_provisions_keycloak_lago_and_audit_and_keeps_other_attrib
     assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 0);
     ingest.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -205,7 +204,6 @@ async fn the_same_event_twice_and_two_events_for_one_session_provision_once() {
 
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -275,7 +273,6 @@ async fn lago_failing_three_times_succeeds_after_retries() {
 
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -329,7 +326,6 @@ async fn unknown_plan_is_dead_lettered_at_once_as_permanent() {
 
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -385,7 +381,6 @@ async fn unknown_user_is_retried_through_the_schedule_then_dead_lettered() {
 
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -454,7 +449,6 @@ async fn malformed_and_unpaid_messages_never_block_the_queue() {
 
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -548,7 +542,6 @@ async fn worker_killed_mid_job_completes_after_restart_without_doubling() {
     .await;
     assert!(status.success(), "{status:?}");
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -635,7 +628,6 @@ async fn broker_connections_lost_under_load_still_process_everything_exactly_onc
     worker.stop().await;
     ingest.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -797,7 +789,6 @@ async fn outcomes_that_wait_for_a_writer_share_one_durable_write() {
         .unwrap();
     assert_eq!(attempt, 3);
     drop(writer);
-    ctx.cleanup().await;
 }
 
 /// A `webhook-worker` process, killed when dropped (a failing test leaves nothing running).
@@ -971,7 +962,6 @@ async fn two_worker_processes_applying_one_subscriptions_events_end_as_in_order_
         let end = end_state(&sandbox, &pool, email, sub).await;
         worker.stop().await;
         sandbox.stop().await;
-        ctx.cleanup().await;
         end
     };
     assert_eq!(
@@ -1068,7 +1058,6 @@ async fn two_worker_processes_applying_one_subscriptions_events_end_as_in_order_
         assert!(status.success(), "{status:?}");
     }
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 /// A job that waits for a lease another worker process holds goes to the first retry tier
@@ -1203,7 +1192,6 @@ async fn waiting_for_another_processs_lease_spends_no_retry() {
         assert!(status.success(), "{status:?}");
     }
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 /// SIGTERM with jobs in flight: the process stops taking messages, lets its jobs finish and
@@ -1340,7 +1328,6 @@ async fn sigterm_lets_jobs_in_flight_finish_returns_the_rest_and_exits_0_in_time
     let (status, _) = worker.terminate().await;
     assert!(status.success(), "{status:?}");
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 /// Keycloak and Lago calls that time out (the sandbox holds them past the worker's 500 ms
@@ -1440,7 +1427,6 @@ async fn keycloak_and_lago_timeouts_are_retried_and_the_job_completes_once() {
     assert_eq!(kc["attributes"]["subscription_tier"], json!(["professional"]));
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 /// `429` with `Retry-After`, through the real worker: a short one is waited in process (no
@@ -1558,7 +1544,6 @@ async fn a_429_retry_after_is_waited_in_process_or_through_a_long_enough_tier() 
     }
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 /// The worker's `/readyz` names the dependency that is down (each cut in turn through a proxy)
@@ -1704,7 +1689,6 @@ async fn readyz_names_the_dependency_that_is_down_and_metrics_move_with_a_job() 
 
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 /// The spans an OTLP/HTTP (`http/json`) receiver was sent: each with the `service.name` of its
@@ -2025,7 +2009,6 @@ async fn one_checkout_is_one_trace_from_the_ingest_request_through_the_queue_to_
 
     otlp.stop(true).await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -2113,5 +2096,4 @@ async fn a_retried_dead_lettered_and_requeued_job_stays_in_its_events_trace() {
     drop((ingest, worker));
     otlp.stop(true).await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }

@@ -60,7 +60,6 @@ async fn accepted_event_is_queued_once_with_routing_key_message_id_and_persisten
     assert_eq!(payload.as_bytes(), event.body.as_slice());
 
     ingest.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -92,7 +91,6 @@ async fn the_same_event_twenty_times_concurrently_is_queued_exactly_once() {
     assert_eq!(stored(&ctx.pool().await).await, 1);
 
     ingest.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -145,7 +143,6 @@ async fn broker_unreachable_answers_503_and_keeps_nothing_then_accepts_once_it_i
     assert_eq!(stored(&pool).await, 1);
 
     ingest.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -206,7 +203,6 @@ async fn database_unreachable_answers_503_then_recovers() {
     assert_eq!(webhook_tests::metric(&ingest.url, postgres_up).await, 1.0);
 
     ingest.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -238,7 +234,6 @@ async fn unhandled_event_type_is_stored_and_ignored_but_not_queued() {
     assert_eq!(status_col, "ignored");
 
     ingest.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -413,7 +408,6 @@ async fn every_bad_input_gets_its_4xx_and_changes_nothing() {
     assert_eq!((status, body["status"].as_str()), (200, Some("accepted")));
 
     ingest.stop().await;
-    ctx.cleanup().await;
 }
 
 /// Writes `request` to the server at `base_url` on a connection of its own while reading its
@@ -495,7 +489,6 @@ async fn slow_clients_are_cut_off() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     ingest.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -539,7 +532,6 @@ async fn health_ready_and_metrics() {
         .unwrap();
     assert_eq!(nf.status(), 404);
     ingest.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -558,7 +550,6 @@ async fn topology_is_declared_at_start() {
             .ends_with("billing.provisioning.retry.1s")
     );
     ingest.stop().await;
-    ctx.cleanup().await;
 }
 
 /// The value of a metric without labels in the ingest's `/metrics`.
@@ -645,7 +636,6 @@ async fn concurrent_requests_share_transactions_and_every_event_is_queued_exactl
     );
 
     ingest.stop().await;
-    ctx.cleanup().await;
 }
 
 /// What a background POST got: the status, whether `Retry-After` came with it, the JSON body.
@@ -814,7 +804,6 @@ async fn an_event_the_broker_refuses_gets_503_and_no_row_while_the_rest_of_its_b
     assert_eq!(rabbit::drain(&topo.work_queue).await.len(), 1 + checkouts.len());
 
     ingest.stop().await;
-    ctx.cleanup().await;
 }
 
 /// The alias route (`POST /api/v1/billing/webhooks/stripe/checkout`, the old system's path)
@@ -897,7 +886,6 @@ async fn the_alias_route_answers_and_queues_like_the_main_route() {
     assert_eq!(stored(&pool).await, 2);
 
     ingest.stop().await;
-    ctx.cleanup().await;
 }
 
 /// SIGTERM to the `webhook-ingest` process while requests wait for its (held) writer: it stops
@@ -1012,7 +1000,6 @@ async fn requests_in_flight_finish_on(signal: &str) {
     let mut queued = queued_ids(&topo.work_queue).await;
     queued.sort();
     assert_eq!(queued, accepted, "queued: each accepted event once, nothing else");
-    ctx.cleanup().await;
 }
 
 /// SIGTERM while a request cannot finish (its writer held past the shutdown deadline): the
@@ -1049,7 +1036,6 @@ async fn sigterm_with_a_request_stuck_past_the_deadline_exits_0_at_the_deadline_
     hold.tx.rollback().await.unwrap();
     assert_eq!(stored(&pool).await, 0, "nothing recorded");
     assert_eq!(rabbit::all_messages(&topo.work_queue).await, 0, "nothing queued");
-    ctx.cleanup().await;
 }
 
 /// A checkout event of the given Stripe mode (`livemode`), signed now.
@@ -1162,7 +1148,6 @@ async fn an_event_of_the_other_stripe_mode_is_stored_as_ignored_with_the_reason_
     assert_eq!(queued_ids(&topo.work_queue).await, [test_event.event_id.as_str()]);
 
     ingest.stop().await;
-    ctx.cleanup().await;
 }
 
 /// A password that must never be shown; its middle part catches a partial leak too.
@@ -1245,7 +1230,6 @@ async fn a_malformed_url_stops_every_binary_at_start_naming_the_variable_without
         !rabbit::exists(&rabbit::topology(&ctx.settings()).work_queue).await,
         "nothing started"
     );
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -1303,5 +1287,4 @@ async fn while_rabbitmq_is_unreachable_the_reconnect_log_never_shows_the_passwor
         log.contains("webhook-ingest starting") && log.contains(&shown),
         "{log}"
     );
-    ctx.cleanup().await;
 }

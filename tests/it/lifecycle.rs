@@ -168,7 +168,6 @@ async fn checkout_upgrade_payment_failed_paid_cancel() {
     worker.stop().await;
     ingest.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test]
@@ -275,7 +274,6 @@ async fn every_delivery_order_of_checkout_update_and_delete_ends_canceled() {
 
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 /// The audit rows of one Stripe subscription, by type, in order.
@@ -365,7 +363,6 @@ async fn a_late_checkout_does_not_resurrect_a_canceled_subscription() {
 
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 /// A cancellation of a subscription Lago has terminated already (by hand in Lago, or by an
@@ -495,5 +492,4 @@ async fn a_cancellation_lago_has_terminated_already_counts_as_done_once() {
 
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }

@@ -562,6 +562,5 @@ async fn every_accepted_event_survives_node_losses_exactly_once() {
     }
     let (conn, _) = cluster.channel().await;
     webhook_amqp::topology::delete(&conn, &topo).await;
-    ctx.cleanup().await;
     let _ = std::fs::remove_dir_all(&logs);
 }

@@ -322,7 +322,6 @@ async fn dlq_commands_filters_history_and_replay() {
     worker.stop().await;
     sandbox.stop().await;
     let _ = std::fs::remove_dir_all(dir);
-    ctx.cleanup().await;
 }
 
 /// A requeue killed (SIGKILL) halfway, then run again: every message ends on the work queue or
@@ -538,7 +537,6 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
 
     sandbox.stop().await;
     let _ = std::fs::remove_dir_all(dir);
-    ctx.cleanup().await;
 }
 
 /// Runs `webhookctl` (exactly this environment) and samples its peak resident memory (`VmHWM` of
@@ -624,7 +622,6 @@ async fn dlq_requeue_of_100000_dead_letters_by_type_runs_in_bounded_memory() {
     let ctx = TestContext::new().await;
     let (env, topo) = (ctx.env.clone(), rabbit::topology(&ctx.settings()));
     let outcome = tokio::spawn(requeue_100000(env, topo)).await;
-    ctx.cleanup().await;
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
@@ -889,7 +886,6 @@ async fn dlq_skipped_messages_are_kept_whole_and_restore_handles_a_cut_off_archi
     assert_eq!(rabbit::depth(&topo.work_queue).await, 3);
 
     let _ = std::fs::remove_dir_all(dir);
-    ctx.cleanup().await;
 }
 
 /// `replay` must record `queued` before it publishes: with the other order, a worker that takes
@@ -976,7 +972,6 @@ async fn replay_records_queued_before_it_publishes_so_a_fast_worker_s_outcome_st
     assert_eq!(audits, 1, "the replays changed nothing downstream");
     worker.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
 
 /// A replay whose publish fails leaves the event as it was (status and `updated_at`), and says
@@ -1050,7 +1045,6 @@ async fn replay_that_cannot_publish_puts_the_previous_status_back() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("which no queue handles"), "{out:?}");
     assert_eq!(row(ignored.event_id.clone()).await, before);
-    ctx.cleanup().await;
 }
 
 /// A password that must never be shown; its middle part catches a partial leak too.
@@ -1170,7 +1164,6 @@ async fn migrate_creates_and_migrates_a_fresh_database_then_is_a_no_op_and_names
     .execute(&mut admin)
     .await
     .unwrap();
-    ctx.cleanup().await;
 }
 
 /// `webhookctl send-test-event` signs a checkout event with the configured secret and POSTs it
@@ -1277,5 +1270,4 @@ async fn send_test_event_is_accepted_by_the_ingest_and_provisioned_end_to_end() 
     worker.stop().await;
     ingest.stop().await;
     sandbox.stop().await;
-    ctx.cleanup().await;
 }
