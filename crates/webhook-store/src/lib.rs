@@ -2,6 +2,7 @@
 //! component, one module per concern.
 //!
 //! - [`events`]: the received events (dedupe on the Stripe event id, history, payload for replay).
+//! - [`history`]: what operators read and prune (`webhookctl events`, `replay`).
 //! - [`ledger`]: the worker's step ledger per business action.
 //! - [`audit`]: the audit log.
 //! - [`billing`]: the billing state: per subscription its status, plan, account binding,
@@ -12,6 +13,7 @@ pub mod audit;
 pub mod billing;
 pub mod events;
 pub mod fault;
+pub mod history;
 pub mod ledger;
 pub mod pool_metrics;
 

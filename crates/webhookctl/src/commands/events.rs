@@ -1,66 +1,49 @@
 //! `events show` and `events list`: what happened to an event, from Postgres.
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use sqlx::Row;
 use webhook_core::Settings;
-use webhook_store::Store;
+use webhook_store::{Store, history};
 
 pub async fn show(settings: &Settings, event_id: &str, as_json: bool) -> anyhow::Result<()> {
     let store = Store::connect_lazy(&settings.database)?;
     let pool = &store.pool;
-    let row = sqlx::query(
-        "SELECT event_id, event_type, object_id, status, attempts, last_error, action_key,
-                received_at, updated_at, completed_at
-         FROM webhook_events WHERE event_id = $1",
-    )
-    .bind(event_id)
-    .fetch_optional(pool)
-    .await
-    .context("cannot read the events table (check DATABASE_URL; run `webhookctl migrate`)")?
-    .ok_or_else(|| {
-        anyhow::anyhow!("no event {event_id} is stored: check the id (evt_…) or `webhookctl events list`")
-    })?;
-    let action_key: Option<String> = row.try_get("action_key")?;
-    let steps = match &action_key {
-        Some(key) => sqlx::query(
-            "SELECT step, result, event_id, completed_at FROM provisioning_steps WHERE action_key = $1 ORDER BY completed_at",
-        )
-        .bind(key)
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(|r| -> anyhow::Result<Value> {
-            Ok(json!({
-                "step": r.try_get::<String, _>("step")?,
-                "result": r.try_get::<Value, _>("result")?,
-                "by_event": r.try_get::<String, _>("event_id")?,
-                "completed_at": r.try_get::<DateTime<Utc>, _>("completed_at")?,
-            }))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?,
+    let row = history::event(pool, event_id)
+        .await
+        .context("cannot read the events table (check DATABASE_URL; run `webhookctl migrate`)")?
+        .ok_or_else(|| {
+            anyhow::anyhow!("no event {event_id} is stored: check the id (evt_…) or `webhookctl events list`")
+        })?;
+    let steps: Vec<Value> = match &row.action_key {
+        Some(key) => history::steps(pool, key)
+            .await?
+            .into_iter()
+            .map(|s| {
+                json!({
+                    "step": s.step,
+                    "result": s.result,
+                    "by_event": s.event_id,
+                    "completed_at": s.completed_at,
+                })
+            })
+            .collect(),
         None => Vec::new(),
     };
-    let errors = sqlx::query(
-        "SELECT attempt, step, kind, error, action, created_at FROM event_errors WHERE event_id = $1 ORDER BY id",
-    )
-    .bind(event_id)
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(|r| -> anyhow::Result<Value> {
-        Ok(json!({
-            "attempt": r.try_get::<i32, _>("attempt")?,
-            "step": r.try_get::<Option<String>, _>("step")?,
-            "kind": r.try_get::<String, _>("kind")?,
-            "error": r.try_get::<String, _>("error")?,
-            "action": r.try_get::<String, _>("action")?,
-            "at": r.try_get::<DateTime<Utc>, _>("created_at")?,
-        }))
-    })
-    .collect::<anyhow::Result<Vec<_>>>()?;
-    let status: String = row.try_get("status")?;
+    let errors: Vec<Value> = history::errors(pool, event_id)
+        .await?
+        .into_iter()
+        .map(|e| {
+            json!({
+                "attempt": e.attempt,
+                "step": e.step,
+                "kind": e.kind,
+                "error": e.error,
+                "action": e.action,
+                "at": e.created_at,
+            })
+        })
+        .collect();
+    let status = row.status;
     let place = match status.as_str() {
         "succeeded" | "skipped" | "ignored" => "done",
         "retrying" => "waiting in a retry queue",
@@ -69,17 +52,17 @@ pub async fn show(settings: &Settings, event_id: &str, as_json: bool) -> anyhow:
         _ => "unknown",
     };
     let out = json!({
-        "event_id": row.try_get::<String, _>("event_id")?,
-        "event_type": row.try_get::<String, _>("event_type")?,
-        "object_id": row.try_get::<Option<String>, _>("object_id")?,
+        "event_id": row.event_id,
+        "event_type": row.event_type,
+        "object_id": row.object_id,
         "status": status,
         "place": place,
-        "attempts": row.try_get::<i32, _>("attempts")?,
-        "last_error": row.try_get::<Option<String>, _>("last_error")?,
-        "action": action_key,
-        "received_at": row.try_get::<DateTime<Utc>, _>("received_at")?,
-        "updated_at": row.try_get::<DateTime<Utc>, _>("updated_at")?,
-        "completed_at": row.try_get::<Option<DateTime<Utc>>, _>("completed_at")?,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+        "action": row.action_key,
+        "received_at": row.received_at,
+        "updated_at": row.updated_at,
+        "completed_at": row.completed_at,
         "steps": steps,
         "errors": errors,
     });
@@ -160,26 +143,17 @@ pub async fn list(
         .transpose()?
         .map(|d| d.as_secs() as f64);
     let store = Store::connect_lazy(&settings.database)?;
-    let rows = sqlx::query(
-        "SELECT event_id, event_type, status, attempts, last_error, received_at FROM webhook_events
-         WHERE ($1::text IS NULL OR status = $1)
-           AND ($2::float8 IS NULL OR received_at >= now() - make_interval(secs => $2))
-         ORDER BY received_at DESC LIMIT $3",
-    )
-    .bind(status)
-    .bind(since_secs)
-    .bind(limit)
-    .fetch_all(&store.pool)
-    .await
-    .context("cannot read the events table (check DATABASE_URL; run `webhookctl migrate`)")?;
+    let rows = history::recent(&store.pool, status, since_secs, limit)
+        .await
+        .context("cannot read the events table (check DATABASE_URL; run `webhookctl migrate`)")?;
     for r in &rows {
         let v = json!({
-            "event_id": r.try_get::<String, _>("event_id")?,
-            "event_type": r.try_get::<String, _>("event_type")?,
-            "status": r.try_get::<String, _>("status")?,
-            "attempts": r.try_get::<i32, _>("attempts")?,
-            "last_error": r.try_get::<Option<String>, _>("last_error")?,
-            "received_at": r.try_get::<DateTime<Utc>, _>("received_at")?,
+            "event_id": r.event_id,
+            "event_type": r.event_type,
+            "status": r.status,
+            "attempts": r.attempts,
+            "last_error": r.last_error,
+            "received_at": r.received_at,
         });
         if as_json {
             println!("{v}");
@@ -215,41 +189,10 @@ pub async fn prune(
     }
     let secs = age.as_secs() as f64;
     let store = Store::connect_lazy(&settings.database)?;
-    let mut tx = store
-        .pool
-        .begin()
-        .await
-        .context("cannot reach Postgres (check DATABASE_URL)")?;
     // Finished events only: queued, processing and retrying ones are still in flight.
-    let pruned: i64 = sqlx::query_scalar(
-        "WITH old AS (
-             DELETE FROM webhook_events
-             WHERE received_at < now() - make_interval(secs => $1)
-               AND status NOT IN ('queued', 'processing', 'retrying')
-             RETURNING event_id)
-         SELECT count(*) FROM old",
-    )
-    .bind(secs)
-    .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query(
-        "DELETE FROM event_errors e WHERE created_at < now() - make_interval(secs => $1)
-           AND NOT EXISTS (SELECT 1 FROM webhook_events w WHERE w.event_id = e.event_id)",
-    )
-    .bind(secs)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "DELETE FROM provisioning_actions WHERE status = 'done' AND updated_at < now() - make_interval(secs => $1)",
-    )
-    .bind(secs)
-    .execute(&mut *tx)
-    .await?;
-    if dry_run {
-        tx.rollback().await?;
-    } else {
-        tx.commit().await?;
-    }
+    let pruned = history::prune(&store.pool, secs, dry_run)
+        .await
+        .context("cannot prune the events tables (check DATABASE_URL; run `webhookctl migrate`)")?;
     let summary = if dry_run {
         format!("would prune {pruned} events older than {older_than}")
     } else {

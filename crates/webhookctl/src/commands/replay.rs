@@ -13,16 +13,13 @@ use anyhow::Context;
 use webhook_amqp::lapin::types::FieldTable;
 use webhook_amqp::{Broker, BrokerConfig, Outgoing, PublishError, job_properties};
 use webhook_core::{EventType, Settings};
-use webhook_store::{Store, events};
+use webhook_store::{Store, events, history};
 
 pub async fn run(settings: &Settings, event_id: &str) -> anyhow::Result<()> {
     let store = Store::connect_lazy(&settings.database)?;
-    let event_type: Option<String> =
-        sqlx::query_scalar("SELECT event_type FROM webhook_events WHERE event_id = $1")
-            .bind(event_id)
-            .fetch_optional(&store.pool)
-            .await
-            .context("cannot read the events table (check DATABASE_URL; run `webhookctl migrate`)")?;
+    let event_type = history::event_type(&store.pool, event_id)
+        .await
+        .context("cannot read the events table (check DATABASE_URL; run `webhookctl migrate`)")?;
     let event_type = event_type.ok_or_else(|| {
         anyhow::anyhow!("no event {event_id} is stored: check the id with `webhookctl events list`")
     })?;
