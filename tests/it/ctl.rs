@@ -620,7 +620,11 @@ async fn webhookctl_peak_rss(
 #[tokio::test]
 async fn dlq_requeue_of_100000_dead_letters_by_type_runs_in_bounded_memory() {
     let ctx = TestContext::new().await;
-    let (env, topo) = (ctx.env.clone(), rabbit::topology(&ctx.settings()));
+    let mut env = ctx.env.clone();
+    // This test is about memory, not latency: 200,000 confirmed publishes on a broker that the
+    // rest of the suite loads too may see a confirm take more than the default 5 s.
+    env.insert("WEBHOOK__AMQP__CONFIRM_TIMEOUT_MS".into(), "60000".into());
+    let topo = rabbit::topology(&ctx.settings());
     let outcome = tokio::spawn(requeue_100000(env, topo)).await;
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());

@@ -1,6 +1,7 @@
 //! What `/readyz` reports beyond the connections: jobs held because Postgres cannot take work
 //! (read-only during a failover, disk full, …), and queues of the topology that are missing.
-//! Also the delay schedule of every wait for our own infrastructure: nothing loops without one.
+//! Also the delay schedule of every wait for our own infrastructure (nothing loops without one),
+//! and the sampler that finds the queue depths and the missing queues.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -9,6 +10,8 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use prometheus::{IntGauge, IntGaugeVec};
 use tokio::sync::watch;
+use webhook_amqp::Broker;
+use webhook_amqp::topology::queue_depth;
 use webhook_store::Store;
 
 use crate::failure::Unavailable;
@@ -135,6 +138,58 @@ pub async fn wait_for_store(store: &Store, shutdown: &mut watch::Receiver<bool>)
             _ = shutdown.changed() => {}
         }
     }
+}
+
+/// Samples the depth of every queue of the topology every `every` (passive declares), and
+/// which of them are missing (for `/readyz` and `webhook_worker_queue_missing`).
+pub async fn sample_queue_depths(
+    broker: Broker,
+    health: Arc<Health>,
+    depths_gauge: IntGaugeVec,
+    every: Duration,
+) {
+    loop {
+        if let Some(link) = broker.current() {
+            // Sample the whole round first, then publish it: a scrape never sees half a round.
+            let mut depths = Vec::new();
+            let mut exists = Vec::new();
+            let mut channel = None;
+            for queue in broker.topology().all_queues() {
+                if channel.is_none() {
+                    channel = link.connection.create_channel().await.ok();
+                }
+                let Some(ch) = &channel else { break };
+                match queue_depth(ch, queue).await {
+                    Ok(n) => {
+                        depths.push((queue, i64::from(n)));
+                        exists.push((queue.to_owned(), true));
+                    }
+                    // A missing queue closes the channel: the next queue gets a new one.
+                    Err(e) if is_not_found(&e) => {
+                        exists.push((queue.to_owned(), false));
+                        channel = None;
+                    }
+                    Err(_) => break,
+                }
+            }
+            for (queue, depth) in depths {
+                depths_gauge.with_label_values(&[queue]).set(depth);
+            }
+            // Only a complete round says which queues are missing.
+            if exists.len() == broker.topology().all_queues().len() {
+                health.set_queues(&exists);
+            }
+            if let Some(ch) = channel {
+                let _ = ch.close(200, "sampled".into()).await;
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The broker's 404 NOT_FOUND to a passive declare.
+fn is_not_found(e: &webhook_amqp::lapin::Error) -> bool {
+    e.to_string().contains("NOT_FOUND")
 }
 
 #[cfg(test)]

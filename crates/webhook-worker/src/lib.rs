@@ -22,7 +22,7 @@
 //! Beside it: [`ordering`] (which event is newer, the account binding, and the per-subscription
 //! [`ordering::lease`]), [`entitlement`] (what a subscription grants), [`stripe`] and [`plans`]
 //! (the Stripe objects and the plan map), [`clients`] (typed Keycloak and Lago clients),
-//! [`failure`] and [`step`] (how a job fails, and where), [`health`], [`http`] and [`metrics`].
+//! [`failure`] and [`step`] (how a job fails, and where), [`health`], [`routes`] and [`metrics`].
 
 pub mod apply;
 pub mod clients;
@@ -33,13 +33,13 @@ pub mod entitlement;
 pub mod failure;
 pub mod handlers;
 pub mod health;
-pub mod http;
 pub mod job;
 pub mod ledger;
 pub mod metrics;
 pub mod ordering;
 pub mod outcomes;
 pub mod plans;
+pub mod routes;
 pub mod settle;
 pub mod step;
 pub mod stripe;
@@ -163,9 +163,9 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
-                .route("/healthz", web::get().to(http::healthz))
-                .route("/readyz", web::get().to(http::readyz))
-                .route("/metrics", web::get().to(http::metrics))
+                .route("/healthz", web::get().to(routes::healthz))
+                .route("/readyz", web::get().to(routes::readyz))
+                .route("/metrics", web::get().to(routes::metrics))
         })
         .workers(1)
         .disable_signals()
@@ -195,8 +195,10 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let server_handle = self.server.handle();
         let server = tokio::spawn(self.server);
-        let sampler = tokio::spawn(http::sample_queue_depths(
-            self.ctx.clone(),
+        let sampler = tokio::spawn(health::sample_queue_depths(
+            self.ctx.broker.clone(),
+            self.ctx.health.clone(),
+            self.ctx.metrics.queue_depth.clone(),
             Duration::from_secs(5),
         ));
         let consumer = tokio::spawn(consume::run(

@@ -1,11 +1,11 @@
-//! `/healthz`, `/readyz` and `/metrics` on `WORKER_BIND`, plus the queue-depth sampler.
+//! The worker's HTTP routes on `WORKER_BIND`: `/healthz`, `/readyz` (from [`crate::health`]) and
+//! `/metrics`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
 use serde_json::json;
-use webhook_amqp::topology::queue_depth;
 use webhook_core::metrics::dependency;
 
 use crate::context::WorkerContext;
@@ -63,51 +63,4 @@ pub async fn metrics(ctx: web::Data<Arc<WorkerContext>>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(ctx.metrics.render())
-}
-
-/// Samples the depth of every queue of the topology every `every` (passive declares), and
-/// which of them are missing (for `/readyz` and `webhook_worker_queue_missing`).
-pub async fn sample_queue_depths(ctx: Arc<WorkerContext>, every: Duration) {
-    loop {
-        if let Some(link) = ctx.broker.current() {
-            // Sample the whole round first, then publish it: a scrape never sees half a round.
-            let mut depths = Vec::new();
-            let mut exists = Vec::new();
-            let mut channel = None;
-            for queue in ctx.broker.topology().all_queues() {
-                if channel.is_none() {
-                    channel = link.connection.create_channel().await.ok();
-                }
-                let Some(ch) = &channel else { break };
-                match queue_depth(ch, queue).await {
-                    Ok(n) => {
-                        depths.push((queue, i64::from(n)));
-                        exists.push((queue.to_owned(), true));
-                    }
-                    // A missing queue closes the channel: the next queue gets a new one.
-                    Err(e) if is_not_found(&e) => {
-                        exists.push((queue.to_owned(), false));
-                        channel = None;
-                    }
-                    Err(_) => break,
-                }
-            }
-            for (queue, depth) in depths {
-                ctx.metrics.queue_depth.with_label_values(&[queue]).set(depth);
-            }
-            // Only a complete round says which queues are missing.
-            if exists.len() == ctx.broker.topology().all_queues().len() {
-                ctx.health.set_queues(&exists);
-            }
-            if let Some(ch) = channel {
-                let _ = ch.close(200, "sampled".into()).await;
-            }
-        }
-        tokio::time::sleep(every).await;
-    }
-}
-
-/// The broker's 404 NOT_FOUND to a passive declare.
-fn is_not_found(e: &webhook_amqp::lapin::Error) -> bool {
-    e.to_string().contains("NOT_FOUND")
 }
