@@ -1018,7 +1018,7 @@ def check_live(state: dict) -> None:
     state["amqp_url"] = env["AMQP_URL"]
     # `webhookctl send-test-event` signs test-mode events, which the ConfigMap's
     # WEBHOOK__STRIPE__LIVEMODE=live stores as ignored (checked statically in `k8s`, and by
-    # tests/tests/ingest.rs): this run accepts both modes so that the worker gets its job.
+    # tests/it/ingest.rs): this run accepts both modes so that the worker gets its job.
     servers = dict(env, WEBHOOK__STRIPE__LIVEMODE="any",
                    INGEST_BIND=f"127.0.0.1:{ports['ingest']}", WORKER_BIND=f"127.0.0.1:{ports['worker']}",
                    KEYCLOAK_URL=f"http://127.0.0.1:{ports['sandbox']}", KEYCLOAK_REALM="uchub",

@@ -253,10 +253,10 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
         "chaos: {n_events} events over {seconds}s, seed {seed}, real restarts: {real_restarts}, \
          read-only for {read_only_for:?}"
     );
-    // Declared first, dropped last: whatever happens, both servers run again afterwards.
-    let _restore = real_restarts.then_some(RestoreServices);
-
     let ctx = TestContext::new().await;
+    // Declared after the context, so dropped before it: whatever happens, both servers run
+    // again before the context removes the test's database and queues.
+    let _restore = real_restarts.then_some(RestoreServices);
     let sandbox = TestSandbox::spawn().await;
     let emails: Vec<String> = (0..n_events).map(|i| format!("chaos{i}@example.com")).collect();
     for e in &emails {

@@ -1232,6 +1232,46 @@ async fn a_malformed_url_stops_every_binary_at_start_naming_the_variable_without
     );
 }
 
+/// The servers' command line and exit codes (`webhook_core::service`): 2 for an argument or
+/// settings that cannot be loaded, 1 for a server that cannot start, `--version` and `--help`
+/// answered without starting anything.
+#[tokio::test]
+async fn the_servers_command_line_and_exit_codes() {
+    let ctx = TestContext::new().await;
+    for binary in ["webhook-ingest", "webhook-worker"] {
+        let out = run_until_exit(binary, &["--confg", "x"], &ctx.env, Duration::from_secs(10)).await;
+        assert_eq!(out.code, 2, "an unknown argument: {out:?}");
+        assert!(out.stderr.contains("--confg"), "{out:?}");
+        let out = run_until_exit(
+            binary,
+            &["--config", "/nonexistent/webhook.toml"],
+            &ctx.env,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(out.code, 2, "a config file that does not exist: {out:?}");
+        assert!(out.stderr.contains("/nonexistent/webhook.toml"), "{out:?}");
+        let out = run_until_exit(binary, &["--version"], &ctx.env, Duration::from_secs(10)).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(out.stdout.contains(env!("CARGO_PKG_VERSION")), "{out:?}");
+        let out = run_until_exit(binary, &["--help"], &ctx.env, Duration::from_secs(10)).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(out.stdout.contains("--config"), "{out:?}");
+    }
+    let mut env = ctx.env.clone();
+    env.remove("STRIPE_WEBHOOK_SECRET");
+    let out = run_until_exit("webhook-ingest", &[], &env, Duration::from_secs(10)).await;
+    assert_eq!(
+        out.code, 1,
+        "the ingest's view refuses to start without a secret: {out:?}"
+    );
+    assert!(out.stderr.contains("webhook-ingest cannot start"), "{out:?}");
+    assert!(
+        out.stderr.contains("STRIPE_WEBHOOK_SECRET is required"),
+        "{out:?}"
+    );
+}
+
 #[tokio::test]
 async fn while_rabbitmq_is_unreachable_the_reconnect_log_never_shows_the_password() {
     let ctx = TestContext::new().await;

@@ -2,9 +2,9 @@
 //! `main.rs` only says what it builds: the command line, the settings, logging and tracing, the
 //! build, the run, and the last spans exported.
 //!
-//! Exit codes: 2 for a command line or a setting that cannot be used (the
-//! message names it), 1 when the server cannot start or fails while running, 0 after a
-//! graceful stop.
+//! Exit codes: 2 for a command line, or settings that cannot be loaded (the message names what
+//! to fix); 1 when the server cannot start (its view of the settings refuses a value, a
+//! dependency is misconfigured) or fails while running; 0 after a graceful stop.
 
 use std::future::Future;
 use std::path::PathBuf;
