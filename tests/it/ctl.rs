@@ -107,7 +107,7 @@ async fn dlq_commands_filters_history_and_replay() {
     let out = webhookctl(&env, &["dlq", "list", "--limit", "2"]).await;
     assert!(out.stdout.contains("4 dead letters (2 shown)"), "{out:?}");
     assert_eq!(
-        rabbit::depth(&topo.dead_letter_queue).await,
+        rabbit::all_messages(&topo.dead_letter_queue).await,
         4,
         "listing changes nothing"
     );
@@ -125,7 +125,7 @@ async fn dlq_commands_filters_history_and_replay() {
     let out = webhookctl(&env, &["dlq", "requeue", "--event-id", &a1.event_id, "--dry-run"]).await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("would requeue 1 messages"), "{out:?}");
-    assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 4);
+    assert_eq!(rabbit::all_messages(&topo.dead_letter_queue).await, 4);
 
     // Fix the cause, requeue by error text: exactly the two late1 messages go back and succeed.
     sandbox.state.add_user(SeedUser::new("late1@example.com"));
@@ -135,7 +135,7 @@ async fn dlq_commands_filters_history_and_replay() {
     wait_event_status(&pool, &a1.event_id, "succeeded").await;
     wait_event_status(&pool, &a2.event_id, "succeeded").await;
     assert_eq!(
-        rabbit::depth(&topo.dead_letter_queue).await,
+        rabbit::all_messages(&topo.dead_letter_queue).await,
         2,
         "non-matching dead letters untouched"
     );
@@ -154,7 +154,7 @@ async fn dlq_commands_filters_history_and_replay() {
     .await;
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(json_lines(&out.stdout)[0]["requeued"], 0);
-    assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 2);
+    assert_eq!(rabbit::all_messages(&topo.dead_letter_queue).await, 2);
 
     // Drain one by id to a file, byte for byte; then restore it (worker stopped to inspect).
     let before: Vec<_> = rabbit::peek(&topo.dead_letter_queue).await;
@@ -180,10 +180,10 @@ async fn dlq_commands_filters_history_and_replay() {
     .await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("drained 1 messages"), "{out:?}");
-    assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 1);
+    assert_eq!(rabbit::all_messages(&topo.dead_letter_queue).await, 1);
     let out = webhookctl(&env, &["dlq", "drain", "--out", file.to_str().unwrap()]).await;
     assert_eq!(out.code, 1, "an existing archive is never overwritten: {out:?}");
-    assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 1);
+    assert_eq!(rabbit::all_messages(&topo.dead_letter_queue).await, 1);
 
     worker.stop().await;
     let out = webhookctl(&env, &["dlq", "restore", "--from", file.to_str().unwrap()]).await;
@@ -223,7 +223,7 @@ async fn dlq_commands_filters_history_and_replay() {
     let out = webhookctl(&env, &["dlq", "purge", "--yes", "--json"]).await;
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(json_lines(&out.stdout)[0]["purged"], 1);
-    assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 0);
+    assert_eq!(rabbit::all_messages(&topo.dead_letter_queue).await, 0);
 
     // History.
     let out = webhookctl(&env, &["events", "show", &a1.event_id, "--json"]).await;
@@ -534,7 +534,7 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
         .unwrap()
         .len();
     assert_eq!(subs, N, "one Lago subscription per event");
-    assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 0);
+    assert_eq!(rabbit::all_messages(&topo.dead_letter_queue).await, 0);
 
     sandbox.stop().await;
     let _ = std::fs::remove_dir_all(dir);
@@ -667,8 +667,10 @@ async fn requeue_100000(env: HashMap<String, String>, topo: webhook_amqp::Topolo
         format!("requeued {} messages", N / 2),
         "{out:?}"
     );
-    let moved = rabbit::depth(&topo.work_queue).await as usize;
-    let left = rabbit::depth(&topo.dead_letter_queue).await as usize;
+    // Counted once the command's consumer is gone: the messages its prefetch held beyond the
+    // scan go back to the DLQ when its connection closes, a moment after it exits.
+    let moved = rabbit::all_messages(&topo.work_queue).await as usize;
+    let left = rabbit::all_messages(&topo.dead_letter_queue).await as usize;
     assert_eq!(
         (moved, left),
         (N / 2, N / 2),
@@ -717,7 +719,7 @@ async fn requeue_100000(env: HashMap<String, String>, topo: webhook_amqp::Topolo
         format!("drained {} messages to {path}", N / 2),
         "{out:?}"
     );
-    assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 0);
+    assert_eq!(rabbit::all_messages(&topo.dead_letter_queue).await, 0);
     let t = std::time::Instant::now();
     let (out, restore_peak_kib) = webhookctl_peak_rss(
         &env,
