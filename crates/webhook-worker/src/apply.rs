@@ -219,7 +219,6 @@ async fn converge_and_finish(
     Ok(Done::Succeeded(Summary {
         tier: r.tier.clone(),
         plan: r.plan_code.clone(),
-        audit_details: details,
     }))
 }
 

@@ -77,13 +77,12 @@ pub enum Done {
     Skipped(String),
 }
 
-/// What a succeeded job left its subscription with (for the log line), and the details of
-/// its audit row.
-#[derive(Debug, Clone, PartialEq)]
+/// What a succeeded job left its subscription with (for the log line; the audit row has the
+/// rest).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub tier: Option<String>,
     pub plan: Option<String>,
-    pub audit_details: Value,
 }
 
 /// The result of processing one message.
