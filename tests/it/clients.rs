@@ -7,8 +7,8 @@ use secrecy::SecretString;
 use serde_json::json;
 use webhook_core::message::ErrorKind;
 use webhook_core::settings::{KeycloakSettings, LagoSettings};
-use webhook_worker::clients::lago::NewSubscription;
-use webhook_worker::clients::{InlineRetry, KeycloakClient, LagoClient};
+use webhook_clients::lago::NewSubscription;
+use webhook_clients::{InlineRetry, KeycloakClient, LagoClient};
 use wiremock::matchers::{body_string_contains, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 

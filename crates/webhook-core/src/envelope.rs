@@ -120,13 +120,20 @@ impl Envelope {
     }
 }
 
-/// An envelope whose body carried a valid Stripe signature.
+/// An envelope known to come from Stripe: its body carried a valid Stripe signature, or it was
+/// read from Stripe's API with the account's key.
 #[derive(Debug, Clone)]
 pub struct VerifiedEvent(Envelope);
 
 impl VerifiedEvent {
     pub fn parse(payload: VerifiedPayload) -> Result<Self, EnvelopeError> {
         Envelope::parse(payload.body().clone()).map(Self)
+    }
+
+    /// An event read from Stripe's API (`GET /v1/events`) over TLS with the account's key: it is
+    /// authentic without a signature (contracts §5). Only the Stripe API client calls this.
+    pub fn fetched_from_stripe(body: Bytes) -> Result<Self, EnvelopeError> {
+        Envelope::parse(body).map(Self)
     }
     pub fn envelope(&self) -> &Envelope {
         &self.0

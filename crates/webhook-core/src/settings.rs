@@ -16,7 +16,7 @@ pub mod values;
 pub mod views;
 
 pub use values::{Livemode, LogFormat, RetrySchedule};
-pub use views::{IngestConfig, WorkerConfig};
+pub use views::{IngestConfig, StripeApiConfig, WorkerConfig};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -45,6 +45,8 @@ pub const FLAT_ENV: &[(&str, &str)] = &[
     ("KEYCLOAK_CLIENT_SECRET", "keycloak.client_secret"),
     ("LAGO_API_URL", "lago.api_url"),
     ("LAGO_API_KEY", "lago.api_key"),
+    ("STRIPE_API_KEY", "stripe.api_key"),
+    ("STRIPE_API_URL", "stripe.api_url"),
     ("RUST_LOG", "log.level"),
     ("LOG_FORMAT", "log.format"),
 ];
@@ -126,6 +128,19 @@ pub struct StripeSettings {
     pub handled_event_types: Vec<crate::EventType>,
     /// Which mode's events are queued (`WEBHOOK__STRIPE__LIVEMODE`).
     pub livemode: Livemode,
+    /// `STRIPE_API_KEY`: a restricted key that reads events, subscriptions and customers, for
+    /// `webhookctl backfill` / `reconcile` and `stripe.refetch`. Empty: those are off.
+    pub api_key: SecretString,
+    /// `STRIPE_API_URL`: Stripe's API (tests and the sandbox point it elsewhere).
+    pub api_url: String,
+    /// Seconds a Stripe API call may take.
+    pub api_timeout_ms: u64,
+    /// Stripe API requests per second at most (Stripe allows 100/s in live mode, 25/s in test
+    /// mode for the whole account; leave room for everything else that uses the key).
+    pub api_rate_per_sec: u32,
+    /// The worker fetches a subscription event's subscription from Stripe before applying it,
+    /// so the order of delivery no longer matters for them (one API call per such event).
+    pub refetch: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -293,6 +308,8 @@ impl Settings {
             crate::urls::check_http(&self.lago.api_url, "http://lago-api:3000", "LAGO_API_KEY")
                 .map_err(invalid("LAGO_API_URL"))?;
         }
+        crate::urls::check_http(&self.stripe.api_url, "https://api.stripe.com", "STRIPE_API_KEY")
+            .map_err(invalid("STRIPE_API_URL"))?;
         Ok(())
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use webhook_amqp::Broker;
 use webhook_store::Store;
 
-use crate::clients::{InlineRetry, KeycloakClient, LagoClient};
+use webhook_clients::{InlineRetry, KeycloakClient, LagoClient};
 use crate::entitlement::Entitlements;
 use crate::metrics::Metrics;
 use crate::outcomes::OutcomeWriter;

@@ -15,8 +15,8 @@
 use serde_json::{Value, json};
 use webhook_store::billing::{self, SubscriptionRecord};
 
-use crate::clients::keycloak::{UserRef, dropped_attribute};
-use crate::clients::lago::NewSubscription;
+use webhook_clients::keycloak::{UserRef, dropped_attribute};
+use webhook_clients::lago::NewSubscription;
 use crate::context::WorkerContext;
 use crate::entitlement::AccountView;
 use crate::failure::{Failure, JobError};

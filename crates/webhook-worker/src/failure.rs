@@ -6,7 +6,7 @@ use std::time::Duration;
 use webhook_core::message::ErrorKind;
 use webhook_store::fault::{self, DbFault};
 
-use crate::clients::DownstreamError;
+use webhook_clients::DownstreamError;
 use crate::step::Step;
 
 /// A failure of the job itself: retried later (transient) or dead-lettered (permanent). Its

@@ -21,11 +21,10 @@
 //!
 //! Beside it: [`ordering`] (which event is newer, the account binding, and the per-subscription
 //! [`ordering::lease`]), [`entitlement`] (what a subscription grants), [`stripe`] and [`plans`]
-//! (the Stripe objects and the plan map), [`clients`] (typed Keycloak and Lago clients),
+//! (the Stripe objects and the plan map), `webhook_clients` (the typed Keycloak, Lago and Stripe clients, their own crate),
 //! [`failure`] and [`step`] (how a job fails, and where), [`health`], [`routes`] and [`metrics`].
 
 pub mod apply;
-pub mod clients;
 pub mod consume;
 pub mod context;
 pub mod converge;
@@ -56,7 +55,7 @@ use webhook_amqp::{Broker, BrokerConfig};
 use webhook_core::Settings;
 use webhook_store::{Commits, Store};
 
-use crate::clients::{InlineRetry, KeycloakClient, LagoClient};
+use webhook_clients::{InlineRetry, KeycloakClient, LagoClient};
 use crate::context::WorkerContext;
 use crate::entitlement::Entitlements;
 use crate::metrics::Metrics;

@@ -73,6 +73,20 @@ pub struct WorkerConfig {
     pub tier_attribute: String,
     /// The Keycloak attribute that receives the billing status; `None`: not written.
     pub status_attribute: Option<String>,
+    /// `stripe.refetch`: Stripe's API, to read a subscription event's current subscription
+    /// before applying it. `None`: events are applied as delivered.
+    pub refetch: Option<StripeApiConfig>,
+}
+
+/// Stripe's API for the tools that read it (`webhookctl backfill`, `reconcile`, the worker's
+/// `stripe.refetch`).
+#[derive(Clone, Debug)]
+pub struct StripeApiConfig {
+    pub url: String,
+    pub key: secrecy::SecretString,
+    pub timeout: Duration,
+    /// Requests per second at most, for this process.
+    pub rate_per_sec: std::num::NonZeroU32,
 }
 
 impl Settings {
@@ -154,6 +168,39 @@ impl Settings {
             lago_timeout: Duration::from_millis(l.timeout_ms),
             tier_attribute: k.tier_attribute.clone(),
             status_attribute,
+            refetch: if self.stripe.refetch {
+                Some(self.for_stripe_api(" for stripe.refetch (WEBHOOK__STRIPE__REFETCH=true): a restricted key that reads subscriptions; or turn refetch off")?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Stripe's API: `STRIPE_API_KEY` is required (`why` says for what); the URL was checked
+    /// at load.
+    pub fn for_stripe_api(&self, why: &'static str) -> Result<StripeApiConfig, SettingsError> {
+        let s = &self.stripe;
+        if s.api_key.expose_secret().trim().is_empty() {
+            return Err(SettingsError::Missing {
+                variable: "STRIPE_API_KEY",
+                why,
+            });
+        }
+        let rate_per_sec = std::num::NonZeroU32::new(s.api_rate_per_sec).ok_or(SettingsError::Invalid {
+            variable: "WEBHOOK__STRIPE__API_RATE_PER_SEC",
+            reason: "0 requests per second would never call Stripe; it must be at least 1".into(),
+        })?;
+        if s.api_timeout_ms == 0 {
+            return Err(SettingsError::Invalid {
+                variable: "WEBHOOK__STRIPE__API_TIMEOUT_MS",
+                reason: "a timeout of 0 ms fails every call; give milliseconds, e.g. 10000".into(),
+            });
+        }
+        Ok(StripeApiConfig {
+            url: s.api_url.trim().trim_end_matches('/').to_owned(),
+            key: secrecy::SecretString::from(s.api_key.expose_secret().trim().to_owned()),
+            timeout: Duration::from_millis(s.api_timeout_ms),
+            rate_per_sec,
         })
     }
 }

@@ -17,7 +17,7 @@ use webhook_core::VerifiedEvent;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::group_commit::{Disposition, Route};
+use crate::group_commit::Disposition;
 
 /// The facts a log line and a metric need, whatever the outcome.
 #[derive(Default)]
@@ -117,27 +117,10 @@ async fn handle(
     let event = VerifiedEvent::parse(verified).map_err(|e| ApiError::bad_request(e.code(), e.to_string()))?;
     seen.event_id = Some(event.id.to_string());
     seen.event_type = Some(event.event_type.clone());
-    let route = match state.livemode.refuses(event.livemode) {
-        // Verified and stored, with the reason, but never queued: with a test-mode secret
-        // configured beside the live one, a test event must not provision a real account.
-        Some(reason) => {
-            tracing::info!(
-                event_id = %event.id,
-                event_type = %event.event_type,
-                event_livemode = event.livemode,
-                stripe_livemode = state.livemode.as_str(),
-                "event of the other Stripe mode: stored as ignored, not queued"
-            );
-            Route::Ignore { reason: Some(reason) }
-        }
-        None if event
-            .handled_type()
-            .is_some_and(|t| state.handled_event_types.contains(&t)) =>
-        {
-            Route::Queue
-        }
-        None => Route::Ignore { reason: None },
-    };
+    // Queued, or stored as ignored (an unhandled type, or an event of the other Stripe mode).
+    let route = webhook_intake::route(&event, state.livemode, |t| {
+        state.handled_event_types.contains(&t)
+    });
     // Recorded and queued together with the other requests in flight (group commit).
     Ok(state.queue.submit(event, route).await?)
 }
