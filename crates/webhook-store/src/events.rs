@@ -108,6 +108,14 @@ pub async fn forget(conn: &mut PgConnection, event_ids: &[&str]) -> Result<(), s
     Ok(())
 }
 
+/// Which of these event ids are stored (received before, queued or ignored).
+pub async fn known(pool: &PgPool, event_ids: &[&str]) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT event_id FROM webhook_events WHERE event_id = ANY($1)")
+        .bind(event_ids)
+        .fetch_all(pool)
+        .await
+}
+
 /// Number of stored events with this id (tests and tools).
 pub async fn count(pool: &PgPool, event_id: &str) -> Result<i64, sqlx::Error> {
     let row = sqlx::query("SELECT count(*) AS n FROM webhook_events WHERE event_id = $1")

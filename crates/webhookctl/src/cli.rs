@@ -44,6 +44,12 @@ pub enum Command {
         /// The Stripe event id (evt_…).
         event_id: String,
     },
+    /// Fetch the events Stripe has (its Events API keeps 30 days) and this system never
+    /// received, and queue them as the ingest would, oldest first: after Stripe gave up
+    /// retrying, disabled the endpoint, or a secret rotation rejected a window, or for the events
+    /// sent before the first deploy. Needs STRIPE_API_KEY. Safe to interrupt and to run again:
+    /// known events are skipped, so a second run backfills 0.
+    Backfill(BackfillArgs),
     /// Sign a realistic checkout.session.completed event with the configured secret and POST it to
     /// the ingest, like `stripe trigger`. Safe: it goes through the normal pipeline.
     SendTestEvent(SendTestEventArgs),
@@ -190,6 +196,28 @@ pub enum EventsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BackfillArgs {
+    /// The window starts this long ago (e.g. 1h, 3d).
+    #[arg(long, conflicts_with = "from")]
+    pub since: Option<String>,
+    /// The window starts at this time (RFC 3339, e.g. 2026-11-20T00:00:00Z).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// The window ends at this time (RFC 3339); default: now.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only events of this type (repeatable, at most 20; exact types).
+    #[arg(long = "type")]
+    pub types: Vec<String>,
+    /// Count what would be backfilled; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// One JSON object: listed, backfilled, already_known, ignored, dry_run.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone)]

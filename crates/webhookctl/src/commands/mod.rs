@@ -1,5 +1,6 @@
 //! One module per command group.
 
+pub mod backfill;
 pub mod billing;
 pub mod dlq;
 pub mod events;
