@@ -28,7 +28,6 @@ pub mod apply;
 pub mod consume;
 pub mod context;
 pub mod converge;
-pub mod entitlement;
 pub mod failure;
 pub mod handlers;
 pub mod health;
@@ -37,11 +36,13 @@ pub mod ledger;
 pub mod metrics;
 pub mod ordering;
 pub mod outcomes;
-pub mod plans;
 pub mod routes;
 pub mod settle;
 pub mod step;
-pub mod stripe;
+
+/// The pure billing rules, in their own crate (`webhook-billing`); `webhookctl reconcile` reads
+/// them too.
+pub use webhook_billing::{entitlement, plans, stripe};
 
 use std::net::TcpListener;
 use std::sync::Arc;
