@@ -132,6 +132,13 @@ impl Entitlements {
     }
 }
 
+/// Whether Lago keeps a live subscription for a subscription in this status: every status but
+/// the ones that never started (`incomplete`, `incomplete_expired`) and `canceled`. Level-
+/// triggered: Lago carries a live subscription exactly while the status does.
+pub fn lago_carries_plan(status: &str) -> bool {
+    !matches!(status, "incomplete" | "incomplete_expired" | "canceled")
+}
+
 /// A subscription's billing status (see the module docs).
 pub fn billing_status(sub: &SubscriptionRecord) -> Option<String> {
     if sub.deleted_by.is_some() {

@@ -1,6 +1,5 @@
 //! Prometheus metrics of the worker (`GET /metrics` on `WORKER_BIND`).
 
-use std::time::Duration;
 
 use webhook_clients::DownstreamMetrics;
 use webhook_core::metrics::CommonMetrics;
@@ -203,6 +202,7 @@ mod dependency_tests {
 
     #[test]
     fn a_downstream_is_up_while_it_answers_usably_and_forgotten_when_quiet() {
+        use std::time::Duration;
         let m = Metrics::new();
         let d = &m.downstream;
         assert_eq!(up(&m, "lago"), None, "no call yet, no claim");

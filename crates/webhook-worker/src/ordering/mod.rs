@@ -28,6 +28,7 @@
 
 pub mod lease;
 
+use webhook_billing::entitlement::lago_carries_plan;
 use webhook_store::billing::{SubscriptionRecord, Watermark};
 
 use crate::plans::{Cycle, PlanCode, Tier};
@@ -246,13 +247,6 @@ pub fn bind(
         record.account_id = account_id.map(str::to_owned);
     }
     changed
-}
-
-/// Statuses for which Lago carries the plan: everything but a subscription whose first payment
-/// has not succeeded (`incomplete`), or that is over (`incomplete_expired`, `canceled`: the
-/// deletion event terminates it).
-fn lago_carries_plan(status: &str) -> bool {
-    !matches!(status, "incomplete" | "incomplete_expired" | "canceled")
 }
 
 /// What Lago must be brought to for the record.
