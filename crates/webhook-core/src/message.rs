@@ -4,6 +4,11 @@
 //! operator all see the same bytes), published with `message_id` = event id, `type` = event type,
 //! `content_type` = `application/json`, persistent delivery, and these headers when relevant.
 
+/// The top-level body key of a reconcile job (`webhookctl reconcile --fix`): an event envelope
+/// of our own around Stripe's current subscription, `{"webhook_reconcile": {"requested_by", "drifts"}}`.
+/// Stripe's events never carry it.
+pub const RECONCILE_KEY: &str = "webhook_reconcile";
+
 /// How many broker-level retries the message has been through (our own count: brokers ≥ 3.13
 /// ignore a client-supplied `x-death`, so it cannot carry the count).
 pub const H_RETRY_ATTEMPT: &str = "x-retry-attempt";

@@ -219,6 +219,18 @@ pub async fn subscription(
     .await
 }
 
+/// The ids of every subscription the billing state knows (of one Stripe customer, or all), in
+/// id order.
+pub async fn subscription_ids(pool: &PgPool, customer_id: Option<&str>) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT subscription_id FROM stripe_subscriptions WHERE $1::text IS NULL OR customer_id = $1
+         ORDER BY subscription_id",
+    )
+    .bind(customer_id)
+    .fetch_all(pool)
+    .await
+}
+
 /// Every subscription bound to a Keycloak account, oldest first.
 pub async fn account_subscriptions(
     pool: &PgPool,

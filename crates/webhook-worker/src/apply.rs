@@ -49,6 +49,8 @@ pub struct BillingJob<'a> {
     pub details: Value,
     /// An invoice's `customer_email`: the billing contact, for the audit only.
     pub contact: Option<&'a str>,
+    /// A reconcile job: Lago is brought to the state whatever the record says was done.
+    pub reconcile: bool,
 }
 
 /// Applies the job under its subscription's lease (see the module docs).
@@ -139,6 +141,9 @@ async fn run_leased(
             ),
         )
         .into());
+    }
+    if job.reconcile {
+        ordering::forget_lago(&mut record);
     }
     let result = converge_and_finish(ctx, job, lease, &mut record, &mut steps, details, applied).await;
     if let Err(JobError::Failed(failure)) = &result {

@@ -20,6 +20,9 @@ pub struct WorkerContext {
     pub broker: Broker,
     pub keycloak: KeycloakClient,
     pub lago: LagoClient,
+    /// Stripe's API when `stripe.refetch` is on: subscription events apply the subscription as
+    /// Stripe has it when the job runs.
+    pub stripe: Option<webhook_clients::StripeClient>,
     pub plans: PlanMap,
     /// Which Stripe mode's events are provisioned (`stripe.livemode`).
     pub livemode: webhook_core::settings::Livemode,

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use serde_json::Value;
+use webhook_core::message::RECONCILE_KEY;
 use webhook_core::{Envelope, EventType};
 
 use crate::failure::{Failure, JobError};
@@ -17,7 +18,12 @@ pub struct Job {
     /// The business action it works on ([`action_key`]); `None` when the event has no
     /// `data.object.id` (its handler then fails it as malformed, after its attempt is recorded).
     pub action_key: Option<String>,
+    /// A reconcile job of `webhookctl reconcile --fix` (the body's [`RECONCILE_KEY`]): Stripe's
+    /// subscription as it is now; Lago and Keycloak are brought to it whatever the record says
+    /// was done, and the audit row is `subscription.reconciled`.
+    pub reconcile: bool,
 }
+
 
 /// A message that is not a job.
 #[derive(Debug)]
@@ -48,10 +54,18 @@ impl Job {
                 failure,
             }));
         };
+        let reconcile = is_reconcile(&event.body);
+        let action_key = if reconcile {
+            // Its own action: the ledger must not find it done by the events it repairs.
+            event.object_id.as_ref().map(|_| format!("reconcile:{}", event.id))
+        } else {
+            action_key(&event, event_type)
+        };
         Ok(Job {
-            action_key: action_key(&event, event_type),
+            action_key,
             event,
             event_type,
+            reconcile,
         })
     }
 
@@ -66,6 +80,19 @@ impl Job {
             .cloned()
             .unwrap_or(Value::Null))
     }
+}
+
+/// Whether the body is a reconcile job: its top-level object has [`RECONCILE_KEY`] (parsed only
+/// when the key's text is in the body at all).
+fn is_reconcile(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Marker {
+        #[serde(rename = "webhook_reconcile")]
+        marker: Option<serde::de::IgnoredAny>,
+    }
+    let key = RECONCILE_KEY.as_bytes();
+    body.windows(key.len()).any(|w| w == key)
+        && serde_json::from_slice::<Marker>(body).is_ok_and(|m| m.marker.is_some())
 }
 
 /// A finished job.
@@ -151,6 +178,21 @@ mod tests {
             body["data"]["object"]["id"] = id.into();
         }
         Envelope::parse(Bytes::from(body.to_string())).unwrap()
+    }
+
+    #[test]
+    fn a_reconcile_job_is_its_own_action() {
+        let body = r#"{"id": "evt_reconcile_1", "type": "customer.subscription.deleted",
+            "data": {"object": {"id": "sub_1"}}, "webhook_reconcile": {"drifts": []}}"#;
+        let job = Job::decode(Bytes::from(body)).unwrap();
+        assert!(job.reconcile);
+        assert_eq!(job.action_key.as_deref(), Some("reconcile:evt_reconcile_1"));
+        // The key's text inside the object is not the marker.
+        let body = r#"{"id": "evt_2", "type": "customer.subscription.deleted",
+            "data": {"object": {"id": "sub_1", "metadata": {"webhook_reconcile": "x"}}}}"#;
+        let job = Job::decode(Bytes::from(body)).unwrap();
+        assert!(!job.reconcile);
+        assert_eq!(job.action_key.as_deref(), Some("customer.subscription.deleted:sub_1"));
     }
 
     #[test]

@@ -131,6 +131,18 @@ impl Application {
             // The series exists from the start (at 0), so that a rate over it is defined.
             metrics.attribute_dropped.with_label_values(&[a]).inc_by(0);
         }
+        let inline_retry = InlineRetry {
+            times: config.inline_retries,
+            min_delay: config.inline_retry_min,
+            max_delay: config.inline_retry_max,
+        };
+        let stripe = match &config.refetch {
+            Some(api) => Some(
+                webhook_clients::StripeClient::new(api, inline_retry, Some(metrics.downstream.clone()))
+                    .context("building the Stripe API client")?,
+            ),
+            None => None,
+        };
         let ctx = Arc::new(WorkerContext {
             store,
             outcomes: OutcomeWriter::start(
@@ -141,15 +153,12 @@ impl Application {
             broker,
             keycloak,
             lago,
+            stripe,
             plans: PlanMap::new(&settings.plans)?,
             livemode: settings.stripe.livemode,
             entitlements: Entitlements::new(&settings.plans)?,
             retry_delays: config.retry_schedule.to_vec(),
-            inline_retry: InlineRetry {
-                times: config.inline_retries,
-                min_delay: config.inline_retry_min,
-                max_delay: config.inline_retry_max,
-            },
+            inline_retry,
             lease: ordering::lease::LeaseTiming::new(config.lease.as_secs()),
             health: health::Health::new(metrics.jobs_held.clone(), metrics.queue_missing.clone()),
             metrics,

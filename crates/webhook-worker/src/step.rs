@@ -9,6 +9,8 @@ pub enum Step {
     Parse,
     /// Finding the handler of the event type.
     Dispatch,
+    /// Reading the subscription's current state from Stripe (`stripe.refetch`).
+    StripeRefetch,
     /// Waiting for the subscription's lease.
     SubscriptionLease,
     /// A statement of the job's own that Postgres refused.
@@ -32,6 +34,7 @@ impl Step {
         match self {
             Self::Parse => "parse",
             Self::Dispatch => "dispatch",
+            Self::StripeRefetch => "stripe_refetch",
             Self::SubscriptionLease => "subscription_lease",
             Self::Postgres => "postgres",
             Self::KeycloakLookup => "keycloak_lookup",

@@ -50,6 +50,12 @@ pub enum Command {
     /// sent before the first deploy. Needs STRIPE_API_KEY. Safe to interrupt and to run again:
     /// known events are skipped, so a second run backfills 0.
     Backfill(BackfillArgs),
+    /// Compare each subscription as Stripe has it now with the billing state, Lago and
+    /// Keycloak, and print every drift; exits 1 when there is any. Read-only unless --fix,
+    /// which queues one reconcile job per drifted subscription (the worker brings Lago and
+    /// Keycloak to Stripe's state through the normal path, with an audit row
+    /// subscription.reconciled). Needs STRIPE_API_KEY. Safe to run again.
+    Reconcile(ReconcileArgs),
     /// Sign a realistic checkout.session.completed event with the configured secret and POST it to
     /// the ingest, like `stripe trigger`. Safe: it goes through the normal pipeline.
     SendTestEvent(SendTestEventArgs),
@@ -216,6 +222,23 @@ pub struct BackfillArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// One JSON object: listed, backfilled, already_known, ignored, dry_run.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ReconcileArgs {
+    /// Only the subscriptions of this Stripe customer (cus_…).
+    #[arg(long)]
+    pub customer: Option<String>,
+    /// Also every subscription Stripe lists (any status), not only those the billing state knows.
+    #[arg(long)]
+    pub from_stripe: bool,
+    /// Queue a reconcile job for each drifted subscription.
+    #[arg(long)]
+    pub fix: bool,
+    /// One JSON object: checked, drifts (subscription_id, where, field, expected, actual,
+    /// fixable), drifted_subscriptions, fix, queued.
     #[arg(long)]
     pub json: bool,
 }

@@ -20,12 +20,13 @@ pub struct UsageError(pub String);
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     webhook_core::telemetry::init(&format!("warn,{}", cli.log_level), settings.log.format);
-    use commands::{backfill, billing, dlq, events, replay, send_test_event, setup};
+    use commands::{backfill, billing, dlq, events, reconcile, replay, send_test_event, setup};
     match cli.command {
         Command::Migrate => setup::migrate(&settings).await,
         Command::Setup => setup::setup(&settings).await,
         Command::SendTestEvent(args) => send_test_event::run(&settings, args).await,
         Command::Backfill(args) => backfill::run(&settings, args).await,
+        Command::Reconcile(args) => reconcile::run(&settings, args).await,
         Command::Replay { event_id } => replay::run(&settings, &event_id).await,
         Command::Billing(BillingCommand::Show {
             subscription_id,

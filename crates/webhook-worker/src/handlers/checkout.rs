@@ -45,6 +45,7 @@ pub async fn handle(
             audit_type: "subscription.created",
             details: json!({"stripe_session_id": order.session_id}),
             contact: None,
+            reconcile: false,
         },
     )
     .await

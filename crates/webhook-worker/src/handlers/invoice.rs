@@ -46,6 +46,7 @@ pub async fn handle(
             },
             details: json!({"stripe_invoice_id": inv.invoice_id, "billing_contact": contact}),
             contact,
+            reconcile: false,
         },
     )
     .await

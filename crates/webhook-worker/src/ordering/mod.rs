@@ -249,6 +249,24 @@ pub fn bind(
     changed
 }
 
+/// For a reconcile job: assume nothing about what Lago was brought to, so that
+/// [`lago_target`] asks for the state again. A plan the status carries is assigned again
+/// (Lago's create is idempotent on `external_id`, and re-creates one terminated by hand); a
+/// status without a plan ends Lago's subscription again, and a tombstone terminates it again
+/// (Lago's 404 to a second termination counts as done). The Lago customer is kept: a
+/// subscription under another customer is still moved.
+pub fn forget_lago(record: &mut SubscriptionRecord) {
+    record.lago_terminated = false;
+    record.lago_plan_code = match (record.status.as_deref(), &record.plan_code) {
+        (Some(status), Some(_)) if lago_carries_plan(status) => None,
+        // No plan to carry: End (terminate) whatever Lago holds.
+        _ => Some(UNKNOWN_LAGO_PLAN.to_owned()),
+    };
+}
+
+/// What [`forget_lago`] leaves as Lago's plan when the state wants none: anything but `None`.
+const UNKNOWN_LAGO_PLAN: &str = "(unknown: reconcile)";
+
 /// What Lago must be brought to for the record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LagoTarget {
@@ -712,5 +730,36 @@ mod tests {
         assert_eq!(lago_target(&r), LagoTarget::Terminate);
         r.lago_terminated = true;
         assert_eq!(lago_target(&r), LagoTarget::InSync);
+    }
+
+    #[test]
+    fn a_reconcile_asks_lago_for_the_state_again() {
+        let mut r = rec();
+        apply(&mut r, "evt_u", "customer.subscription.updated", 5, &updated("active", "pro")).unwrap();
+        bind(&mut r, Some("u"), "a@example.com", BoundBy::Checkout);
+        r.lago_plan_code = Some("pro_monthly".into());
+        r.lago_customer = Some("a@example.com".into());
+        assert_eq!(lago_target(&r), LagoTarget::InSync);
+        forget_lago(&mut r);
+        assert_eq!(
+            lago_target(&r),
+            LagoTarget::Assign {
+                plan_code: "pro_monthly".into(),
+                customer: "a@example.com".into(),
+                move_from: None,
+            }
+        );
+        // A status without a plan: whatever Lago holds is ended.
+        apply(&mut r, "evt_v", "customer.subscription.updated", 6, &updated("incomplete_expired", "pro")).unwrap();
+        r.lago_plan_code = None;
+        assert_eq!(lago_target(&r), LagoTarget::InSync);
+        forget_lago(&mut r);
+        assert_eq!(lago_target(&r), LagoTarget::End);
+        // A tombstone: terminated again.
+        r.deleted_by = Some("evt_d".into());
+        r.lago_terminated = true;
+        assert_eq!(lago_target(&r), LagoTarget::InSync);
+        forget_lago(&mut r);
+        assert_eq!(lago_target(&r), LagoTarget::Terminate);
     }
 }
