@@ -98,11 +98,44 @@ pub struct DatabaseSettings {
     pub migrate_on_start: bool,
 }
 
+/// `amqp.url` in default.toml (a unit test keeps them equal).
+const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+impl AmqpSettings {
+    /// `amqp.urls` joined into `url`; refused next to a `url` of the user's own.
+    fn merge_urls(&mut self) -> Result<(), SettingsError> {
+        if self.urls.is_empty() {
+            return Ok(());
+        }
+        if self.url.expose_secret() != DEFAULT_AMQP_URL {
+            return Err(SettingsError::Invalid {
+                variable: "AMQP_URL",
+                reason: "both amqp.url (or AMQP_URL) and amqp.urls are set: give the addresses in one of them".into(),
+            });
+        }
+        let joined: Vec<&str> = self.urls.iter().map(|u| u.expose_secret().trim()).collect();
+        if joined.iter().any(|u| u.is_empty()) {
+            return Err(SettingsError::Invalid {
+                variable: "AMQP_URL",
+                reason: "amqp.urls holds an empty address: list each node's amqp:// URL".into(),
+            });
+        }
+        self.url = SecretString::from(joined.join(","));
+        self.urls.clear();
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
-    /// Holds the broker password, hence secret.
+    /// Holds the broker password, hence secret. One address, or several comma-separated (the
+    /// nodes of a cluster), as `AMQP_URL` gives them.
     pub url: SecretString,
+    /// The nodes of a cluster as a TOML list, instead of `url` (one or the other): joined into
+    /// `url` at load.
+    #[serde(default)]
+    pub urls: Vec<SecretString>,
     pub name_prefix: String,
     pub exchange: String,
     pub work_queue: String,
@@ -269,10 +302,11 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(nested)),
         );
-        let settings: Settings = builder
+        let mut settings: Settings = builder
             .build()
             .and_then(config::Config::try_deserialize)
             .map_err(load_error)?;
+        settings.amqp.merge_urls()?;
         settings.validate_common()?;
         Ok(settings)
     }
@@ -375,11 +409,14 @@ mod tests {
             s.database.url.expose_secret(),
             "postgres://postgres@127.0.0.1:5432/webhooks"
         );
+        assert_eq!(s.amqp.url.expose_secret(), DEFAULT_AMQP_URL);
         assert_eq!(
             s.amqp.url.expose_secret(),
             "amqp://guest:guest@127.0.0.1:5672/%2f"
         );
         assert_eq!(s.stripe.tolerance_secs, 300);
+        assert_eq!(s.stripe.api_url, "https://api.stripe.com");
+        assert!(!s.stripe.refetch);
         assert_eq!(s.ingest.bind, "0.0.0.0:8084");
         assert_eq!(s.worker.bind, "0.0.0.0:9091");
         assert_eq!(s.worker.concurrency, 16);
@@ -552,6 +589,31 @@ mod tests {
         assert_eq!(s.worker.concurrency, 3);
         let s = Settings::load_from(None, &env(&[("WEBHOOK_CONFIG", "")])).unwrap();
         assert_eq!(s.worker.concurrency, 16, "an empty WEBHOOK_CONFIG: no file");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn amqp_urls_in_toml_are_the_cluster_nodes() {
+        let dir = std::env::temp_dir().join(format!("settings-urls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cluster.toml");
+        std::fs::write(
+            &file,
+            "[amqp]\nurls = [\"amqp://u:p@n1:5672/%2f\", \"amqp://u:p@n2:5672/%2f\"]\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(Some(&file), &env(&[])).unwrap();
+        assert_eq!(
+            s.amqp.url.expose_secret(),
+            "amqp://u:p@n1:5672/%2f,amqp://u:p@n2:5672/%2f"
+        );
+        let err = Settings::load_from(Some(&file), &env(&[("AMQP_URL", "amqp://u:p@n3:5672/%2f")])).unwrap_err();
+        assert!(err.to_string().contains("amqp.urls"), "{err}");
+        assert!(!err.to_string().contains(":p@"), "no password: {err}");
+        std::fs::write(&file, "[amqp]\nurls = [\"amqp://u:p@n1:5672/%2f\", \"nope\"]\n").unwrap();
+        let err = Settings::load_from(Some(&file), &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("AMQP_URL"), "{err}");
+        assert!(!err.to_string().contains(":p@"), "no password: {err}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }
