@@ -6,8 +6,9 @@
 //! dead broker: [`Broker::publish`] fails fast with [`PublishError::Unavailable`] and the HTTP
 //! layer answers 503, and consumers (the worker) watch [`Broker::links`] to resume consuming.
 //!
-//! `AMQP_URL` may list a cluster's nodes, comma-separated: each connection attempt takes the
-//! next node in turn. A URL shows in logs only through `webhook_core::redact` (no password).
+//! `AMQP_URL` may list a cluster's nodes, comma-separated: each process goes through them in an
+//! order of its own (shuffled at start, so that the replicas spread over the nodes rather than
+//! all connecting to the first), each connection attempt taking the next node. A URL shows in logs only through `webhook_core::redact` (no password).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -264,13 +265,30 @@ impl Broker {
     }
 }
 
-/// The node the `attempt`-th connection attempt (from 1) goes to: the nodes in turn.
-fn node(url: &str, attempt: u64) -> &str {
-    let nodes = urls::split_list(url);
+/// The node the `attempt`-th connection attempt (from 1) goes to: the nodes in the order that
+/// `seed` shuffles them, in turn.
+fn node(url: &str, attempt: u64, seed: u64) -> &str {
+    let mut nodes = urls::split_list(url);
     if nodes.is_empty() {
         return url;
     }
+    // Fisher-Yates with a xorshift generator started from the seed.
+    let mut x = seed | 1;
+    for i in (1..nodes.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        nodes.swap(i, (x % (i as u64 + 1)) as usize);
+    }
     nodes[((attempt.max(1) - 1) % nodes.len() as u64) as usize]
+}
+
+/// A seed of this process's own (the standard library's random hash keys).
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish()
 }
 
 async fn connect(shared: &Shared, node: &str, generation: u64) -> Result<Link, lapin::Error> {
@@ -304,9 +322,10 @@ async fn supervise(shared: Arc<Shared>) {
     };
     let mut delays = backoff();
     let url = shared.config.url.expose_secret();
+    let seed = random_seed();
     loop {
         generation += 1;
-        let node = node(url, generation);
+        let node = node(url, generation, seed);
         // Shown as `node` in every log line of this connection; never with its password.
         let shown = redact::url(node);
         let attempt = tokio::select! {
@@ -394,19 +413,21 @@ pub fn job_properties(message_id: &str, event_type: &str, headers: FieldTable) -
 #[cfg(test)]
 mod tests {
     #[test]
-    fn each_attempt_takes_the_next_node() {
+    fn each_attempt_takes_the_next_node_of_a_shuffled_order() {
         let url = "amqp://u:p@r0/%2f, amqp://u:p@r1/%2f,amqp://u:p@r2/%2f";
-        let nodes: Vec<_> = (1..=4).map(|a| super::node(url, a)).collect();
-        assert_eq!(
-            nodes,
-            [
-                "amqp://u:p@r0/%2f",
-                "amqp://u:p@r1/%2f",
-                "amqp://u:p@r2/%2f",
-                "amqp://u:p@r0/%2f"
-            ]
-        );
-        assert_eq!(super::node("amqp://h", 7), "amqp://h");
-        assert_eq!(super::node("", 1), "");
+        let mut firsts = std::collections::HashSet::new();
+        for seed in 0..64u64 {
+            let seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let nodes: Vec<_> = (1..=6).map(|a| super::node(url, a, seed)).collect();
+            // Every node once in each round, the same order every round.
+            let mut round: Vec<_> = nodes[..3].to_vec();
+            round.sort();
+            assert_eq!(round, ["amqp://u:p@r0/%2f", "amqp://u:p@r1/%2f", "amqp://u:p@r2/%2f"]);
+            assert_eq!(nodes[..3], nodes[3..]);
+            firsts.insert(nodes[0]);
+        }
+        assert_eq!(firsts.len(), 3, "processes start on different nodes");
+        assert_eq!(super::node("amqp://h", 7, 1), "amqp://h");
+        assert_eq!(super::node("", 1, 1), "");
     }
 }
