@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use serde_json::json;
-use webhook_core::message::ErrorKind;
-use webhook_core::settings::{KeycloakSettings, LagoSettings};
 use webhook_clients::lago::NewSubscription;
 use webhook_clients::{InlineRetry, KeycloakClient, LagoClient};
+use webhook_core::message::ErrorKind;
+use webhook_core::settings::{KeycloakSettings, LagoSettings};
 use wiremock::matchers::{body_string_contains, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 

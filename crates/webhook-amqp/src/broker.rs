@@ -422,7 +422,10 @@ mod tests {
             // Every node once in each round, the same order every round.
             let mut round: Vec<_> = nodes[..3].to_vec();
             round.sort();
-            assert_eq!(round, ["amqp://u:p@r0/%2f", "amqp://u:p@r1/%2f", "amqp://u:p@r2/%2f"]);
+            assert_eq!(
+                round,
+                ["amqp://u:p@r0/%2f", "amqp://u:p@r1/%2f", "amqp://u:p@r2/%2f"]
+            );
             assert_eq!(nodes[..3], nodes[3..]);
             firsts.insert(nodes[0]);
         }

@@ -208,7 +208,9 @@ impl StripeClient {
                     DownstreamError::transient(
                         SERVICE,
                         operation,
-                        format!("the answer of {url} is not what Stripe's API returns ({e}): check STRIPE_API_URL"),
+                        format!(
+                            "the answer of {url} is not what Stripe's API returns ({e}): check STRIPE_API_URL"
+                        ),
                     )
                 })
             })
@@ -331,8 +333,15 @@ mod tests {
         .unwrap();
         assert!(page.has_more);
         let e = &page.data[0];
-        assert_eq!((e.id.as_str(), e.event_type.as_str(), e.created), ("evt_1", "invoice.paid", 7));
-        assert!(e.raw.get().contains(r#""x": 1"#), "not re-serialised: {}", e.raw.get());
+        assert_eq!(
+            (e.id.as_str(), e.event_type.as_str(), e.created),
+            ("evt_1", "invoice.paid", 7)
+        );
+        assert!(
+            e.raw.get().contains(r#""x": 1"#),
+            "not re-serialised: {}",
+            e.raw.get()
+        );
     }
 
     #[tokio::test]
@@ -343,6 +352,10 @@ mod tests {
             pacer.wait_turn().await;
         }
         // 5 calls at 20/s: the 5th waits 4 intervals of 50 ms.
-        assert!(started.elapsed() >= Duration::from_millis(195), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_millis(195),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -110,7 +110,9 @@ impl AmqpSettings {
         if self.url.expose_secret() != DEFAULT_AMQP_URL {
             return Err(SettingsError::Invalid {
                 variable: "AMQP_URL",
-                reason: "both amqp.url (or AMQP_URL) and amqp.urls are set: give the addresses in one of them".into(),
+                reason:
+                    "both amqp.url (or AMQP_URL) and amqp.urls are set: give the addresses in one of them"
+                        .into(),
             });
         }
         let joined: Vec<&str> = self.urls.iter().map(|u| u.expose_secret().trim()).collect();
@@ -607,7 +609,8 @@ mod tests {
             s.amqp.url.expose_secret(),
             "amqp://u:p@n1:5672/%2f,amqp://u:p@n2:5672/%2f"
         );
-        let err = Settings::load_from(Some(&file), &env(&[("AMQP_URL", "amqp://u:p@n3:5672/%2f")])).unwrap_err();
+        let err =
+            Settings::load_from(Some(&file), &env(&[("AMQP_URL", "amqp://u:p@n3:5672/%2f")])).unwrap_err();
         assert!(err.to_string().contains("amqp.urls"), "{err}");
         assert!(!err.to_string().contains(":p@"), "no password: {err}");
         std::fs::write(&file, "[amqp]\nurls = [\"amqp://u:p@n1:5672/%2f\", \"nope\"]\n").unwrap();

@@ -18,8 +18,8 @@
 use webhook_amqp::Broker;
 use webhook_core::VerifiedEvent;
 use webhook_core::group_commit::{self, Pending};
-pub use webhook_intake::{Answer, Disposition, NotQueued, Route};
 use webhook_intake::{Admission, record_and_queue};
+pub use webhook_intake::{Answer, Disposition, NotQueued, Route};
 use webhook_store::Store;
 
 use crate::metrics::Metrics;
@@ -130,4 +130,3 @@ async fn commit(backend: &Backend, mut batch: Vec<Pending<Job, Answer>>) {
         job.answer(answer);
     }
 }
-

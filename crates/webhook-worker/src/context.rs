@@ -5,11 +5,11 @@ use std::time::Duration;
 use webhook_amqp::Broker;
 use webhook_store::Store;
 
-use webhook_clients::{InlineRetry, KeycloakClient, LagoClient};
 use crate::entitlement::Entitlements;
 use crate::metrics::Metrics;
 use crate::outcomes::OutcomeWriter;
 use crate::plans::PlanMap;
+use webhook_clients::{InlineRetry, KeycloakClient, LagoClient};
 
 pub struct WorkerContext {
     /// Step writes: commits that do not wait for the disk ([`webhook_store::Commits::Deferred`]).

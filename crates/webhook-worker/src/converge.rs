@@ -15,8 +15,6 @@
 use serde_json::{Value, json};
 use webhook_store::billing::{self, SubscriptionRecord};
 
-use webhook_clients::keycloak::{UserRef, dropped_attribute};
-use webhook_clients::lago::NewSubscription;
 use crate::context::WorkerContext;
 use crate::entitlement::AccountView;
 use crate::failure::{Failure, JobError};
@@ -24,6 +22,8 @@ use crate::ledger::Steps;
 use crate::ordering::lease::Lease;
 use crate::ordering::{self, LagoTarget};
 use crate::step::Step;
+use webhook_clients::keycloak::{UserRef, dropped_attribute};
+use webhook_clients::lago::NewSubscription;
 
 /// How many times an account is synced again when its state keeps changing under the job.
 const SYNC_ROUNDS: usize = 4;

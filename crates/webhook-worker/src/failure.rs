@@ -6,8 +6,8 @@ use std::time::Duration;
 use webhook_core::message::ErrorKind;
 use webhook_store::fault::{self, DbFault};
 
-use webhook_clients::DownstreamError;
 use crate::step::Step;
+use webhook_clients::DownstreamError;
 
 /// A failure of the job itself: retried later (transient) or dead-lettered (permanent). Its
 /// message is what the event's history and the `x-error` header say; its source, when it has

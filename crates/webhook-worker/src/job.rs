@@ -24,7 +24,6 @@ pub struct Job {
     pub reconcile: bool,
 }
 
-
 /// A message that is not a job.
 #[derive(Debug)]
 pub struct Rejected {
@@ -57,7 +56,10 @@ impl Job {
         let reconcile = is_reconcile(&event.body);
         let action_key = if reconcile {
             // Its own action: the ledger must not find it done by the events it repairs.
-            event.object_id.as_ref().map(|_| format!("reconcile:{}", event.id))
+            event
+                .object_id
+                .as_ref()
+                .map(|_| format!("reconcile:{}", event.id))
         } else {
             action_key(&event, event_type)
         };
@@ -192,7 +194,10 @@ mod tests {
             "data": {"object": {"id": "sub_1", "metadata": {"webhook_reconcile": "x"}}}}"#;
         let job = Job::decode(Bytes::from(body)).unwrap();
         assert!(!job.reconcile);
-        assert_eq!(job.action_key.as_deref(), Some("customer.subscription.deleted:sub_1"));
+        assert_eq!(
+            job.action_key.as_deref(),
+            Some("customer.subscription.deleted:sub_1")
+        );
     }
 
     #[test]

@@ -56,12 +56,12 @@ use webhook_amqp::{Broker, BrokerConfig};
 use webhook_core::Settings;
 use webhook_store::{Commits, Store};
 
-use webhook_clients::{InlineRetry, KeycloakClient, LagoClient};
 use crate::context::WorkerContext;
 use crate::entitlement::Entitlements;
 use crate::metrics::Metrics;
 use crate::outcomes::OutcomeWriter;
 use crate::plans::PlanMap;
+use webhook_clients::{InlineRetry, KeycloakClient, LagoClient};
 use webhook_store::pool_metrics::PoolMetrics;
 
 /// Outcome writers (group commit): two, so that one batch collects while the other waits for

@@ -1,6 +1,5 @@
 //! Prometheus metrics of the worker (`GET /metrics` on `WORKER_BIND`).
 
-
 use webhook_clients::DownstreamMetrics;
 use webhook_core::metrics::CommonMetrics;
 

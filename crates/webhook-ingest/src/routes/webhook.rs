@@ -118,9 +118,7 @@ async fn handle(
     seen.event_id = Some(event.id.to_string());
     seen.event_type = Some(event.event_type.clone());
     // Queued, or stored as ignored (an unhandled type, or an event of the other Stripe mode).
-    let route = webhook_intake::route(&event, state.livemode, |t| {
-        state.handled_event_types.contains(&t)
-    });
+    let route = webhook_intake::route(&event, state.livemode, |t| state.handled_event_types.contains(&t));
     // Recorded and queued together with the other requests in flight (group commit).
     Ok(state.queue.submit(event, route).await?)
 }

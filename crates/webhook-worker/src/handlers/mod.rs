@@ -33,8 +33,12 @@ pub async fn handle(ctx: &WorkerContext, job: &Job) -> Result<Done, JobError> {
         EventType::CheckoutSessionCompleted | EventType::CheckoutSessionAsyncPaymentSucceeded => {
             checkout::handle(ctx, event, action_key, object).await
         }
-        EventType::CustomerSubscriptionUpdated => subscription::handle(ctx, job, action_key, object, false).await,
-        EventType::CustomerSubscriptionDeleted => subscription::handle(ctx, job, action_key, object, true).await,
+        EventType::CustomerSubscriptionUpdated => {
+            subscription::handle(ctx, job, action_key, object, false).await
+        }
+        EventType::CustomerSubscriptionDeleted => {
+            subscription::handle(ctx, job, action_key, object, true).await
+        }
         EventType::InvoicePaid => invoice::handle(ctx, event, action_key, object, true).await,
         EventType::InvoicePaymentFailed => invoice::handle(ctx, event, action_key, object, false).await,
     }

@@ -735,7 +735,14 @@ mod tests {
     #[test]
     fn a_reconcile_asks_lago_for_the_state_again() {
         let mut r = rec();
-        apply(&mut r, "evt_u", "customer.subscription.updated", 5, &updated("active", "pro")).unwrap();
+        apply(
+            &mut r,
+            "evt_u",
+            "customer.subscription.updated",
+            5,
+            &updated("active", "pro"),
+        )
+        .unwrap();
         bind(&mut r, Some("u"), "a@example.com", BoundBy::Checkout);
         r.lago_plan_code = Some("pro_monthly".into());
         r.lago_customer = Some("a@example.com".into());
@@ -750,7 +757,14 @@ mod tests {
             }
         );
         // A status without a plan: whatever Lago holds is ended.
-        apply(&mut r, "evt_v", "customer.subscription.updated", 6, &updated("incomplete_expired", "pro")).unwrap();
+        apply(
+            &mut r,
+            "evt_v",
+            "customer.subscription.updated",
+            6,
+            &updated("incomplete_expired", "pro"),
+        )
+        .unwrap();
         r.lago_plan_code = None;
         assert_eq!(lago_target(&r), LagoTarget::InSync);
         forget_lago(&mut r);

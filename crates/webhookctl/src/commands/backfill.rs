@@ -70,10 +70,9 @@ pub async fn run(settings: &Settings, args: BackfillArgs) -> anyhow::Result<()> 
     let listing = crate::progress::spinner("listing Stripe's events");
     let mut cursor: Option<String> = None;
     loop {
-        let page = stripe
-            .list_events(&query, cursor.as_deref())
-            .await
-            .context("could not list Stripe's events; nothing was backfilled by this page, run the same command again")?;
+        let page = stripe.list_events(&query, cursor.as_deref()).await.context(
+            "could not list Stripe's events; nothing was backfilled by this page, run the same command again",
+        )?;
         counts.listed += page.data.len() as u64;
         let ids: Vec<&str> = page.data.iter().map(|e| e.id.as_str()).collect();
         let known: HashSet<String> = events::known(&store.pool, &ids)
@@ -227,7 +226,9 @@ fn query(args: &BackfillArgs, now: i64) -> anyhow::Result<EventQuery> {
     let from = match (&args.since, &args.from) {
         (Some(since), None) => {
             let age = humantime::parse_duration(since).map_err(|e| {
-                UsageError(format!("--since {since:?} is not a duration like 30m, 24h or 7d ({e})"))
+                UsageError(format!(
+                    "--since {since:?} is not a duration like 30m, 24h or 7d ({e})"
+                ))
             })?;
             now - age.as_secs() as i64
         }
@@ -413,7 +414,10 @@ mod tests {
         )
         .unwrap();
         // NOW is 2027-01-15T08:00:00Z.
-        assert_eq!((q.created_gte, q.created_lte), (Some(NOW - 3600), Some(NOW + 3600)));
+        assert_eq!(
+            (q.created_gte, q.created_lte),
+            (Some(NOW - 3600), Some(NOW + 3600))
+        );
     }
 
     #[test]

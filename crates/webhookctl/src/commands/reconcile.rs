@@ -29,7 +29,6 @@ use webhook_store::billing::{self, SubscriptionRecord};
 use crate::cli::ReconcileArgs;
 use crate::commands::backfill::CLI_RETRY;
 
-
 /// One difference between Stripe and a system that should follow it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Drift {
@@ -87,7 +86,8 @@ pub async fn run(settings: &Settings, args: ReconcileArgs) -> anyhow::Result<()>
         .connect_timeout(Duration::from_secs(5))
         .build()
         .context("building the HTTP client")?;
-    let keycloak = KeycloakClient::new(&settings.keycloak, http.clone(), None).context("reconcile reads Keycloak")?;
+    let keycloak =
+        KeycloakClient::new(&settings.keycloak, http.clone(), None).context("reconcile reads Keycloak")?;
     let lago = LagoClient::new(&settings.lago, http, None).context("reconcile reads Lago")?;
     let store = Store::connect_lazy(&settings.database)?;
     let checker = Checker {
@@ -115,7 +115,10 @@ pub async fn run(settings: &Settings, args: ReconcileArgs) -> anyhow::Result<()>
                     ids.push(id.to_owned());
                 }
             }
-            match (page.has_more, page.data.last().and_then(|s| s.get("id")).and_then(Value::as_str)) {
+            match (
+                page.has_more,
+                page.data.last().and_then(|s| s.get("id")).and_then(Value::as_str),
+            ) {
                 (true, Some(last)) => cursor = Some(last.to_owned()),
                 _ => break,
             }
@@ -151,7 +154,8 @@ pub async fn run(settings: &Settings, args: ReconcileArgs) -> anyhow::Result<()>
     if args.fix && !to_fix.is_empty() {
         queued = queue_fixes(settings, &store, &to_fix).await?;
     }
-    let drifted: std::collections::BTreeSet<&str> = drifts.iter().map(|d| d.subscription_id.as_str()).collect();
+    let drifted: std::collections::BTreeSet<&str> =
+        drifts.iter().map(|d| d.subscription_id.as_str()).collect();
     let mut summary = format!(
         "checked {} subscriptions: {} drifts in {} subscriptions",
         ids.len(),
@@ -204,7 +208,12 @@ impl Checker<'_> {
             actual: actual.map(str::to_owned),
             fixable,
         };
-        let Some(stripe_sub) = self.stripe.retrieve_subscription(id).await.map_err(stripe_error)? else {
+        let Some(stripe_sub) = self
+            .stripe
+            .retrieve_subscription(id)
+            .await
+            .map_err(stripe_error)?
+        else {
             return Ok((
                 vec![drift(
                     "stripe",
@@ -221,7 +230,13 @@ impl Checker<'_> {
             Err(e) => {
                 let why = e.to_string();
                 return Ok((
-                    vec![drift("stripe", "subscription", Some("readable"), Some(&why), false)],
+                    vec![drift(
+                        "stripe",
+                        "subscription",
+                        Some("readable"),
+                        Some(&why),
+                        false,
+                    )],
                     None,
                 ));
             }
@@ -255,7 +270,13 @@ impl Checker<'_> {
                     r.status.as_deref()
                 };
                 if actual != Some(status.as_str()) {
-                    drifts.push(drift("billing_state", "status", Some(&status), actual, r.deleted_by.is_none()));
+                    drifts.push(drift(
+                        "billing_state",
+                        "status",
+                        Some(&status),
+                        actual,
+                        r.deleted_by.is_none(),
+                    ));
                 }
                 if !canceled && plan.is_some() && r.plan_code != plan {
                     drifts.push(drift(
@@ -290,12 +311,18 @@ impl Checker<'_> {
             None
         };
         if let Some(should) = lago_should {
-            let actual = self.lago.get_subscription(id).await.map_err(downstream("Lago", "LAGO_API_URL"))?;
+            let actual = self
+                .lago
+                .get_subscription(id)
+                .await
+                .map_err(downstream("Lago", "LAGO_API_URL"))?;
             let live = actual
                 .as_ref()
                 .filter(|s| matches!(s.status.as_deref(), Some("active" | "pending")));
             let on_plan = |p: &str| {
-                live.is_some_and(|s| s.plan_code.as_deref() == Some(p) || s.next_plan_code.as_deref() == Some(p))
+                live.is_some_and(|s| {
+                    s.plan_code.as_deref() == Some(p) || s.next_plan_code.as_deref() == Some(p)
+                })
             };
             match (&should, live) {
                 (Some(p), _) if on_plan(p) => {}
@@ -303,10 +330,17 @@ impl Checker<'_> {
                     "lago",
                     "subscription",
                     Some(&format!("live on {p}")),
-                    Some(&actual.as_ref().and_then(|s| s.status.clone()).unwrap_or_else(|| "none".into())),
+                    Some(
+                        &actual
+                            .as_ref()
+                            .and_then(|s| s.status.clone())
+                            .unwrap_or_else(|| "none".into()),
+                    ),
                     true,
                 )),
-                (Some(p), Some(s)) => drifts.push(drift("lago", "plan", Some(p), s.plan_code.as_deref(), true)),
+                (Some(p), Some(s)) => {
+                    drifts.push(drift("lago", "plan", Some(p), s.plan_code.as_deref(), true))
+                }
                 (None, Some(s)) => drifts.push(drift(
                     "lago",
                     "subscription",
@@ -352,13 +386,19 @@ impl Checker<'_> {
 
 /// Queues one reconcile job per subscription (recorded and confirmed, as the ingest queues an
 /// event); returns how many were queued.
-async fn queue_fixes(settings: &Settings, store: &Store, to_fix: &[(Value, Vec<Drift>)]) -> anyhow::Result<usize> {
+async fn queue_fixes(
+    settings: &Settings,
+    store: &Store,
+    to_fix: &[(Value, Vec<Drift>)],
+) -> anyhow::Result<usize> {
     let mut config = BrokerConfig::from_settings(settings, "webhookctl reconcile")?;
     config.declare_topology = false;
     let broker = Broker::start(config);
     if broker.wait_connected(Duration::from_secs(15)).await.is_none() {
         broker.close().await;
-        anyhow::bail!("could not connect to RabbitMQ within 15s: check AMQP_URL and that RabbitMQ is running; nothing was queued");
+        anyhow::bail!(
+            "could not connect to RabbitMQ within 15s: check AMQP_URL and that RabbitMQ is running; nothing was queued"
+        );
     }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -408,7 +448,9 @@ async fn queue_fixes(settings: &Settings, store: &Store, to_fix: &[(Value, Vec<D
     }
     broker.close().await;
     if let Some(f) = failure {
-        anyhow::bail!("{f}; {queued} reconcile jobs were queued. Fix the cause and run `webhookctl reconcile --fix` again");
+        anyhow::bail!(
+            "{f}; {queued} reconcile jobs were queued. Fix the cause and run `webhookctl reconcile --fix` again"
+        );
     }
     Ok(queued)
 }
@@ -436,5 +478,9 @@ fn stripe_error(e: DownstreamError) -> anyhow::Error {
 }
 
 fn downstream(service: &'static str, variable: &'static str) -> impl Fn(DownstreamError) -> anyhow::Error {
-    move |e| anyhow::Error::new(e).context(format!("{service} could not be read (check {variable} and its credentials)"))
+    move |e| {
+        anyhow::Error::new(e).context(format!(
+            "{service} could not be read (check {variable} and its credentials)"
+        ))
+    }
 }
