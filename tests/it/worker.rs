@@ -1674,8 +1674,12 @@ async fn readyz_names_the_dependency_that_is_down_and_metrics_move_with_a_job() 
         1.0,
         "/metrics without Postgres"
     );
+    let dependency = |d: &str| format!("webhook_dependency_up{{dependency=\"{d}\"}}");
+    assert_eq!(webhook_tests::metric(&url, &dependency("postgres")).await, 0.0);
+    assert_eq!(webhook_tests::metric(&url, &dependency("rabbitmq")).await, 1.0);
     pg.restore();
     ready_as((200, "up", "up")).await;
+    assert_eq!(webhook_tests::metric(&url, &dependency("postgres")).await, 1.0);
 
     // RabbitMQ down: named; the connection comes back by itself.
     amqp.cut();
@@ -1684,6 +1688,7 @@ async fn readyz_names_the_dependency_that_is_down_and_metrics_move_with_a_job() 
         webhook_tests::metric(&url, "webhook_worker_broker_connected").await,
         0.0
     );
+    assert_eq!(webhook_tests::metric(&url, &dependency("rabbitmq")).await, 0.0);
     amqp.restore();
     ready_as((200, "up", "up")).await;
 
