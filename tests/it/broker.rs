@@ -64,3 +64,54 @@ async fn every_publish_gets_its_own_answer_under_concurrent_returns() {
     assert_eq!(queued.len(), n / 2, "every Ok is on the queue, nothing else");
     broker.close().await;
 }
+
+/// `AMQP_URL` lists two nodes nobody listens on beside the real one: the worker, the ingest
+/// binary and `webhookctl` each go through the list (a shuffled order of their own) until one
+/// answers, and none shows the password. With three nodes, two of them dead, a process starts on
+/// a dead node two times in three.
+#[tokio::test]
+async fn dead_nodes_in_amqp_url_are_skipped_by_every_binary() {
+    use webhook_sandbox::SeedUser;
+    use webhook_tests::ingest::IngestProcess;
+    use webhook_tests::worker::{TestSandbox, TestWorker, worker_settings};
+    use webhook_tests::{signed_event, wait_event_status, webhookctl};
+
+    const PASSWORD: &str = "guest";
+    let ctx = TestContext::new().await;
+    let real = ctx.env["AMQP_URL"].clone();
+    assert!(real.contains(&format!(":{PASSWORD}@127.0.0.1:5672/")), "{real}");
+    let dead = |port: u16| real.replace("127.0.0.1:5672", &format!("127.0.0.1:{port}"));
+    let list = format!(
+        "{},{},{real}",
+        dead(webhook_tests::free_port()),
+        dead(webhook_tests::free_port())
+    );
+    let sandbox = TestSandbox::spawn().await;
+    sandbox.state.add_user(SeedUser {
+        email: "nodes@example.com".into(),
+        ..SeedUser::default()
+    });
+    let worker = TestWorker::spawn(worker_settings(&ctx, &sandbox, &[("AMQP_URL", &list)]))
+        .await
+        .ready()
+        .await;
+    let mut env = ctx.env.clone();
+    env.insert("AMQP_URL".into(), list.clone());
+    let ingest = IngestProcess::start(&env).await;
+    let event = signed_event("checkout.session.completed", "nodes@example.com");
+    let answer = reqwest::Client::new()
+        .post(format!("{}/webhooks/stripe", ingest.url))
+        .header("content-type", "application/json")
+        .header("stripe-signature", &event.signature)
+        .body(event.body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
+    wait_event_status(&ctx.pool().await, &event.event_id, "succeeded").await;
+    let out = webhookctl(&env, &["dlq", "list", "--json"]).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stderr.contains(&format!(":{PASSWORD}@")), "{}", out.stderr);
+    worker.stop().await;
+    sandbox.stop().await;
+}
