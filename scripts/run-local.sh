@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make run`: the whole pipeline on this machine, until Ctrl-C.
-# Migrates, declares the topology, starts the sandbox (in-memory Keycloak + Lago), the ingest and
-# the worker, sends one signed checkout event and shows what it became.
+# Migrates, declares the topology, starts the sandbox (in-memory Keycloak + Lago + Stripe API), the
+# ingest and the worker, sends one signed checkout event and shows what it became, then backfills
+# one event that only the sandbox's Stripe API has.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/debug}
@@ -67,12 +68,27 @@ echo
 echo "run: the audit row:"
 psql -h 127.0.0.1 -U postgres -d webhooks -c \
   "SELECT id, event_type, subject, details->>'tier' AS tier, details->>'plan' AS plan, details->>'lago_subscription_id' AS lago_subscription, created_at FROM audit_logs WHERE details->>'stripe_event_id' = '$event_id'"
+echo
+echo "run: an event Stripe has but never delivered (the endpoint was down, say): it is only in the"
+echo "     sandbox's Stripe API, and webhookctl backfill fetches it from there"
+missed_id="evt_missed_$(date +%s)_$$"
+"$BIN/webhookctl" send-test-event --stripe-sandbox "http://$SANDBOX_BIND" --event-id "$missed_id" --tier enterprise
+STRIPE_API_KEY=sk_test_sandbox STRIPE_API_URL="http://$SANDBOX_BIND" "$BIN/webhookctl" backfill --since 1h
+deadline=$((SECONDS + 30))
+until "$BIN/webhookctl" events show "$missed_id" --json 2>/dev/null | grep -q '"status":"succeeded"'; do
+  [ "$SECONDS" -lt "$deadline" ] || { echo "run: the backfilled event was not provisioned within 30s:" >&2; "$BIN/webhookctl" events show "$missed_id" >&2 || true; exit 1; }
+  sleep 0.3
+done
+echo "run: backfilled and provisioned ($missed_id); a second backfill finds nothing new:"
+STRIPE_API_KEY=sk_test_sandbox STRIPE_API_URL="http://$SANDBOX_BIND" "$BIN/webhookctl" backfill --since 1h
+echo
 cat <<EOT
 run: the pipeline is up:
      ingest   http://$INGEST   (POST /webhooks/stripe, /healthz, /readyz, /metrics)
      worker   http://$WORKER   (/healthz, /readyz, /metrics)
-     sandbox  http://$SANDBOX_BIND (Keycloak + Lago stand-in; state: GET /_sandbox/state)
+     sandbox  http://$SANDBOX_BIND (Keycloak + Lago + Stripe API stand-in; state: GET /_sandbox/state)
    Send more:    WEBHOOK_CONFIG=$WEBHOOK_CONFIG $BIN/webhookctl send-test-event [--email E --tier T --cycle C --event-id ID]
+   Reconcile:    STRIPE_API_KEY=sk_test_sandbox STRIPE_API_URL=http://$SANDBOX_BIND $BIN/webhookctl reconcile
    Real Stripe:  stripe listen --forward-to localhost:8084/webhooks/stripe, and put the whsec_ it prints in
                  STRIPE_WEBHOOK_SECRET (or [stripe] webhook_secret in a copy of $WEBHOOK_CONFIG)
    Ctrl-C stops everything.

@@ -266,4 +266,8 @@ pub struct SendTestEventArgs {
     /// Print the server's answer as JSON only.
     #[arg(long)]
     pub json: bool,
+    /// Do not deliver it: put it in the Stripe API of the sandbox at this URL only, as an event
+    /// Stripe has and never delivered (for `webhookctl backfill`; `make run` shows it).
+    #[arg(long, value_name = "URL", conflicts_with = "url")]
+    pub stripe_sandbox: Option<String>,
 }

@@ -9,7 +9,6 @@ use crate::cli::SendTestEventArgs;
 use crate::test_event::{CheckoutSpec, checkout_event, new_event_id};
 
 pub async fn run(settings: &Settings, args: SendTestEventArgs) -> anyhow::Result<()> {
-    let secrets = settings.stripe.secrets()?;
     let now = webhook_core::unix_now();
     let spec = CheckoutSpec {
         event_id: args.event_id.clone().unwrap_or_else(new_event_id),
@@ -20,6 +19,10 @@ pub async fn run(settings: &Settings, args: SendTestEventArgs) -> anyhow::Result
         created: now,
     };
     let body = serde_json::to_vec(&checkout_event(&spec))?;
+    if let Some(sandbox) = &args.stripe_sandbox {
+        return missed(sandbox, &spec, body).await;
+    }
+    let secrets = settings.stripe.secrets()?;
     let signature = sign_header(secrets[0].expose_secret(), now, &body);
     let response = reqwest::Client::new()
         .post(&args.url)
@@ -52,5 +55,34 @@ pub async fn run(settings: &Settings, args: SendTestEventArgs) -> anyhow::Result
     if !status.is_success() {
         anyhow::bail!("the ingest answered {status}: {text}");
     }
+    Ok(())
+}
+
+/// `--stripe-sandbox URL`: the event goes into the sandbox's Stripe API only (an event Stripe
+/// has and never delivered), for `webhookctl backfill` to find.
+async fn missed(sandbox: &str, spec: &CheckoutSpec, body: Vec<u8>) -> anyhow::Result<()> {
+    let url = format!("{}/_sandbox/stripe/events", sandbox.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(reqwest::Error::without_url)
+        .with_context(|| {
+            format!(
+                "could not reach the sandbox at {} (is it running? make run)",
+                webhook_core::redact::url(sandbox)
+            )
+        })?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("the sandbox answered {status}: {text}");
+    }
+    println!(
+        "{} {} -> in the sandbox's Stripe API only (not delivered)",
+        spec.event_type, spec.event_id
+    );
     Ok(())
 }
