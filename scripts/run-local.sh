@@ -88,7 +88,6 @@ run: the pipeline is up:
      worker   http://$WORKER   (/healthz, /readyz, /metrics)
      sandbox  http://$SANDBOX_BIND (Keycloak + Lago + Stripe API stand-in; state: GET /_sandbox/state)
    Send more:    WEBHOOK_CONFIG=$WEBHOOK_CONFIG $BIN/webhookctl send-test-event [--email E --tier T --cycle C --event-id ID]
-   Reconcile:    STRIPE_API_KEY=sk_test_sandbox STRIPE_API_URL=http://$SANDBOX_BIND $BIN/webhookctl reconcile
    Real Stripe:  stripe listen --forward-to localhost:8084/webhooks/stripe, and put the whsec_ it prints in
                  STRIPE_WEBHOOK_SECRET (or [stripe] webhook_secret in a copy of $WEBHOOK_CONFIG)
    Ctrl-C stops everything.
