@@ -7,38 +7,45 @@ use std::fmt;
 use serde_json::Value;
 use webhook_core::settings::PlanSettings;
 
-/// A tier (`professional`), as Stripe metadata, a price or the plan map names it: trimmed,
-/// lowercased, 1-64 ASCII letters, digits, `_` or `-`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Tier(String);
+/// A name the plan map reads from Stripe (metadata, a price, the map's keys): trimmed,
+/// lowercased, 1-64 ASCII letters, digits, `_` or `-`. One definition for [`Tier`] and [`Cycle`].
+macro_rules! token_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub struct $name(String);
 
-/// A billing cycle (`monthly`, `yearly`, …), read as a tier is.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Cycle(String);
+        impl $name {
+            /// `None` unless `raw`, trimmed and lowercased, is a token (1-64 ASCII letters,
+            /// digits, `_` or `-`).
+            pub fn parse(raw: &str) -> Option<Self> {
+                token(raw).map(Self)
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+token_type!(
+    /// A tier (`professional`).
+    Tier
+);
+token_type!(
+    /// A billing cycle (`monthly`, `yearly`, …).
+    Cycle
+);
 
 /// A Lago plan code: what the plan map gives a tier and a cycle.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PlanCode(String);
-
-impl Tier {
-    /// `None` unless `raw`, trimmed and lowercased, is a token (see the type).
-    pub fn parse(raw: &str) -> Option<Self> {
-        token(raw).map(Self)
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Cycle {
-    /// `None` unless `raw`, trimmed and lowercased, is a token (see [`Tier`]).
-    pub fn parse(raw: &str) -> Option<Self> {
-        token(raw).map(Self)
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
 
 impl PlanCode {
     /// A code as configured (`[plans] map`, `default_rule`): Lago's, not checked here.
@@ -47,18 +54,6 @@ impl PlanCode {
     }
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-}
-
-impl fmt::Display for Tier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Display for Cycle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
