@@ -504,6 +504,8 @@ async fn an_unreachable_database_holds_the_message_without_spending_a_retry_then
         0,
         "held unacked, not requeued"
     );
+    // In flight (unacked) on the work queue, as the broker sees it.
+    rabbit::wait_unacked(&topo.work_queue, 1, Duration::from_secs(20)).await;
     for tier in &topo.retry_tiers {
         assert_eq!(rabbit::depth(&tier.queue).await, 0);
     }
