@@ -6,6 +6,7 @@
 //! per-test databases, default `postgres://postgres@127.0.0.1:5432/postgres`) and
 //! `TEST_AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
 
+pub mod app;
 pub mod cluster;
 pub mod ingest;
 pub mod proxy;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, PgConnection, PgPool};
 use webhook_core::Settings;
 
+pub use app::TestApp;
 pub use proxy::TcpProxy;
 
 /// The webhook secret every test signs with.
@@ -122,6 +124,7 @@ impl Drop for TestContext {
     fn drop(&mut self) {
         let env = std::mem::take(&mut self.env);
         let database_name = std::mem::take(&mut self.database_name);
+        let prefix = std::mem::take(&mut self.prefix);
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
@@ -129,6 +132,11 @@ impl Drop for TestContext {
             runtime.block_on(async move {
                 if let Ok(settings) = Settings::load_from(None, &env) {
                     rabbit::delete_topology(&settings).await;
+                }
+                // What the topology of these settings does not name (another retry schedule's
+                // queues, a test's own queues).
+                if !prefix.is_empty() {
+                    rabbit::delete_prefixed(&prefix).await;
                 }
                 if let Ok(mut conn) = PgConnection::connect(&admin_database_url()).await {
                     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(

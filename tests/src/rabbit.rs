@@ -337,3 +337,57 @@ pub async fn publish_many_dead_letters(
     let _ = ch.close(200, "published".into()).await;
     let _ = conn.close(200, "published".into()).await;
 }
+
+/// Deletes every queue and exchange whose name starts with `prefix` (a test's leftovers, e.g.
+/// the retry queues of a schedule other than the context's), found through the management API.
+/// Best effort: a broker or API that does not answer leaves them.
+pub async fn delete_prefixed(prefix: &str) {
+    let client = reqwest::Client::new();
+    let list = |kind: &'static str| {
+        let client = client.clone();
+        async move {
+            let mut url = reqwest::Url::parse(&management_url()).ok()?;
+            url.path_segments_mut().ok()?.extend(["api", kind, &vhost()]);
+            url.query_pairs_mut().append_pair("columns", "name");
+            let names: Vec<serde_json::Value> = client
+                .get(url)
+                .basic_auth("guest", Some("guest"))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            Some(
+                names
+                    .iter()
+                    .filter_map(|n| n["name"].as_str())
+                    .filter(|n| n.starts_with(prefix))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    let (queues, exchanges) = (list("queues").await, list("exchanges").await);
+    if queues.as_ref().is_none_or(Vec::is_empty) && exchanges.as_ref().is_none_or(Vec::is_empty) {
+        return;
+    }
+    let Ok(Ok(conn)) = tokio::time::timeout(
+        Duration::from_secs(5),
+        Connection::connect(&super::amqp_url(), ConnectionProperties::default()),
+    )
+    .await
+    else {
+        return;
+    };
+    if let Ok(ch) = conn.create_channel().await {
+        for q in queues.unwrap_or_default() {
+            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+        }
+        for e in exchanges.unwrap_or_default() {
+            let _ = ch.exchange_delete(e.as_str().into(), Default::default()).await;
+        }
+    }
+    let _ = conn.close(200, "test done".into()).await;
+}

@@ -49,7 +49,7 @@ impl TestSandbox {
             .collect()
     }
 
-    pub async fn stop(self) {
+    pub async fn stop(&self) {
         self.handle.stop(false).await;
     }
 }

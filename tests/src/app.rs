@@ -1,0 +1,105 @@
+//! [`TestApp`]: one test's pipeline in the test process: its own database and queue prefix
+//! ([`TestContext`]), the sandbox, and a worker `Application` ready to consume. Dropping it (the
+//! test passed or failed) removes the database and every queue and exchange of the prefix.
+//!
+//! ```ignore
+//! let app = TestApp::spawn().await;
+//! app.sandbox.state.add_user(user("a@example.com"));
+//! app.publish(&stripe::checkout("evt_1", now, "sub_1", "cus_1", "a@example.com", "pro")).await;
+//! wait_event_status(app.pool(), "evt_1", "succeeded").await;
+//! app.stop().await;
+//! ```
+
+use std::collections::HashMap;
+
+use sqlx::PgPool;
+use webhook_amqp::Topology;
+use webhook_core::Settings;
+
+use crate::TestContext;
+use crate::worker::{TestSandbox, TestWorker, binary_env, worker_settings};
+
+pub struct TestApp {
+    pub sandbox: TestSandbox,
+    /// The worker's settings (this test's database, prefix and sandbox; quick retries).
+    pub settings: Settings,
+    pub topo: Topology,
+    /// `None` once stopped, or for [`TestApp::without_worker`].
+    pub worker: Option<TestWorker>,
+    pool: PgPool,
+    /// Last: dropped after the rest, it removes the database and the queues.
+    pub ctx: TestContext,
+}
+
+impl TestApp {
+    /// A fresh context, the sandbox and a ready worker.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// [`TestApp::spawn`] with settings overrides (environment names, e.g.
+    /// `("WORKER_CONCURRENCY", "1")`).
+    pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
+        let mut app = Self::without_worker(extra).await;
+        app.start_worker().await;
+        app
+    }
+
+    /// The context and the sandbox; no worker yet ([`TestApp::start_worker`]).
+    pub async fn without_worker(extra: &[(&str, &str)]) -> Self {
+        let ctx = TestContext::new().await;
+        let sandbox = TestSandbox::spawn().await;
+        let settings = worker_settings(&ctx, &sandbox, extra);
+        let topo = crate::rabbit::topology(&settings);
+        let pool = ctx.pool().await;
+        Self {
+            sandbox,
+            settings,
+            topo,
+            worker: None,
+            pool,
+            ctx,
+        }
+    }
+
+    /// Starts a worker with the app's settings and waits until it is ready.
+    pub async fn start_worker(&mut self) {
+        assert!(self.worker.is_none(), "the app's worker runs already");
+        self.worker = Some(TestWorker::spawn(self.settings.clone()).await.ready().await);
+    }
+
+    /// Stops the worker gracefully (asserting that it stopped in time and without an error).
+    pub async fn stop_worker(&mut self) {
+        if let Some(w) = self.worker.take() {
+            w.stop().await;
+        }
+    }
+
+    /// The test's database.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The environment of a binary (`webhookctl`, `webhook-worker`) using this app's database,
+    /// prefix and sandbox, with `extra` on top.
+    pub fn env(&self, extra: &[(&str, &str)]) -> HashMap<String, String> {
+        binary_env(&self.ctx, &self.sandbox, extra)
+    }
+
+    /// Publishes a Stripe event body to the exchange as the ingest would: routed by its type,
+    /// with its id as the message id.
+    pub async fn publish(&self, body: &[u8]) {
+        let event: serde_json::Value = serde_json::from_slice(body).expect("an event body");
+        let (id, event_type) = (
+            event["id"].as_str().expect("the event has an id"),
+            event["type"].as_str().expect("the event has a type"),
+        );
+        crate::rabbit::publish(&self.topo.exchange, event_type, body, id).await;
+    }
+
+    /// Stops the worker and the sandbox; the context is cleaned up as the app drops.
+    pub async fn stop(mut self) {
+        self.stop_worker().await;
+        self.sandbox.stop().await;
+    }
+}
