@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use sqlx::PgPool;
 use webhook_amqp::Topology;
 use webhook_core::Settings;
+use webhook_sandbox::SandboxConfig;
 
 use crate::TestContext;
 use crate::worker::{TestSandbox, TestWorker, binary_env, worker_settings};
@@ -45,10 +46,22 @@ impl TestApp {
         app
     }
 
+    /// [`TestApp::spawn_with`] on a sandbox of this configuration (seed users and plans, the
+    /// unmanaged-attribute policy, …).
+    pub async fn spawn_in(sandbox: SandboxConfig, extra: &[(&str, &str)]) -> Self {
+        let mut app = Self::build(sandbox, extra).await;
+        app.start_worker().await;
+        app
+    }
+
     /// The context and the sandbox; no worker yet ([`TestApp::start_worker`]).
     pub async fn without_worker(extra: &[(&str, &str)]) -> Self {
+        Self::build(SandboxConfig::default(), extra).await
+    }
+
+    async fn build(sandbox: SandboxConfig, extra: &[(&str, &str)]) -> Self {
         let ctx = TestContext::new().await;
-        let sandbox = TestSandbox::spawn().await;
+        let sandbox = TestSandbox::spawn_with(sandbox).await;
         let settings = worker_settings(&ctx, &sandbox, extra);
         let topo = crate::rabbit::topology(&settings);
         let pool = ctx.pool().await;
