@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::config::SeedUser;
 use crate::faults::{Fault, Route, Stall};
+use crate::records::keycloak::is_email;
 use crate::state::SandboxState;
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
@@ -38,7 +39,7 @@ async fn add_user(state: web::Data<SandboxState>, body: web::Bytes) -> HttpRespo
         Ok(user) => user,
         Err(message) => return bad_request(message),
     };
-    if !crate::keycloak::users::is_email(&user.email) {
+    if !is_email(&user.email) {
         return bad_request(format!("not an email address: {:?}", user.email));
     }
     let id = state.add_user(user);

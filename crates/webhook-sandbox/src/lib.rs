@@ -6,14 +6,22 @@
 //! Lago's partial customer upsert, idempotent / upgrading / downgrading subscription create, and
 //! non-idempotent terminate. One base URL serves both APIs, under their real paths.
 //!
-//! Layout:
-//! - [`Sandbox`]: builds and runs the server; `main.rs` only parses flags ([`cli`]) and runs it.
-//! - [`config`]: [`SandboxConfig`] and the seed types, loadable from a JSON seed file.
-//! - [`state`]: [`SandboxState`], all data behind one mutex, and the inspection API for tests.
-//! - `keycloak`: token endpoint and Admin REST users (search, get, full-replace update).
-//! - `lago`: customers, plans and subscriptions under `/api/v1`.
-//! - [`faults`]: injected error responses, stalls and latency per [`Route`].
-//! - `control`: `/_sandbox/*` endpoints (state dump, seeding, faults) and `/healthz`.
+//! Layout, in layers: a module imports only from layers below its own (`use crate::…` never
+//! goes up or sideways), so each layer can be read and tested without the ones above it.
+//!
+//! 1. `records`: what the sandbox stores and the APIs' rules over it, as plain data and pure
+//!    functions: no actix, no shared state, no configuration (Keycloak users and the user
+//!    profile; Lago plans, customers, subscriptions). [`faults`] sits beside it: the injected
+//!    errors, stalls and latencies per [`Route`], and the error bodies they answer with.
+//! 2. [`config`]: [`SandboxConfig`] and the seed types, loadable from a JSON seed file; the seeds
+//!    turn into records.
+//! 3. [`state`]: [`SandboxState`], all records behind one mutex, and the inspection API for tests.
+//! 4. The HTTP handlers, which never import each other: `keycloak` (token endpoint and Admin REST
+//!    users), `lago` (customers, plans and subscriptions under `/api/v1`) and `control`
+//!    (`/_sandbox/*`: state dump, seeding, faults; and `/healthz`). Inside `keycloak` and `lago`,
+//!    `http` (error bodies, auth) is below the endpoint modules.
+//! 5. [`Sandbox`] (here): builds and runs the server; [`cli`] turns flags into a config, and
+//!    `main.rs` only parses flags and runs it.
 
 pub mod cli;
 pub mod config;
@@ -21,6 +29,7 @@ mod control;
 pub mod faults;
 mod keycloak;
 mod lago;
+mod records;
 pub mod state;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use actix_web::HttpResponse;
 use serde_json::{Value, json};
 
-use crate::config::{SandboxConfig, SeedUser};
+use crate::config::{SandboxConfig, SeedPlan, SeedUser};
 use crate::faults::{self, Fault, FaultBook, Route, Stall};
-use crate::keycloak::users::{Profile, User, View};
-use crate::lago::customers::Customer;
-use crate::lago::plans::Plan;
-use crate::lago::subscriptions::{self, Subscription};
+use crate::records::keycloak::{Profile, User, View};
+use crate::records::lago::customers::Customer;
+use crate::records::lago::plans::Plan;
+use crate::records::lago::store::LagoStore;
 
 /// Cheap to clone: all clones share the same sandbox.
 #[derive(Clone)]
@@ -38,10 +38,7 @@ pub(crate) struct Data {
     pub(crate) users: Vec<User>,
     /// Issued access tokens and when they stop being accepted.
     pub(crate) tokens: HashMap<String, Instant>,
-    pub(crate) customers: Vec<Customer>,
-    /// Every subscription ever created, terminated and canceled ones included: Lago keeps them
-    /// and they stay reachable through `GET …?status=terminated`.
-    pub(crate) subscriptions: Vec<Subscription>,
+    pub(crate) lago: LagoStore,
     pub(crate) faults: FaultBook,
     pub(crate) calls: HashMap<Route, u64>,
     /// When each call arrived, per route: lets a test measure the wait between a refused call
@@ -56,11 +53,11 @@ impl SandboxState {
         let plans = config
             .plans
             .iter()
-            .map(Plan::from_seed)
+            .map(SeedPlan::to_plan)
             .collect::<Option<Vec<_>>>();
         let plans = plans.ok_or_else(|| anyhow::anyhow!("invalid plan interval"))?;
         let profile = Profile::new(&config.managed_attributes, config.unmanaged_attribute_policy);
-        let users = config.users.iter().cloned().map(User::from_seed).collect();
+        let users = config.users.iter().cloned().map(SeedUser::into_user).collect();
         let data = Data {
             users,
             ..Data::default()
@@ -128,7 +125,7 @@ impl SandboxState {
     /// Adds a Keycloak user as if it were already in the database. Duplicate emails are allowed
     /// on purpose: realms with "duplicate emails" exist, and the worker must handle 2+ matches.
     pub fn add_user(&self, user: SeedUser) -> String {
-        let user = User::from_seed(user);
+        let user = user.into_user();
         let id = user.id.clone();
         self.lock().users.push(user);
         id
@@ -216,11 +213,9 @@ impl SandboxState {
             .iter()
             .map(|u| u.representation(&shared.profile, View::Stored))
             .collect();
-        let customers: Vec<_> = data.customers.iter().map(Customer::render).collect();
-        let subscriptions: Vec<_> = data
-            .subscriptions
-            .iter()
-            .map(|s| subscriptions::render(s, &data, &shared.plans))
+        let customers: Vec<_> = data.lago.customers.iter().map(Customer::render).collect();
+        let subscriptions: Vec<_> = (0..data.lago.subscriptions.len())
+            .map(|index| data.lago.render_subscription(index, &shared.plans))
             .collect();
         let calls: serde_json::Map<_, _> = Route::ALL
             .iter()
