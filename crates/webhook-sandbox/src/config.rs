@@ -37,6 +37,9 @@ pub struct SandboxConfig {
     pub token_ttl_secs: u64,
     /// The one Lago API key accepted as `Authorization: Bearer …`.
     pub lago_api_key: String,
+    /// The one key the Stripe API stand-in accepts, as `Authorization: Bearer …` or as the user
+    /// name of HTTP Basic (what clients set as `STRIPE_API_KEY`).
+    pub stripe_api_key: String,
     /// Attributes declared in the realm's user profile: always visible and writable by admins.
     pub managed_attributes: Vec<String>,
     /// What happens to every other attribute (Keycloak's `unmanagedAttributePolicy`).
@@ -57,6 +60,7 @@ impl Default for SandboxConfig {
             client_secret: None,
             token_ttl_secs: 60,
             lago_api_key: "lago-sandbox-key".into(),
+            stripe_api_key: "sk_test_sandbox".into(),
             managed_attributes: vec!["subscription_tier".into(), "billing_status".into()],
             unmanaged_attribute_policy: UnmanagedPolicy::default(),
             users: vec![SeedUser {
@@ -144,6 +148,9 @@ impl SandboxConfig {
                 return Err(ConfigError::User(user.email.clone()));
             }
         }
+        if self.stripe_api_key.trim().is_empty() || self.stripe_api_key.contains(char::is_whitespace) {
+            return Err(ConfigError::StripeApiKey);
+        }
         Ok(())
     }
 }
@@ -154,6 +161,8 @@ pub enum ConfigError {
     Plan(String, &'static str),
     #[error("user {0:?}: not an email address")]
     User(String),
+    #[error("stripe_api_key: empty or with whitespace (Stripe keys are one word, such as sk_test_…)")]
+    StripeApiKey,
 }
 
 /// A Keycloak user present from the start (or added through `POST /_sandbox/users`).
@@ -254,6 +263,7 @@ mod tests {
         );
         assert_eq!(config.users[0].email, "example@example.com");
         assert_eq!(config.unmanaged_attribute_policy, UnmanagedPolicy::Enabled);
+        assert_eq!(config.stripe_api_key, "sk_test_sandbox");
     }
 
     #[test]
@@ -274,6 +284,16 @@ mod tests {
 
         let typo = SandboxConfig::default().merge_json(serde_json::json!({"relm": "x"}));
         assert!(typo.is_err());
+
+        let keyed = SandboxConfig::default()
+            .merge_json(serde_json::json!({"stripe_api_key": "sk_test_seeded"}))
+            .unwrap();
+        assert_eq!(keyed.stripe_api_key, "sk_test_seeded");
+        let blank = SandboxConfig {
+            stripe_api_key: " ".into(),
+            ..SandboxConfig::default()
+        };
+        assert!(matches!(blank.validate(), Err(ConfigError::StripeApiKey)));
     }
 
     #[test]

@@ -118,6 +118,28 @@ impl User {
         }
     }
 
+    /// Sets one attribute in the database, whatever the user profile says (a change made by
+    /// hand, not through the admin API): empty values are dropped, and no value left removes
+    /// the attribute. Root attributes have fields of their own and are refused.
+    pub(crate) fn set_attribute(&mut self, name: &str, values: &[impl AsRef<str>]) -> Result<(), String> {
+        if name.trim().is_empty() || ROOT_ATTRIBUTES.contains(&name) {
+            return Err(format!(
+                "{name:?} is not an attribute name (username, email, firstName and lastName are fields)"
+            ));
+        }
+        let values: Vec<String> = values
+            .iter()
+            .map(|v| v.as_ref().to_owned())
+            .filter(|v| !v.is_empty())
+            .collect();
+        if values.is_empty() {
+            self.attributes.remove(name);
+        } else {
+            self.attributes.insert(name.to_owned(), values);
+        }
+        Ok(())
+    }
+
     /// A UserRepresentation. Null fields are left out, as Keycloak's JSON mapper does.
     pub(crate) fn representation(&self, profile: &Profile, view: View) -> Value {
         let mut rep = Map::new();
@@ -469,6 +491,19 @@ mod tests {
 
     fn body(value: Value) -> Map<String, Value> {
         value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn set_attribute_by_hand() {
+        let mut u = user();
+        u.set_attribute("subscription_tier", &["free"]).unwrap();
+        assert_eq!(u.attributes["subscription_tier"], ["free"]);
+        u.set_attribute("locale", &[""]).unwrap();
+        assert!(!u.attributes.contains_key("locale"));
+        u.set_attribute("billing_status", &[] as &[&str]).unwrap();
+        assert!(!u.attributes.contains_key("billing_status"));
+        assert!(u.set_attribute("email", &["x@y.z"]).is_err());
+        assert!(u.set_attribute(" ", &["x"]).is_err());
     }
 
     #[test]
