@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
-use webhook_sandbox::{Fault, Route, Sandbox, SandboxConfig, SandboxState, SeedUser, Stall, UnmanagedPolicy};
+use webhook_sandbox::{
+    Fault, Route, Sandbox, SandboxConfig, SandboxError, SandboxState, SeedUser, Stall, UnmanagedPolicy,
+};
 
 struct TestSandbox {
     url: String,
@@ -920,4 +922,690 @@ async fn state_dump_and_seeding_over_http() {
 
     let health = sb.client.get(format!("{}/healthz", sb.url)).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Stripe API stand-in (issue 19): `GET /v1/events`, `/v1/subscriptions`, `/v1/customers`.
+
+const STRIPE_KEY: &str = "sk_test_sandbox";
+
+impl TestSandbox {
+    /// `GET {path}` on the Stripe stand-in with the account's key.
+    async fn stripe(&self, path: &str) -> Response {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(STRIPE_KEY)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A successful `GET {path}`'s body.
+    async fn stripe_ok(&self, path: &str) -> Value {
+        let response = self.stripe(path).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        json_of(response).await
+    }
+
+    /// The ids of a list answer, checking its envelope.
+    async fn stripe_ids(&self, path: &str) -> (Vec<String>, bool) {
+        let list = self.stripe_ok(path).await;
+        assert_eq!(list["object"], "list", "{list}");
+        let url = path.split('?').next().unwrap();
+        assert_eq!(list["url"], url);
+        let ids = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_str().unwrap().to_owned())
+            .collect();
+        (ids, list["has_more"].as_bool().unwrap())
+    }
+
+    /// A `/_sandbox/*` call with a JSON body.
+    async fn control(&self, method: Method, path: &str, body: Value) -> Response {
+        self.client
+            .request(method, format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+fn stripe_event(id: &str, event_type: &str, created: i64, object: Value) -> Value {
+    json!({"id": id, "object": "event", "type": event_type, "created": created,
+           "api_version": "2024-06-20", "livemode": false, "data": {"object": object}})
+}
+
+fn stripe_subscription(id: &str, customer: &str, status: &str, created: i64) -> Value {
+    json!({"id": id, "object": "subscription", "customer": customer, "status": status, "created": created,
+           "items": {"object": "list", "data": [{"price": {"id": "price_professional_monthly"}}]}})
+}
+
+/// Stripe's `Stripe-Error` body for an invalid parameter, checked field by field.
+async fn assert_stripe_error(response: Response, status: StatusCode, param: Option<&str>) -> Value {
+    assert_eq!(response.status(), status);
+    let body = json_of(response).await;
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+    if let Some(param) = param {
+        assert_eq!(body["error"]["param"], param, "{body}");
+    }
+    body
+}
+
+/// 250 events: three per second, of three types, inserted oldest first.
+fn two_hundred_fifty_events(base: i64) -> Vec<Value> {
+    let types = [
+        "checkout.session.completed",
+        "invoice.paid",
+        "customer.subscription.updated",
+    ];
+    (0..250)
+        .map(|i| {
+            stripe_event(
+                &format!("evt_{i:03}"),
+                types[i % 3],
+                base + (i / 3) as i64,
+                json!({"id": format!("obj_{i}"), "object": "thing"}),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn stripe_events_page_newest_first_with_cursors() {
+    let sb = spawn_default().await;
+    let base = 1_700_000_000;
+    assert_eq!(
+        sb.state.stripe_add_events(two_hundred_fifty_events(base)),
+        Ok(250)
+    );
+
+    // Three pages of 100, 100 and 50, newest first (ties: the later inserted first).
+    let mut all = Vec::new();
+    let mut path = "/v1/events?limit=100".to_owned();
+    let mut pages = Vec::new();
+    loop {
+        let (ids, has_more) = sb.stripe_ids(&path).await;
+        pages.push((ids.len(), has_more));
+        let last = ids.last().unwrap().clone();
+        all.extend(ids);
+        if !has_more {
+            break;
+        }
+        path = format!("/v1/events?limit=100&starting_after={last}");
+    }
+    assert_eq!(pages, [(100, true), (100, true), (50, false)]);
+    let expected: Vec<String> = (0..250).rev().map(|i| format!("evt_{i:03}")).collect();
+    assert_eq!(all, expected);
+
+    // The default page is 10; `ending_before` gives the newer neighbours, newest first.
+    let (ids, has_more) = sb.stripe_ids("/v1/events").await;
+    assert_eq!((ids.len(), has_more), (10, true));
+    assert_eq!(ids[0], "evt_249");
+    let (ids, has_more) = sb.stripe_ids("/v1/events?limit=3&ending_before=evt_100").await;
+    assert_eq!(ids, ["evt_103", "evt_102", "evt_101"]);
+    assert!(has_more);
+    let (ids, has_more) = sb.stripe_ids("/v1/events?ending_before=evt_247").await;
+    assert_eq!(ids, ["evt_249", "evt_248"]);
+    assert!(!has_more);
+
+    // Retrieve one; an unknown one is a 404 like Stripe's.
+    let event = sb.stripe_ok("/v1/events/evt_007").await;
+    assert_eq!(event, two_hundred_fifty_events(base)[7]);
+    let missing = sb.stripe("/v1/events/evt_nope").await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        json_of(missing).await,
+        json!({"error": {"type": "invalid_request_error", "code": "resource_missing",
+                         "message": "No such event: 'evt_nope'", "param": "id"}})
+    );
+
+    // Parameters Stripe refuses.
+    let body = assert_stripe_error(
+        sb.stripe("/v1/events?starting_after=evt_nope").await,
+        StatusCode::BAD_REQUEST,
+        Some("starting_after"),
+    )
+    .await;
+    assert_eq!(body["error"]["code"], "resource_missing");
+    for bad in ["0", "101", "many"] {
+        assert_stripe_error(
+            sb.stripe(&format!("/v1/events?limit={bad}")).await,
+            StatusCode::BAD_REQUEST,
+            Some("limit"),
+        )
+        .await;
+    }
+    assert_stripe_error(
+        sb.stripe("/v1/events?starting_after=evt_001&ending_before=evt_002")
+            .await,
+        StatusCode::BAD_REQUEST,
+        None,
+    )
+    .await;
+    let body = assert_stripe_error(
+        sb.stripe("/v1/events?kind=invoice.paid").await,
+        StatusCode::BAD_REQUEST,
+        Some("kind"),
+    )
+    .await;
+    assert_eq!(body["error"]["message"], "Received unknown parameter: kind");
+    let unknown_path = sb.stripe("/v1/evnts").await;
+    assert_eq!(unknown_path.status(), StatusCode::NOT_FOUND);
+    let body = json_of(unknown_path).await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Unrecognized request URL (GET: /v1/evnts)"),
+        "{body}"
+    );
+    assert_eq!(
+        sb.state.calls(Route::StripeEvents),
+        14,
+        "every call above but the unknown path"
+    );
+}
+
+#[tokio::test]
+async fn stripe_events_filter_by_created_and_type() {
+    let sb = spawn_default().await;
+    let base = 1_700_000_000;
+    sb.state
+        .stripe_add_events(two_hundred_fifty_events(base))
+        .unwrap();
+    let count = |query: String| {
+        let sb = &sb;
+        async move {
+            let (ids, has_more) = sb.stripe_ids(&format!("/v1/events?limit=100&{query}")).await;
+            assert!(!has_more, "{query}");
+            ids
+        }
+    };
+    // Seconds base+10 .. base+12 hold events 30..=38.
+    let ids = count(format!("created[gte]={}&created[lte]={}", base + 10, base + 12)).await;
+    assert_eq!(ids.first().unwrap(), "evt_038");
+    assert_eq!(ids.last().unwrap(), "evt_030");
+    assert_eq!(ids.len(), 9);
+    let ids = count(format!("created[gt]={}&created[lt]={}", base + 10, base + 12)).await;
+    assert_eq!(ids, ["evt_035", "evt_034", "evt_033"]);
+    let ids = count(format!("created={}", base + 80)).await;
+    assert_eq!(ids, ["evt_242", "evt_241", "evt_240"]);
+    // A `%5B`-encoded bracket is the same parameter.
+    let ids = count(format!("created%5Bgte%5D={}", base + 83)).await;
+    assert_eq!(ids, ["evt_249"]);
+
+    let in_range = format!("created[gte]={}&created[lte]={}", base + 10, base + 12);
+    let ids = count(format!(
+        "{in_range}&types[]=invoice.paid&types[]=customer.subscription.updated"
+    ))
+    .await;
+    assert_eq!(
+        ids,
+        ["evt_038", "evt_037", "evt_035", "evt_034", "evt_032", "evt_031"]
+    );
+    let ids = count(format!(
+        "{in_range}&types[0]=invoice.paid&types[1]=checkout.session.completed"
+    ))
+    .await;
+    assert_eq!(
+        ids,
+        ["evt_037", "evt_036", "evt_034", "evt_033", "evt_031", "evt_030"]
+    );
+    let ids = count(format!("{in_range}&type=customer.subscription.*")).await;
+    assert_eq!(ids, ["evt_038", "evt_035", "evt_032"]);
+    let ids = count(format!("{in_range}&type=invoice.paid&delivery_success=false")).await;
+    assert_eq!(ids, ["evt_037", "evt_034", "evt_031"]);
+    let ids = count(format!("{in_range}&type=customer.*")).await;
+    assert_eq!(ids.len(), 3);
+
+    let twenty_one: String = (0..21).map(|i| format!("&types[]=t.{i}")).collect();
+    assert_stripe_error(
+        sb.stripe(&format!("/v1/events?limit=1{twenty_one}")).await,
+        StatusCode::BAD_REQUEST,
+        Some("types"),
+    )
+    .await;
+    assert_stripe_error(
+        sb.stripe("/v1/events?type=invoice.paid&types[]=invoice.paid")
+            .await,
+        StatusCode::BAD_REQUEST,
+        Some("type"),
+    )
+    .await;
+    assert_stripe_error(
+        sb.stripe("/v1/events?created[gte]=yesterday").await,
+        StatusCode::BAD_REQUEST,
+        Some("created[gte]"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn stripe_key_is_checked_bearer_or_basic() {
+    let config = SandboxConfig {
+        stripe_api_key: "rk_test_readonlykey7777".into(),
+        ..SandboxConfig::default()
+    };
+    let sb = spawn(config).await;
+    let events = format!("{}/v1/events", sb.url);
+
+    let none = sb.client.get(&events).send().await.unwrap();
+    let body = assert_stripe_error(none, StatusCode::UNAUTHORIZED, None).await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("You did not provide an API key."),
+        "{body}"
+    );
+    // The default key is not this sandbox's key: refused, and shown masked like Stripe.
+    let wrong = sb
+        .client
+        .get(&events)
+        .bearer_auth("sk_test_wrongwrongwrong1234")
+        .send()
+        .await
+        .unwrap();
+    let body = assert_stripe_error(wrong, StatusCode::UNAUTHORIZED, None).await;
+    assert_eq!(
+        body["error"]["message"],
+        "Invalid API Key provided: sk_test_***************1234"
+    );
+    let ok = sb
+        .client
+        .get(&events)
+        .bearer_auth("rk_test_readonlykey7777")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    // `curl -u KEY:`.
+    let basic = sb
+        .client
+        .get(&events)
+        .basic_auth("rk_test_readonlykey7777", Some(""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), StatusCode::OK);
+    let basic_wrong = sb
+        .client
+        .get(&events)
+        .basic_auth("rk_test_other", None::<&str>)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic_wrong.status(), StatusCode::UNAUTHORIZED);
+    for path in [
+        "/v1/subscriptions",
+        "/v1/subscriptions/sub_1",
+        "/v1/customers/cus_1",
+    ] {
+        let response = sb.client.get(format!("{}{path}", sb.url)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    // Unauthorized calls count too (like every route's).
+    assert_eq!(sb.state.calls(Route::StripeEvents), 5);
+}
+
+#[tokio::test]
+async fn stripe_429_on_demand_with_retry_after_and_calls_counted() {
+    let sb = spawn_default().await;
+    sb.state
+        .stripe_add_events(two_hundred_fifty_events(1_700_000_000))
+        .unwrap();
+    sb.state.inject_fault(Fault {
+        route: Route::StripeEvents,
+        status: 429,
+        count: 2,
+        retry_after_secs: Some(3),
+        body: None,
+    });
+    for _ in 0..2 {
+        let response = sb.stripe("/v1/events?limit=100").await;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()["retry-after"], "3");
+        let body = json_of(response).await;
+        assert_eq!(body["error"]["code"], "rate_limit", "{body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+    }
+    let (ids, _) = sb.stripe_ids("/v1/events?limit=100").await;
+    assert_eq!(ids.len(), 100);
+
+    // Over HTTP, on another Stripe route, without Retry-After.
+    let fault = json!({"route": "stripe_subscriptions", "status": 429});
+    let response = sb.control(Method::POST, "/_sandbox/faults", fault).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let limited = sb.stripe("/v1/subscriptions/sub_x").await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers().get("retry-after").is_none());
+    assert_eq!(
+        sb.stripe("/v1/subscriptions/sub_x").await.status(),
+        StatusCode::NOT_FOUND
+    );
+
+    assert_eq!(sb.state.calls(Route::StripeEvents), 3);
+    assert_eq!(sb.state.calls(Route::StripeSubscriptions), 2);
+    assert_eq!(sb.state.calls(Route::StripeCustomers), 0);
+    let stripe = sb.state.snapshot()["stripe"].clone();
+    assert_eq!(
+        stripe,
+        json!({"events": 250, "subscriptions": 0, "customers": 0,
+               "calls": {"stripe_events": 3, "stripe_subscriptions": 2, "stripe_customers": 0}})
+    );
+}
+
+#[tokio::test]
+async fn stripe_subscriptions_list_without_canceled_unless_asked() {
+    let sb = spawn_default().await;
+    for (id, customer, status, created) in [
+        ("sub_a", "cus_1", "active", 100),
+        ("sub_b", "cus_1", "canceled", 200),
+        ("sub_c", "cus_2", "past_due", 300),
+        ("sub_d", "cus_2", "canceled", 400),
+    ] {
+        let response = sb
+            .control(
+                Method::PUT,
+                &format!("/_sandbox/stripe/subscriptions/{id}"),
+                stripe_subscription(id, customer, status, created),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let ids = |list: (Vec<String>, bool)| list.0;
+    assert_eq!(ids(sb.stripe_ids("/v1/subscriptions").await), ["sub_c", "sub_a"]);
+    assert_eq!(
+        ids(sb.stripe_ids("/v1/subscriptions?status=all").await),
+        ["sub_d", "sub_c", "sub_b", "sub_a"]
+    );
+    assert_eq!(
+        ids(sb.stripe_ids("/v1/subscriptions?status=canceled").await),
+        ["sub_d", "sub_b"]
+    );
+    assert_eq!(
+        ids(sb.stripe_ids("/v1/subscriptions?status=all&customer=cus_1").await),
+        ["sub_b", "sub_a"]
+    );
+    assert_eq!(
+        sb.stripe_ids("/v1/subscriptions?status=all&limit=2").await,
+        (vec!["sub_d".to_owned(), "sub_c".to_owned()], true)
+    );
+    assert_eq!(
+        sb.stripe_ids("/v1/subscriptions?status=all&limit=2&starting_after=sub_c")
+            .await,
+        (vec!["sub_b".to_owned(), "sub_a".to_owned()], false)
+    );
+    assert_stripe_error(
+        sb.stripe("/v1/subscriptions?status=gone").await,
+        StatusCode::BAD_REQUEST,
+        Some("status"),
+    )
+    .await;
+    assert_stripe_error(
+        sb.stripe("/v1/subscriptions?starting_after=sub_nope").await,
+        StatusCode::BAD_REQUEST,
+        Some("starting_after"),
+    )
+    .await;
+
+    // Retrieve; 404 like Stripe's.
+    assert_eq!(
+        sb.stripe_ok("/v1/subscriptions/sub_c").await["status"],
+        "past_due"
+    );
+    let missing = sb.stripe("/v1/subscriptions/sub_nope").await;
+    let body = assert_stripe_error(missing, StatusCode::NOT_FOUND, Some("id")).await;
+    assert_eq!(body["error"]["message"], "No such subscription: 'sub_nope'");
+    assert_eq!(body["error"]["code"], "resource_missing");
+
+    // An event moves the subscription forward only when it is newer than what was applied.
+    let now = chrono::Utc::now().timestamp();
+    let newer = stripe_event(
+        "evt_newer",
+        "customer.subscription.updated",
+        now + 60,
+        stripe_subscription("sub_a", "cus_1", "past_due", 100),
+    );
+    let older = stripe_event(
+        "evt_older",
+        "customer.subscription.updated",
+        now - 60,
+        stripe_subscription("sub_a", "cus_1", "unpaid", 100),
+    );
+    let response = sb
+        .control(Method::POST, "/_sandbox/stripe/events", json!([newer, older]))
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(json_of(response).await, json!({"added": 2}));
+    assert_eq!(
+        sb.stripe_ok("/v1/subscriptions/sub_a").await["status"],
+        "past_due"
+    );
+    assert_eq!(
+        sb.state.stripe_subscription("sub_a").unwrap()["status"],
+        "past_due"
+    );
+
+    // Customers: put over HTTP or in-process, or through an event.
+    let response = sb
+        .control(
+            Method::PUT,
+            "/_sandbox/stripe/customers/cus_1",
+            json!({"email": "ann@example.com"}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        json_of(response).await,
+        json!({"id": "cus_1", "object": "customer", "email": "ann@example.com"})
+    );
+    sb.state
+        .stripe_put_customer(json!({"id": "cus_2", "object": "customer", "email": "bo@example.com"}))
+        .unwrap();
+    let created = stripe_event(
+        "evt_cus_3",
+        "customer.created",
+        now,
+        json!({"id": "cus_3", "object": "customer", "email": "cy@example.com"}),
+    );
+    sb.state.stripe_add_events(vec![created]).unwrap();
+    assert_eq!(
+        sb.stripe_ok("/v1/customers/cus_2").await["email"],
+        "bo@example.com"
+    );
+    assert_eq!(
+        sb.stripe_ok("/v1/customers/cus_3").await["email"],
+        "cy@example.com"
+    );
+    let missing = sb.stripe("/v1/customers/cus_nope").await;
+    let body = assert_stripe_error(missing, StatusCode::NOT_FOUND, Some("id")).await;
+    assert_eq!(body["error"]["message"], "No such customer: 'cus_nope'");
+    assert_eq!(sb.state.snapshot()["stripe"]["customers"], 3);
+    assert_eq!(sb.state.snapshot()["stripe"]["subscriptions"], 4);
+}
+
+#[tokio::test]
+async fn stripe_seeding_validates_and_stores_all_or_nothing() {
+    let sb = spawn_default().await;
+    let one = stripe_event(
+        "evt_one",
+        "invoice.paid",
+        1_700_000_000,
+        json!({"id": "in_1", "object": "invoice"}),
+    );
+    let response = sb
+        .control(Method::POST, "/_sandbox/stripe/events", one.clone())
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(json_of(response).await, json!({"added": 1}));
+
+    let good = stripe_event("evt_two", "invoice.paid", 1_700_000_001, json!({"id": "in_2"}));
+    for (bad, what) in [
+        (
+            json!({"id": "evt_x", "type": "invoice.paid", "data": {"object": {}}}),
+            "created",
+        ),
+        (
+            json!({"id": "in_1", "type": "invoice.paid", "created": 1, "data": {"object": {}}}),
+            "evt_",
+        ),
+        (
+            json!({"id": "evt_x", "created": 1, "data": {"object": {}}}),
+            "type",
+        ),
+        (
+            json!({"id": "evt_x", "type": "invoice.paid", "created": 1}),
+            "data.object",
+        ),
+    ] {
+        let response = sb
+            .control(
+                Method::POST,
+                "/_sandbox/stripe/events",
+                json!([good.clone(), bad]),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let message = json_of(response).await["error"].as_str().unwrap().to_owned();
+        assert!(message.contains(what), "{what}: {message}");
+    }
+    let duplicate = sb
+        .control(
+            Method::POST,
+            "/_sandbox/stripe/events",
+            json!([good.clone(), one]),
+        )
+        .await;
+    assert_eq!(duplicate.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        sb.state.snapshot()["stripe"]["events"],
+        1,
+        "nothing of a refused batch stored"
+    );
+    assert!(sb.state.stripe_event("evt_two").is_none());
+    assert!(matches!(
+        sb.state.stripe_add_events(vec![json!({"id": "evt_one"})]),
+        Err(SandboxError::Invalid(_))
+    ));
+
+    let wrong_id = sb
+        .control(
+            Method::PUT,
+            "/_sandbox/stripe/subscriptions/sub_1",
+            stripe_subscription("sub_2", "cus_1", "active", 1),
+        )
+        .await;
+    assert_eq!(wrong_id.status(), StatusCode::BAD_REQUEST);
+    assert!(matches!(
+        sb.state.stripe_put_subscription(json!({"status": "active"})),
+        Err(SandboxError::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn changes_by_hand_in_keycloak_and_lago() {
+    let sb = spawn_default().await;
+    let id = sb.state.add_user(seed_user(
+        "hand@example.com",
+        &[("subscription_tier", "professional")],
+    ));
+    let token = sb.admin_token().await;
+
+    // By id over HTTP, by email in-process.
+    let response = sb
+        .control(
+            Method::PUT,
+            &format!("/_sandbox/keycloak/users/{id}/attributes/subscription_tier"),
+            json!(["free"]),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        sb.get_user(&token, &id).await["attributes"]["subscription_tier"],
+        json!(["free"])
+    );
+    sb.state
+        .set_user_attribute("Hand@Example.com", "billing_status", &["past_due"])
+        .unwrap();
+    let user = sb.state.user_by_email("hand@example.com").unwrap();
+    assert_eq!(user["attributes"]["billing_status"], json!(["past_due"]));
+    let response = sb
+        .control(
+            Method::PUT,
+            "/_sandbox/keycloak/users/hand@example.com/attributes/billing_status",
+            json!([]),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert!(
+        sb.state.user_by_email("hand@example.com").unwrap()["attributes"]
+            .get("billing_status")
+            .is_none()
+    );
+    let nobody = sb
+        .control(
+            Method::PUT,
+            "/_sandbox/keycloak/users/nobody/attributes/x",
+            json!(["y"]),
+        )
+        .await;
+    assert_eq!(nobody.status(), StatusCode::NOT_FOUND);
+    let bad_body = sb
+        .control(
+            Method::PUT,
+            &format!("/_sandbox/keycloak/users/{id}/attributes/x"),
+            json!({"values": 1}),
+        )
+        .await;
+    assert_eq!(bad_body.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        sb.state.calls(Route::KeycloakPutUser),
+        0,
+        "not a call of the admin API"
+    );
+
+    // A Lago subscription terminated by hand: gone from the active ones, not idempotent.
+    sb.subscribe_ok("cus-hand", "professional_monthly", "sub_hand")
+        .await;
+    let response = sb
+        .control(
+            Method::POST,
+            "/_sandbox/lago/subscriptions/sub_hand/terminate",
+            json!(null),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let terminated = json_of(response).await;
+    assert_eq!(terminated["subscription"]["status"], "terminated");
+    let active = sb
+        .lago(Method::GET, "/subscriptions/sub_hand")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(active.status(), StatusCode::NOT_FOUND);
+    let again = sb
+        .control(
+            Method::POST,
+            "/_sandbox/lago/subscriptions/sub_hand/terminate",
+            json!(null),
+        )
+        .await;
+    assert_eq!(again.status(), StatusCode::NOT_FOUND);
+    assert!(matches!(
+        sb.state.terminate_subscription_by_hand("sub_hand"),
+        Err(SandboxError::NotFound(_))
+    ));
+    sb.subscribe_ok("cus-hand", "starter_monthly", "sub_hand2").await;
+    let terminated = sb.state.terminate_subscription_by_hand("sub_hand2").unwrap();
+    assert_eq!(terminated["status"], "terminated");
+    assert_eq!(
+        sb.state.calls(Route::LagoTerminateSubscription),
+        0,
+        "not a call of the API"
+    );
 }

@@ -8,7 +8,8 @@ use clap::Parser;
 
 use crate::config::{SandboxConfig, SeedPlan, SeedUser};
 
-/// In-memory Keycloak Admin REST + Lago API for local runs and end-to-end tests.
+/// In-memory Keycloak Admin REST + Lago API + Stripe API stand-in for local runs and end-to-end
+/// tests.
 #[derive(Debug, Parser)]
 #[command(name = "webhook-sandbox", version)]
 pub struct Cli {
@@ -38,6 +39,10 @@ pub struct Cli {
     /// The Lago API key clients must send as a bearer token [default: lago-sandbox-key].
     #[arg(long)]
     pub lago_api_key: Option<String>,
+    /// The key the Stripe API stand-in accepts (Bearer, or the Basic user name)
+    /// [default: sk_test_sandbox].
+    #[arg(long)]
+    pub stripe_api_key: Option<String>,
     /// `expires_in` of issued admin tokens [default: 60].
     #[arg(long)]
     pub token_ttl_secs: Option<u64>,
@@ -69,6 +74,7 @@ impl Cli {
             (&self.admin_user, &mut config.admin_user),
             (&self.admin_password, &mut config.admin_password),
             (&self.lago_api_key, &mut config.lago_api_key),
+            (&self.stripe_api_key, &mut config.stripe_api_key),
         ];
         for (flag, field) in overrides {
             if let Some(value) = flag {
@@ -142,11 +148,14 @@ mod tests {
             "starter_monthly:1500",
             "--plan",
             "team_yearly:90000",
+            "--stripe-api-key",
+            "sk_test_flagged",
         ]);
         let config = cli.config().unwrap();
         std::fs::remove_file(&seed).unwrap();
         assert_eq!(config.bind, "127.0.0.1:9999");
         assert_eq!(config.realm, "flagged");
+        assert_eq!(config.stripe_api_key, "sk_test_flagged");
         assert_eq!(config.users.len(), 1);
         assert_eq!(config.users[0].email, "a@example.com");
         let starter = config.plans.iter().find(|p| p.code == "starter_monthly").unwrap();

@@ -8,7 +8,10 @@ use std::path::Path;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::lago::plans::Interval;
+pub use crate::records::keycloak::UnmanagedPolicy;
+use crate::records::keycloak::{User, is_email};
+use crate::records::lago::common::is_currency;
+use crate::records::lago::plans::{Interval, Plan};
 
 /// Everything a [`crate::Sandbox`] is built from.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -34,6 +37,9 @@ pub struct SandboxConfig {
     pub token_ttl_secs: u64,
     /// The one Lago API key accepted as `Authorization: Bearer …`.
     pub lago_api_key: String,
+    /// The one key the Stripe API stand-in accepts, as `Authorization: Bearer …` or as the user
+    /// name of HTTP Basic (what clients set as `STRIPE_API_KEY`).
+    pub stripe_api_key: String,
     /// Attributes declared in the realm's user profile: always visible and writable by admins.
     pub managed_attributes: Vec<String>,
     /// What happens to every other attribute (Keycloak's `unmanagedAttributePolicy`).
@@ -54,6 +60,7 @@ impl Default for SandboxConfig {
             client_secret: None,
             token_ttl_secs: 60,
             lago_api_key: "lago-sandbox-key".into(),
+            stripe_api_key: "sk_test_sandbox".into(),
             managed_attributes: vec!["subscription_tier".into(), "billing_status".into()],
             unmanaged_attribute_policy: UnmanagedPolicy::default(),
             users: vec![SeedUser {
@@ -126,7 +133,7 @@ impl SandboxConfig {
                     "interval is not weekly|monthly|quarterly|semiannual|yearly",
                 ));
             }
-            if !crate::lago::customers::is_currency(&plan.currency) {
+            if !is_currency(&plan.currency) {
                 return Err(ConfigError::Plan(
                     plan.code.clone(),
                     "currency is not an ISO 4217 code",
@@ -137,9 +144,12 @@ impl SandboxConfig {
             }
         }
         for user in &self.users {
-            if !crate::keycloak::users::is_email(&user.email) {
+            if !is_email(&user.email) {
                 return Err(ConfigError::User(user.email.clone()));
             }
+        }
+        if self.stripe_api_key.trim().is_empty() || self.stripe_api_key.contains(char::is_whitespace) {
+            return Err(ConfigError::StripeApiKey);
         }
         Ok(())
     }
@@ -151,37 +161,8 @@ pub enum ConfigError {
     Plan(String, &'static str),
     #[error("user {0:?}: not an email address")]
     User(String),
-}
-
-/// Keycloak's `unmanagedAttributePolicy` (KC ≥ 24): what admins may do with attributes that the
-/// user profile does not declare. Accepts Keycloak's spelling (`ADMIN_EDIT`) and snake case.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum UnmanagedPolicy {
-    /// Keycloak's own default: unmanaged attributes are invisible to admins, and writes of them
-    /// are dropped while the PUT still answers 204.
-    #[serde(alias = "disabled")]
-    Disabled,
-    /// What realms upgraded from before KC 24 get: everyone can see and write them.
-    #[default]
-    #[serde(alias = "enabled")]
-    Enabled,
-    /// Admins see them but cannot write (dropped like `Disabled`, never removed either).
-    #[serde(alias = "admin_view")]
-    AdminView,
-    /// Admins see and write them.
-    #[serde(alias = "admin_edit")]
-    AdminEdit,
-}
-
-impl UnmanagedPolicy {
-    pub(crate) fn admin_can_view(self) -> bool {
-        self != Self::Disabled
-    }
-
-    pub(crate) fn admin_can_edit(self) -> bool {
-        matches!(self, Self::Enabled | Self::AdminEdit)
-    }
+    #[error("stripe_api_key: empty or with whitespace (Stripe keys are one word, such as sk_test_…)")]
+    StripeApiKey,
 }
 
 /// A Keycloak user present from the start (or added through `POST /_sandbox/users`).
@@ -208,6 +189,17 @@ impl SeedUser {
             ..Self::default()
         }
     }
+
+    /// The stored user this seed describes.
+    pub(crate) fn into_user(self) -> User {
+        User::new(
+            &self.email,
+            self.username,
+            self.first_name,
+            self.last_name,
+            self.attributes,
+        )
+    }
 }
 
 /// A Lago plan. Only the code, price and interval matter to the sandbox: the yearly price
@@ -222,6 +214,19 @@ pub struct SeedPlan {
     /// `monthly` or `yearly` (Lago's `weekly`, `quarterly` and `semiannual` work too).
     #[serde(default = "monthly")]
     pub interval: String,
+}
+
+impl SeedPlan {
+    /// The plan this seed describes; `None` for an unknown interval ([`SandboxConfig::validate`]
+    /// rejects those first).
+    pub(crate) fn to_plan(&self) -> Option<Plan> {
+        Some(Plan {
+            code: self.code.clone(),
+            amount_cents: self.amount_cents,
+            currency: self.currency.clone(),
+            interval: Interval::parse(&self.interval)?,
+        })
+    }
 }
 
 fn usd() -> String {
@@ -258,6 +263,7 @@ mod tests {
         );
         assert_eq!(config.users[0].email, "example@example.com");
         assert_eq!(config.unmanaged_attribute_policy, UnmanagedPolicy::Enabled);
+        assert_eq!(config.stripe_api_key, "sk_test_sandbox");
     }
 
     #[test]
@@ -278,6 +284,16 @@ mod tests {
 
         let typo = SandboxConfig::default().merge_json(serde_json::json!({"relm": "x"}));
         assert!(typo.is_err());
+
+        let keyed = SandboxConfig::default()
+            .merge_json(serde_json::json!({"stripe_api_key": "sk_test_seeded"}))
+            .unwrap();
+        assert_eq!(keyed.stripe_api_key, "sk_test_seeded");
+        let blank = SandboxConfig {
+            stripe_api_key: " ".into(),
+            ..SandboxConfig::default()
+        };
+        assert!(matches!(blank.validate(), Err(ConfigError::StripeApiKey)));
     }
 
     #[test]

@@ -26,10 +26,16 @@ pub enum Route {
     LagoCreateSubscription,
     LagoGetSubscription,
     LagoTerminateSubscription,
+    /// `GET /v1/events` and `GET /v1/events/{id}`.
+    StripeEvents,
+    /// `GET /v1/subscriptions` and `GET /v1/subscriptions/{id}`.
+    StripeSubscriptions,
+    /// `GET /v1/customers/{id}`.
+    StripeCustomers,
 }
 
 impl Route {
-    pub const ALL: [Route; 9] = [
+    pub const ALL: [Route; 12] = [
         Route::KeycloakToken,
         Route::KeycloakSearchUsers,
         Route::KeycloakGetUser,
@@ -39,6 +45,9 @@ impl Route {
         Route::LagoCreateSubscription,
         Route::LagoGetSubscription,
         Route::LagoTerminateSubscription,
+        Route::StripeEvents,
+        Route::StripeSubscriptions,
+        Route::StripeCustomers,
     ];
 
     /// The serde name, e.g. `lago_create_subscription`.
@@ -53,7 +62,18 @@ impl Route {
             Route::LagoCreateSubscription => "lago_create_subscription",
             Route::LagoGetSubscription => "lago_get_subscription",
             Route::LagoTerminateSubscription => "lago_terminate_subscription",
+            Route::StripeEvents => "stripe_events",
+            Route::StripeSubscriptions => "stripe_subscriptions",
+            Route::StripeCustomers => "stripe_customers",
         }
+    }
+
+    /// The Stripe API stand-in's routes.
+    pub fn is_stripe(self) -> bool {
+        matches!(
+            self,
+            Route::StripeEvents | Route::StripeSubscriptions | Route::StripeCustomers
+        )
     }
 }
 
@@ -65,7 +85,7 @@ pub struct Fault {
     pub status: u16,
     #[serde(default = "one")]
     pub count: u32,
-    /// Sent as `Retry-After: <secs>`, as Lago and proxies do on 429/503.
+    /// Sent as `Retry-After: <secs>`, as Lago, Stripe and proxies do on 429/503.
     #[serde(default)]
     pub retry_after_secs: Option<u64>,
     /// The response body; `None` gives the error body that API would send for `status`.
@@ -213,6 +233,39 @@ pub(crate) fn default_body(route: Route, status: StatusCode) -> Value {
             500.. => json!({"error": "unknown_error"}),
             _ => json!({"error": format!("HTTP {code} {reason}")}),
         },
+        Route::StripeEvents | Route::StripeSubscriptions | Route::StripeCustomers => {
+            let (kind, code, message) = match code {
+                401 => ("invalid_request_error", None, "Invalid API Key provided".to_owned()),
+                403 => (
+                    "invalid_request_error",
+                    None,
+                    "The provided key does not have the required permissions for this endpoint"
+                        .to_owned(),
+                ),
+                404 => (
+                    "invalid_request_error",
+                    Some("resource_missing"),
+                    "No such object".to_owned(),
+                ),
+                429 => (
+                    "invalid_request_error",
+                    Some("rate_limit"),
+                    "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits."
+                        .to_owned(),
+                ),
+                500.. => (
+                    "api_error",
+                    None,
+                    "An unknown error occurred. Please try again later.".to_owned(),
+                ),
+                _ => ("invalid_request_error", None, format!("HTTP {code} {reason}")),
+            };
+            let mut error = json!({"type": kind, "message": message});
+            if let Some(code) = code {
+                error["code"] = json!(code);
+            }
+            json!({"error": error})
+        }
         _ => {
             let mut body = json!({"status": code, "error": reason});
             match code {
@@ -305,6 +358,11 @@ mod tests {
         assert_eq!(kc["errorMessage"], "User exists with same username or email");
         let token = default_body(Route::KeycloakToken, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(token, json!({"error": "unknown_error"}));
+        let stripe = default_body(Route::StripeEvents, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(stripe["error"]["code"], "rate_limit");
+        assert_eq!(stripe["error"]["type"], "invalid_request_error");
+        let stripe = default_body(Route::StripeCustomers, StatusCode::BAD_GATEWAY);
+        assert_eq!(stripe["error"]["type"], "api_error");
     }
 
     #[test]

@@ -1,27 +1,62 @@
-//! `webhook-sandbox`: an in-memory stand-in for the Keycloak Admin REST API and the Lago API, for
-//! `make run` and the worker's end-to-end tests, on a machine where neither can run.
+//! `webhook-sandbox`: an in-memory stand-in for the Keycloak Admin REST API, the Lago API and
+//! Stripe's read API, for `make run` and the end-to-end tests, on a machine where none can run.
 //!
 //! It reproduces the semantics the worker depends on (shared/contracts/README.md §2 and §3), the
 //! pitfalls included: Keycloak's full-replace user PUT and silently dropped unmanaged attributes,
 //! Lago's partial customer upsert, idempotent / upgrading / downgrading subscription create, and
-//! non-idempotent terminate. One base URL serves both APIs, under their real paths.
+//! non-idempotent terminate. For `webhookctl backfill`, `webhookctl reconcile` and the worker's
+//! `stripe.refetch` (§5) it serves the Stripe calls they make: `GET /v1/events` (newest first,
+//! `created` ranges, `type` with `*`, `types[]`, `limit` 1–100, `starting_after` /
+//! `ending_before`), `GET /v1/events/{id}`, `GET /v1/subscriptions` (canceled ones only with
+//! `status=all` or `canceled`), `GET /v1/subscriptions/{id}` and `GET /v1/customers/{id}`, with
+//! Stripe's list envelope and errors, the key as Bearer or Basic, and 429s on demand (a
+//! [`Fault`] on [`Route::StripeEvents`], …). One base URL serves all three APIs, under their real
+//! paths.
 //!
-//! Layout:
-//! - [`Sandbox`]: builds and runs the server; `main.rs` only parses flags ([`cli`]) and runs it.
-//! - [`config`]: [`SandboxConfig`] and the seed types, loadable from a JSON seed file.
-//! - [`state`]: [`SandboxState`], all data behind one mutex, and the inspection API for tests.
-//! - `keycloak`: token endpoint and Admin REST users (search, get, full-replace update).
-//! - `lago`: customers, plans and subscriptions under `/api/v1`.
-//! - [`faults`]: injected error responses, stalls and latency per [`Route`].
-//! - `control`: `/_sandbox/*` endpoints (state dump, seeding, faults) and `/healthz`.
+//! Tests seed and change it in-process through [`SandboxState`], or over HTTP through the
+//! `/_sandbox/*` endpoints (no auth):
+//!
+//! | in-process | over HTTP |
+//! |---|---|
+//! | [`SandboxState::snapshot`] | `GET /_sandbox/state` |
+//! | [`SandboxState::add_user`] | `POST /_sandbox/users` |
+//! | [`SandboxState::inject_fault`], `inject_stall`, `set_latency`, `clear_faults` | `POST /_sandbox/faults`, `/stalls`, `/latency`; `DELETE /_sandbox/faults` |
+//! | [`SandboxState::expire_tokens`] | `POST /_sandbox/tokens/expire` |
+//! | [`SandboxState::set_user_attribute`] (by hand) | `PUT /_sandbox/keycloak/users/{id or email}/attributes/{name}` |
+//! | [`SandboxState::terminate_subscription_by_hand`] | `POST /_sandbox/lago/subscriptions/{external_id}/terminate` |
+//! | [`SandboxState::stripe_add_events`] | `POST /_sandbox/stripe/events` (one event or an array) |
+//! | [`SandboxState::stripe_put_subscription`] | `PUT /_sandbox/stripe/subscriptions/{id}` |
+//! | [`SandboxState::stripe_put_customer`] | `PUT /_sandbox/stripe/customers/{id}` |
+//!
+//! Layout, in layers: a module imports only from layers below its own (`use crate::…` never
+//! goes up or sideways), so each layer can be read and tested without the ones above it.
+//!
+//! 1. `records`: what the sandbox stores and the APIs' rules over it, as plain data and pure
+//!    functions: no actix, no shared state, no configuration (Keycloak users and the user
+//!    profile; Lago plans, customers, subscriptions; Stripe events, subscriptions, customers and
+//!    list queries). `error` ([`SandboxError`]) is below it; [`faults`] sits beside it: the
+//!    injected errors, stalls and latencies per [`Route`], and the error bodies they answer with.
+//! 2. [`config`]: [`SandboxConfig`] and the seed types, loadable from a JSON seed file; the seeds
+//!    turn into records.
+//! 3. [`state`]: [`SandboxState`], all records behind one mutex, and the inspection API for tests.
+//! 4. The HTTP handlers, which never import each other: `keycloak` (token endpoint and Admin REST
+//!    users), `lago` (customers and subscriptions under `/api/v1`), `stripe` (`/v1/…`) and
+//!    `control` (`/_sandbox/*`: state dump, seeding, by-hand changes, faults; and `/healthz`).
+//!    Inside `keycloak`, `lago` and `stripe`, `http` (error bodies, auth) is below the endpoint
+//!    modules.
+//! 5. [`Sandbox`] (here): builds and runs the server; [`cli`] turns flags into a config, and
+//!    `main.rs` only parses flags and runs it.
 
 pub mod cli;
 pub mod config;
 mod control;
+mod error;
 pub mod faults;
 mod keycloak;
 mod lago;
+mod records;
 pub mod state;
+mod stripe;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
 
@@ -30,6 +65,7 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 
 pub use config::{SandboxConfig, SeedPlan, SeedUser, UnmanagedPolicy};
+pub use error::SandboxError;
 pub use faults::{Fault, Route, Stall};
 pub use state::SandboxState;
 
@@ -64,6 +100,7 @@ impl Sandbox {
                 .app_data(data.clone())
                 .configure(keycloak::routes)
                 .configure(lago::routes)
+                .configure(stripe::routes)
                 .configure(control::routes)
                 .default_service(web::to(control::not_found))
         })
@@ -85,7 +122,7 @@ impl Sandbox {
         self.port
     }
 
-    /// `http://HOST:PORT`: the base URL of both the Keycloak and the Lago routes.
+    /// `http://HOST:PORT`: the base URL of the Keycloak, Lago and Stripe routes (`STRIPE_API_URL`).
     pub fn url(&self) -> String {
         self.url.clone()
     }

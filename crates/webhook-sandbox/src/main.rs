@@ -31,7 +31,7 @@ async fn main() -> ExitCode {
         url = %sandbox.url(),
         realm = %realm,
         token_realm = %admin_realm,
-        "webhook-sandbox listening (Keycloak and Lago on this base URL, state at /_sandbox/state)"
+        "webhook-sandbox listening (Keycloak, Lago and the Stripe API on this base URL, state at /_sandbox/state)"
     );
     match sandbox.run_until_stopped().await {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
-//! The sandbox's memory: users, tokens, customers, subscriptions, call counters and faults behind
-//! one mutex, plus the immutable parts of the configuration. [`SandboxState`] is also the
-//! in-process inspection handle for tests.
+//! The sandbox's memory: users, tokens, Lago's customers and subscriptions, the Stripe account,
+//! call counters and faults behind one mutex, plus the immutable parts of the configuration.
+//! [`SandboxState`] is also the in-process handle for tests: inspection, seeding, faults, and
+//! changes made "by hand" (as a person would in the Keycloak or Lago console).
 //!
 //! One `std::sync::Mutex` for everything: requests are tiny, never hold it across an `.await`, and
 //! a single lock makes every request atomic, as the real servers' transactions are.
@@ -12,12 +13,14 @@ use std::time::{Duration, Instant};
 use actix_web::HttpResponse;
 use serde_json::{Value, json};
 
-use crate::config::{SandboxConfig, SeedUser};
+use crate::config::{SandboxConfig, SeedPlan, SeedUser};
+use crate::error::SandboxError;
 use crate::faults::{self, Fault, FaultBook, Route, Stall};
-use crate::keycloak::users::{Profile, User, View};
-use crate::lago::customers::Customer;
-use crate::lago::plans::Plan;
-use crate::lago::subscriptions::{self, Subscription};
+use crate::records::keycloak::{Profile, User, View};
+use crate::records::lago::customers::Customer;
+use crate::records::lago::plans::Plan;
+use crate::records::lago::store::LagoStore;
+use crate::records::stripe::store::{Kind, StripeStore};
 
 /// Cheap to clone: all clones share the same sandbox.
 #[derive(Clone)]
@@ -38,10 +41,9 @@ pub(crate) struct Data {
     pub(crate) users: Vec<User>,
     /// Issued access tokens and when they stop being accepted.
     pub(crate) tokens: HashMap<String, Instant>,
-    pub(crate) customers: Vec<Customer>,
-    /// Every subscription ever created, terminated and canceled ones included: Lago keeps them
-    /// and they stay reachable through `GET …?status=terminated`.
-    pub(crate) subscriptions: Vec<Subscription>,
+    pub(crate) lago: LagoStore,
+    /// The Stripe API stand-in's account: events, current subscriptions and customers.
+    pub(crate) stripe: StripeStore,
     pub(crate) faults: FaultBook,
     pub(crate) calls: HashMap<Route, u64>,
     /// When each call arrived, per route: lets a test measure the wait between a refused call
@@ -56,11 +58,11 @@ impl SandboxState {
         let plans = config
             .plans
             .iter()
-            .map(Plan::from_seed)
+            .map(SeedPlan::to_plan)
             .collect::<Option<Vec<_>>>();
         let plans = plans.ok_or_else(|| anyhow::anyhow!("invalid plan interval"))?;
         let profile = Profile::new(&config.managed_attributes, config.unmanaged_attribute_policy);
-        let users = config.users.iter().cloned().map(User::from_seed).collect();
+        let users = config.users.iter().cloned().map(SeedUser::into_user).collect();
         let data = Data {
             users,
             ..Data::default()
@@ -128,7 +130,7 @@ impl SandboxState {
     /// Adds a Keycloak user as if it were already in the database. Duplicate emails are allowed
     /// on purpose: realms with "duplicate emails" exist, and the worker must handle 2+ matches.
     pub fn add_user(&self, user: SeedUser) -> String {
-        let user = User::from_seed(user);
+        let user = user.into_user();
         let id = user.id.clone();
         self.lock().users.push(user);
         id
@@ -170,6 +172,95 @@ impl SandboxState {
             .iter()
             .find(|u| u.email.as_deref() == Some(email.as_str()))?;
         Some(user.representation(&self.shared.profile, View::Stored))
+    }
+
+    /// Sets one attribute of a Keycloak user in the database, as an admin would by hand in the
+    /// console: `user` is the user's id or email (first match, case-insensitive); empty
+    /// `values` remove the attribute. Not subject to the unmanaged-attribute policy, and not a
+    /// call of the admin API (no counter moves).
+    pub fn set_user_attribute(
+        &self,
+        user: &str,
+        name: &str,
+        values: &[impl AsRef<str>],
+    ) -> Result<(), SandboxError> {
+        let email = user.to_lowercase();
+        let mut data = self.lock();
+        let index = data
+            .users
+            .iter()
+            .position(|u| u.id == user)
+            .or_else(|| {
+                data.users
+                    .iter()
+                    .position(|u| u.email.as_deref() == Some(email.as_str()))
+            })
+            .ok_or_else(|| SandboxError::NotFound(format!("no Keycloak user with id or email {user:?}")))?;
+        data.users[index]
+            .set_attribute(name, values)
+            .map_err(SandboxError::Invalid)?;
+        tracing::info!(user, attribute = name, "keycloak: attribute set by hand");
+        Ok(())
+    }
+
+    /// Terminates the active Lago subscription with this `external_id` by hand (status
+    /// `terminated`, a scheduled downgrade canceled with it), as in Lago's UI: not a call of
+    /// the API. Returns the terminated SubscriptionObject.
+    pub fn terminate_subscription_by_hand(&self, external_id: &str) -> Result<Value, SandboxError> {
+        let mut data = self.lock();
+        let index = data
+            .lago
+            .terminate_subscription(external_id, "active", chrono::Utc::now())
+            .map_err(|_| SandboxError::NotFound(format!("no active Lago subscription {external_id:?}")))?;
+        tracing::info!(external_id, "lago: subscription terminated by hand");
+        Ok(data.lago.render_subscription(index, &self.shared.plans))
+    }
+
+    /// Adds events to the Stripe account (what `GET /v1/events` lists), all or none: each
+    /// needs an `evt_` id not stored yet ([`SandboxError::Conflict`] otherwise), a `type`, an
+    /// integer `created` and a `data.object`. An event whose `data.object` is a subscription or
+    /// a customer also makes it the current one, unless a newer event (by `created`) or a later
+    /// put already changed it. Returns how many were added.
+    pub fn stripe_add_events(&self, events: Vec<Value>) -> Result<usize, SandboxError> {
+        let added = self.lock().stripe.add_events(events)?;
+        Ok(added)
+    }
+
+    /// Sets Stripe's current subscription (`GET /v1/subscriptions/{id}`), by its `id`
+    /// (`sub_…`), as a change made now: an event created before now no longer overrides it.
+    pub fn stripe_put_subscription(&self, subscription: Value) -> Result<(), SandboxError> {
+        self.stripe_put(Kind::Subscription, None, subscription).map(drop)
+    }
+
+    /// Sets Stripe's current customer (`GET /v1/customers/{id}`), by its `id` (`cus_…`), like
+    /// [`Self::stripe_put_subscription`].
+    pub fn stripe_put_customer(&self, customer: Value) -> Result<(), SandboxError> {
+        self.stripe_put(Kind::Customer, None, customer).map(drop)
+    }
+
+    pub(crate) fn stripe_put(
+        &self,
+        kind: Kind,
+        path_id: Option<&str>,
+        body: Value,
+    ) -> Result<Value, SandboxError> {
+        let now = chrono::Utc::now().timestamp();
+        self.lock().stripe.put(kind, path_id, body, now)
+    }
+
+    /// The stored Stripe event, as `GET /v1/events/{id}` returns it.
+    pub fn stripe_event(&self, id: &str) -> Option<Value> {
+        self.lock().stripe.event(id).cloned()
+    }
+
+    /// Stripe's current subscription, as `GET /v1/subscriptions/{id}` returns it.
+    pub fn stripe_subscription(&self, id: &str) -> Option<Value> {
+        self.lock().stripe.object(Kind::Subscription, id).cloned()
+    }
+
+    /// Stripe's current customer, as `GET /v1/customers/{id}` returns it.
+    pub fn stripe_customer(&self, id: &str) -> Option<Value> {
+        self.lock().stripe.object(Kind::Customer, id).cloned()
     }
 
     /// Makes every issued token invalid, as if they had all expired.
@@ -216,11 +307,9 @@ impl SandboxState {
             .iter()
             .map(|u| u.representation(&shared.profile, View::Stored))
             .collect();
-        let customers: Vec<_> = data.customers.iter().map(Customer::render).collect();
-        let subscriptions: Vec<_> = data
-            .subscriptions
-            .iter()
-            .map(|s| subscriptions::render(s, &data, &shared.plans))
+        let customers: Vec<_> = data.lago.customers.iter().map(Customer::render).collect();
+        let subscriptions: Vec<_> = (0..data.lago.subscriptions.len())
+            .map(|index| data.lago.render_subscription(index, &shared.plans))
             .collect();
         let calls: serde_json::Map<_, _> = Route::ALL
             .iter()
@@ -231,6 +320,12 @@ impl SandboxState {
                 )
             })
             .collect();
+        let (events, stripe_subscriptions, stripe_customers) = data.stripe.counts();
+        let stripe_calls: serde_json::Map<_, _> = Route::ALL
+            .iter()
+            .filter(|r| r.is_stripe())
+            .map(|r| (r.as_str().to_owned(), calls[r.as_str()].clone()))
+            .collect();
         let now = Instant::now();
         json!({
             "users": users,
@@ -240,6 +335,12 @@ impl SandboxState {
             "plans": shared.plans.iter().map(Plan::render).collect::<Vec<_>>(),
             "faults": data.faults.snapshot(),
             "active_tokens": data.tokens.values().filter(|exp| **exp > now).count(),
+            "stripe": {
+                "events": events,
+                "subscriptions": stripe_subscriptions,
+                "customers": stripe_customers,
+                "calls": stripe_calls,
+            },
         })
     }
 }

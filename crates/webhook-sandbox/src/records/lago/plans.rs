@@ -4,8 +4,6 @@
 use chrono::{Datelike, Days, Months, NaiveDate};
 use serde_json::{Value, json};
 
-use crate::config::SeedPlan;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Interval {
     Weekly,
@@ -58,15 +56,6 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    pub(crate) fn from_seed(seed: &SeedPlan) -> Option<Self> {
-        Some(Self {
-            code: seed.code.clone(),
-            amount_cents: seed.amount_cents,
-            currency: seed.currency.clone(),
-            interval: Interval::parse(&seed.interval)?,
-        })
-    }
-
     /// `Plan#yearly_amount_cents`: the price of one year, which Lago compares to tell an upgrade
     /// (`>=`, applied now) from a downgrade (`<`, applied at the end of the period).
     pub(crate) fn yearly_amount_cents(&self) -> i64 {
