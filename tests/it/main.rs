@@ -14,5 +14,6 @@ mod faults;
 mod hostile;
 mod ingest;
 mod lifecycle;
+mod recovery;
 mod sandbox_api;
 mod worker;

@@ -46,7 +46,10 @@ async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
 }
 
 async fn wait_count(pool: &sqlx::PgPool, what: &str, sql: &str, want: i64) {
-    wait_for(what, LONG, || async { (count(pool, sql).await == want).then_some(()) }).await
+    wait_for(what, LONG, || async {
+        (count(pool, sql).await == want).then_some(())
+    })
+    .await
 }
 
 /// 250 events exist only in Stripe (3 pages): 240 paid checkouts of 240 accounts and 10 of a
@@ -117,7 +120,11 @@ async fn backfill_provisions_what_only_stripe_has_exactly_once() {
     )
     .await;
     assert_eq!(
-        count(&pool, "SELECT count(*) FROM webhook_events WHERE status = 'ignored'").await,
+        count(
+            &pool,
+            "SELECT count(*) FROM webhook_events WHERE status = 'ignored'"
+        )
+        .await,
         10
     );
     // Exactly once: one create per subscription, one audit row per checkout.
@@ -156,7 +163,10 @@ async fn backfill_filters_dry_runs_and_answers_stripes_refusals() {
     let sandbox = TestSandbox::spawn().await;
     let now = webhook_core::unix_now();
     let mut events = Vec::new();
-    for (i, created) in [now - 7200, now - 7100, now - 300, now - 200].into_iter().enumerate() {
+    for (i, created) in [now - 7200, now - 7100, now - 300, now - 200]
+        .into_iter()
+        .enumerate()
+    {
         events.push(value(&stripe::checkout(
             &format!("evt_f_{i}"),
             created,
@@ -195,14 +205,34 @@ async fn backfill_filters_dry_runs_and_answers_stripes_refusals() {
         (2, 2)
     );
     assert_eq!(
-        dry(&["--since", "3h", "--type", "invoice.paid", "--type", "checkout.session.completed"]).await,
+        dry(&[
+            "--since",
+            "3h",
+            "--type",
+            "invoice.paid",
+            "--type",
+            "checkout.session.completed"
+        ])
+        .await,
         (5, 5)
     );
-    let from = chrono::DateTime::from_timestamp(now - 3 * 3600, 0).unwrap().to_rfc3339();
-    let until = chrono::DateTime::from_timestamp(now - 3600, 0).unwrap().to_rfc3339();
+    let from = chrono::DateTime::from_timestamp(now - 3 * 3600, 0)
+        .unwrap()
+        .to_rfc3339();
+    let until = chrono::DateTime::from_timestamp(now - 3600, 0)
+        .unwrap()
+        .to_rfc3339();
     let out = webhookctl(
         &env,
-        &["backfill", "--from", &from, "--until", &until, "--dry-run", "--json"],
+        &[
+            "backfill",
+            "--from",
+            &from,
+            "--until",
+            &until,
+            "--dry-run",
+            "--json",
+        ],
     )
     .await;
     assert_eq!(json_out(&out)["listed"], 2, "{}", out.stdout);
@@ -218,27 +248,39 @@ async fn backfill_filters_dry_runs_and_answers_stripes_refusals() {
     assert!(out.stderr.contains("--since"), "{}", out.stderr);
 
     // A wrong key: exit 1, Stripe's reason, the variable to fix, not the key.
-    let wrong = ctl_env(&ctx, &sandbox, &[("STRIPE_API_KEY", "sk_test_wrongwrongwrong1234")]);
+    let wrong = ctl_env(
+        &ctx,
+        &sandbox,
+        &[("STRIPE_API_KEY", "sk_test_wrongwrongwrong1234")],
+    );
     let out = webhookctl(&wrong, &["backfill", "--since", "1h"]).await;
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("STRIPE_API_KEY"), "{}", out.stderr);
     assert!(out.stderr.contains("401"), "{}", out.stderr);
-    assert!(!out.stderr.contains("sk_test_wrongwrongwrong1234"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("sk_test_wrongwrongwrong1234"),
+        "{}",
+        out.stderr
+    );
     // No key at all: said before anything is called.
     let mut none = env.clone();
     none.remove("STRIPE_API_KEY");
     let out = webhookctl(&none, &["backfill", "--since", "1h"]).await;
     assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(out.stderr.contains("STRIPE_API_KEY is required"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("STRIPE_API_KEY is required"),
+        "{}",
+        out.stderr
+    );
 
     // Two 429s with Retry-After: 1, then the answer.
     let before = sandbox.state.calls(Route::StripeEvents);
     sandbox.state.inject_fault(Fault {
         route: Route::StripeEvents,
         status: 429,
-        times: 2,
-        retry_after: Some(1),
-        ..Fault::default()
+        count: 2,
+        retry_after_secs: Some(1),
+        body: None,
     });
     let started = Instant::now();
     let out = webhookctl(&env, &["backfill", "--since", "1h", "--dry-run", "--json"]).await;
@@ -314,7 +356,10 @@ async fn a_backfill_killed_halfway_and_run_again_loses_and_doubles_nothing() {
         "{report}"
     );
     assert!(report["already_known"].as_i64().unwrap() >= recorded, "{report}");
-    assert_eq!(count(&pool, "SELECT count(*) FROM webhook_events").await, N as i64);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM webhook_events").await,
+        N as i64
+    );
     assert!(rabbit::depth(&topo.work_queue).await >= N as u32);
 
     let worker = TestWorker::spawn(settings).await.ready().await;
@@ -363,7 +408,14 @@ async fn reconcile_finds_drift_made_by_hand_and_fix_repairs_it() {
         let email = format!("{who}@example.com");
         sandbox.state.add_user(user(&email));
         let cus = format!("cus_{who}");
-        let checkout = stripe::checkout(&format!("evt_{who}"), now - 600, sub, &cus, &email, "professional");
+        let checkout = stripe::checkout(
+            &format!("evt_{who}"),
+            now - 600,
+            sub,
+            &cus,
+            &email,
+            "professional",
+        );
         // Stripe's subscription as it is now: active, on the professional monthly price.
         let current = value(&stripe::subscription(
             &format!("evt_{who}_s"),
@@ -378,7 +430,13 @@ async fn reconcile_finds_drift_made_by_hand_and_fix_repairs_it() {
             .state
             .stripe_put_subscription(current["data"]["object"].clone())
             .unwrap();
-        rabbit::publish(&topo.exchange, "checkout.session.completed", &checkout, &format!("evt_{who}")).await;
+        rabbit::publish(
+            &topo.exchange,
+            "checkout.session.completed",
+            &checkout,
+            &format!("evt_{who}"),
+        )
+        .await;
         wait_event_status(&pool, &format!("evt_{who}"), "succeeded").await;
     }
     let env = ctl_env(&ctx, &sandbox, &[]);
@@ -402,7 +460,11 @@ async fn reconcile_finds_drift_made_by_hand_and_fix_repairs_it() {
         "{}",
         out.stdout
     );
-    assert!(out.stdout.contains("sub_rc_b: lago subscription: "), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("sub_rc_b: lago subscription: "),
+        "{}",
+        out.stdout
+    );
     let drifts = json_out(&webhookctl(&env, &["reconcile", "--json"]).await)["drifts"].clone();
     assert_eq!(drifts.as_array().unwrap().len(), 2, "{drifts}");
 
@@ -420,7 +482,11 @@ async fn reconcile_finds_drift_made_by_hand_and_fix_repairs_it() {
     let out = webhookctl(&env, &["reconcile"]).await;
     eprintln!("reconcile after the fix:\n{}{}", out.stdout, out.stderr);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("checked 2 subscriptions: 0 drifts"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("checked 2 subscriptions: 0 drifts"),
+        "{}",
+        out.stdout
+    );
     let a = sandbox.state.user_by_email("rc-a@example.com").unwrap();
     assert_eq!(a["attributes"]["subscription_tier"], json!(["professional"]));
     assert!(
@@ -437,7 +503,10 @@ async fn reconcile_finds_drift_made_by_hand_and_fix_repairs_it() {
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(details["reconcile"]["requested_by"], "webhookctl reconcile", "{details}");
+    assert_eq!(
+        details["reconcile"]["requested_by"], "webhookctl reconcile",
+        "{details}"
+    );
     worker.stop().await;
     sandbox.stop().await;
 }
@@ -462,8 +531,21 @@ async fn refetch_applies_the_subscription_as_stripe_has_it_now() {
     let worker = TestWorker::spawn(settings).await.ready().await;
     let pool = ctx.pool().await;
     sandbox.state.add_user(user("rf@example.com"));
-    let checkout = stripe::checkout("evt_rf_c", now - 60, "sub_rf", "cus_rf", "rf@example.com", "professional");
-    rabbit::publish(&topo.exchange, "checkout.session.completed", &checkout, "evt_rf_c").await;
+    let checkout = stripe::checkout(
+        "evt_rf_c",
+        now - 60,
+        "sub_rf",
+        "cus_rf",
+        "rf@example.com",
+        "professional",
+    );
+    rabbit::publish(
+        &topo.exchange,
+        "checkout.session.completed",
+        &checkout,
+        "evt_rf_c",
+    )
+    .await;
     wait_event_status(&pool, "evt_rf_c", "succeeded").await;
     // Now on enterprise in Stripe; the event that says so is not delivered, an old one is.
     let current = value(&stripe::subscription(
@@ -488,7 +570,13 @@ async fn refetch_applies_the_subscription_as_stripe_has_it_now() {
         "past_due",
         "professional",
     );
-    rabbit::publish(&topo.exchange, "customer.subscription.updated", &old, "evt_rf_old").await;
+    rabbit::publish(
+        &topo.exchange,
+        "customer.subscription.updated",
+        &old,
+        "evt_rf_old",
+    )
+    .await;
     wait_event_status(&pool, "evt_rf_old", "succeeded").await;
     let u = sandbox.state.user_by_email("rf@example.com").unwrap();
     assert_eq!(u["attributes"]["subscription_tier"], json!(["enterprise"]), "{u}");
@@ -501,12 +589,11 @@ async fn refetch_applies_the_subscription_as_stripe_has_it_now() {
         sandbox.subscriptions("sub_rf")
     );
     assert!(sandbox.state.calls(Route::StripeSubscriptions) >= 1);
-    let details: Value = sqlx::query_scalar(
-        "SELECT details FROM audit_logs WHERE details->>'stripe_event_id' = 'evt_rf_old'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let details: Value =
+        sqlx::query_scalar("SELECT details FROM audit_logs WHERE details->>'stripe_event_id' = 'evt_rf_old'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(details["refetched_from_stripe"], true, "{details}");
     worker.stop().await;
     sandbox.stop().await;
