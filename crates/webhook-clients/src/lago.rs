@@ -40,6 +40,9 @@ pub struct LagoSubscription {
     pub external_id: Option<String>,
     #[serde(default)]
     pub plan_code: Option<String>,
+    /// The customer (`external_id`) the subscription bills.
+    #[serde(default)]
+    pub external_customer_id: Option<String>,
     /// `active`, `pending`, `terminated`, `canceled`.
     #[serde(default)]
     pub status: Option<String>,

@@ -116,6 +116,26 @@ pub async fn known(pool: &PgPool, event_ids: &[&str]) -> Result<Vec<String>, sql
         .await
 }
 
+/// How many events that name this subscription are still in flight (queued, processing or
+/// waiting in a retry queue): its own events, its checkout's and its invoices' (found in the
+/// payload; in-flight events are few, and the status index finds them).
+pub async fn in_flight_for_subscription(pool: &PgPool, subscription_id: &str) -> Result<i64, sqlx::Error> {
+    let escaped = subscription_id
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    let quoted = format!("%\"{escaped}\"%");
+    sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_events
+         WHERE status IN ('queued', 'processing', 'retrying')
+           AND (object_id = $1 OR payload LIKE $2)",
+    )
+    .bind(subscription_id)
+    .bind(quoted)
+    .fetch_one(pool)
+    .await
+}
+
 /// Number of stored events with this id (tests and tools).
 pub async fn count(pool: &PgPool, event_id: &str) -> Result<i64, sqlx::Error> {
     let row = sqlx::query("SELECT count(*) AS n FROM webhook_events WHERE event_id = $1")

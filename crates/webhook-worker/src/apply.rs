@@ -61,7 +61,9 @@ pub async fn run(ctx: &WorkerContext, job: BillingJob<'_>) -> Result<Done, JobEr
     result
 }
 
-async fn run_leased(
+/// [`run`] for a caller that holds the subscription's lease already (a subscription read from
+/// Stripe under it).
+pub(crate) async fn run_leased(
     ctx: &WorkerContext,
     job: &BillingJob<'_>,
     lease: &Lease,
@@ -123,8 +125,10 @@ async fn run_leased(
         event.created,
         &job.change,
     );
+    // A stale reconcile job still brings Lago and Keycloak to the (newer) record.
     if let Err(reason) = &applied
         && job.checkout.is_none()
+        && !job.reconcile
     {
         return Ok(Done::Skipped(reason.to_string()));
     }

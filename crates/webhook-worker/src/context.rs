@@ -20,9 +20,11 @@ pub struct WorkerContext {
     pub broker: Broker,
     pub keycloak: KeycloakClient,
     pub lago: LagoClient,
-    /// Stripe's API when `stripe.refetch` is on: subscription events apply the subscription as
-    /// Stripe has it when the job runs.
+    /// Stripe's API when `STRIPE_API_KEY` is set: a reconcile job reads its subscription from it
+    /// under the lease, and so does every subscription event with [`Self::refetch`].
     pub stripe: Option<webhook_clients::StripeClient>,
+    /// `stripe.refetch`.
+    pub refetch: bool,
     pub plans: PlanMap,
     /// Which Stripe mode's events are provisioned (`stripe.livemode`).
     pub livemode: webhook_core::settings::Livemode,

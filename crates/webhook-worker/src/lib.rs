@@ -136,7 +136,7 @@ impl Application {
             min_delay: config.inline_retry_min,
             max_delay: config.inline_retry_max,
         };
-        let stripe = match &config.refetch {
+        let stripe = match &config.stripe_api {
             Some(api) => Some(
                 webhook_clients::StripeClient::new(api, inline_retry, Some(metrics.downstream.clone()))
                     .context("building the Stripe API client")?,
@@ -154,6 +154,7 @@ impl Application {
             keycloak,
             lago,
             stripe,
+            refetch: config.refetch,
             plans: PlanMap::new(&settings.plans)?,
             livemode: settings.stripe.livemode,
             entitlements: Entitlements::new(&settings.plans)?,

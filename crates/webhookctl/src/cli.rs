@@ -193,7 +193,8 @@ pub enum EventsCommand {
     /// Delete the history of finished events older than the retention period. Never touches
     /// events still queued, processing or retrying, nor the audit log. Safe at any time.
     Prune {
-        /// Keep this long (Stripe retries for 3 days; keep at least that).
+        /// Keep this long: at least 30 days (Stripe keeps events that long, and a backfill could
+        /// bring back a pruned one as new).
         #[arg(long, default_value = "30d")]
         older_than: String,
         /// Count what would be deleted, delete nothing.

@@ -73,9 +73,12 @@ pub struct WorkerConfig {
     pub tier_attribute: String,
     /// The Keycloak attribute that receives the billing status; `None`: not written.
     pub status_attribute: Option<String>,
-    /// `stripe.refetch`: Stripe's API, to read a subscription event's current subscription
-    /// before applying it. `None`: events are applied as delivered.
-    pub refetch: Option<StripeApiConfig>,
+    /// Stripe's API when `STRIPE_API_KEY` is set: reconcile jobs read the subscription from it,
+    /// and with [`WorkerConfig::refetch`] every subscription event does.
+    pub stripe_api: Option<StripeApiConfig>,
+    /// `stripe.refetch`: a subscription event's current subscription is read from Stripe before
+    /// it is applied (requires `STRIPE_API_KEY`).
+    pub refetch: bool,
 }
 
 /// Stripe's API for the tools that read it (`webhookctl backfill`, `reconcile`, the worker's
@@ -168,11 +171,14 @@ impl Settings {
             lago_timeout: Duration::from_millis(l.timeout_ms),
             tier_attribute: k.tier_attribute.clone(),
             status_attribute,
-            refetch: if self.stripe.refetch {
+            stripe_api: if self.stripe.refetch {
                 Some(self.for_stripe_api(" for stripe.refetch (WEBHOOK__STRIPE__REFETCH=true): a restricted key that reads subscriptions; or turn refetch off")?)
-            } else {
+            } else if self.stripe.api_key.expose_secret().trim().is_empty() {
                 None
+            } else {
+                Some(self.for_stripe_api("")?)
             },
+            refetch: self.stripe.refetch,
         })
     }
 

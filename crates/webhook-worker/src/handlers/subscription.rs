@@ -1,9 +1,7 @@
 //! `customer.subscription.updated` (status and plan) and `customer.subscription.deleted` (the
-//! tombstone; Lago terminated first, then the account's tier). With `stripe.refetch` on, the
-//! subscription is read from Stripe first and applied as it is now (see [`current`]); a
-//! reconcile job (`webhookctl reconcile --fix`) carries Stripe's current subscription already.
-
-use std::borrow::Cow;
+//! tombstone; Lago terminated first, then the account's tier). With `stripe.refetch` on, and for
+//! a reconcile job (`webhookctl reconcile --fix`), the subscription is read from Stripe under its
+//! lease and applied as it is now (see [`handle`]).
 
 use serde_json::{Value, json};
 use webhook_core::Envelope;
@@ -13,11 +11,18 @@ use crate::context::WorkerContext;
 use crate::failure::{Failure, JobError};
 use crate::job::{Done, Job};
 use crate::ledger::traced;
+use crate::ordering::lease::Lease;
 use crate::ordering::{Change, Plan};
 use crate::step::Step;
 use crate::stripe::SubscriptionChange;
 
 /// Both subscription events: `deleted` for `customer.subscription.deleted`.
+///
+/// The subscription is applied as delivered, or read from Stripe first: with `stripe.refetch`
+/// on, and for a reconcile job when the worker has `STRIPE_API_KEY`. That read happens under
+/// the subscription's lease, so the jobs of one subscription read one after another, each a
+/// state at least as new as the one before; it is applied whatever the watermark says (ordered
+/// just after it, or at the time of the read), so that the last read always wins.
 pub async fn handle(
     ctx: &WorkerContext,
     job: &Job,
@@ -25,13 +30,55 @@ pub async fn handle(
     object: &Value,
     deleted: bool,
 ) -> Result<Done, JobError> {
-    let (event, object, deleted, refetched) = current(ctx, job, object, deleted).await?;
-    let change = SubscriptionChange::from_object(&object, &ctx.plans)?;
+    let delivered = SubscriptionChange::from_object(object, &ctx.plans)?;
+    let stripe = ctx.stripe.as_ref().filter(|_| ctx.refetch || job.reconcile);
+    let Some(stripe) = stripe else {
+        let job = billing_job(ctx, job, &job.event, &delivered, deleted, action_key, false);
+        return apply::run(ctx, job).await;
+    };
+    let (lease, record) = Lease::acquire(&ctx.store.pool, ctx.lease, &delivered.subscription_id).await?;
+    let result = async {
+        let fetched = traced(Step::StripeRefetch, async {
+            lease.check()?;
+            stripe
+                .retrieve_subscription(&delivered.subscription_id)
+                .await
+                .map_err(|e| JobError::from(Failure::downstream(Step::StripeRefetch, e)))
+        })
+        .await?;
+        let Some(fresh) = fetched else {
+            tracing::warn!(subscription = %delivered.subscription_id, event_id = %job.event.id, "Stripe has no such subscription: applied as delivered (is STRIPE_API_KEY of the account that sends the webhooks?)");
+            let billing = billing_job(ctx, job, &job.event, &delivered, deleted, action_key.clone(), false);
+            return apply::run_leased(ctx, &billing, &lease, record.clone()).await;
+        };
+        let change = SubscriptionChange::from_object(&fresh, &ctx.plans)?;
+        let deleted = deleted || change.status.as_str() == "canceled";
+        // Ordered after everything applied so far: the newest read wins.
+        let mut event = job.event.clone();
+        let newest = record.watermark.as_ref().map_or(0, |w| w.created + 1);
+        event.created = webhook_core::unix_now().max(newest).max(event.created);
+        let billing = billing_job(ctx, job, &event, &change, deleted, action_key.clone(), true);
+        apply::run_leased(ctx, &billing, &lease, record.clone()).await
+    }
+    .await;
+    lease.release().await;
+    result
+}
+
+fn billing_job<'a>(
+    ctx: &WorkerContext,
+    job: &'a Job,
+    event: &'a Envelope,
+    change: &'a SubscriptionChange,
+    deleted: bool,
+    action_key: String,
+    refetched: bool,
+) -> BillingJob<'a> {
     // A price the plan map cannot tell still carries its status (e.g. `unpaid` revokes access);
     // the record keeps its plan, and only a subscription with no plan at all fails (see
     // `apply::run`).
-    let plan = plan_of(ctx, &change);
-    let (change_of_state, audit_type) = if deleted {
+    let plan = plan_of(ctx, change);
+    let (state, audit_type) = if deleted {
         (Change::Deleted { plan }, "subscription.canceled")
     } else {
         (
@@ -57,60 +104,20 @@ pub async fn handle(
             .and_then(|b| b.get(webhook_core::message::RECONCILE_KEY).cloned())
             .unwrap_or(Value::Null);
     }
-    apply::run(
-        ctx,
-        BillingJob {
-            event: &event,
-            subscription_id: &change.subscription_id,
-            customer: Some(&change.customer),
-            change: change_of_state,
-            action_key,
-            checkout: None,
-            owner: change.user_email.as_ref(),
-            price_id: change.price_id.as_deref(),
-            audit_type,
-            details,
-            contact: None,
-            reconcile: job.reconcile,
-        },
-    )
-    .await
-}
-
-/// The subscription to apply: as delivered, or (with `stripe.refetch`) as Stripe has it now.
-///
-/// A refetched subscription is ordered by the time it was read, not by the event's `created`:
-/// jobs of one subscription run one at a time (the lease), so each reads a state at least as
-/// new as the one before, and the order in which Stripe delivered the events no longer matters.
-/// A subscription Stripe does not know (another account's?) is applied as delivered.
-async fn current<'a>(
-    ctx: &WorkerContext,
-    job: &'a Job,
-    object: &'a Value,
-    deleted: bool,
-) -> Result<(Cow<'a, Envelope>, Cow<'a, Value>, bool, bool), JobError> {
-    let as_delivered = Ok((Cow::Borrowed(&job.event), Cow::Borrowed(object), deleted, false));
-    let (Some(stripe), false) = (&ctx.stripe, job.reconcile) else {
-        return as_delivered;
-    };
-    let Some(id) = object.get("id").and_then(Value::as_str) else {
-        return as_delivered;
-    };
-    let fetched = traced(Step::StripeRefetch, async {
-        stripe
-            .retrieve_subscription(id)
-            .await
-            .map_err(|e| JobError::from(Failure::downstream(Step::StripeRefetch, e)))
-    })
-    .await?;
-    let Some(fresh) = fetched else {
-        tracing::warn!(subscription = id, event_id = %job.event.id, "Stripe has no such subscription: applied as delivered (is STRIPE_API_KEY of the account that sends the webhooks?)");
-        return as_delivered;
-    };
-    let mut event = job.event.clone();
-    event.created = event.created.max(webhook_core::unix_now());
-    let deleted = deleted || fresh.get("status").and_then(Value::as_str) == Some("canceled");
-    Ok((Cow::Owned(event), Cow::Owned(fresh), deleted, true))
+    BillingJob {
+        event,
+        subscription_id: &change.subscription_id,
+        customer: Some(&change.customer),
+        change: state,
+        action_key,
+        checkout: None,
+        owner: change.user_email.as_ref(),
+        price_id: change.price_id.as_deref(),
+        audit_type,
+        details,
+        contact: None,
+        reconcile: job.reconcile,
+    }
 }
 
 fn plan_of(ctx: &WorkerContext, change: &SubscriptionChange) -> Option<Plan> {

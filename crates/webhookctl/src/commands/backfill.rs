@@ -59,6 +59,7 @@ pub async fn run(settings: &Settings, args: BackfillArgs) -> anyhow::Result<()> 
     let stripe_config = settings.for_stripe_api(
         " for backfill: a restricted key with read access to events (Stripe Dashboard > Developers > API keys)",
     )?;
+    check_key_mode(&stripe_config, settings.stripe.livemode)?;
     let stripe = StripeClient::new(&stripe_config, CLI_RETRY, None)?;
     let store = Store::connect_lazy(&settings.database)?;
     let handled = &settings.stripe.handled_event_types;
@@ -94,7 +95,10 @@ pub async fn run(settings: &Settings, args: BackfillArgs) -> anyhow::Result<()> 
         ));
         match (page.has_more, page.data.last()) {
             (true, Some(last)) => cursor = Some(last.id.clone()),
-            _ => break,
+            (true, None) => anyhow::bail!(
+                "Stripe's event list said it has more but gave an empty page: check STRIPE_API_URL; nothing was backfilled"
+            ),
+            (false, _) => break,
         }
     }
     listing.finish_and_clear();
@@ -230,7 +234,7 @@ fn query(args: &BackfillArgs, now: i64) -> anyhow::Result<EventQuery> {
                     "--since {since:?} is not a duration like 30m, 24h or 7d ({e})"
                 ))
             })?;
-            now - age.as_secs() as i64
+            now.saturating_sub(i64::try_from(age.as_secs()).unwrap_or(i64::MAX))
         }
         (None, Some(from)) => rfc3339("--from", from)?,
         _ => {
@@ -255,12 +259,17 @@ fn query(args: &BackfillArgs, now: i64) -> anyhow::Result<EventQuery> {
     if from > now {
         return Err(UsageError(format!("the window starts in the future ({})", format_time(from))).into());
     }
-    if now - from > STRIPE_RETENTION.as_secs() as i64 {
+    let oldest = now - STRIPE_RETENTION.as_secs() as i64;
+    let from = if from < oldest {
         eprintln!(
-            "webhookctl: note: Stripe keeps events for 30 days; the window starts {}, so the events older than 30 days cannot be fetched",
-            format_time(from)
+            "webhookctl: note: Stripe keeps events for 30 days; the window starts {}, so it is cut to {} (older events cannot be fetched)",
+            format_time(from),
+            format_time(oldest)
         );
-    }
+        oldest
+    } else {
+        from
+    };
     if args.types.len() > MAX_TYPES {
         return Err(UsageError(format!(
             "{} --type filters given; Stripe takes at most {MAX_TYPES}: run the command once per group of types",
@@ -281,6 +290,33 @@ fn query(args: &BackfillArgs, now: i64) -> anyhow::Result<EventQuery> {
         created_lte: until,
         types: args.types.clone(),
     })
+}
+
+/// A key of the other Stripe mode than the one configured would fetch events the ingest refuses
+/// (they would all be stored as ignored): refused before anything is read.
+pub(crate) fn check_key_mode(
+    config: &webhook_core::settings::StripeApiConfig,
+    livemode: webhook_core::settings::Livemode,
+) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    use webhook_core::settings::Livemode;
+    let key = config.key.expose_secret();
+    let key_mode = if key.starts_with("sk_live_") || key.starts_with("rk_live_") {
+        Some(Livemode::Live)
+    } else if key.starts_with("sk_test_") || key.starts_with("rk_test_") {
+        Some(Livemode::Test)
+    } else {
+        None
+    };
+    match (key_mode, livemode) {
+        (Some(k), Livemode::Live | Livemode::Test) if k != livemode => anyhow::bail!(
+            "STRIPE_API_KEY is a {}-mode key but stripe.livemode is {}: use the key of the account's {} mode",
+            k.as_str(),
+            livemode.as_str(),
+            livemode.as_str()
+        ),
+        _ => Ok(()),
+    }
 }
 
 fn rfc3339(flag: &str, raw: &str) -> anyhow::Result<i64> {
@@ -307,7 +343,7 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// The events to admit, in a temporary file (deleted on drop) in the order listed (newest
+/// The events to admit, in an unlinked temporary file (mode 0600) in the order listed (newest
 /// first), read back oldest first.
 struct Spool {
     path: PathBuf,
@@ -324,12 +360,15 @@ impl Spool {
             std::process::id(),
             uuid::Uuid::new_v4()
         ));
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .with_context(|| format!("cannot create the temporary file {}", path.display()))?;
+        // Only this process may read it (the events hold customers' names and emails), and it
+        // is unlinked at once: nothing is left behind, whatever ends the run.
+        let file = std::os::unix::fs::OpenOptionsExt::mode(
+            File::options().read(true).write(true).create_new(true),
+            0o600,
+        )
+        .open(&path)
+        .with_context(|| format!("cannot create the temporary file {}", path.display()))?;
+        let _ = std::fs::remove_file(&path);
         Ok(Self {
             path,
             writer: BufWriter::new(file),
@@ -373,12 +412,6 @@ impl Spool {
             VerifiedEvent::fetched_from_stripe(body.into())
                 .map_err(|e| anyhow::anyhow!("an event listed by Stripe could not be read: {e}"))
         }))
-    }
-}
-
-impl Drop for Spool {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 

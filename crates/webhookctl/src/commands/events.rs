@@ -181,9 +181,10 @@ pub async fn prune(
     as_json: bool,
 ) -> anyhow::Result<()> {
     let age = parse_age("--older-than", older_than)?;
-    if age < std::time::Duration::from_secs(3 * 24 * 3600) {
+    if age < std::time::Duration::from_secs(30 * 24 * 3600) {
         return Err(crate::UsageError(format!(
-            "--older-than {older_than} is shorter than Stripe's 3 days of retries: a pruned event id could be accepted again"
+            "--older-than {older_than} is shorter than 30 days: Stripe keeps events that long (and retries them for 3 days), \
+             so a pruned event could be accepted again, by a delivery or by `webhookctl backfill`; give 30d or more"
         ))
         .into());
     }

@@ -23,8 +23,8 @@ use webhook_clients::{DownstreamError, KeycloakClient, LagoClient};
 use webhook_core::message::RECONCILE_KEY;
 use webhook_core::{Settings, VerifiedEvent};
 use webhook_intake::{Admission, Disposition, Route};
-use webhook_store::Store;
 use webhook_store::billing::{self, SubscriptionRecord};
+use webhook_store::{Store, events};
 
 use crate::cli::ReconcileArgs;
 use crate::commands::backfill::CLI_RETRY;
@@ -76,6 +76,7 @@ pub async fn run(settings: &Settings, args: ReconcileArgs) -> anyhow::Result<()>
     let stripe_config = settings.for_stripe_api(
         " for reconcile: a restricted key with read access to subscriptions and customers (Stripe Dashboard > Developers > API keys)",
     )?;
+    crate::commands::backfill::check_key_mode(&stripe_config, settings.stripe.livemode)?;
     let stripe = StripeClient::new(&stripe_config, CLI_RETRY, None)?;
     let plans = PlanMap::new(&settings.plans).context("the plan map ([plans]) is invalid")?;
     let entitlements = Entitlements::new(&settings.plans).context("[plans.access] is invalid")?;
@@ -129,22 +130,49 @@ pub async fn run(settings: &Settings, args: ReconcileArgs) -> anyhow::Result<()>
 
     let bar = crate::progress::bar(ids.len() as u64, "reconciling");
     let mut drifts: Vec<Drift> = Vec::new();
-    let mut to_fix: Vec<(Value, Vec<Drift>)> = Vec::new();
+    let mut to_fix: Vec<Fix> = Vec::new();
+    let mut in_flight: Vec<&str> = Vec::new();
     for id in &ids {
-        let (found, stripe_sub) = checker
-            .check(id)
-            .await
-            .with_context(|| format!("could not check {id}; nothing was changed"))?;
         bar.inc(1);
+        // Its events are still being applied: what Lago and Keycloak hold may be on its way.
+        let pending = events::in_flight_for_subscription(&store.pool, id)
+            .await
+            .context("cannot read the events table (check DATABASE_URL)")?;
+        if pending > 0 {
+            in_flight.push(id);
+            continue;
+        }
+        // The time Stripe's state was read: a reconcile job is ordered by it, so that an event
+        // Stripe sends after the read wins over the job.
+        let read_at = unix_now();
+        let (found, stripe_sub) = match checker.check(id).await {
+            Ok(checked) => checked,
+            // One subscription that cannot be checked does not stop the others.
+            Err(e) => (
+                vec![Drift {
+                    subscription_id: id.clone(),
+                    place: "unchecked",
+                    field: "subscription",
+                    expected: None,
+                    actual: Some(format!("{e:#}")),
+                    fixable: false,
+                }],
+                None,
+            ),
+        };
         if !args.json {
             for d in &found {
                 bar.suspend(|| println!("{d}"));
             }
         }
-        if let Some(sub) = stripe_sub
+        if let Some(subscription) = stripe_sub
             && found.iter().any(|d| d.fixable)
         {
-            to_fix.push((sub, found.clone()));
+            to_fix.push(Fix {
+                subscription,
+                drifts: found.clone(),
+                read_at,
+            });
         }
         drifts.extend(found);
     }
@@ -158,10 +186,16 @@ pub async fn run(settings: &Settings, args: ReconcileArgs) -> anyhow::Result<()>
         drifts.iter().map(|d| d.subscription_id.as_str()).collect();
     let mut summary = format!(
         "checked {} subscriptions: {} drifts in {} subscriptions",
-        ids.len(),
+        ids.len() - in_flight.len(),
         drifts.len(),
         drifted.len()
     );
+    if !in_flight.is_empty() {
+        summary.push_str(&format!(
+            "; {} skipped while their events are in flight (run again later)",
+            in_flight.len()
+        ));
+    }
     if args.fix {
         summary.push_str(&format!(
             "; queued {queued} reconcile jobs (run reconcile again once the workers have taken them)"
@@ -173,7 +207,8 @@ pub async fn run(settings: &Settings, args: ReconcileArgs) -> anyhow::Result<()>
         args.json,
         &summary,
         json!({
-            "checked": ids.len(),
+            "checked": ids.len() - in_flight.len(),
+            "in_flight": in_flight,
             "drifts": drifts,
             "drifted_subscriptions": drifted.len(),
             "fix": args.fix,
@@ -307,7 +342,14 @@ impl Checker<'_> {
         } else if expected.account_email.is_some() {
             expected.plan_code.clone().map(Some)
         } else {
-            // Not bound to an account yet: its checkout assigns the plan.
+            // Not bound to an account: nothing can provision it until one is named.
+            drifts.push(drift(
+                "billing_state",
+                "account",
+                Some("a Keycloak account"),
+                Some("none bound (neither its checkout nor metadata.user_email arrived): bind it with `webhookctl billing rebind SUB --email …`"),
+                false,
+            ));
             None
         };
         if let Some(should) = lago_should {
@@ -324,6 +366,22 @@ impl Checker<'_> {
                     s.plan_code.as_deref() == Some(p) || s.next_plan_code.as_deref() == Some(p)
                 })
             };
+            // Billed to the bound account's customer (the Lago customer's external_id is the
+            // account's email).
+            if let (Some(s), Some(email)) = (live, expected.account_email.as_deref())
+                && let Some(customer) = s.external_customer_id.as_deref()
+                && customer != email
+            {
+                drifts.push(drift(
+                    "lago",
+                    "customer",
+                    Some(email),
+                    Some(&format!(
+                        "{customer} (move it by hand in Lago, or rebind the subscription)"
+                    )),
+                    false,
+                ));
+            }
             match (&should, live) {
                 (Some(p), _) if on_plan(p) => {}
                 (Some(p), None) => drifts.push(drift(
@@ -352,8 +410,33 @@ impl Checker<'_> {
             }
         }
 
-        // Keycloak: the tier the account's subscriptions grant together.
-        if let Some(account) = expected.account_id.clone() {
+        // Keycloak: the tier the account's subscriptions grant together. An account bound by
+        // email only is found by it.
+        let account = match (&expected.account_id, &expected.account_email) {
+            (Some(id), _) => Some(id.clone()),
+            (None, Some(email)) => {
+                let found = self
+                    .keycloak
+                    .find_users_by_email(email)
+                    .await
+                    .map_err(downstream("Keycloak", "KEYCLOAK_URL"))?;
+                match found.as_slice() {
+                    [one] => Some(one.id.clone()),
+                    _ => {
+                        drifts.push(drift(
+                            "keycloak",
+                            "account",
+                            Some(&format!("one user with the email {email}")),
+                            Some(&format!("{} users", found.len())),
+                            false,
+                        ));
+                        None
+                    }
+                }
+            }
+            (None, None) => None,
+        };
+        if let Some(account) = account {
             let mut subs = billing::account_subscriptions(pool, &account).await?;
             subs.retain(|s| s.subscription_id != id);
             subs.push(expected.clone());
@@ -384,13 +467,16 @@ impl Checker<'_> {
     }
 }
 
+/// A drifted subscription to repair: Stripe's state, read at `read_at`.
+struct Fix {
+    subscription: Value,
+    drifts: Vec<Drift>,
+    read_at: i64,
+}
+
 /// Queues one reconcile job per subscription (recorded and confirmed, as the ingest queues an
 /// event); returns how many were queued.
-async fn queue_fixes(
-    settings: &Settings,
-    store: &Store,
-    to_fix: &[(Value, Vec<Drift>)],
-) -> anyhow::Result<usize> {
+async fn queue_fixes(settings: &Settings, store: &Store, to_fix: &[Fix]) -> anyhow::Result<usize> {
     let mut config = BrokerConfig::from_settings(settings, "webhookctl reconcile")?;
     config.declare_topology = false;
     let broker = Broker::start(config);
@@ -400,13 +486,9 @@ async fn queue_fixes(
             "could not connect to RabbitMQ within 15s: check AMQP_URL and that RabbitMQ is running; nothing was queued"
         );
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
     let mut events = Vec::new();
-    for (sub, drifts) in to_fix {
-        let body = reconcile_event(sub, drifts, now);
+    for fix in to_fix {
+        let body = reconcile_event(&fix.subscription, &fix.drifts, fix.read_at);
         let event = VerifiedEvent::fetched_from_stripe(serde_json::to_vec(&body)?.into())
             .map_err(|e| anyhow::anyhow!("cannot build the reconcile job: {e}"))?;
         let route = webhook_intake::route(&event, settings.stripe.livemode, |t| {
@@ -455,15 +537,16 @@ async fn queue_fixes(
     Ok(queued)
 }
 
-/// A reconcile job: Stripe's subscription as it is now, in the envelope of a subscription
-/// event created now (so that it is newer than every event applied), marked as a reconcile.
-pub fn reconcile_event(subscription: &Value, drifts: &[Drift], now: i64) -> Value {
+/// A reconcile job: Stripe's subscription as it was read at `read_at`, in the envelope of a
+/// subscription event created then (newer than the events applied before the read, older than
+/// any Stripe sends after it), marked as a reconcile.
+pub fn reconcile_event(subscription: &Value, drifts: &[Drift], read_at: i64) -> Value {
     let canceled = subscription.get("status").and_then(Value::as_str) == Some("canceled");
     json!({
         "id": format!("evt_reconcile_{}", uuid::Uuid::new_v4().simple()),
         "object": "event",
         "type": if canceled { "customer.subscription.deleted" } else { "customer.subscription.updated" },
-        "created": now,
+        "created": read_at,
         "livemode": subscription.get("livemode").and_then(Value::as_bool).unwrap_or(false),
         "data": {"object": subscription},
         RECONCILE_KEY: {
@@ -483,4 +566,11 @@ fn downstream(service: &'static str, variable: &'static str) -> impl Fn(Downstre
             "{service} could not be read (check {variable} and its credentials)"
         ))
     }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
