@@ -285,13 +285,14 @@ impl Scan {
     /// when the command started).
     pub async fn start(connection: &Connection, queue: &str, limit: u32) -> Result<Self, ScanError> {
         let channel = connection.open_channel().await?;
-        let consumer = channel
-            .consume(queue, PREFETCH, true)
-            .await
-            .map_err(|e| match e.is_access_refused() {
-                true => ScanError::Busy(queue.to_owned()),
-                false => ScanError::Amqp(e),
-            })?;
+        let consumer =
+            channel
+                .consume(queue, PREFETCH, true)
+                .await
+                .map_err(|e| match e.is_access_refused() {
+                    true => ScanError::Busy(queue.to_owned()),
+                    false => ScanError::Amqp(e),
+                })?;
         let scan = Self {
             channel,
             consumer,

@@ -221,7 +221,12 @@ mod tests {
         );
         assert_eq!(
             keys(h.without_delivery_counts()),
-            ["x-custom", "x-death", "x-first-death-queue", "x-last-death-reason"]
+            [
+                "x-custom",
+                "x-death",
+                "x-first-death-queue",
+                "x-last-death-reason"
+            ]
         );
         assert_eq!(keys(h.without_broker_headers()), ["x-custom"]);
     }

@@ -99,15 +99,12 @@ impl Session {
     }
 
     async fn depth(&self) -> anyhow::Result<u32> {
-        self.channel
-            .queue_depth(self.dlq())
-            .await
-            .with_context(|| {
-                format!(
-                    "the dead-letter queue {} does not exist: run `webhookctl setup` first",
-                    self.dlq()
-                )
-            })
+        self.channel.queue_depth(self.dlq()).await.with_context(|| {
+            format!(
+                "the dead-letter queue {} does not exist: run `webhookctl setup` first",
+                self.dlq()
+            )
+        })
     }
 
     /// One pass over the `limit` oldest dead letters (see `dead_letters::Scan`).
@@ -116,12 +113,7 @@ impl Session {
     }
 
     /// Publishes to a queue directly (default exchange); await the confirm through [`Confirms`].
-    async fn publish_to(
-        &self,
-        queue: &str,
-        body: &[u8],
-        properties: Properties,
-    ) -> anyhow::Result<Confirm> {
+    async fn publish_to(&self, queue: &str, body: &[u8], properties: Properties) -> anyhow::Result<Confirm> {
         self.confirms
             .publish("", queue, body, properties)
             .await
