@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use webhook_amqp::lapin::types::FieldTable;
-use webhook_amqp::{Broker, BrokerConfig, Outgoing, PublishError, job_properties};
+use webhook_amqp::{Broker, BrokerConfig, Headers, Outgoing, PublishError, job_properties};
 use webhook_tests::{TestContext, rabbit};
 
 /// Many concurrent publishes on one process's broker, half of them unroutable (no binding for
@@ -40,7 +39,7 @@ async fn every_publish_gets_its_own_answer_under_concurrent_returns() {
                     exchange: &topo.exchange,
                     routing_key,
                     body: body.as_bytes(),
-                    properties: job_properties(&id, routing_key, FieldTable::default()),
+                    properties: job_properties(&id, routing_key, Headers::new()),
                 })
                 .await;
             (i, r)

@@ -28,11 +28,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
-use webhook_amqp::lapin::options::QueueDeclareOptions;
-use webhook_amqp::lapin::types::FieldTable;
-use webhook_amqp::lapin::{Channel, Connection, ConnectionProperties};
 use webhook_sandbox::{Fault, Route, SeedUser};
 use webhook_tests::worker::{TestSandbox, binary_env};
 use webhook_tests::{

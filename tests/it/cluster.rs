@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use lapin::options::BasicGetOptions;
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
-use webhook_amqp::lapin::options::BasicGetOptions;
 use webhook_sandbox::SeedUser;
 use webhook_tests::cluster::Cluster;
 use webhook_tests::stripe::{checkout, subscription};
@@ -580,6 +580,6 @@ async fn every_accepted_event_survives_node_losses_exactly_once() {
         let _ = i.lock().await.start_kill();
     }
     let (conn, _) = cluster.channel().await;
-    webhook_amqp::topology::delete(&conn, &topo).await;
+    webhook_amqp::topology::delete(&conn.into(), &topo).await;
     let _ = std::fs::remove_dir_all(&logs);
 }

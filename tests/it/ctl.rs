@@ -775,8 +775,8 @@ async fn dlq_skipped_messages_are_kept_whole_and_restore_handles_a_cut_off_archi
         .basic_consume(
             topo.dead_letter_queue.as_str().into(),
             "someone-else".into(),
-            webhook_amqp::lapin::options::BasicConsumeOptions::default(),
-            webhook_amqp::lapin::types::FieldTable::default(),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
         )
         .await
         .unwrap();
@@ -816,7 +816,7 @@ async fn dlq_skipped_messages_are_kept_whole_and_restore_handles_a_cut_off_archi
             .unwrap_or_else(|| panic!("{} kept with its body byte for byte", e.event_id));
         let h = headers.as_ref().expect("headers kept");
         let text = |k: &str| match h.inner().get(k) {
-            Some(webhook_amqp::lapin::types::AMQPValue::LongString(s)) => {
+            Some(lapin::types::AMQPValue::LongString(s)) => {
                 String::from_utf8_lossy(s.as_bytes()).into_owned()
             }
             other => format!("{other:?}"),
@@ -825,7 +825,7 @@ async fn dlq_skipped_messages_are_kept_whole_and_restore_handles_a_cut_off_archi
         assert_eq!(text("x-failed-step"), "keycloak_lookup");
         assert_eq!(
             h.inner().get("x-retry-attempt"),
-            Some(&webhook_amqp::lapin::types::AMQPValue::LongInt(8)),
+            Some(&lapin::types::AMQPValue::LongInt(8)),
             "a skipped message's retry count is not reset"
         );
     }
@@ -1019,7 +1019,7 @@ async fn replay_that_cannot_publish_puts_the_previous_status_back() {
     let (conn, ch) = rabbit::channel().await;
     ch.exchange_delete(
         topo.exchange.as_str().into(),
-        webhook_amqp::lapin::options::ExchangeDeleteOptions::default(),
+        lapin::options::ExchangeDeleteOptions::default(),
     )
     .await
     .unwrap();

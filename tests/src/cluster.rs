@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use webhook_amqp::lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties};
 
 pub struct Cluster {
     /// The AMQP_URL list of the three nodes.
@@ -87,7 +87,8 @@ impl Cluster {
     /// Messages ready in `queue` (it must exist).
     pub async fn depth(&self, queue: &str) -> u32 {
         let (_conn, ch) = self.channel().await;
-        webhook_amqp::topology::queue_depth(&ch, queue)
+        webhook_amqp::Channel::from(ch)
+            .queue_depth(queue)
             .await
             .unwrap_or_else(|e| panic!("queue {queue} on the cluster: {e}"))
     }

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use webhook_amqp::Topology;
-use webhook_amqp::lapin::options::BasicGetOptions;
-use webhook_amqp::lapin::types::FieldTable;
-use webhook_amqp::lapin::{Channel, Connection, ConnectionProperties, message::BasicGetMessage};
-use webhook_core::Settings;
+use lapin::options::BasicGetOptions;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, message::BasicGetMessage};
+use webhook_amqp::{Headers, Topology};
+use webhook_core::{Settings, message};
 
 pub fn topology(settings: &Settings) -> Topology {
     Topology::new(
@@ -39,8 +39,8 @@ pub async fn drain(queue: &str) -> Vec<BasicGetMessage> {
 }
 
 /// Messages ready in `queue` and its consumers, at once and exactly (a passive declare).
-async fn declare_passive(queue: &str) -> Result<(u32, u32), webhook_amqp::lapin::Error> {
-    use webhook_amqp::lapin::options::QueueDeclareOptions;
+async fn declare_passive(queue: &str) -> Result<(u32, u32), lapin::Error> {
+    use lapin::options::QueueDeclareOptions;
     let (_conn, ch) = channel().await;
     let passive = QueueDeclareOptions {
         passive: true,
@@ -171,7 +171,7 @@ pub async fn delete_topology(settings: &Settings) {
     let topo = topology(settings);
     let Ok(conn) = tokio::time::timeout(
         Duration::from_secs(5),
-        Connection::connect(&super::amqp_url(), ConnectionProperties::default()),
+        webhook_amqp::Connection::connect(&super::amqp_url(), "webhook-tests"),
     )
     .await
     else {
@@ -179,15 +179,15 @@ pub async fn delete_topology(settings: &Settings) {
     };
     let Ok(conn) = conn else { return };
     webhook_amqp::topology::delete(&conn, &topo).await;
-    let _ = conn.close(200, "test done".into()).await;
+    conn.close("test done").await;
 }
 
 /// Publishes a message the way the ingest does (persistent, `message_id`), bypassing the ingest.
 pub async fn publish(exchange: &str, routing_key: &str, body: &[u8], message_id: &str) {
-    use webhook_amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
     let (_conn, ch) = channel().await;
     ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let props = webhook_amqp::job_properties(message_id, routing_key, FieldTable::default());
+    let props = webhook_amqp::job_properties(message_id, routing_key, Headers::new()).into();
     let confirm = ch
         .basic_publish(
             exchange.into(),
@@ -204,14 +204,14 @@ pub async fn publish(exchange: &str, routing_key: &str, body: &[u8], message_id:
         .await
         .unwrap();
     assert!(
-        matches!(confirm, webhook_amqp::lapin::Confirmation::Ack(None)),
+        matches!(confirm, lapin::Confirmation::Ack(None)),
         "published and routed"
     );
 }
 
 /// A header of a message as text (strings and integers).
 pub fn header(m: &BasicGetMessage, key: &str) -> Option<String> {
-    use webhook_amqp::lapin::types::AMQPValue;
+    use lapin::types::AMQPValue;
     match m.delivery.properties.headers().as_ref()?.inner().get(key)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
@@ -239,22 +239,20 @@ pub async fn peek(queue: &str) -> Vec<(Vec<u8>, Option<FieldTable>)> {
 
 /// Publishes `n` messages to the dead-letter exchange as the worker would dead-letter them.
 pub async fn publish_dead_letters(exchange: &str, messages: &[(String, Vec<u8>)], error: &str) {
-    use webhook_amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-    use webhook_amqp::lapin::types::{AMQPValue, LongString};
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
     let (_conn, ch) = channel().await;
     ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     let mut confirms = Vec::new();
     for (id, body) in messages {
-        let mut h = FieldTable::default();
-        let s = |v: &str| AMQPValue::LongString(LongString::from(v));
-        h.insert("x-error".into(), s(error));
-        h.insert("x-error-kind".into(), s("transient"));
-        h.insert("x-failed-step".into(), s("keycloak_lookup"));
-        h.insert("x-retry-attempt".into(), AMQPValue::LongInt(8));
-        h.insert("x-first-failed-at".into(), s("2026-11-27T10:00:00.000Z"));
-        h.insert("x-original-routing-key".into(), s("checkout.session.completed"));
-        h.insert("x-dead-lettered-at".into(), s("2026-11-27T16:00:00.000Z"));
-        let props = webhook_amqp::job_properties(id, "checkout.session.completed", h);
+        let mut h = Headers::new();
+        h.set_str(message::H_ERROR, error);
+        h.set_str(message::H_ERROR_KIND, "transient");
+        h.set_str(message::H_FAILED_STEP, "keycloak_lookup");
+        h.set_i32(message::H_RETRY_ATTEMPT, 8);
+        h.set_str(message::H_FIRST_FAILED_AT, "2026-11-27T10:00:00.000Z");
+        h.set_str(message::H_ORIGINAL_ROUTING_KEY, "checkout.session.completed");
+        h.set_str(message::H_DEAD_LETTERED_AT, "2026-11-27T16:00:00.000Z");
+        let props = webhook_amqp::job_properties(id, "checkout.session.completed", h).into();
         confirms.push(
             ch.basic_publish(
                 exchange.into(),
@@ -271,10 +269,7 @@ pub async fn publish_dead_letters(exchange: &str, messages: &[(String, Vec<u8>)]
         );
     }
     for c in confirms {
-        assert!(matches!(
-            c.await.unwrap(),
-            webhook_amqp::lapin::Confirmation::Ack(None)
-        ));
+        assert!(matches!(c.await.unwrap(), lapin::Confirmation::Ack(None)));
     }
 }
 
@@ -288,13 +283,11 @@ pub async fn publish_many_dead_letters(
     body_bytes: usize,
     event_type: impl Fn(usize) -> &'static str,
 ) {
-    use webhook_amqp::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-    use webhook_amqp::lapin::types::{AMQPValue, LongString};
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
     const BATCH: usize = 2_000;
     let (conn, ch) = channel().await;
     ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     let padding = "x".repeat(body_bytes.saturating_sub(120));
-    let s = |v: &str| AMQPValue::LongString(LongString::from(v));
     for start in ids.clone().step_by(BATCH) {
         let mut confirms = Vec::with_capacity(BATCH);
         for i in start..(start + BATCH).min(ids.end) {
@@ -304,14 +297,14 @@ pub async fn publish_many_dead_letters(
                 "data": {"object": {"id": format!("cs_bulk_{i}"), "padding": padding}},
             })
             .to_string();
-            let mut h = FieldTable::default();
-            h.insert("x-error".into(), s("no Keycloak user has the email (bulk)"));
-            h.insert("x-error-kind".into(), s("transient"));
-            h.insert("x-failed-step".into(), s("keycloak_lookup"));
-            h.insert("x-retry-attempt".into(), AMQPValue::LongInt(8));
-            h.insert("x-original-routing-key".into(), s(kind));
-            h.insert("x-dead-lettered-at".into(), s("2026-11-27T16:00:00.000Z"));
-            let props = webhook_amqp::job_properties(&id, kind, h);
+            let mut h = Headers::new();
+            h.set_str(message::H_ERROR, "no Keycloak user has the email (bulk)");
+            h.set_str(message::H_ERROR_KIND, "transient");
+            h.set_str(message::H_FAILED_STEP, "keycloak_lookup");
+            h.set_i32(message::H_RETRY_ATTEMPT, 8);
+            h.set_str(message::H_ORIGINAL_ROUTING_KEY, kind);
+            h.set_str(message::H_DEAD_LETTERED_AT, "2026-11-27T16:00:00.000Z");
+            let props = webhook_amqp::job_properties(&id, kind, h).into();
             confirms.push(
                 ch.basic_publish(
                     exchange.into(),
@@ -329,7 +322,7 @@ pub async fn publish_many_dead_letters(
         }
         for c in confirms {
             assert!(
-                matches!(c.await.unwrap(), webhook_amqp::lapin::Confirmation::Ack(None)),
+                matches!(c.await.unwrap(), lapin::Confirmation::Ack(None)),
                 "dead letter confirmed and routed"
             );
         }

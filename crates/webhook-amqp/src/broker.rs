@@ -17,12 +17,14 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
+use lapin::{Channel, ConnectionProperties, Event};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Notify, watch};
 use webhook_core::{redact, urls};
 
+use crate::channel::{self, Connection};
+use crate::error::{AmqpError, PublishError};
+use crate::properties::Properties;
 use crate::topology::{self, Topology};
 
 /// A live connection and its confirm-mode publishing channels.
@@ -38,7 +40,7 @@ pub struct Link {
 
 impl Link {
     pub fn is_usable(&self) -> bool {
-        !self.broken.load(Ordering::Relaxed) && self.connection.status().connected()
+        !self.broken.load(Ordering::Relaxed) && self.connection.is_connected()
     }
 }
 
@@ -101,27 +103,12 @@ pub struct BrokerConfig {
     pub connection_name: String,
 }
 
-/// Why a publish did not get a positive confirm. None of these mean the message is queued.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("RabbitMQ is not connected (reconnecting in the background)")]
-    Unavailable,
-    #[error("RabbitMQ returned the message as unroutable ({0}): is the topology declared?")]
-    Returned(String),
-    #[error("RabbitMQ refused the message (nack)")]
-    Nacked,
-    #[error("no publisher confirm within {0:?}")]
-    Timeout(Duration),
-    #[error("RabbitMQ error: {0}")]
-    Amqp(#[from] lapin::Error),
-}
-
 /// What to publish. `mandatory` is always set: an unroutable message is a failure, never a drop.
 pub struct Outgoing<'a> {
     pub exchange: &'a str,
     pub routing_key: &'a str,
     pub body: &'a [u8],
-    pub properties: BasicProperties,
+    pub properties: Properties,
 }
 
 struct Shared {
@@ -206,7 +193,7 @@ impl Broker {
         let channel = match pool.take_idle() {
             Some(ch) => ch,
             None => {
-                let ch = link.connection.create_channel().await?;
+                let ch = link.connection.0.create_channel().await?;
                 ch.confirm_select(ConfirmSelectOptions::default()).await?;
                 ch
             }
@@ -221,20 +208,11 @@ impl Broker {
                         immediate: false,
                     },
                     msg.body,
-                    msg.properties,
+                    msg.properties.into(),
                 )
                 .await?
                 .await?;
-            match confirm {
-                Confirmation::Ack(None) => Ok(()),
-                // With mandatory, basic.return comes before the ack: "returned then acked" is a drop.
-                Confirmation::Ack(Some(returned)) => Err(PublishError::Returned(format!(
-                    "{} {}",
-                    returned.reply_code, returned.reply_text
-                ))),
-                Confirmation::Nack(_) => Err(PublishError::Nacked),
-                Confirmation::NotRequested => Err(PublishError::Nacked),
-            }
+            channel::confirmation_result(confirm)
         };
         let result = match tokio::time::timeout(timeout, attempt).await {
             Ok(r) => r,
@@ -246,7 +224,7 @@ impl Broker {
             Err(PublishError::Amqp(_) | PublishError::Timeout(_)) => {
                 let _ =
                     tokio::time::timeout(Duration::from_secs(1), channel.close(200, "suspect".into())).await;
-                if !link.connection.status().connected() {
+                if !link.connection.is_connected() {
                     self.report_broken(&link);
                 }
             }
@@ -260,7 +238,7 @@ impl Broker {
         self.shared.shutdown.notify_one();
         let link = self.shared.link.send_replace(None);
         if let Some(link) = link {
-            let _ = link.connection.close(200, "shutdown".into()).await;
+            link.connection.close("shutdown").await;
         }
     }
 }
@@ -291,19 +269,19 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
-async fn connect(shared: &Shared, node: &str, generation: u64) -> Result<Link, lapin::Error> {
+async fn connect(shared: &Shared, node: &str, generation: u64) -> Result<Link, AmqpError> {
     let cfg = &shared.config;
     let props = ConnectionProperties::default().with_connection_name(cfg.connection_name.clone().into());
-    let connection = Connection::connect(node, props).await?;
+    let connection = lapin::Connection::connect(node, props).await?;
     if cfg.declare_topology {
         let ch = connection.create_channel().await?;
-        topology::declare(&ch, &cfg.topology).await?;
+        topology::declare(&ch.clone().into(), &cfg.topology).await?;
         let _ = ch.close(200, "topology declared".into()).await;
     }
     let publisher = connection.create_channel().await?;
     publisher.confirm_select(ConfirmSelectOptions::default()).await?;
     Ok(Link {
-        connection,
+        connection: Connection(connection),
         publishers: Publishers::new(publisher),
         broken: AtomicBool::new(false),
         generation,
@@ -335,7 +313,7 @@ async fn supervise(shared: Arc<Shared>) {
         match attempt {
             Ok(link) => {
                 tracing::info!(generation, node = %shown, "connected to RabbitMQ");
-                let mut events = link.connection.events_listener();
+                let mut events = link.connection.0.events_listener();
                 let link = Arc::new(link);
                 shared.link.send_replace(Some(link.clone()));
                 delays = backoff();
@@ -377,7 +355,7 @@ async fn supervise(shared: Arc<Shared>) {
                 shared.link.send_replace(None);
                 let _ = tokio::time::timeout(
                     Duration::from_secs(1),
-                    link.connection.close(320, "reconnecting".into()),
+                    link.connection.0.close(320, "reconnecting".into()),
                 )
                 .await;
             }
@@ -396,18 +374,6 @@ async fn supervise(shared: Arc<Shared>) {
             _ = shared.shutdown.notified() => return,
         }
     }
-}
-
-/// The standard properties of a job message (see `webhook_core::message`).
-pub fn job_properties(message_id: &str, event_type: &str, headers: FieldTable) -> BasicProperties {
-    BasicProperties::default()
-        .with_message_id(message_id.into())
-        .with_type(event_type.into())
-        .with_content_type(webhook_core::message::CONTENT_TYPE_JSON.into())
-        // 2 = persistent: written to disk, survives a broker restart.
-        .with_delivery_mode(2)
-        .with_timestamp(webhook_core::unix_now().max(0) as u64)
-        .with_headers(headers)
 }
 
 #[cfg(test)]

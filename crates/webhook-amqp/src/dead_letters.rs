@@ -31,18 +31,14 @@ use std::io::{BufRead, Read};
 use std::time::Duration;
 
 use base64::Engine;
-use futures_util::StreamExt;
-use lapin::message::{BasicGetMessage, Delivery};
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer, PublisherConfirm};
 use serde::{Deserialize, Serialize};
 use webhook_core::message;
 
-use crate::PublishError;
+use crate::channel::{Channel, Confirm, Connection, Consumer};
+use crate::delivery::Delivery;
+use crate::error::{AmqpError, PublishError};
+use crate::headers::Headers;
+use crate::properties::Properties;
 
 /// One dead letter as operators see it.
 #[derive(Debug)]
@@ -54,40 +50,35 @@ pub struct DeadLetter {
     pub error: String,
     pub error_kind: String,
     pub dead_lettered_at: String,
-    /// The message itself; its `data` is emptied once the message is safe elsewhere, so that a
-    /// scan's window holds only what it still needs (the delivery tag, to ack).
+    /// The message itself; its body is dropped ([`Delivery::forget_body`]) once the message is
+    /// safe elsewhere, so that a scan's window holds only what it still needs (what acks it).
     pub delivery: Delivery,
 }
 
 impl DeadLetter {
-    pub fn from_message(message: BasicGetMessage) -> Self {
-        Self::from_delivery(message.delivery)
-    }
-
     pub fn from_delivery(delivery: Delivery) -> Self {
-        let props = &delivery.properties;
-        let h = props.headers().as_ref();
-        let event_id = props
+        let h = delivery.headers();
+        let event_id = delivery
             .message_id()
-            .as_ref()
-            .map(|m| m.as_str().to_owned())
+            .map(str::to_owned)
             .or_else(|| {
-                serde_json::from_slice::<serde_json::Value>(&delivery.data)
+                serde_json::from_slice::<serde_json::Value>(delivery.body())
                     .ok()
                     .and_then(|v| v["id"].as_str().map(str::to_owned))
             })
             .unwrap_or_default();
-        let event_type = header_str(h, message::H_ORIGINAL_ROUTING_KEY)
-            .or_else(|| props.kind().as_ref().map(|t| t.as_str().to_owned()))
-            .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
+        let event_type = h
+            .get_str(message::H_ORIGINAL_ROUTING_KEY)
+            .or_else(|| delivery.kind().map(str::to_owned))
+            .unwrap_or_else(|| delivery.routing_key().to_owned());
         Self {
             event_id,
             event_type,
-            attempts: header_u32(h, message::H_RETRY_ATTEMPT).unwrap_or(0),
-            failed_step: header_str(h, message::H_FAILED_STEP).unwrap_or_default(),
-            error: header_str(h, message::H_ERROR).unwrap_or_default(),
-            error_kind: header_str(h, message::H_ERROR_KIND).unwrap_or_default(),
-            dead_lettered_at: header_str(h, message::H_DEAD_LETTERED_AT).unwrap_or_default(),
+            attempts: h.retry_attempt(),
+            failed_step: h.get_str(message::H_FAILED_STEP).unwrap_or_default(),
+            error: h.get_str(message::H_ERROR).unwrap_or_default(),
+            error_kind: h.get_str(message::H_ERROR_KIND).unwrap_or_default(),
+            dead_lettered_at: h.get_str(message::H_DEAD_LETTERED_AT).unwrap_or_default(),
             delivery,
         }
     }
@@ -145,29 +136,29 @@ pub struct Archived {
     pub content_type: Option<String>,
     pub timestamp: Option<u64>,
     /// The AMQP headers with their wire types, so a restore writes them back unchanged.
-    pub headers: Option<FieldTable>,
+    pub headers: Option<Headers>,
     pub body_base64: String,
 }
 
 impl Archived {
     pub fn from_dead_letter(d: &DeadLetter) -> Self {
         Self {
-            body_base64: base64::engine::general_purpose::STANDARD.encode(&d.delivery.data),
+            body_base64: base64::engine::general_purpose::STANDARD.encode(d.delivery.body()),
             ..Self::properties_of(d)
         }
     }
 
     /// The archive of `d` without its body (`body_base64` empty).
     fn properties_of(d: &DeadLetter) -> Self {
-        let p = &d.delivery.properties;
+        let p = d.delivery.properties();
         Self {
             event_id: d.event_id.clone(),
             event_type: d.event_type.clone(),
-            message_id: p.message_id().as_ref().map(|s| s.as_str().to_owned()),
-            kind: p.kind().as_ref().map(|s| s.as_str().to_owned()),
-            content_type: p.content_type().as_ref().map(|s| s.as_str().to_owned()),
-            timestamp: *p.timestamp(),
-            headers: p.headers().clone(),
+            message_id: p.message_id().map(str::to_owned),
+            kind: p.kind().map(str::to_owned),
+            content_type: p.content_type().map(str::to_owned),
+            timestamp: p.timestamp(),
+            headers: p.header_table().cloned(),
             body_base64: String::new(),
         }
     }
@@ -177,16 +168,16 @@ impl Archived {
     }
 
     /// The properties to publish the archived message with; the retry count starts again at 0.
-    pub fn properties(&self) -> BasicProperties {
-        let mut p = BasicProperties::default().with_delivery_mode(2);
+    pub fn properties(&self) -> Properties {
+        let mut p = Properties::persistent();
         if let Some(v) = &self.message_id {
-            p = p.with_message_id(v.as_str().into());
+            p = p.with_message_id(v);
         }
         if let Some(v) = &self.kind {
-            p = p.with_type(v.as_str().into());
+            p = p.with_kind(v);
         }
         if let Some(v) = &self.content_type {
-            p = p.with_content_type(v.as_str().into());
+            p = p.with_content_type(v);
         }
         if let Some(v) = self.timestamp {
             p = p.with_timestamp(v);
@@ -195,98 +186,58 @@ impl Archived {
     }
 }
 
-/// Headers the broker sets on delivery; they describe a past queue, not the message.
-const BROKER_HEADERS: &[&str] = &[
-    "x-delivery-count",
-    "x-acquired-count",
-    "x-death",
-    "x-first-death-",
-    "x-last-death-",
-];
-
 /// Headers of a requeued or restored message: ours are kept (the error history stays readable),
 /// the broker's per-queue ones are dropped, and the retry count starts again at 0.
-pub fn reset_retry_count(headers: Option<&FieldTable>) -> FieldTable {
-    let mut h = FieldTable::default();
-    if let Some(headers) = headers {
-        for (k, v) in headers.inner() {
-            if !BROKER_HEADERS.iter().any(|b| k.as_str().starts_with(b)) {
-                h.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    h.insert(message::H_RETRY_ATTEMPT.into(), AMQPValue::LongInt(0));
-    h.insert(
-        "x-requeued-at".into(),
-        AMQPValue::LongString(LongString::from(
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        )),
+pub fn reset_retry_count(headers: Option<&Headers>) -> Headers {
+    let mut h = headers.map(Headers::without_broker_headers).unwrap_or_default();
+    h.set_i32(message::H_RETRY_ATTEMPT, 0);
+    h.set_str(
+        message::H_REQUEUED_AT,
+        &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     );
     h
 }
 
 /// The properties of a dead letter put back on the work queue.
-pub fn requeue_properties(d: &DeadLetter) -> BasicProperties {
+pub fn requeue_properties(d: &DeadLetter) -> Properties {
     Archived::properties_of(d).properties()
 }
 
 /// The properties of the copy that keeps a skipped dead letter at the DLQ's tail: everything
 /// as it was (the retry count and the error history included), except the broker's counters of
 /// deliveries, which describe this delivery and which the broker sets again itself.
-pub fn kept_properties(d: &DeadLetter) -> BasicProperties {
-    let mut p = d.delivery.properties.clone();
-    if let Some(headers) = p.headers().as_ref() {
-        let mut h = FieldTable::default();
-        for (k, v) in headers.inner() {
-            if !["x-delivery-count", "x-acquired-count"].contains(&k.as_str()) {
-                h.insert(k.clone(), v.clone());
-            }
+pub fn kept_properties(d: &DeadLetter) -> Properties {
+    let p = d.delivery.properties().clone();
+    match p.header_table() {
+        Some(h) => {
+            let h = h.without_delivery_counts();
+            p.with_headers(h)
         }
-        p = p.with_headers(h);
+        None => p,
     }
-    p
 }
 
 /// Takes the next message without acking it (it stays ours until acked or returned).
-pub async fn take(channel: &Channel, queue: &str) -> Result<Option<DeadLetter>, lapin::Error> {
-    Ok(channel
-        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
-        .await?
-        .map(DeadLetter::from_message))
+pub async fn take(channel: &Channel, queue: &str) -> Result<Option<DeadLetter>, AmqpError> {
+    Ok(channel.get(queue).await?.map(DeadLetter::from_delivery))
 }
 
-/// Removes the message from its queue. Fails (rather than doing nothing, as lapin does) when
-/// the channel it came on is gone: the broker has then put the message back already.
-pub async fn ack(d: &DeadLetter) -> Result<(), lapin::Error> {
-    if d.delivery.ack(BasicAckOptions::default()).await? {
-        Ok(())
-    } else {
-        Err(lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "basic.ack").into())
-    }
+/// Removes the message from its queue (see [`Delivery::ack`]: fails when the channel it came
+/// on is gone, and the broker has then put the message back already).
+pub async fn ack(d: &DeadLetter) -> Result<(), AmqpError> {
+    d.delivery.ack().await
 }
 
 /// Returns a held message to its queue untouched.
-pub async fn give_back(d: &DeadLetter) -> Result<(), lapin::Error> {
-    d.delivery
-        .nack(BasicNackOptions {
-            requeue: true,
-            multiple: false,
-        })
-        .await
-        .map(|_| ())
+pub async fn give_back(d: &DeadLetter) -> Result<(), AmqpError> {
+    d.delivery.give_back().await
 }
 
 /// Returns `d` and every message taken before it on the same channel and not yet settled
 /// (one `basic.nack` with `multiple`): how a read-only scan gives everything back while holding
 /// only the last message.
-pub async fn give_back_all_up_to(d: &DeadLetter) -> Result<(), lapin::Error> {
-    d.delivery
-        .nack(BasicNackOptions {
-            requeue: true,
-            multiple: true,
-        })
-        .await
-        .map(|_| ())
+pub async fn give_back_all_up_to(d: &DeadLetter) -> Result<(), AmqpError> {
+    d.delivery.give_back_all_up_to().await
 }
 
 /// How many messages of a [`Scan`] a command keeps unsettled at most (publishes waiting for
@@ -315,7 +266,7 @@ pub enum ScanError {
     #[error("RabbitMQ cancelled the read of the dead-letter queue {0} (was it deleted?)")]
     Cancelled(String),
     #[error("reading the dead-letter queue: {0}")]
-    Amqp(#[from] lapin::Error),
+    Amqp(#[from] AmqpError),
 }
 
 /// One pass over a queue, oldest first, through a consumer of its own with a prefetch of
@@ -333,25 +284,15 @@ impl Scan {
     /// Starts reading `queue`; [`Scan::next`] yields at most `limit` messages (the queue's depth
     /// when the command started).
     pub async fn start(connection: &Connection, queue: &str, limit: u32) -> Result<Self, ScanError> {
-        let channel = connection.create_channel().await?;
-        channel
-            .basic_qos(PREFETCH, BasicQosOptions { global: false })
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| match e.kind() {
-                lapin::ErrorKind::ProtocolError(p) if p.get_id() == 403 => ScanError::Busy(queue.to_owned()),
-                _ => ScanError::Amqp(e),
-            })?;
+        let channel = connection.open_channel().await?;
+        let consumer =
+            channel
+                .consume(queue, PREFETCH, true)
+                .await
+                .map_err(|e| match e.is_access_refused() {
+                    true => ScanError::Busy(queue.to_owned()),
+                    false => ScanError::Amqp(e),
+                })?;
         let scan = Self {
             channel,
             consumer,
@@ -361,15 +302,7 @@ impl Scan {
         // Quorum queues do not enforce `exclusive` (RabbitMQ 3.10 lets a second consumer in), so
         // count the consumers once this one is in: of two scans started together, at least the
         // later one sees the other and stops before it has settled anything.
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let consumers = scan
-            .channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
-            .await?
-            .consumer_count();
+        let consumers = scan.channel.queue_consumers(queue).await?;
         if consumers > 1 {
             scan.close().await;
             return Err(ScanError::Busy(queue.to_owned()));
@@ -390,7 +323,7 @@ impl Scan {
                 Ok(Some(Err(e))) => return Err(e.into()),
                 Ok(None) => return Err(ScanError::Cancelled(self.queue.clone())),
                 Err(_) => {
-                    if crate::topology::queue_depth(&self.channel, &self.queue).await? == 0 {
+                    if self.channel.queue_depth(&self.queue).await? == 0 {
                         self.remaining = 0;
                     }
                 }
@@ -402,49 +335,8 @@ impl Scan {
     /// Stops the consumer and closes its channel: whatever it took beyond the scan (or did not
     /// settle, after a failure) goes back to the queue untouched.
     pub async fn close(self) {
-        let tag = self.consumer.tag();
-        let _ = self
-            .channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
-        let _ = self.channel.close(200, "scan done".into()).await;
-    }
-}
-
-/// Publishes with `mandatory` on a confirm-mode channel and returns at once; await the confirm
-/// with [`confirmed`]. Many can be in flight (see [`Confirms`]).
-pub async fn publish(
-    channel: &Channel,
-    exchange: &str,
-    routing_key: &str,
-    body: &[u8],
-    properties: BasicProperties,
-) -> Result<PublisherConfirm, lapin::Error> {
-    channel
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                immediate: false,
-            },
-            body,
-            properties,
-        )
-        .await
-}
-
-/// Waits for a publish's confirm: `Ok` only for an ack of a routed message.
-pub async fn confirmed(confirm: PublisherConfirm, timeout: Duration) -> Result<(), PublishError> {
-    match tokio::time::timeout(timeout, confirm).await {
-        Err(_) => Err(PublishError::Timeout(timeout)),
-        Ok(Err(e)) => Err(PublishError::Amqp(e)),
-        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-        Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(PublishError::Returned(format!(
-            "{} {}",
-            returned.reply_code, returned.reply_text
-        ))),
-        Ok(Ok(_)) => Err(PublishError::Nacked),
+        self.consumer.cancel().await;
+        self.channel.close("scan done").await;
     }
 }
 
@@ -452,7 +344,7 @@ pub async fn confirmed(confirm: PublisherConfirm, timeout: Duration) -> Result<(
 /// confirmed (`T`: ack a dead letter, count a restored line). At most [`WINDOW`] are kept.
 pub struct Confirms<T> {
     timeout: Duration,
-    waiting: VecDeque<(PublisherConfirm, T)>,
+    waiting: VecDeque<(Confirm, T)>,
 }
 
 impl<T> Confirms<T> {
@@ -475,7 +367,7 @@ impl<T> Confirms<T> {
         self.waiting.len() >= usize::from(WINDOW)
     }
 
-    pub fn push(&mut self, confirm: PublisherConfirm, then: T) {
+    pub fn push(&mut self, confirm: Confirm, then: T) {
         self.waiting.push_back((confirm, then));
     }
 
@@ -483,7 +375,7 @@ impl<T> Confirms<T> {
     /// not confirmed); `None` if nothing is waiting.
     pub async fn next(&mut self) -> Option<(Result<(), PublishError>, T)> {
         let (confirm, then) = self.waiting.pop_front()?;
-        Some((confirmed(confirm, self.timeout).await, then))
+        Some((confirm.wait(self.timeout).await, then))
     }
 }
 
@@ -599,25 +491,6 @@ impl<R: BufRead> ArchiveReader<R> {
                 }
             }
         }
-    }
-}
-
-fn header_str(h: Option<&FieldTable>, key: &str) -> Option<String> {
-    match h?.inner().get(key)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
-}
-
-fn header_u32(h: Option<&FieldTable>, key: &str) -> Option<u32> {
-    match h?.inner().get(key)? {
-        AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
-        AMQPValue::LongUInt(n) => Some(*n),
-        AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
-        AMQPValue::ShortInt(n) => u32::try_from(*n).ok(),
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok(),
-        _ => None,
     }
 }
 

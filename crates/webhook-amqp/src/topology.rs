@@ -12,13 +12,16 @@
 
 use std::time::Duration;
 
+use lapin::ExchangeKind;
 use lapin::options::{
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, Connection, ExchangeKind};
 use webhook_core::EventType;
 use webhook_core::settings::{AmqpSettings, RetrySchedule};
+
+use crate::channel::{Channel, Connection};
+use crate::error::AmqpError;
 
 /// Every name of the topology, with the configured prefix applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +105,8 @@ fn s(v: &str) -> AMQPValue {
 /// Declares exchanges, queues and bindings. Idempotent as long as the arguments are unchanged;
 /// a queue that exists with other arguments makes the broker close the channel with
 /// PRECONDITION_FAILED, which is reported with the queue's name.
-pub async fn declare(channel: &Channel, topo: &Topology) -> Result<(), lapin::Error> {
+pub async fn declare(channel: &Channel, topo: &Topology) -> Result<(), AmqpError> {
+    let channel = &channel.0;
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -220,29 +224,16 @@ pub async fn declare(channel: &Channel, topo: &Topology) -> Result<(), lapin::Er
     Ok(())
 }
 
-/// Messages ready in `queue` (a passive declare: fails if the queue does not exist, and then
-/// the broker closes the channel).
-pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let q = channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await?;
-    Ok(q.message_count())
-}
-
 /// Deletes the topology's queues and exchanges, as far as it can (each on a channel of its own,
 /// since a failed delete closes its channel); for tests and benchmarks that made their own.
 pub async fn delete(connection: &Connection, topo: &Topology) {
     for q in topo.all_queues() {
-        if let Ok(ch) = connection.create_channel().await {
+        if let Ok(ch) = connection.0.create_channel().await {
             let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
         }
     }
     for x in [&topo.exchange, &topo.dead_letter_exchange] {
-        if let Ok(ch) = connection.create_channel().await {
+        if let Ok(ch) = connection.0.create_channel().await {
             let _ = ch
                 .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
                 .await;

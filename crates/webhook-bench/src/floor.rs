@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
-use webhook_amqp::lapin::types::FieldTable;
 use webhook_amqp::{Broker, Outgoing, job_properties};
 use webhook_core::Envelope;
 use webhook_store::Store;
@@ -29,7 +28,7 @@ async fn durable_work(store: &Store, broker: &Broker, event: &Envelope) -> anyho
             exchange: &topology.exchange,
             routing_key: &event.event_type,
             body: &event.body,
-            properties: job_properties(event.id.as_str(), &event.event_type, FieldTable::default()),
+            properties: job_properties(event.id.as_str(), &event.event_type, webhook_amqp::Headers::new()),
         })
         .await?;
     tx.commit().await?;

@@ -4,10 +4,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use webhook_amqp::lapin::Connection;
-use webhook_amqp::lapin::options::{BasicConsumeOptions, QueuePurgeOptions};
-use webhook_amqp::lapin::types::FieldTable;
-use webhook_amqp::topology::queue_depth;
+use lapin::Connection;
+use lapin::options::{BasicConsumeOptions, QueuePurgeOptions};
+use lapin::types::FieldTable;
 
 /// How often each message id was seen on the work queue.
 #[derive(Default)]
@@ -58,7 +57,12 @@ pub async fn drain(
             }
             Ok(None) => break,
             Err(_) => {
-                if taken < expected || queue_depth(&channel, queue).await? == 0 {
+                if taken < expected
+                    || webhook_amqp::Channel::from(channel.clone())
+                        .queue_depth(queue)
+                        .await?
+                        == 0
+                {
                     break;
                 }
             }

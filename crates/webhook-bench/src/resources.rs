@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::{Connection, PgConnection};
 use webhook_amqp::Topology;
-use webhook_amqp::lapin::{Connection as AmqpConnection, ConnectionProperties};
 use webhook_core::Settings;
 
 use crate::events::SECRET;
@@ -91,12 +90,12 @@ impl Resources {
         let topo = self.topology();
         let conn = tokio::time::timeout(
             Duration::from_secs(5),
-            AmqpConnection::connect(&amqp_url(), ConnectionProperties::default()),
+            webhook_amqp::Connection::connect(&amqp_url(), "webhook-bench"),
         )
         .await;
         if let Ok(Ok(conn)) = conn {
             webhook_amqp::topology::delete(&conn, &topo).await;
-            let _ = conn.close(200, "benchmark done".into()).await;
+            conn.close("benchmark done").await;
         }
         if let Ok(mut conn) = PgConnection::connect(&admin_database_url()).await {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use lapin::{Connection, ConnectionProperties};
 use serde::{Deserialize, Serialize};
-use webhook_amqp::lapin::{Connection, ConnectionProperties};
 use webhook_amqp::{Broker, BrokerConfig};
 use webhook_store::Store;
 

@@ -25,6 +25,41 @@ pub const H_ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
 /// RFC 3339 time the message was dead-lettered.
 pub const H_DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
 
+/// RFC 3339 time an operator put the message back (`webhookctl dlq requeue`/`restore`).
+pub const H_REQUEUED_AT: &str = "x-requeued-at";
+
+/// The W3C trace context the job rides in (written and read by `webhook_amqp::trace_context`).
+pub const H_TRACEPARENT: &str = "traceparent";
+pub const H_TRACESTATE: &str = "tracestate";
+
+/// The broker's: its dead-letter history (an array of tables, one per queue, each with a
+/// `count`), and the prefixes of its summary of the first and last dead-lettering.
+pub const H_DEATH: &str = "x-death";
+pub const H_FIRST_DEATH_PREFIX: &str = "x-first-death";
+pub const H_LAST_DEATH_PREFIX: &str = "x-last-death";
+/// The broker's: how many times this message was delivered or acquired (quorum queues).
+pub const H_DELIVERY_COUNT: &str = "x-delivery-count";
+pub const H_ACQUIRED_COUNT: &str = "x-acquired-count";
+
+/// Whether `name` is part of the broker's dead-letter history (`x-death*`, `x-first-death*`,
+/// `x-last-death*`), which brokers ≥ 3.13 own: a message of ours never carries it along.
+pub fn is_death_history(name: &str) -> bool {
+    [H_DEATH, H_FIRST_DEATH_PREFIX, H_LAST_DEATH_PREFIX]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
+/// Whether `name` is one of the broker's counts of this delivery.
+pub fn is_delivery_count(name: &str) -> bool {
+    name == H_DELIVERY_COUNT || name == H_ACQUIRED_COUNT
+}
+
+/// Whether `name` is a header the broker sets on delivery: it describes a past queue or
+/// delivery, not the message.
+pub fn is_broker_header(name: &str) -> bool {
+    is_death_history(name) || is_delivery_count(name)
+}
+
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 
 /// Whether a failure can be fixed by trying again later.

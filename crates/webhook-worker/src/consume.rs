@@ -11,16 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
-use webhook_amqp::lapin::message::Delivery;
-use webhook_amqp::lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
-use webhook_amqp::lapin::types::FieldTable;
-use webhook_amqp::trace_context;
+use webhook_amqp::{Delivery, trace_context};
 use webhook_store::events;
 
 use crate::context::WorkerContext;
@@ -28,7 +22,7 @@ use crate::failure::JobError;
 use crate::handlers;
 use crate::health::{Hold, wait_for_store};
 use crate::job::{Job, Processed};
-use crate::settle::{self, Settled, retry};
+use crate::settle::{self, Settled};
 
 /// Consumes until `shutdown` turns true, then waits up to `drain_timeout` for in-flight jobs.
 pub async fn run(
@@ -58,7 +52,7 @@ pub async fn run(
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         };
-        let channel = match link.connection.create_channel().await {
+        let channel = match link.connection.open_channel().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot open a consumer channel");
@@ -67,18 +61,9 @@ pub async fn run(
                 continue;
             }
         };
-        let consumer = async {
-            channel.basic_qos(concurrency, BasicQosOptions::default()).await?;
-            channel
-                .basic_consume(
-                    ctx.broker.topology().work_queue.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-        }
-        .await;
+        let consumer = channel
+            .consume(&ctx.broker.topology().work_queue, concurrency, false)
+            .await;
         let mut consumer = match consumer {
             Ok(c) => c,
             Err(e) => {
@@ -101,8 +86,7 @@ pub async fn run(
                 Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() {
-                        let tag = consumer.tag();
-                        let _ = channel.basic_cancel(tag, BasicCancelOptions::default()).await;
+                        consumer.cancel().await;
                         draining = Some(channel);
                         break 'outer;
                     }
@@ -123,14 +107,14 @@ pub async fn run(
         jobs.abort_all();
     }
     if let Some(channel) = draining {
-        let _ = channel.close(200, "shutdown".into()).await;
+        channel.close("shutdown").await;
     }
 }
 
 /// Processes one delivery and settles it, in the job's span: the child of the ingest's publish
 /// when the message carries its trace context (see `webhook_amqp::trace_context`).
 async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, shutdown: watch::Receiver<bool>) {
-    let retries = retry::retries_so_far(&delivery);
+    let retries = delivery.headers().retry_attempt();
     let queue = &ctx.broker.topology().work_queue;
     let span = tracing::info_span!(
         "job",
@@ -139,15 +123,15 @@ async fn handle(ctx: Arc<WorkerContext>, delivery: Delivery, shutdown: watch::Re
         messaging.system = "rabbitmq",
         messaging.operation.type = "process",
         messaging.destination.name = %queue,
-        messaging.message.id = delivery.properties.message_id().as_ref().map(|m| m.as_str()).unwrap_or(""),
-        messaging.rabbitmq.destination.routing_key = delivery.routing_key.as_str(),
+        messaging.message.id = delivery.message_id().unwrap_or(""),
+        messaging.rabbitmq.destination.routing_key = delivery.routing_key(),
         retry_attempt = retries,
         event_id = tracing::field::Empty,
         event_type = tracing::field::Empty,
         outcome = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
-    trace_context::continue_trace(&span, delivery.properties.headers().as_ref());
+    trace_context::continue_trace(&span, delivery.headers());
     run_job(ctx, delivery, shutdown, retries).instrument(span).await
 }
 
@@ -161,12 +145,12 @@ async fn run_job(
     let started = Instant::now();
     let mut hold = Hold::new(ctx.health.clone());
     let (event_type, outcome) = loop {
-        let processed = process(&ctx, Bytes::copy_from_slice(&delivery.data)).await;
+        let processed = process(&ctx, Bytes::copy_from_slice(delivery.body())).await;
         let event_type = processed
             .event
             .as_ref()
             .map(|e| e.event_type.clone())
-            .or_else(|| delivery.properties.kind().as_ref().map(|t| t.as_str().to_owned()))
+            .or_else(|| delivery.kind().map(str::to_owned))
             .unwrap_or_else(|| "unknown".into());
         if let Err(JobError::Infrastructure(unavailable)) = &processed.result {
             // Postgres cannot take the work (down, read-only, full, …): nothing can be recorded.
@@ -188,12 +172,7 @@ async fn run_job(
                 _ = shutdown.changed() => false,
             };
             if !resumed || *shutdown.borrow() {
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                let _ = delivery.give_back().await;
                 break (event_type, Settled::Requeued);
             }
             continue;

@@ -11,7 +11,6 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use prometheus::{IntGauge, IntGaugeVec};
 use tokio::sync::watch;
 use webhook_amqp::Broker;
-use webhook_amqp::topology::queue_depth;
 use webhook_store::Store;
 
 use crate::failure::Unavailable;
@@ -156,16 +155,16 @@ pub async fn sample_queue_depths(
             let mut channel = None;
             for queue in broker.topology().all_queues() {
                 if channel.is_none() {
-                    channel = link.connection.create_channel().await.ok();
+                    channel = link.connection.open_channel().await.ok();
                 }
                 let Some(ch) = &channel else { break };
-                match queue_depth(ch, queue).await {
+                match ch.queue_depth(queue).await {
                     Ok(n) => {
                         depths.push((queue, i64::from(n)));
                         exists.push((queue.to_owned(), true));
                     }
                     // A missing queue closes the channel: the next queue gets a new one.
-                    Err(e) if is_not_found(&e) => {
+                    Err(e) if e.is_not_found() => {
                         exists.push((queue.to_owned(), false));
                         channel = None;
                     }
@@ -180,16 +179,11 @@ pub async fn sample_queue_depths(
                 health.set_queues(&exists);
             }
             if let Some(ch) = channel {
-                let _ = ch.close(200, "sampled".into()).await;
+                ch.close("sampled").await;
             }
         }
         tokio::time::sleep(every).await;
     }
-}
-
-/// The broker's 404 NOT_FOUND to a passive declare.
-fn is_not_found(e: &webhook_amqp::lapin::Error) -> bool {
-    e.to_string().contains("NOT_FOUND")
 }
 
 #[cfg(test)]

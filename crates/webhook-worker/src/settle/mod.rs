@@ -6,9 +6,7 @@
 pub mod retry;
 
 use tokio::sync::watch;
-use webhook_amqp::PublishError;
-use webhook_amqp::lapin::message::Delivery;
-use webhook_amqp::lapin::options::{BasicAckOptions, BasicNackOptions};
+use webhook_amqp::{Delivery, PublishError};
 use webhook_core::message::ErrorKind;
 use webhook_store::events::{ErrorRecord, EventStatus, Outcome};
 use webhook_store::fault::DbFault;
@@ -61,7 +59,7 @@ pub async fn settle(
         error,
     };
     let ack = || async {
-        if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+        if let Err(e) = delivery.ack().await {
             // The connection died: the broker redelivers, and the ledger makes that harmless.
             tracing::warn!(error = %e, "ack failed; the message will be redelivered");
         }
@@ -257,11 +255,6 @@ async fn route_failure(
 
 /// Returns the message to the queue: its redelivery finds the ledger done and records the outcome.
 async fn give_back(delivery: &Delivery) -> Settled {
-    let _ = delivery
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        })
-        .await;
+    let _ = delivery.give_back().await;
     Settled::Requeued
 }

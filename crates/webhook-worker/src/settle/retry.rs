@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use webhook_amqp::lapin::message::Delivery;
-use webhook_amqp::lapin::types::{AMQPValue, FieldTable, LongString};
-use webhook_amqp::{Outgoing, PublishError};
+use webhook_amqp::{Delivery, Headers, Outgoing, Properties, PublishError};
 use webhook_core::message::{self, ErrorKind};
 
 use crate::context::WorkerContext;
@@ -64,68 +62,23 @@ pub fn tier(delays: &[Duration], failure: &Failure, retries_so_far: u32) -> Opti
     Some((delay, attempt))
 }
 
-/// Our retry count (`x-retry-attempt`), 0 for a first delivery.
-pub fn retries_so_far(delivery: &Delivery) -> u32 {
-    header(delivery.properties.headers().as_ref(), message::H_RETRY_ATTEMPT)
-        .and_then(|v| match v {
-            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.trim().parse().ok(),
-            AMQPValue::ShortString(s) => s.as_str().trim().parse().ok(),
-            AMQPValue::ShortShortInt(n) => u32::try_from(*n).ok(),
-            AMQPValue::ShortShortUInt(n) => Some(u32::from(*n)),
-            AMQPValue::ShortInt(n) => u32::try_from(*n).ok(),
-            AMQPValue::ShortUInt(n) => Some(u32::from(*n)),
-            AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
-            AMQPValue::LongUInt(n) => Some(*n),
-            AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
-            _ => None,
-        })
-        .unwrap_or(0)
-}
-
-fn header<'a>(headers: Option<&'a FieldTable>, key: &str) -> Option<&'a AMQPValue> {
-    headers?.inner().get(key)
-}
-
-fn header_str(headers: Option<&FieldTable>, key: &str) -> Option<String> {
-    match header(headers, key)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
-}
-
-fn s(v: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(v))
-}
-
 /// The headers of a re-published message: our own failure headers, the first failure time and
 /// original routing key carried over, and none of the broker's `x-death` family (brokers ≥ 3.13
 /// own those, and carrying them along could make the broker see a dead-letter cycle).
-pub fn failure_headers(delivery: &Delivery, event_type: &str, failure: &Failure, attempt: u32) -> FieldTable {
-    let incoming = delivery.properties.headers().as_ref();
+pub fn failure_headers(delivery: &Delivery, event_type: &str, failure: &Failure, attempt: u32) -> Headers {
+    let incoming = delivery.headers();
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let mut h = FieldTable::default();
-    if let Some(incoming) = incoming {
-        for (k, v) in incoming.inner() {
-            let k = k.as_str();
-            if !k.starts_with("x-death") && !k.starts_with("x-first-death") && !k.starts_with("x-last-death")
-            {
-                h.insert(k.into(), v.clone());
-            }
-        }
-    }
-    let first = header_str(incoming, message::H_FIRST_FAILED_AT).unwrap_or_else(|| now.clone());
-    let original =
-        header_str(incoming, message::H_ORIGINAL_ROUTING_KEY).unwrap_or_else(|| event_type.to_owned());
-    h.insert(
-        message::H_RETRY_ATTEMPT.into(),
-        AMQPValue::LongInt(attempt as i32),
-    );
-    h.insert(message::H_ERROR.into(), s(&truncate(&failure.message, 1000)));
-    h.insert(message::H_ERROR_KIND.into(), s(failure.kind.as_str()));
-    h.insert(message::H_FAILED_STEP.into(), s(failure.step.as_str()));
-    h.insert(message::H_FIRST_FAILED_AT.into(), s(&first));
-    h.insert(message::H_ORIGINAL_ROUTING_KEY.into(), s(&original));
+    let mut h = incoming.without_death_history();
+    let first = incoming.get_str(message::H_FIRST_FAILED_AT).unwrap_or(now);
+    let original = incoming
+        .get_str(message::H_ORIGINAL_ROUTING_KEY)
+        .unwrap_or_else(|| event_type.to_owned());
+    h.set_i32(message::H_RETRY_ATTEMPT, attempt as i32);
+    h.set_str(message::H_ERROR, &truncate(&failure.message, 1000));
+    h.set_str(message::H_ERROR_KIND, failure.kind.as_str());
+    h.set_str(message::H_FAILED_STEP, failure.step.as_str());
+    h.set_str(message::H_FIRST_FAILED_AT, &first);
+    h.set_str(message::H_ORIGINAL_ROUTING_KEY, &original);
     h
 }
 
@@ -155,7 +108,7 @@ pub async fn schedule(
         .publish(Outgoing {
             exchange: "",
             routing_key: queue,
-            body: &delivery.data,
+            body: delivery.body(),
             properties: republished_properties(delivery, event_type, headers),
         })
         .await
@@ -171,97 +124,57 @@ pub async fn dead_letter(
 ) -> Result<(), PublishError> {
     let mut headers = failure_headers(delivery, event_type, failure, retries_so_far);
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    headers.insert(message::H_DEAD_LETTERED_AT.into(), s(&now));
+    headers.set_str(message::H_DEAD_LETTERED_AT, &now);
     let topo = ctx.broker.topology();
     ctx.broker
         .publish(Outgoing {
             exchange: &topo.dead_letter_exchange,
             routing_key: event_type,
-            body: &delivery.data,
+            body: delivery.body(),
             properties: republished_properties(delivery, event_type, headers),
         })
         .await
 }
 
-fn republished_properties(
-    delivery: &Delivery,
-    event_type: &str,
-    headers: FieldTable,
-) -> webhook_amqp::lapin::BasicProperties {
-    let message_id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_default();
-    webhook_amqp::job_properties(&message_id, event_type, headers)
+fn republished_properties(delivery: &Delivery, event_type: &str, headers: Headers) -> Properties {
+    webhook_amqp::job_properties(delivery.message_id().unwrap_or_default(), event_type, headers)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::step::Step;
-    use webhook_amqp::lapin::BasicProperties;
-    use webhook_amqp::lapin::types::ShortString;
 
-    fn delivery(headers: &[(&str, AMQPValue)]) -> Delivery {
-        let mut d = Delivery::mock(1, "".into(), "billing.provisioning".into(), false, b"{}".to_vec());
-        let mut table = FieldTable::default();
+    /// A delivery of `evt_1` with these text headers.
+    fn delivery(headers: &[(&str, &str)]) -> Delivery {
+        let mut table = Headers::new();
         for (k, v) in headers {
-            table.insert((*k).into(), v.clone());
+            table.set_str(k, v);
         }
-        d.properties = BasicProperties::default()
-            .with_message_id("evt_1".into())
-            .with_headers(table);
-        d
+        let properties = Properties::default().with_message_id("evt_1").with_headers(table);
+        Delivery::mock("billing.provisioning", b"{}".to_vec(), properties)
     }
 
-    fn get<'a>(h: &'a FieldTable, key: &str) -> Option<&'a AMQPValue> {
-        h.inner().get(key)
-    }
-
-    fn text(h: &FieldTable, key: &str) -> String {
-        header_str(Some(h), key).unwrap_or_else(|| panic!("no {key} in {h:?}"))
-    }
-
-    #[test]
-    fn the_retry_count_is_read_whatever_integer_or_string_type_carries_it() {
-        let count = |v: AMQPValue| retries_so_far(&delivery(&[(message::H_RETRY_ATTEMPT, v)]));
-        assert_eq!(retries_so_far(&delivery(&[])), 0, "a first delivery");
-        let mut bare = delivery(&[]);
-        bare.properties = BasicProperties::default();
-        assert_eq!(retries_so_far(&bare), 0, "no headers at all");
-        assert_eq!(count(s(" 3 ")), 3);
-        assert_eq!(count(AMQPValue::ShortString(ShortString::from(" 4"))), 4);
-        assert_eq!(count(AMQPValue::ShortShortInt(5)), 5);
-        assert_eq!(count(AMQPValue::ShortShortUInt(6)), 6);
-        assert_eq!(count(AMQPValue::ShortInt(7)), 7);
-        assert_eq!(count(AMQPValue::ShortUInt(8)), 8);
-        assert_eq!(count(AMQPValue::LongInt(9)), 9);
-        assert_eq!(count(AMQPValue::LongUInt(10)), 10);
-        assert_eq!(count(AMQPValue::LongLongInt(11)), 11);
-        // What is not a count starts the schedule over rather than failing the message.
-        assert_eq!(count(AMQPValue::LongInt(-1)), 0);
-        assert_eq!(count(s("two")), 0);
-        assert_eq!(count(AMQPValue::Boolean(true)), 0);
+    fn text(h: &Headers, key: &str) -> String {
+        h.get_str(key).unwrap_or_else(|| panic!("no {key} in {h:?}"))
     }
 
     #[test]
     fn failure_headers_carry_the_reason_and_drop_the_brokers_own() {
         let incoming = delivery(&[
-            ("x-death", s("broker's")),
-            ("x-first-death-queue", s("q")),
-            ("x-last-death-reason", s("expired")),
-            ("x-custom", s("kept")),
-            (message::H_RETRY_ATTEMPT, AMQPValue::LongInt(1)),
+            ("x-death", "broker's"),
+            ("x-first-death-queue", "q"),
+            ("x-last-death-reason", "expired"),
+            ("x-custom", "kept"),
+            (message::H_RETRY_ATTEMPT, "1"),
         ]);
         let failure = Failure::transient(Step::LagoSubscription, "HTTP 503");
         let h = failure_headers(&incoming, "invoice.paid", &failure, 2);
         for broker_owned in ["x-death", "x-first-death-queue", "x-last-death-reason"] {
-            assert!(get(&h, broker_owned).is_none(), "{broker_owned} carried over");
+            assert!(!h.contains(broker_owned), "{broker_owned} carried over");
         }
         assert_eq!(text(&h, "x-custom"), "kept");
-        assert_eq!(get(&h, message::H_RETRY_ATTEMPT), Some(&AMQPValue::LongInt(2)));
+        assert_eq!(h.retry_attempt(), 2);
         assert_eq!(text(&h, message::H_ERROR), "HTTP 503");
         assert_eq!(text(&h, message::H_ERROR_KIND), "transient");
         assert_eq!(text(&h, message::H_FAILED_STEP), "lago_subscription");
@@ -271,11 +184,8 @@ mod tests {
 
         // A later failure keeps the first failure's time and the original routing key.
         let again = delivery(&[
-            (message::H_FIRST_FAILED_AT, s("2026-01-01T00:00:00.000Z")),
-            (
-                message::H_ORIGINAL_ROUTING_KEY,
-                AMQPValue::ShortString("checkout.session.completed".into()),
-            ),
+            (message::H_FIRST_FAILED_AT, "2026-01-01T00:00:00.000Z"),
+            (message::H_ORIGINAL_ROUTING_KEY, "checkout.session.completed"),
         ]);
         let failure = Failure::permanent(Step::Parse, "no id");
         let h = failure_headers(&again, "other", &failure, 3);
@@ -302,10 +212,10 @@ mod tests {
     #[test]
     fn a_republished_message_keeps_its_id_and_gets_the_job_properties() {
         let d = delivery(&[]);
-        let p = republished_properties(&d, "invoice.paid", FieldTable::default());
-        assert_eq!(p.message_id().as_ref().map(|m| m.as_str()), Some("evt_1"));
-        assert_eq!(p.kind().as_ref().map(|m| m.as_str()), Some("invoice.paid"));
-        assert_eq!(p.delivery_mode(), &Some(2), "persistent");
+        let p = republished_properties(&d, "invoice.paid", Headers::new());
+        assert_eq!(p.message_id(), Some("evt_1"));
+        assert_eq!(p.kind(), Some("invoice.paid"));
+        assert_eq!(p.delivery_mode(), Some(2), "persistent");
     }
 
     fn secs(list: &[u64]) -> Vec<Duration> {

@@ -22,9 +22,7 @@ use serde_json::json;
 use webhook_amqp::dead_letters::{
     self, ArchiveLine, ArchiveReader, Archived, Confirms, DeadLetter, Filter, Scan, WINDOW,
 };
-use webhook_amqp::lapin::options::{ConfirmSelectOptions, QueuePurgeOptions};
-use webhook_amqp::lapin::{BasicProperties, Channel, PublisherConfirm};
-use webhook_amqp::{Broker, BrokerConfig, Link, PublishError};
+use webhook_amqp::{Broker, BrokerConfig, Channel, Confirm, Link, Properties, PublishError};
 use webhook_core::Settings;
 
 use crate::{UsageError, progress, report};
@@ -55,18 +53,14 @@ impl Session {
             })?;
         let channel = link
             .connection
-            .create_channel()
+            .open_channel()
             .await
             .context("opening a channel")?;
         let confirms = link
             .connection
-            .create_channel()
+            .open_confirm_channel()
             .await
-            .context("opening a channel")?;
-        confirms
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .context("turning on publisher confirms")?;
+            .context("opening a channel with publisher confirms")?;
         Ok(Self {
             broker,
             link,
@@ -91,11 +85,11 @@ impl Session {
         let channel = self
             .link
             .connection
-            .create_channel()
+            .open_channel()
             .await
             .context("opening a channel")?;
-        let found = webhook_amqp::topology::queue_depth(&channel, self.work_queue()).await;
-        let _ = channel.close(200, "checked".into()).await;
+        let found = channel.queue_depth(self.work_queue()).await;
+        channel.close("checked").await;
         found.map(|_| ()).with_context(|| {
             format!(
                 "the work queue {} does not exist: run `webhookctl setup` first; nothing was changed",
@@ -105,14 +99,12 @@ impl Session {
     }
 
     async fn depth(&self) -> anyhow::Result<u32> {
-        webhook_amqp::topology::queue_depth(&self.channel, self.dlq())
-            .await
-            .with_context(|| {
-                format!(
-                    "the dead-letter queue {} does not exist: run `webhookctl setup` first",
-                    self.dlq()
-                )
-            })
+        self.channel.queue_depth(self.dlq()).await.with_context(|| {
+            format!(
+                "the dead-letter queue {} does not exist: run `webhookctl setup` first",
+                self.dlq()
+            )
+        })
     }
 
     /// One pass over the `limit` oldest dead letters (see `dead_letters::Scan`).
@@ -121,30 +113,26 @@ impl Session {
     }
 
     /// Publishes to a queue directly (default exchange); await the confirm through [`Confirms`].
-    async fn publish_to(
-        &self,
-        queue: &str,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> anyhow::Result<PublisherConfirm> {
-        dead_letters::publish(&self.confirms, "", queue, body, properties)
+    async fn publish_to(&self, queue: &str, body: &[u8], properties: Properties) -> anyhow::Result<Confirm> {
+        self.confirms
+            .publish("", queue, body, properties)
             .await
             .with_context(|| format!("publishing to {queue} failed"))
     }
 
     /// Puts a dead letter on the work queue (only the worker gets it) with a fresh retry count.
-    async fn requeue(&self, d: &DeadLetter) -> anyhow::Result<PublisherConfirm> {
+    async fn requeue(&self, d: &DeadLetter) -> anyhow::Result<Confirm> {
         self.publish_to(
             self.work_queue(),
-            &d.delivery.data,
+            d.delivery.body(),
             dead_letters::requeue_properties(d),
         )
         .await
     }
 
     /// Keeps a dead letter the filter skips: an unchanged copy at the DLQ's tail.
-    async fn keep(&self, d: &DeadLetter) -> anyhow::Result<PublisherConfirm> {
-        self.publish_to(self.dlq(), &d.delivery.data, dead_letters::kept_properties(d))
+    async fn keep(&self, d: &DeadLetter) -> anyhow::Result<Confirm> {
+        self.publish_to(self.dlq(), d.delivery.body(), dead_letters::kept_properties(d))
             .await
     }
 
@@ -152,8 +140,8 @@ impl Session {
         for d in &held {
             let _ = dead_letters::give_back(d).await;
         }
-        let _ = self.channel.close(200, "done".into()).await;
-        let _ = self.confirms.close(200, "done".into()).await;
+        self.channel.close("done").await;
+        self.confirms.close("done").await;
         self.broker.close().await;
     }
 }
@@ -324,11 +312,11 @@ pub async fn requeue(settings: &Settings, filter: Filter, dry_run: bool, json: b
             bar.inc(1);
             if filter.matches(&d) {
                 let confirm = s.requeue(&d).await?;
-                d.delivery.data = Vec::new(); // the broker has it; keep only what acks it
+                d.delivery.forget_body(); // the broker has it; keep only what acks it
                 confirms.push(confirm, Then::Requeued(d));
             } else {
                 let confirm = s.keep(&d).await?;
-                d.delivery.data = Vec::new();
+                d.delivery.forget_body();
                 confirms.push(confirm, Then::Kept(d));
             }
         }
@@ -376,7 +364,7 @@ async fn requeue_dry_run(s: Session, total: u32, filter: &Filter, json: bool) ->
     let mut readers = Vec::with_capacity(DRY_RUN_READERS);
     let mut result: anyhow::Result<()> = Ok(());
     for _ in 0..DRY_RUN_READERS {
-        let channel = match s.link.connection.create_channel().await {
+        let channel = match s.link.connection.open_channel().await {
             Ok(c) => c,
             Err(e) => {
                 result = Err(anyhow::Error::new(e).context("opening a channel"));
@@ -393,7 +381,7 @@ async fn requeue_dry_run(s: Session, total: u32, filter: &Filter, json: bool) ->
                         let seen = filter
                             .matches(&d)
                             .then(|| (d.event_id.clone(), d.event_type.clone(), d.error.clone()));
-                        d.delivery.data = Vec::new();
+                        d.delivery.forget_body();
                         last = Some(d);
                         if tx.send(seen).await.is_err() {
                             break;
@@ -409,7 +397,7 @@ async fn requeue_dry_run(s: Session, total: u32, filter: &Filter, json: bool) ->
             if let Some(d) = &last {
                 let _ = dead_letters::give_back_all_up_to(d).await;
             }
-            let _ = channel.close(200, "dry run done".into()).await;
+            channel.close("dry run done").await;
             read
         }));
     }
@@ -460,7 +448,7 @@ impl ArchiveFile<'_> {
     fn write(&mut self, mut d: DeadLetter) -> anyhow::Result<()> {
         let line = serde_json::to_string(&Archived::from_dead_letter(&d))?;
         writeln!(self.file, "{line}").with_context(|| format!("writing {}", self.path.display()))?;
-        d.delivery.data = Vec::new();
+        d.delivery.forget_body();
         self.unsynced.push(d);
         Ok(())
     }
@@ -543,7 +531,7 @@ pub async fn drain(settings: &Settings, out: &Path, filter: Filter, json: bool) 
                 archive.write(d)?;
             } else {
                 let confirm = s.keep(&d).await?;
-                d.delivery.data = Vec::new();
+                d.delivery.forget_body();
                 confirms.push(confirm, Then::Kept(d));
             }
         }
@@ -746,7 +734,7 @@ pub async fn purge(settings: &Settings, yes: bool, json: bool) -> anyhow::Result
     s.depth().await?;
     let purged = s
         .channel
-        .queue_purge(s.dlq().into(), QueuePurgeOptions::default())
+        .queue_purge(s.dlq())
         .await
         .context("purging the dead-letter queue")?;
     s.close(Vec::new()).await;

@@ -10,8 +10,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use webhook_amqp::lapin::types::FieldTable;
-use webhook_amqp::{Broker, BrokerConfig, Outgoing, PublishError, job_properties};
+use webhook_amqp::{Broker, BrokerConfig, Headers, Outgoing, PublishError, job_properties};
 use webhook_core::{EventType, Settings};
 use webhook_store::{Store, events, history};
 
@@ -57,7 +56,7 @@ pub async fn run(settings: &Settings, event_id: &str) -> anyhow::Result<()> {
             exchange: &topo.exchange,
             routing_key: &mark.event_type,
             body: mark.payload.as_bytes(),
-            properties: job_properties(event_id, &mark.event_type, FieldTable::default()),
+            properties: job_properties(event_id, &mark.event_type, Headers::new()),
         })
         .await;
     broker.close().await;
@@ -70,8 +69,7 @@ pub async fn run(settings: &Settings, event_id: &str) -> anyhow::Result<()> {
             "RabbitMQ has no queue bound to {} on {} (run `webhookctl setup`)",
             mark.event_type, topo.exchange
         ),
-        PublishError::Amqp(a) if matches!(a.kind(), webhook_amqp::lapin::ErrorKind::ProtocolError(p) if p.get_id() == 404) =>
-        {
+        PublishError::Amqp(a) if a.is_not_found() => {
             format!(
                 "RabbitMQ has no exchange {} (run `webhookctl setup`): {a}",
                 topo.exchange
