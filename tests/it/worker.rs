@@ -1897,9 +1897,13 @@ async fn one_checkout_is_one_trace_from_the_ingest_request_through_the_queue_to_
             .filter(|(_, s)| s["traceId"] == trace_id.as_str())
             .collect();
         let names: Vec<&str> = trace.iter().filter_map(|(_, s)| s["name"].as_str()).collect();
+        // The job's span ends after its steps (once the outcome is settled): it may reach the
+        // receiver in a later export batch than they do.
+        let job = format!("{}billing.provisioning process", ctx.prefix);
         let complete = STEPS.iter().all(|step| names.contains(step))
             && names.contains(&"lago create_subscription")
-            && names.contains(&"keycloak put_user");
+            && names.contains(&"keycloak put_user")
+            && names.contains(&job.as_str());
         complete.then_some((request, trace))
     })
     .await;
