@@ -389,9 +389,9 @@ fn ctx_env(ctx: &TestContext) -> HashMap<String, String> {
     ctx.env.clone()
 }
 
-/// Two subscriptions provisioned; then, by hand, one account's tier is set to `free` in
-/// Keycloak and the other's Lago subscription is terminated. `reconcile` names both drifts
-/// (exit 1) and none before; `--fix` queues two jobs that repair both, with audit rows
+/// Four subscriptions provisioned (two active, one past due, one canceled: no drift); then, by
+/// hand, one account's tier is set to `free` in Keycloak and another's Lago subscription is
+/// terminated. `reconcile` names both drifts (exit 1) and none before; `--fix` queues two jobs that repair both, with audit rows
 /// `subscription.reconciled`; a last `reconcile` finds nothing.
 #[tokio::test]
 async fn reconcile_finds_drift_made_by_hand_and_fix_repairs_it() {
@@ -402,7 +402,22 @@ async fn reconcile_finds_drift_made_by_hand_and_fix_repairs_it() {
     let topo = rabbit::topology(&settings);
     let worker = TestWorker::spawn(settings).await.ready().await;
     let pool = ctx.pool().await;
-    for (who, sub) in [("rc-a", "sub_rc_a"), ("rc-b", "sub_rc_b")] {
+    // a and b active; c past due (its grace keeps the tier, Lago keeps billing); d canceled
+    // (Lago terminated, the free tier): none of them is a drift until something is changed by hand.
+    for (who, sub, later) in [
+        ("rc-a", "sub_rc_a", None),
+        ("rc-b", "sub_rc_b", None),
+        (
+            "rc-c",
+            "sub_rc_c",
+            Some(("customer.subscription.updated", "past_due")),
+        ),
+        (
+            "rc-d",
+            "sub_rc_d",
+            Some(("customer.subscription.deleted", "canceled")),
+        ),
+    ] {
         let email = format!("{who}@example.com");
         sandbox.state.add_user(user(&email));
         let cus = format!("cus_{who}");
@@ -414,20 +429,6 @@ async fn reconcile_finds_drift_made_by_hand_and_fix_repairs_it() {
             &email,
             "professional",
         );
-        // Stripe's subscription as it is now: active, on the professional monthly price.
-        let current = value(&stripe::subscription(
-            &format!("evt_{who}_s"),
-            "customer.subscription.updated",
-            now - 600,
-            sub,
-            &cus,
-            "active",
-            "professional",
-        ));
-        sandbox
-            .state
-            .stripe_put_subscription(current["data"]["object"].clone())
-            .unwrap();
         rabbit::publish(
             &topo.exchange,
             "checkout.session.completed",
@@ -436,11 +437,30 @@ async fn reconcile_finds_drift_made_by_hand_and_fix_repairs_it() {
         )
         .await;
         wait_event_status(&pool, &format!("evt_{who}"), "succeeded").await;
+        // Stripe's subscription as it is now, delivered too when it changed after the checkout.
+        let (event_type, status) = later.unwrap_or(("customer.subscription.updated", "active"));
+        let current = stripe::subscription(
+            &format!("evt_{who}_s"),
+            event_type,
+            now - 300,
+            sub,
+            &cus,
+            status,
+            "professional",
+        );
+        sandbox
+            .state
+            .stripe_put_subscription(value(&current)["data"]["object"].clone())
+            .unwrap();
+        if later.is_some() {
+            rabbit::publish(&topo.exchange, event_type, &current, &format!("evt_{who}_s")).await;
+            wait_event_status(&pool, &format!("evt_{who}_s"), "succeeded").await;
+        }
     }
     let env = ctl_env(&ctx, &sandbox, &[]);
     let out = webhookctl(&env, &["reconcile", "--json"]).await;
     assert_eq!(out.code, 0, "no drift yet: {}\n{}", out.stdout, out.stderr);
-    assert_eq!(json_out(&out)["checked"], 2);
+    assert_eq!(json_out(&out)["checked"], 4);
 
     // By hand.
     sandbox
@@ -481,7 +501,7 @@ async fn reconcile_finds_drift_made_by_hand_and_fix_repairs_it() {
     eprintln!("reconcile after the fix:\n{}{}", out.stdout, out.stderr);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(
-        out.stdout.contains("checked 2 subscriptions: 0 drifts"),
+        out.stdout.contains("checked 4 subscriptions: 0 drifts"),
         "{}",
         out.stdout
     );
