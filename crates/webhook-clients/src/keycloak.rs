@@ -154,17 +154,7 @@ impl KeycloakClient {
         operation: &'static str,
         req: RequestBuilder,
     ) -> Result<Response, DownstreamError> {
-        let started = Instant::now();
-        let result = super::send(SERVICE, operation, req).await;
-        if let Some(m) = &self.metrics {
-            m.observe(
-                SERVICE,
-                operation,
-                result.as_ref().ok().map(|r| r.status().as_u16()),
-                started.elapsed(),
-            );
-        }
-        result.map_err(|e| DownstreamError::from_transport(SERVICE, operation, &e))
+        super::send_observed(SERVICE, operation, req, self.metrics.as_ref()).await
     }
 
     /// An admin request; on a 401 the token is refreshed and the request sent once more.

@@ -1,8 +1,6 @@
 //! Lago API client (contracts/README.md §3): customer upsert, subscription create (idempotent on
 //! `external_id`), get and terminate.
 
-use std::time::Instant;
-
 use reqwest::{Method, Response};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -99,24 +97,12 @@ impl LagoClient {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let started = Instant::now();
-        let result = super::send(SERVICE, operation, req).await;
-        if let Some(m) = &self.metrics {
-            m.observe(
-                SERVICE,
-                operation,
-                result.as_ref().ok().map(|r| r.status().as_u16()),
-                started.elapsed(),
-            );
-        }
-        let resp = result.map_err(|e| DownstreamError::from_transport(SERVICE, operation, &e))?;
+        let resp = super::send_observed(SERVICE, operation, req, self.metrics.as_ref()).await?;
         if resp.status().is_success() {
             return Ok(resp);
         }
         let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.unwrap_or_default();
-        let mut err = DownstreamError::from_status(SERVICE, operation, status, &headers, &text);
+        let (mut err, _) = super::status_error(SERVICE, operation, resp).await;
         if status == 401 {
             err.message = format!("{} (check LAGO_API_KEY)", err.message);
         }

@@ -60,3 +60,39 @@ pub(crate) async fn send(
     }
     result
 }
+
+/// [`send`], the call recorded in `metrics` (when the caller keeps them), a transport failure
+/// (no answer) classified.
+pub(crate) async fn send_observed(
+    service: &'static str,
+    operation: &'static str,
+    req: reqwest::RequestBuilder,
+    metrics: Option<&DownstreamMetrics>,
+) -> Result<reqwest::Response, DownstreamError> {
+    let started = std::time::Instant::now();
+    let result = send(service, operation, req).await;
+    if let Some(m) = metrics {
+        m.observe(
+            service,
+            operation,
+            result.as_ref().ok().map(|r| r.status().as_u16()),
+            started.elapsed(),
+        );
+    }
+    result.map_err(|e| DownstreamError::from_transport(service, operation, &e))
+}
+
+/// A non-2xx answer as an error, and its body (for what the service's client adds).
+pub(crate) async fn status_error(
+    service: &'static str,
+    operation: &'static str,
+    resp: reqwest::Response,
+) -> (DownstreamError, String) {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap_or_default();
+    (
+        DownstreamError::from_status(service, operation, status, &headers, &text),
+        text,
+    )
+}

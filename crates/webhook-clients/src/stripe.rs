@@ -229,24 +229,12 @@ impl StripeClient {
             .request(Method::GET, format!("{}{path}", self.base))
             .query(params)
             .bearer_auth(self.key.expose_secret());
-        let started = Instant::now();
-        let result = super::send(SERVICE, operation, req).await;
-        if let Some(m) = &self.metrics {
-            m.observe(
-                SERVICE,
-                operation,
-                result.as_ref().ok().map(|r| r.status().as_u16()),
-                started.elapsed(),
-            );
-        }
-        let resp = result.map_err(|e| DownstreamError::from_transport(SERVICE, operation, &e))?;
+        let resp = super::send_observed(SERVICE, operation, req, self.metrics.as_ref()).await?;
         if resp.status().is_success() {
             return Ok(resp);
         }
         let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.unwrap_or_default();
-        let mut err = DownstreamError::from_status(SERVICE, operation, status, &headers, &text);
+        let (mut err, text) = super::status_error(SERVICE, operation, resp).await;
         // Stripe's errors: {"error": {"type", "code", "message", "param"}}.
         let stripe_error = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
