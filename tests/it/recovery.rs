@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use webhook_sandbox::{Fault, Route, SeedUser};
 use webhook_tests::ingest::TestIngest;
-use webhook_tests::worker::{TestSandbox, TestWorker, binary_env, worker_settings};
-use webhook_tests::{TestContext, bin_path, rabbit, sign, stripe, wait_event_status, wait_for, webhookctl};
+use webhook_tests::{TestApp, bin_path, rabbit, sign, stripe, wait_event_status, wait_for, webhookctl};
 
 const LONG: Duration = Duration::from_secs(120);
 const KEY: &str = "sk_test_sandbox";
@@ -28,10 +27,13 @@ fn value(body: &[u8]) -> Value {
 }
 
 /// The environment of a `webhookctl` that reads the sandbox's Stripe API.
-fn ctl_env(ctx: &TestContext, sandbox: &TestSandbox, extra: &[(&str, &str)]) -> HashMap<String, String> {
-    let mut pairs = vec![("STRIPE_API_KEY", KEY), ("STRIPE_API_URL", sandbox.url.as_str())];
+fn ctl_env(app: &TestApp, extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut pairs = vec![
+        ("STRIPE_API_KEY", KEY),
+        ("STRIPE_API_URL", app.sandbox.url.as_str()),
+    ];
     pairs.extend_from_slice(extra);
-    binary_env(ctx, sandbox, &pairs)
+    app.env(&pairs)
 }
 
 fn json_out(out: &webhook_tests::Output) -> Value {
@@ -58,8 +60,8 @@ async fn wait_count(pool: &sqlx::PgPool, what: &str, sql: &str, want: i64) {
 /// backfills 0.
 #[tokio::test]
 async fn backfill_provisions_what_only_stripe_has_exactly_once() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
+    let app = TestApp::spawn().await;
+    let (sandbox, pool) = (&app.sandbox, app.pool());
     let now = webhook_core::unix_now();
     let mut events = Vec::new();
     for i in 0..250 {
@@ -78,19 +80,16 @@ async fn backfill_provisions_what_only_stripe_has_exactly_once() {
         .state
         .stripe_add_events(events.iter().map(|b| value(b)).collect())
         .expect("the stand-in takes the events");
-    let settings = worker_settings(&ctx, &sandbox, &[]);
-    let worker = TestWorker::spawn(settings.clone()).await.ready().await;
-    let ingest = TestIngest::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
+    let ingest = TestIngest::spawn(app.settings.clone()).await.ready().await;
     for body in &events[..20] {
         let answer = ingest.post(body.clone(), Some(&sign(body, now))).await;
         assert_eq!(answer.status(), 200);
     }
     for i in 0..20 {
-        wait_event_status(&pool, &format!("evt_bf_{i:03}"), "succeeded").await;
+        wait_event_status(pool, &format!("evt_bf_{i:03}"), "succeeded").await;
     }
 
-    let env = ctl_env(&ctx, &sandbox, &[]);
+    let env = ctl_env(&app, &[]);
     let out = webhookctl(&env, &["backfill", "--since", "1h", "--json"]).await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let report = json_out(&out);
@@ -105,7 +104,7 @@ async fn backfill_provisions_what_only_stripe_has_exactly_once() {
         "{report}"
     );
     wait_count(
-        &pool,
+        pool,
         "every checkout provisioned",
         "SELECT count(*) FROM webhook_events WHERE status = 'succeeded'",
         250,
@@ -115,7 +114,7 @@ async fn backfill_provisions_what_only_stripe_has_exactly_once() {
     assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 250);
     assert_eq!(
         count(
-            &pool,
+            pool,
             "SELECT count(*) FROM audit_logs WHERE event_type = 'subscription.created'"
         )
         .await,
@@ -134,8 +133,7 @@ async fn backfill_provisions_what_only_stripe_has_exactly_once() {
     );
     assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 250);
     ingest.stop().await;
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 /// `--type`, `--from` and `--until` choose what is listed; `--dry-run` changes nothing; a wrong
@@ -143,8 +141,8 @@ async fn backfill_provisions_what_only_stripe_has_exactly_once() {
 /// `Retry-After` says.
 #[tokio::test]
 async fn backfill_filters_dry_runs_and_answers_stripes_refusals() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
+    let app = TestApp::without_worker(&[]).await;
+    let (sandbox, pool) = (&app.sandbox, app.pool());
     let now = webhook_core::unix_now();
     let mut events = Vec::new();
     for (i, created) in [now - 7200, now - 7100, now - 300, now - 200]
@@ -175,8 +173,7 @@ async fn backfill_filters_dry_runs_and_answers_stripes_refusals() {
         "cus_f_3",
     )));
     sandbox.state.stripe_add_events(events).unwrap();
-    let env = ctl_env(&ctx, &sandbox, &[]);
-    let pool = ctx.pool().await;
+    let env = ctl_env(&app, &[]);
 
     let dry = |args: &'static [&'static str]| {
         let env = env.clone();
@@ -228,7 +225,7 @@ async fn backfill_filters_dry_runs_and_answers_stripes_refusals() {
     .await;
     assert_eq!(json_out(&out)["listed"], 2, "{}", out.stdout);
     assert_eq!(
-        count(&pool, "SELECT count(*) FROM webhook_events").await,
+        count(pool, "SELECT count(*) FROM webhook_events").await,
         0,
         "--dry-run changed nothing"
     );
@@ -239,11 +236,7 @@ async fn backfill_filters_dry_runs_and_answers_stripes_refusals() {
     assert!(out.stderr.contains("--since"), "{}", out.stderr);
 
     // A wrong key: exit 1, Stripe's reason, the variable to fix, not the key.
-    let wrong = ctl_env(
-        &ctx,
-        &sandbox,
-        &[("STRIPE_API_KEY", "sk_test_wrongwrongwrong1234")],
-    );
+    let wrong = ctl_env(&app, &[("STRIPE_API_KEY", "sk_test_wrongwrongwrong1234")]);
     let out = webhookctl(&wrong, &["backfill", "--since", "1h"]).await;
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("STRIPE_API_KEY"), "{}", out.stderr);
@@ -284,7 +277,7 @@ async fn backfill_filters_dry_runs_and_answers_stripes_refusals() {
         started.elapsed()
     );
     assert_eq!(sandbox.state.calls(Route::StripeEvents) - before, 3);
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 /// A backfill SIGKILLed after its first batch was recorded, then run again, with no worker
@@ -294,13 +287,13 @@ async fn backfill_filters_dry_runs_and_answers_stripes_refusals() {
 #[tokio::test]
 async fn a_backfill_killed_halfway_and_run_again_loses_and_doubles_nothing() {
     const N: usize = 1000;
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
+    let mut app = TestApp::without_worker(&[]).await;
+    let (state, pool, topo) = (app.sandbox.state.clone(), app.pool().clone(), app.topo.clone());
     let now = webhook_core::unix_now();
     let mut events = Vec::new();
     for i in 0..N {
         let email = format!("k{i}@example.com");
-        sandbox.state.add_user(user(&email));
+        state.add_user(user(&email));
         events.push(value(&stripe::checkout(
             &format!("evt_k_{i:04}"),
             now - 3000 + i as i64,
@@ -310,14 +303,11 @@ async fn a_backfill_killed_halfway_and_run_again_loses_and_doubles_nothing() {
             "professional",
         )));
     }
-    sandbox.state.stripe_add_events(events).unwrap();
-    let settings = worker_settings(&ctx, &sandbox, &[]);
-    let topo = rabbit::topology(&settings);
+    state.stripe_add_events(events).unwrap();
     // The topology, without a consumer.
-    let out = webhookctl(&ctx_env(&ctx), &["setup"]).await;
+    let out = webhookctl(&app.env(&[]), &["setup"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let pool = ctx.pool().await;
-    let env = ctl_env(&ctx, &sandbox, &[]);
+    let env = ctl_env(&app, &[]);
     let mut child = tokio::process::Command::new(bin_path("webhookctl"))
         .env_clear()
         .envs(&env)
@@ -360,7 +350,7 @@ async fn a_backfill_killed_halfway_and_run_again_loses_and_doubles_nothing() {
     );
     assert!(rabbit::depth(&topo.work_queue).await >= N as u32);
 
-    let worker = TestWorker::spawn(settings).await.ready().await;
+    app.start_worker().await;
     wait_count(
         &pool,
         "every event provisioned",
@@ -372,7 +362,7 @@ async fn a_backfill_killed_halfway_and_run_again_loses_and_doubles_nothing() {
         (rabbit::depth(&topo.work_queue).await == 0).then_some(())
     })
     .await;
-    assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), N as u64);
+    assert_eq!(state.calls(Route::LagoCreateSubscription), N as u64);
     assert_eq!(
         count(
             &pool,
@@ -381,12 +371,7 @@ async fn a_backfill_killed_halfway_and_run_again_loses_and_doubles_nothing() {
         .await,
         N as i64
     );
-    worker.stop().await;
-    sandbox.stop().await;
-}
-
-fn ctx_env(ctx: &TestContext) -> HashMap<String, String> {
-    ctx.env.clone()
+    app.stop().await;
 }
 
 /// Four subscriptions provisioned (two active, one past due, one canceled: no drift); then, by
@@ -395,13 +380,9 @@ fn ctx_env(ctx: &TestContext) -> HashMap<String, String> {
 /// `subscription.reconciled`; a last `reconcile` finds nothing.
 #[tokio::test]
 async fn reconcile_finds_drift_made_by_hand_and_fix_repairs_it() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
+    let app = TestApp::spawn().await;
+    let (sandbox, pool, topo) = (&app.sandbox, app.pool(), &app.topo);
     let now = webhook_core::unix_now();
-    let settings = worker_settings(&ctx, &sandbox, &[]);
-    let topo = rabbit::topology(&settings);
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
     // a and b active; c past due (its grace keeps the tier, Lago keeps billing); d canceled
     // (Lago terminated, the free tier): none of them is a drift until something is changed by hand.
     for (who, sub, later) in [
@@ -436,7 +417,7 @@ async fn reconcile_finds_drift_made_by_hand_and_fix_repairs_it() {
             &format!("evt_{who}"),
         )
         .await;
-        wait_event_status(&pool, &format!("evt_{who}"), "succeeded").await;
+        wait_event_status(pool, &format!("evt_{who}"), "succeeded").await;
         // Stripe's subscription as it is now, delivered too when it changed after the checkout.
         let (event_type, status) = later.unwrap_or(("customer.subscription.updated", "active"));
         let current = stripe::subscription(
@@ -454,10 +435,10 @@ async fn reconcile_finds_drift_made_by_hand_and_fix_repairs_it() {
             .unwrap();
         if later.is_some() {
             rabbit::publish(&topo.exchange, event_type, &current, &format!("evt_{who}_s")).await;
-            wait_event_status(&pool, &format!("evt_{who}_s"), "succeeded").await;
+            wait_event_status(pool, &format!("evt_{who}_s"), "succeeded").await;
         }
     }
-    let env = ctl_env(&ctx, &sandbox, &[]);
+    let env = ctl_env(&app, &[]);
     let out = webhookctl(&env, &["reconcile", "--json"]).await;
     assert_eq!(out.code, 0, "no drift yet: {}\n{}", out.stdout, out.stderr);
     assert_eq!(json_out(&out)["checked"], 4);
@@ -491,7 +472,7 @@ async fn reconcile_finds_drift_made_by_hand_and_fix_repairs_it() {
     assert_eq!(out.code, 1, "drift was found: {}", out.stdout);
     assert!(out.stdout.contains("queued 2 reconcile jobs"), "{}", out.stdout);
     wait_count(
-        &pool,
+        pool,
         "two reconcile audit rows",
         "SELECT count(*) FROM audit_logs WHERE event_type = 'subscription.reconciled'",
         2,
@@ -518,36 +499,30 @@ async fn reconcile_finds_drift_made_by_hand_and_fix_repairs_it() {
     let details: Value = sqlx::query_scalar(
         "SELECT details FROM audit_logs WHERE event_type = 'subscription.reconciled' ORDER BY id LIMIT 1",
     )
-    .fetch_one(&pool)
+    .fetch_one(pool)
     .await
     .unwrap();
     assert_eq!(
         details["reconcile"]["requested_by"], "webhookctl reconcile",
         "{details}"
     );
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 /// With `stripe.refetch`, a subscription event delivered late and out of date (older than the
 /// checkout, on another status and plan) applies the subscription as Stripe has it now.
 #[tokio::test]
 async fn refetch_applies_the_subscription_as_stripe_has_it_now() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
+    let mut app = TestApp::without_worker(&[]).await;
+    let url = app.sandbox.url.clone();
+    app.set_worker_settings(&[
+        ("WEBHOOK__STRIPE__REFETCH", "true"),
+        ("STRIPE_API_KEY", KEY),
+        ("STRIPE_API_URL", &url),
+    ]);
+    app.start_worker().await;
+    let (sandbox, pool, topo) = (&app.sandbox, app.pool(), &app.topo);
     let now = webhook_core::unix_now();
-    let settings = worker_settings(
-        &ctx,
-        &sandbox,
-        &[
-            ("WEBHOOK__STRIPE__REFETCH", "true"),
-            ("STRIPE_API_KEY", KEY),
-            ("STRIPE_API_URL", &sandbox.url),
-        ],
-    );
-    let topo = rabbit::topology(&settings);
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
     sandbox.state.add_user(user("rf@example.com"));
     let checkout = stripe::checkout(
         "evt_rf_c",
@@ -564,7 +539,7 @@ async fn refetch_applies_the_subscription_as_stripe_has_it_now() {
         "evt_rf_c",
     )
     .await;
-    wait_event_status(&pool, "evt_rf_c", "succeeded").await;
+    wait_event_status(pool, "evt_rf_c", "succeeded").await;
     // Now on enterprise in Stripe; the event that says so is not delivered, an old one is.
     let current = value(&stripe::subscription(
         "evt_rf_now",
@@ -595,7 +570,7 @@ async fn refetch_applies_the_subscription_as_stripe_has_it_now() {
         "evt_rf_old",
     )
     .await;
-    wait_event_status(&pool, "evt_rf_old", "succeeded").await;
+    wait_event_status(pool, "evt_rf_old", "succeeded").await;
     let u = sandbox.state.user_by_email("rf@example.com").unwrap();
     assert_eq!(u["attributes"]["subscription_tier"], json!(["enterprise"]), "{u}");
     assert!(
@@ -609,10 +584,9 @@ async fn refetch_applies_the_subscription_as_stripe_has_it_now() {
     assert!(sandbox.state.calls(Route::StripeSubscriptions) >= 1);
     let details: Value =
         sqlx::query_scalar("SELECT details FROM audit_logs WHERE details->>'stripe_event_id' = 'evt_rf_old'")
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await
             .unwrap();
     assert_eq!(details["refetched_from_stripe"], true, "{details}");
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }

@@ -75,6 +75,13 @@ impl TestApp {
         }
     }
 
+    /// Replaces the worker's settings overrides (for those that name the sandbox, e.g. its URL
+    /// as `STRIPE_API_URL`); before [`TestApp::start_worker`].
+    pub fn set_worker_settings(&mut self, extra: &[(&str, &str)]) {
+        self.settings = worker_settings(&self.ctx, &self.sandbox, extra);
+        self.topo = crate::rabbit::topology(&self.settings);
+    }
+
     /// Starts a worker with the app's settings and waits until it is ready.
     pub async fn start_worker(&mut self) {
         assert!(self.worker.is_none(), "the app's worker runs already");
