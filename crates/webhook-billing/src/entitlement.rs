@@ -337,4 +337,21 @@ mod tests {
         s.access.insert("active".into(), " Grant ".into());
         assert_eq!(Entitlements::new(&s).unwrap().access("active"), Access::Grant);
     }
+
+    #[test]
+    fn lago_carries_a_plan_unless_the_subscription_never_started_or_ended() {
+        for status in [
+            "active",
+            "trialing",
+            "past_due",
+            "unpaid",
+            "paused",
+            "a_new_status",
+        ] {
+            assert!(lago_carries_plan(status), "{status}");
+        }
+        for status in ["incomplete", "incomplete_expired", "canceled"] {
+            assert!(!lago_carries_plan(status), "{status}");
+        }
+    }
 }

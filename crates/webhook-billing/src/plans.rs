@@ -266,4 +266,11 @@ mod tests {
         assert_eq!(code("professional", "monthly"), "professional_monthly");
         assert_eq!(code("enterprise", "yearly"), "ent-annual-2026");
     }
+
+    #[test]
+    fn names_display_as_they_read() {
+        assert_eq!(PlanCode::new("ent-2026").to_string(), "ent-2026");
+        assert_eq!(Tier::parse(" Pro ").unwrap().to_string(), "pro");
+        assert_eq!(Cycle::parse("YEARLY").unwrap().to_string(), "yearly");
+    }
 }

@@ -446,4 +446,24 @@ mod tests {
         assert_eq!(change.customer.as_deref(), Some("cus_QXg1o8vcGmoR32"));
         assert!(change.customer_email.is_none());
     }
+
+    #[test]
+    fn a_status_reads_back_as_stripe_names_it() {
+        for name in [
+            "incomplete",
+            "trialing",
+            "active",
+            "past_due",
+            "unpaid",
+            "paused",
+            "incomplete_expired",
+            "canceled",
+            "a_status_stripe_adds_later",
+        ] {
+            let status = SubscriptionStatus::parse(name);
+            assert_eq!(status.as_str(), name);
+            assert_eq!(status.to_string(), name);
+        }
+        assert_eq!(SubscriptionStatus::parse("past_due"), SubscriptionStatus::PastDue);
+    }
 }

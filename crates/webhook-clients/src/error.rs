@@ -259,4 +259,14 @@ mod tests {
             "after the Retry-After"
         );
     }
+
+    #[test]
+    fn made_errors_say_whether_a_retry_helps() {
+        let t = DownstreamError::transient("stripe", "list_events", "timed out");
+        assert!(t.is_transient());
+        assert_eq!(t.kind, ErrorKind::Transient);
+        let p = DownstreamError::permanent("stripe", "list_events", "bad key");
+        assert!(!p.is_transient());
+        assert_eq!(t.to_string(), "stripe list_events failed: timed out");
+    }
 }

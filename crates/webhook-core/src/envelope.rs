@@ -207,4 +207,15 @@ mod tests {
             let _ = Envelope::parse(Bytes::from(body));
         }
     }
+
+    #[test]
+    fn the_handled_type_of_an_envelope() {
+        let parse =
+            |t: &str| Envelope::parse(Bytes::from(format!(r#"{{"id": "evt_1", "type": "{t}"}}"#))).unwrap();
+        assert_eq!(
+            parse("invoice.paid").handled_type(),
+            Some(crate::EventType::InvoicePaid)
+        );
+        assert_eq!(parse("customer.created").handled_type(), None);
+    }
 }
