@@ -125,9 +125,15 @@ mod tests {
         let first = submit(1);
         started.notified().await;
         let rest: Vec<_> = (2..=21).map(submit).collect();
+        assert_eq!(gc.waiting(), 0, "the first was taken by the writer");
         while gc.waiting() < 20 {
             tokio::task::yield_now().await;
         }
+        // Exactly the 20 handed over and not taken (the writer holds the first).
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(gc.waiting(), 20);
         gate.add_permits(1_000);
         assert_eq!(first.await.unwrap(), Ok(10));
         for (i, r) in (2..=21).zip(rest) {

@@ -102,4 +102,28 @@ mod tests {
             assert_eq!(kind.to_string(), text);
         }
     }
+
+    #[test]
+    fn the_brokers_headers_are_told_from_ours() {
+        for name in ["x-death", "x-first-death-reason", "x-last-death-queue"] {
+            assert!(super::is_death_history(name), "{name}");
+            assert!(super::is_broker_header(name), "{name}");
+            assert!(!super::is_delivery_count(name), "{name}");
+        }
+        for name in ["x-delivery-count", "x-acquired-count"] {
+            assert!(super::is_delivery_count(name), "{name}");
+            assert!(super::is_broker_header(name), "{name}");
+            assert!(!super::is_death_history(name), "{name}");
+        }
+        for name in [
+            super::H_RETRY_ATTEMPT,
+            super::H_ERROR,
+            super::H_FAILED_STEP,
+            "traceparent",
+            "x-delivery",
+        ] {
+            assert!(!super::is_broker_header(name), "{name}");
+            assert!(!super::is_delivery_count(name), "{name}");
+        }
+    }
 }

@@ -395,4 +395,46 @@ mod tests {
             .unwrap();
         assert!(c.retry_schedule.is_empty(), "no retries: dead-lettered at once");
     }
+
+    #[test]
+    fn stripes_api_needs_a_key_a_rate_and_a_timeout() {
+        let view = |pairs: &[(&str, &str)]| settings(pairs).unwrap().for_stripe_api(" for this");
+        let err = view(&[]).unwrap_err().to_string();
+        assert_eq!(err, "STRIPE_API_KEY is required for this");
+        let ok = view(&[
+            ("STRIPE_API_KEY", " rk_test_1 "),
+            ("STRIPE_API_URL", "http://stripe.test/"),
+        ])
+        .unwrap();
+        assert_eq!(ok.key.expose_secret(), "rk_test_1");
+        assert_eq!(ok.url, "http://stripe.test");
+        assert_eq!(ok.rate_per_sec.get(), 20);
+        assert_eq!(ok.timeout, Duration::from_secs(10));
+        let err = view(&[
+            ("STRIPE_API_KEY", "k"),
+            ("WEBHOOK__STRIPE__API_RATE_PER_SEC", "0"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("WEBHOOK__STRIPE__API_RATE_PER_SEC"),
+            "{err}"
+        );
+        let err = view(&[("STRIPE_API_KEY", "k"), ("WEBHOOK__STRIPE__API_TIMEOUT_MS", "0")]).unwrap_err();
+        assert!(
+            err.to_string().contains("WEBHOOK__STRIPE__API_TIMEOUT_MS"),
+            "{err}"
+        );
+        // The worker: refetch needs the key; with a key and no refetch, reconcile jobs use it.
+        let worker = |pairs: &[(&str, &str)]| settings(pairs).unwrap().for_worker();
+        let err = worker(&[("WEBHOOK__STRIPE__REFETCH", "true")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("STRIPE_API_KEY is required for stripe.refetch"),
+            "{err}"
+        );
+        let w = worker(&[("STRIPE_API_KEY", "k")]).unwrap();
+        assert!(w.stripe_api.is_some() && !w.refetch);
+        let w = worker(&[]).unwrap();
+        assert!(w.stripe_api.is_none());
+    }
 }
