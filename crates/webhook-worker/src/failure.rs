@@ -192,4 +192,16 @@ mod tests {
             })
         ));
     }
+
+    #[test]
+    fn a_downstream_failure_keeps_its_kind_its_retry_after_and_its_cause() {
+        let mut e = DownstreamError::transient("lago", "create_subscription", "HTTP 429");
+        e.retry_after = Some(Duration::from_secs(7));
+        let f = Failure::downstream(Step::LagoSubscription, e);
+        assert_eq!(f.kind, ErrorKind::Transient);
+        assert_eq!(f.retry_after, Some(Duration::from_secs(7)));
+        assert_eq!(f.step, Step::LagoSubscription);
+        assert!(f.message.contains("HTTP 429"), "{}", f.message);
+        assert!(std::error::Error::source(&f).is_some());
+    }
 }

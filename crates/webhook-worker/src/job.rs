@@ -231,4 +231,17 @@ mod tests {
         assert_eq!(key("invoice.paid", None), None);
         assert_eq!(key("invoice.paid", Some("  ")), None);
     }
+
+    #[test]
+    fn the_object_is_the_events_data_object() {
+        let body =
+            r#"{"id": "evt_1", "type": "invoice.paid", "data": {"object": {"id": "in_1", "paid": true}}}"#;
+        let job = Job::decode(Bytes::from(body)).unwrap();
+        assert_eq!(
+            job.object().unwrap(),
+            serde_json::json!({"id": "in_1", "paid": true})
+        );
+        assert_eq!(job.action_key.as_deref(), Some("invoice.paid:in_1"));
+        assert!(!job.reconcile);
+    }
 }
