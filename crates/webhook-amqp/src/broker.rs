@@ -261,6 +261,9 @@ fn node(url: &str, attempt: u64, seed: u64) -> &str {
     nodes[((attempt.max(1) - 1) % nodes.len() as u64) as usize]
 }
 
+/// The longest one connection attempt (TCP, TLS, the AMQP handshake, the topology) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A seed of this process's own (the standard library's random hash keys).
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -306,12 +309,15 @@ async fn supervise(shared: Arc<Shared>) {
         let node = node(url, generation, seed);
         // Shown as `node` in every log line of this connection; never with its password.
         let shown = redact::url(node);
+        // Bounded: a node that drops packets would hold the attempt for minutes (the kernel's
+        // SYN retries, an AMQP handshake nobody answers) while the other nodes are up.
         let attempt = tokio::select! {
-            r = connect(&shared, node, generation) => r,
+            r = tokio::time::timeout(CONNECT_TIMEOUT, connect(&shared, node, generation)) => r,
             _ = shared.shutdown.notified() => return,
         };
+        let attempt = attempt.map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"));
         match attempt {
-            Ok(link) => {
+            Ok(Ok(link)) => {
                 tracing::info!(generation, node = %shown, "connected to RabbitMQ");
                 let mut events = link.connection.0.events_listener();
                 let link = Arc::new(link);
@@ -359,7 +365,14 @@ async fn supervise(shared: Arc<Shared>) {
                 )
                 .await;
             }
-            Err(e) => {
+            Err(timeout) => {
+                tracing::warn!(
+                    node = %shown,
+                    error = %timeout,
+                    "cannot connect to RabbitMQ; trying the next node (check AMQP_URL and that RabbitMQ is running)"
+                );
+            }
+            Ok(Err(e)) => {
                 // lapin's errors may quote the URL (an unparsable one whole): scrubbed.
                 tracing::warn!(
                     node = %shown,

@@ -116,23 +116,20 @@ pub async fn known(pool: &PgPool, event_ids: &[&str]) -> Result<Vec<String>, sql
         .await
 }
 
-/// How many events that name this subscription are still in flight (queued, processing or
-/// waiting in a retry queue): its own events, its checkout's and its invoices' (found in the
-/// payload; in-flight events are few, and the status index finds them).
-pub async fn in_flight_for_subscription(pool: &PgPool, subscription_id: &str) -> Result<i64, sqlx::Error> {
-    let escaped = subscription_id
-        .replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_");
-    let quoted = format!("%\"{escaped}\"%");
-    sqlx::query_scalar(
-        "SELECT count(*) FROM webhook_events
+/// The events still in flight (queued, processing or waiting in a retry queue) and updated
+/// within `within` (older ones are stuck, not in flight): their object id and payload, for a
+/// caller that looks for the subscriptions they name. One scan, however many subscriptions.
+pub async fn in_flight(
+    pool: &PgPool,
+    within: std::time::Duration,
+) -> Result<Vec<(Option<String>, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT object_id, payload FROM webhook_events
          WHERE status IN ('queued', 'processing', 'retrying')
-           AND (object_id = $1 OR payload LIKE $2)",
+           AND updated_at > now() - make_interval(secs => $1)",
     )
-    .bind(subscription_id)
-    .bind(quoted)
-    .fetch_one(pool)
+    .bind(within.as_secs_f64())
+    .fetch_all(pool)
     .await
 }
 

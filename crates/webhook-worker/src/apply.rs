@@ -51,6 +51,9 @@ pub struct BillingJob<'a> {
     pub contact: Option<&'a str>,
     /// A reconcile job: Lago is brought to the state whatever the record says was done.
     pub reconcile: bool,
+    /// The subscription was read from Stripe under the lease at this time: applied whatever the
+    /// watermark says (see [`ordering::apply_read`]).
+    pub read_at: Option<i64>,
 }
 
 /// Applies the job under its subscription's lease (see the module docs).
@@ -118,13 +121,22 @@ pub(crate) async fn run_leased(
         }
     }
     // 3. The state.
-    let applied = ordering::apply(
-        &mut record,
-        event.id.as_str(),
-        &event.event_type,
-        event.created,
-        &job.change,
-    );
+    let applied = match job.read_at {
+        Some(read_at) => ordering::apply_read(
+            &mut record,
+            event.id.as_str(),
+            &event.event_type,
+            read_at,
+            &job.change,
+        ),
+        None => ordering::apply(
+            &mut record,
+            event.id.as_str(),
+            &event.event_type,
+            event.created,
+            &job.change,
+        ),
+    };
     // A stale reconcile job still brings Lago and Keycloak to the (newer) record.
     if let Err(reason) = &applied
         && job.checkout.is_none()

@@ -81,6 +81,34 @@ pub struct WorkerConfig {
     pub refetch: bool,
 }
 
+impl StripeApiConfig {
+    /// A key of the other Stripe mode than `stripe.livemode` (`sk_test_…` with `live`, say) would
+    /// read subscriptions and events the ingest refuses: refused at start.
+    pub fn check_mode(&self, livemode: super::Livemode) -> Result<(), SettingsError> {
+        use super::Livemode;
+        let key = self.key.expose_secret();
+        let key_mode = if key.starts_with("sk_live_") || key.starts_with("rk_live_") {
+            Livemode::Live
+        } else if key.starts_with("sk_test_") || key.starts_with("rk_test_") {
+            Livemode::Test
+        } else {
+            return Ok(());
+        };
+        if livemode != Livemode::Any && key_mode != livemode {
+            return Err(SettingsError::Invalid {
+                variable: "STRIPE_API_KEY",
+                reason: format!(
+                    "it is a {}-mode key but stripe.livemode is {}: use the key of the account's {} mode",
+                    key_mode.as_str(),
+                    livemode.as_str(),
+                    livemode.as_str()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Stripe's API for the tools that read it (`webhookctl backfill`, `reconcile`, the worker's
 /// `stripe.refetch`).
 #[derive(Clone, Debug)]
@@ -158,7 +186,7 @@ impl Settings {
             reason: "0 jobs in flight would consume nothing; it must be at least 1".into(),
         })?;
         let status_attribute = Some(k.status_attribute.trim().to_owned()).filter(|a| !a.is_empty());
-        Ok(WorkerConfig {
+        let config = WorkerConfig {
             bind: bind("WORKER_BIND", &w.bind)?,
             concurrency,
             retry_schedule: w.retry_schedule.clone(),
@@ -179,7 +207,11 @@ impl Settings {
                 Some(self.for_stripe_api("")?)
             },
             refetch: self.stripe.refetch,
-        })
+        };
+        if let Some(api) = &config.stripe_api {
+            api.check_mode(self.stripe.livemode)?;
+        }
+        Ok(config)
     }
 
     /// Stripe's API: `STRIPE_API_KEY` is required (`why` says for what); the URL was checked

@@ -46,6 +46,7 @@ pub async fn handle(
             details: json!({"stripe_session_id": order.session_id}),
             contact: None,
             reconcile: false,
+            read_at: None,
         },
     )
     .await

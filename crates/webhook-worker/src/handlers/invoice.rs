@@ -47,6 +47,7 @@ pub async fn handle(
             details: json!({"stripe_invoice_id": inv.invoice_id, "billing_contact": contact}),
             contact,
             reconcile: false,
+            read_at: None,
         },
     )
     .await

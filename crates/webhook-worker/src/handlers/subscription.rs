@@ -4,7 +4,6 @@
 //! lease and applied as it is now (see [`handle`]).
 
 use serde_json::{Value, json};
-use webhook_core::Envelope;
 
 use crate::apply::{self, BillingJob};
 use crate::context::WorkerContext;
@@ -31,13 +30,18 @@ pub async fn handle(
     deleted: bool,
 ) -> Result<Done, JobError> {
     let delivered = SubscriptionChange::from_object(object, &ctx.plans)?;
-    let stripe = ctx.stripe.as_ref().filter(|_| ctx.refetch || job.reconcile);
+    // A deletion is final whatever its order: it never waits for Stripe's API.
+    let stripe = ctx
+        .stripe
+        .as_ref()
+        .filter(|_| (ctx.refetch && !deleted) || job.reconcile);
     let Some(stripe) = stripe else {
-        let job = billing_job(ctx, job, &job.event, &delivered, deleted, action_key, false);
+        let job = billing_job(ctx, job, &delivered, deleted, action_key, None);
         return apply::run(ctx, job).await;
     };
     let (lease, record) = Lease::acquire(&ctx.store.pool, ctx.lease, &delivered.subscription_id).await?;
     let result = async {
+        let read_at = webhook_core::unix_now();
         let fetched = traced(Step::StripeRefetch, async {
             lease.check()?;
             stripe
@@ -48,16 +52,13 @@ pub async fn handle(
         .await?;
         let Some(fresh) = fetched else {
             tracing::warn!(subscription = %delivered.subscription_id, event_id = %job.event.id, "Stripe has no such subscription: applied as delivered (is STRIPE_API_KEY of the account that sends the webhooks?)");
-            let billing = billing_job(ctx, job, &job.event, &delivered, deleted, action_key.clone(), false);
+            let billing = billing_job(ctx, job, &delivered, deleted, action_key.clone(), None);
             return apply::run_leased(ctx, &billing, &lease, record.clone()).await;
         };
+        // An update whose subscription is canceled now stays an update (status canceled: Lago
+        // ended, no access); the tombstone is the deletion event's.
         let change = SubscriptionChange::from_object(&fresh, &ctx.plans)?;
-        let deleted = deleted || change.status.as_str() == "canceled";
-        // Ordered after everything applied so far: the newest read wins.
-        let mut event = job.event.clone();
-        let newest = record.watermark.as_ref().map_or(0, |w| w.created + 1);
-        event.created = webhook_core::unix_now().max(newest).max(event.created);
-        let billing = billing_job(ctx, job, &event, &change, deleted, action_key.clone(), true);
+        let billing = billing_job(ctx, job, &change, deleted, action_key.clone(), Some(read_at));
         apply::run_leased(ctx, &billing, &lease, record.clone()).await
     }
     .await;
@@ -68,11 +69,10 @@ pub async fn handle(
 fn billing_job<'a>(
     ctx: &WorkerContext,
     job: &'a Job,
-    event: &'a Envelope,
     change: &'a SubscriptionChange,
     deleted: bool,
     action_key: String,
-    refetched: bool,
+    read_at: Option<i64>,
 ) -> BillingJob<'a> {
     // A price the plan map cannot tell still carries its status (e.g. `unpaid` revokes access);
     // the record keeps its plan, and only a subscription with no plan at all fails (see
@@ -95,7 +95,7 @@ fn billing_job<'a>(
         audit_type
     };
     let mut details = json!({"stripe_status": change.status.as_str()});
-    if refetched {
+    if read_at.is_some() {
         details["refetched_from_stripe"] = json!(true);
     }
     if job.reconcile {
@@ -105,7 +105,7 @@ fn billing_job<'a>(
             .unwrap_or(Value::Null);
     }
     BillingJob {
-        event,
+        event: &job.event,
         subscription_id: &change.subscription_id,
         customer: Some(&change.customer),
         change: state,
@@ -117,6 +117,7 @@ fn billing_job<'a>(
         details,
         contact: None,
         reconcile: job.reconcile,
+        read_at,
     }
 }
 

@@ -192,6 +192,29 @@ pub fn apply(
     Ok(())
 }
 
+/// Applies a state read from Stripe under the subscription's lease at `read_at` (refetch, or a
+/// reconcile job reading again): the newest truth there is, applied whatever the watermark says
+/// (a tombstone stays final). The watermark becomes the later of the record's and the read's,
+/// stamped one second before the read, so that an event Stripe creates in the second of the
+/// read or later stays newer than it.
+pub fn apply_read(
+    record: &mut SubscriptionRecord,
+    event_id: &str,
+    event_type: &str,
+    read_at: i64,
+    change: &Change,
+) -> Result<(), Stale> {
+    if record.deleted_by.is_some() {
+        return apply(record, event_id, event_type, read_at - 1, change);
+    }
+    let before = record.watermark.take();
+    let result = apply(record, event_id, event_type, read_at - 1, change);
+    if before.as_ref() > record.watermark.as_ref() {
+        record.watermark = before;
+    }
+    result
+}
+
 fn stale(sub: &str, newer: &Watermark, this: &Watermark) -> Stale {
     Stale::Older {
         subscription: sub.to_owned(),
@@ -258,6 +281,8 @@ pub fn bind(
 pub fn forget_lago(record: &mut SubscriptionRecord) {
     record.lago_terminated = false;
     record.lago_plan_code = match (record.status.as_deref(), &record.plan_code) {
+        // A tombstone: terminated again (whatever the plan); no plan is left to remember.
+        _ if record.deleted_by.is_some() => None,
         (Some(status), Some(_)) if lago_carries_plan(status) => None,
         // No plan to carry: End (terminate) whatever Lago holds.
         _ => Some(UNKNOWN_LAGO_PLAN.to_owned()),

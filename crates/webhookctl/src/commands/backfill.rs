@@ -59,7 +59,7 @@ pub async fn run(settings: &Settings, args: BackfillArgs) -> anyhow::Result<()> 
     let stripe_config = settings.for_stripe_api(
         " for backfill: a restricted key with read access to events (Stripe Dashboard > Developers > API keys)",
     )?;
-    check_key_mode(&stripe_config, settings.stripe.livemode)?;
+    stripe_config.check_mode(settings.stripe.livemode)?;
     let stripe = StripeClient::new(&stripe_config, CLI_RETRY, None)?;
     let store = Store::connect_lazy(&settings.database)?;
     let handled = &settings.stripe.handled_event_types;
@@ -245,6 +245,17 @@ fn query(args: &BackfillArgs, now: i64) -> anyhow::Result<EventQuery> {
             .into());
         }
     };
+    let oldest = now - STRIPE_RETENTION.as_secs() as i64;
+    let from = if from < oldest {
+        eprintln!(
+            "webhookctl: note: Stripe keeps events for 30 days; the window starts {}, so it is cut to {} (older events cannot be fetched)",
+            format_time(from),
+            format_time(oldest)
+        );
+        oldest
+    } else {
+        from
+    };
     let until = args.until.as_deref().map(|u| rfc3339("--until", u)).transpose()?;
     if let Some(until) = until
         && until < from
@@ -259,17 +270,6 @@ fn query(args: &BackfillArgs, now: i64) -> anyhow::Result<EventQuery> {
     if from > now {
         return Err(UsageError(format!("the window starts in the future ({})", format_time(from))).into());
     }
-    let oldest = now - STRIPE_RETENTION.as_secs() as i64;
-    let from = if from < oldest {
-        eprintln!(
-            "webhookctl: note: Stripe keeps events for 30 days; the window starts {}, so it is cut to {} (older events cannot be fetched)",
-            format_time(from),
-            format_time(oldest)
-        );
-        oldest
-    } else {
-        from
-    };
     if args.types.len() > MAX_TYPES {
         return Err(UsageError(format!(
             "{} --type filters given; Stripe takes at most {MAX_TYPES}: run the command once per group of types",
@@ -290,33 +290,6 @@ fn query(args: &BackfillArgs, now: i64) -> anyhow::Result<EventQuery> {
         created_lte: until,
         types: args.types.clone(),
     })
-}
-
-/// A key of the other Stripe mode than the one configured would fetch events the ingest refuses
-/// (they would all be stored as ignored): refused before anything is read.
-pub(crate) fn check_key_mode(
-    config: &webhook_core::settings::StripeApiConfig,
-    livemode: webhook_core::settings::Livemode,
-) -> anyhow::Result<()> {
-    use secrecy::ExposeSecret;
-    use webhook_core::settings::Livemode;
-    let key = config.key.expose_secret();
-    let key_mode = if key.starts_with("sk_live_") || key.starts_with("rk_live_") {
-        Some(Livemode::Live)
-    } else if key.starts_with("sk_test_") || key.starts_with("rk_test_") {
-        Some(Livemode::Test)
-    } else {
-        None
-    };
-    match (key_mode, livemode) {
-        (Some(k), Livemode::Live | Livemode::Test) if k != livemode => anyhow::bail!(
-            "STRIPE_API_KEY is a {}-mode key but stripe.livemode is {}: use the key of the account's {} mode",
-            k.as_str(),
-            livemode.as_str(),
-            livemode.as_str()
-        ),
-        _ => Ok(()),
-    }
 }
 
 fn rfc3339(flag: &str, raw: &str) -> anyhow::Result<i64> {

@@ -76,7 +76,7 @@ pub async fn run(settings: &Settings, args: ReconcileArgs) -> anyhow::Result<()>
     let stripe_config = settings.for_stripe_api(
         " for reconcile: a restricted key with read access to subscriptions and customers (Stripe Dashboard > Developers > API keys)",
     )?;
-    crate::commands::backfill::check_key_mode(&stripe_config, settings.stripe.livemode)?;
+    stripe_config.check_mode(settings.stripe.livemode)?;
     let stripe = StripeClient::new(&stripe_config, CLI_RETRY, None)?;
     let plans = PlanMap::new(&settings.plans).context("the plan map ([plans]) is invalid")?;
     let entitlements = Entitlements::new(&settings.plans).context("[plans.access] is invalid")?;
@@ -105,6 +105,7 @@ pub async fn run(settings: &Settings, args: ReconcileArgs) -> anyhow::Result<()>
         .await
         .context("cannot read the billing state (check DATABASE_URL; run `webhookctl migrate`)")?;
     if args.from_stripe {
+        let known: std::collections::HashSet<String> = ids.iter().cloned().collect();
         let mut cursor: Option<String> = None;
         loop {
             let page = stripe
@@ -112,7 +113,12 @@ pub async fn run(settings: &Settings, args: ReconcileArgs) -> anyhow::Result<()>
                 .await
                 .context("could not list Stripe's subscriptions")?;
             for sub in &page.data {
-                if let Some(id) = sub.get("id").and_then(Value::as_str) {
+                let Some(id) = sub.get("id").and_then(Value::as_str) else {
+                    continue;
+                };
+                // A canceled subscription the billing state never knew has nothing to follow.
+                let canceled = sub.get("status").and_then(Value::as_str) == Some("canceled");
+                if !canceled || known.contains(id) {
                     ids.push(id.to_owned());
                 }
             }
@@ -121,7 +127,10 @@ pub async fn run(settings: &Settings, args: ReconcileArgs) -> anyhow::Result<()>
                 page.data.last().and_then(|s| s.get("id")).and_then(Value::as_str),
             ) {
                 (true, Some(last)) => cursor = Some(last.to_owned()),
-                _ => break,
+                (true, None) => anyhow::bail!(
+                    "Stripe's subscription list said it has more but gave an empty page: check STRIPE_API_URL; nothing was changed"
+                ),
+                (false, _) => break,
             }
         }
         ids.sort();
@@ -132,13 +141,19 @@ pub async fn run(settings: &Settings, args: ReconcileArgs) -> anyhow::Result<()>
     let mut drifts: Vec<Drift> = Vec::new();
     let mut to_fix: Vec<Fix> = Vec::new();
     let mut in_flight: Vec<&str> = Vec::new();
+    // Events still being applied (within the retry schedule's length; older ones are stuck and
+    // do not hold a subscription back): what Lago and Keycloak hold may be on its way.
+    let within = settings.worker.retry_schedule.iter().sum::<Duration>() + Duration::from_secs(3600);
+    let pending = events::in_flight(&store.pool, within)
+        .await
+        .context("cannot read the events table (check DATABASE_URL)")?;
     for id in &ids {
         bar.inc(1);
-        // Its events are still being applied: what Lago and Keycloak hold may be on its way.
-        let pending = events::in_flight_for_subscription(&store.pool, id)
-            .await
-            .context("cannot read the events table (check DATABASE_URL)")?;
-        if pending > 0 {
+        let quoted = format!("\"{id}\"");
+        if pending
+            .iter()
+            .any(|(object, payload)| object.as_deref() == Some(id.as_str()) || payload.contains(&quoted))
+        {
             in_flight.push(id);
             continue;
         }
@@ -546,7 +561,9 @@ pub fn reconcile_event(subscription: &Value, drifts: &[Drift], read_at: i64) -> 
         "id": format!("evt_reconcile_{}", uuid::Uuid::new_v4().simple()),
         "object": "event",
         "type": if canceled { "customer.subscription.deleted" } else { "customer.subscription.updated" },
-        "created": read_at,
+        // A second before the read: an event Stripe creates in the second of the read or later
+        // is newer than the job, whatever its rank.
+        "created": read_at - 1,
         "livemode": subscription.get("livemode").and_then(Value::as_bool).unwrap_or(false),
         "data": {"object": subscription},
         RECONCILE_KEY: {
