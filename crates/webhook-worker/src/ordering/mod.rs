@@ -801,4 +801,72 @@ mod tests {
         forget_lago(&mut r);
         assert_eq!(lago_target(&r), LagoTarget::Terminate);
     }
+
+    #[test]
+    fn a_read_from_stripe_is_applied_whatever_the_watermark_but_not_over_a_tombstone() {
+        let mut r = rec();
+        apply(
+            &mut r,
+            "evt_new",
+            "customer.subscription.updated",
+            100,
+            &updated("past_due", "pro"),
+        )
+        .unwrap();
+        // Read at 90 (a clock behind, or a rank that would lose): applied, the watermark kept.
+        apply_read(
+            &mut r,
+            "evt_old",
+            "customer.subscription.updated",
+            90,
+            &updated("active", "ent"),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.status.as_deref(), r.tier.as_deref()),
+            (Some("active"), Some("ent"))
+        );
+        assert_eq!(r.watermark.as_ref().unwrap().event_id, "evt_new");
+        // A read later than the watermark moves it, to a second before the read.
+        apply_read(
+            &mut r,
+            "evt_x",
+            "customer.subscription.updated",
+            200,
+            &updated("active", "pro"),
+        )
+        .unwrap();
+        let w = r.watermark.clone().unwrap();
+        assert_eq!((w.created, w.event_id.as_str()), (199, "evt_x"));
+        // A real event of the read's second is newer than the read.
+        apply(
+            &mut r,
+            "evt_y",
+            "customer.subscription.updated",
+            200,
+            &updated("past_due", "pro"),
+        )
+        .unwrap();
+        assert_eq!(r.status.as_deref(), Some("past_due"));
+        // The tombstone stays final.
+        apply(
+            &mut r,
+            "evt_d",
+            "customer.subscription.deleted",
+            300,
+            &Change::Deleted { plan: None },
+        )
+        .unwrap();
+        assert!(
+            apply_read(
+                &mut r,
+                "evt_z",
+                "customer.subscription.updated",
+                400,
+                &updated("active", "pro")
+            )
+            .is_err()
+        );
+        assert_eq!(r.status.as_deref(), Some("canceled"));
+    }
 }
