@@ -52,3 +52,17 @@ impl fmt::Display for Step {
         f.write_str(self.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_shows_as_its_ledger_name() {
+        assert_eq!(Step::StripeRefetch.to_string(), "stripe_refetch");
+        assert_eq!(
+            Step::KeycloakAttributes.to_string(),
+            Step::KeycloakAttributes.as_str()
+        );
+    }
+}

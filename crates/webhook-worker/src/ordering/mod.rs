@@ -280,12 +280,12 @@ pub fn bind(
 /// subscription under another customer is still moved.
 pub fn forget_lago(record: &mut SubscriptionRecord) {
     record.lago_terminated = false;
-    record.lago_plan_code = match (record.status.as_deref(), &record.plan_code) {
-        // A tombstone: terminated again (whatever the plan); no plan is left to remember.
-        _ if record.deleted_by.is_some() => None,
-        (Some(status), Some(_)) if lago_carries_plan(status) => None,
-        // No plan to carry: End (terminate) whatever Lago holds.
-        _ => Some(UNKNOWN_LAGO_PLAN.to_owned()),
+    // Anything but the plan the state wants (Assign), and something to end (End) when it wants
+    // none; a tombstone is terminated again whatever the plan, and remembers none.
+    record.lago_plan_code = if record.deleted_by.is_some() {
+        None
+    } else {
+        Some(UNKNOWN_LAGO_PLAN.to_owned())
     };
 }
 

@@ -52,12 +52,13 @@ pub fn tier(delays: &[Duration], failure: &Failure, retries_so_far: u32) -> Opti
     };
     let left = delays.get(index..).filter(|l| !l.is_empty())?;
     let delay = match failure.retry_after {
-        Some(wait) if left[0] < wait => left
+        // The first tier at least that long (the tier's own when it is), else the longest left.
+        Some(wait) => left
             .iter()
             .copied()
             .find(|d| *d >= wait)
             .or_else(|| left.iter().copied().max())?,
-        _ => left[0],
+        None => left[0],
     };
     Some((delay, attempt))
 }
