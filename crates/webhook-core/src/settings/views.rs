@@ -469,4 +469,52 @@ mod tests {
         let w = worker(&[]).unwrap();
         assert!(w.stripe_api.is_none());
     }
+
+    #[test]
+    fn a_key_of_the_other_mode_is_refused() {
+        let check = |key: &str, mode: &str| {
+            settings(&[("STRIPE_API_KEY", key), ("WEBHOOK__STRIPE__LIVEMODE", mode)])
+                .unwrap()
+                .for_stripe_api("")
+                .unwrap()
+                .check_mode(
+                    settings(&[("WEBHOOK__STRIPE__LIVEMODE", mode)])
+                        .unwrap()
+                        .stripe
+                        .livemode,
+                )
+        };
+        for (key, mode) in [
+            ("sk_test_1", "test"),
+            ("rk_test_1", "test"),
+            ("sk_live_1", "live"),
+            ("rk_live_1", "live"),
+            ("sk_test_1", "any"),
+            ("sk_live_1", "any"),
+            ("a_key_of_another_form", "live"),
+        ] {
+            assert!(check(key, mode).is_ok(), "{key} {mode}");
+        }
+        for (key, mode) in [
+            ("sk_test_1", "live"),
+            ("rk_test_1", "live"),
+            ("sk_live_1", "test"),
+            ("rk_live_1", "test"),
+        ] {
+            let err = check(key, mode).unwrap_err().to_string();
+            assert!(
+                err.contains("STRIPE_API_KEY") && err.contains(mode),
+                "{key} {mode}: {err}"
+            );
+        }
+        // The worker checks it too.
+        let err = settings(&[
+            ("STRIPE_API_KEY", "sk_test_1"),
+            ("WEBHOOK__STRIPE__LIVEMODE", "live"),
+        ])
+        .unwrap()
+        .for_worker()
+        .unwrap_err();
+        assert!(err.to_string().contains("test-mode key"), "{err}");
+    }
 }

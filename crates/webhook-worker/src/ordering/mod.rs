@@ -204,14 +204,13 @@ pub fn apply_read(
     read_at: i64,
     change: &Change,
 ) -> Result<(), Stale> {
+    let stamp = read_at - 1;
     if record.deleted_by.is_some() {
-        return apply(record, event_id, event_type, read_at - 1, change);
+        return apply(record, event_id, event_type, stamp, change);
     }
     let before = record.watermark.take();
-    let result = apply(record, event_id, event_type, read_at - 1, change);
-    if before.as_ref() > record.watermark.as_ref() {
-        record.watermark = before;
-    }
+    let result = apply(record, event_id, event_type, stamp, change);
+    record.watermark = std::cmp::max(before, record.watermark.take());
     result
 }
 
