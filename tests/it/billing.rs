@@ -6,22 +6,23 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use webhook_amqp::Topology;
-use webhook_core::Settings;
 use webhook_sandbox::{Fault, Route, SandboxConfig, SeedUser, UnmanagedPolicy};
 use webhook_tests::rabbit;
 use webhook_tests::stripe::{checkout, checkout_paid_by, event_type, invoice_to, subscription};
-use webhook_tests::worker::{TestSandbox, TestWorker, worker_settings};
-use webhook_tests::{TestContext, wait_event_done, wait_for};
+use webhook_tests::{TestApp, TestContext, wait_event_done, wait_for};
 
+/// A [`TestApp`] (context, sandbox, worker) with the helpers of these tests.
 struct Env {
-    ctx: TestContext,
-    sandbox: TestSandbox,
-    worker: TestWorker,
-    pool: PgPool,
-    topo: Topology,
+    app: TestApp,
     /// Event times: `t0` plus the offsets the tests give.
     t0: i64,
+}
+
+impl std::ops::Deref for Env {
+    type Target = TestApp;
+    fn deref(&self) -> &TestApp {
+        &self.app
+    }
 }
 
 impl Env {
@@ -30,18 +31,8 @@ impl Env {
     }
 
     async fn start_with(extra: &[(&str, &str)], config: SandboxConfig) -> Self {
-        let ctx = TestContext::new().await;
-        let sandbox = TestSandbox::spawn_with(config).await;
-        let settings: Settings = worker_settings(&ctx, &sandbox, extra);
-        let topo = rabbit::topology(&settings);
-        let worker = TestWorker::spawn(settings).await.ready().await;
-        let pool = ctx.pool().await;
         Self {
-            ctx,
-            sandbox,
-            worker,
-            pool,
-            topo,
+            app: TestApp::spawn_in(config, extra).await,
             t0: webhook_core::unix_now() - 10_000,
         }
     }
@@ -93,12 +84,11 @@ impl Env {
     }
 
     async fn metric(&self, series: &str) -> f64 {
-        webhook_tests::metric(&format!("http://127.0.0.1:{}", self.worker.port), series).await
+        webhook_tests::metric(&self.worker_url(), series).await
     }
 
     async fn stop(self) {
-        self.worker.stop().await;
-        self.sandbox.stop().await;
+        self.app.stop().await;
     }
 }
 

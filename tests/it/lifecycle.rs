@@ -7,8 +7,8 @@ use sqlx::PgPool;
 use webhook_sandbox::SeedUser;
 use webhook_tests::ingest::TestIngest;
 use webhook_tests::stripe::{checkout, invoice, subscription};
-use webhook_tests::worker::{TestSandbox, TestWorker, worker_settings};
-use webhook_tests::{TestContext, rabbit, sign, wait_event_done};
+use webhook_tests::worker::TestSandbox;
+use webhook_tests::{TestApp, rabbit, sign, wait_event_done};
 
 async fn audits(pool: &PgPool, email: &str) -> Vec<String> {
     sqlx::query_scalar("SELECT event_type FROM audit_logs WHERE subject = $1 ORDER BY id")
@@ -34,14 +34,12 @@ fn attr(sandbox: &TestSandbox, email: &str, key: &str) -> Option<String> {
 
 #[tokio::test]
 async fn checkout_upgrade_payment_failed_paid_cancel() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
+    let app = TestApp::spawn_with(&[]).await;
+    let (ctx, sandbox, pool) = (&app.ctx, &app.sandbox, app.pool.clone());
     let email = "life@example.com";
     sandbox.state.add_user(SeedUser::new(email));
-    let settings = worker_settings(&ctx, &sandbox, &[]);
+    let settings = app.settings.clone();
     let ingest = TestIngest::spawn(settings.clone()).await.ready().await;
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
     let (sub, cus) = (format!("sub_life_{}", ctx.id), format!("cus_life_{}", ctx.id));
     let t0 = webhook_core::unix_now() - 100;
     let post = |body: Vec<u8>| {
@@ -57,11 +55,11 @@ async fn checkout_upgrade_payment_failed_paid_cancel() {
     post(checkout("evt_l1", t0, &sub, &cus, email, "professional")).await;
     assert_eq!(wait_event_done(&pool, "evt_l1").await, "succeeded");
     assert_eq!(
-        active_plan(&sandbox, &sub).as_deref(),
+        active_plan(sandbox, &sub).as_deref(),
         Some("professional_monthly")
     );
     assert_eq!(
-        attr(&sandbox, email, "subscription_tier").as_deref(),
+        attr(sandbox, email, "subscription_tier").as_deref(),
         Some("professional")
     );
 
@@ -77,12 +75,12 @@ async fn checkout_upgrade_payment_failed_paid_cancel() {
     ))
     .await;
     assert_eq!(wait_event_done(&pool, "evt_l2").await, "succeeded");
-    assert_eq!(active_plan(&sandbox, &sub).as_deref(), Some("enterprise_monthly"));
+    assert_eq!(active_plan(sandbox, &sub).as_deref(), Some("enterprise_monthly"));
     assert_eq!(
-        attr(&sandbox, email, "subscription_tier").as_deref(),
+        attr(sandbox, email, "subscription_tier").as_deref(),
         Some("enterprise")
     );
-    assert_eq!(attr(&sandbox, email, "billing_status").as_deref(), Some("active"));
+    assert_eq!(attr(sandbox, email, "billing_status").as_deref(), Some("active"));
 
     // 3. Payment failed, then paid.
     post(invoice(
@@ -96,12 +94,12 @@ async fn checkout_upgrade_payment_failed_paid_cancel() {
     .await;
     assert_eq!(wait_event_done(&pool, "evt_l3").await, "succeeded");
     assert_eq!(
-        attr(&sandbox, email, "billing_status").as_deref(),
+        attr(sandbox, email, "billing_status").as_deref(),
         Some("past_due")
     );
     post(invoice("evt_l4", "invoice.paid", t0 + 30, "in_l1", &sub, &cus)).await;
     assert_eq!(wait_event_done(&pool, "evt_l4").await, "succeeded");
-    assert_eq!(attr(&sandbox, email, "billing_status").as_deref(), Some("active"));
+    assert_eq!(attr(sandbox, email, "billing_status").as_deref(), Some("active"));
     // A late copy of the failure (older than the payment) changes nothing.
     post(invoice(
         "evt_l4b",
@@ -113,7 +111,7 @@ async fn checkout_upgrade_payment_failed_paid_cancel() {
     ))
     .await;
     assert_eq!(wait_event_done(&pool, "evt_l4b").await, "skipped");
-    assert_eq!(attr(&sandbox, email, "billing_status").as_deref(), Some("active"));
+    assert_eq!(attr(sandbox, email, "billing_status").as_deref(), Some("active"));
 
     // 4. Cancel: terminated in Lago, free tier in Keycloak; a second deletion is a no-op.
     post(subscription(
@@ -127,19 +125,16 @@ async fn checkout_upgrade_payment_failed_paid_cancel() {
     ))
     .await;
     assert_eq!(wait_event_done(&pool, "evt_l5").await, "succeeded");
-    assert_eq!(active_plan(&sandbox, &sub), None);
+    assert_eq!(active_plan(sandbox, &sub), None);
     assert!(
         sandbox
             .subscriptions(&sub)
             .iter()
             .any(|s| s["status"] == "terminated")
     );
+    assert_eq!(attr(sandbox, email, "subscription_tier").as_deref(), Some("free"));
     assert_eq!(
-        attr(&sandbox, email, "subscription_tier").as_deref(),
-        Some("free")
-    );
-    assert_eq!(
-        attr(&sandbox, email, "billing_status").as_deref(),
+        attr(sandbox, email, "billing_status").as_deref(),
         Some("canceled")
     );
     post(subscription(
@@ -165,20 +160,17 @@ async fn checkout_upgrade_payment_failed_paid_cancel() {
         ]
     );
 
-    worker.stop().await;
     ingest.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn every_delivery_order_of_checkout_update_and_delete_ends_canceled() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
+    let app = TestApp::spawn_with(&[("WORKER_CONCURRENCY", "1")]).await;
+    let (ctx, sandbox, pool) = (&app.ctx, &app.sandbox, app.pool.clone());
     // One job at a time: the worker takes the events in the order they are published.
-    let settings = worker_settings(&ctx, &sandbox, &[("WORKER_CONCURRENCY", "1")]);
+    let settings = app.settings.clone();
     let topo = rabbit::topology(&settings);
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
     let t0 = webhook_core::unix_now() - 1000;
     let orders = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
 
@@ -254,12 +246,12 @@ async fn every_delivery_order_of_checkout_update_and_delete_ends_canceled() {
         // the checkout, or the update once the checkout bound the account.
         assert_eq!(!lago.is_empty(), position(0) < position(2), "{order:?}: {lago:?}");
         assert_eq!(
-            attr(&sandbox, email, "subscription_tier").as_deref(),
+            attr(sandbox, email, "subscription_tier").as_deref(),
             Some("free"),
             "{order:?}"
         );
         assert_eq!(
-            attr(&sandbox, email, "billing_status").as_deref(),
+            attr(sandbox, email, "billing_status").as_deref(),
             Some("canceled"),
             "{order:?}"
         );
@@ -272,8 +264,7 @@ async fn every_delivery_order_of_checkout_update_and_delete_ends_canceled() {
         assert_eq!(rows, want, "{order:?}");
     }
 
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 /// The audit rows of one Stripe subscription, by type, in order.
@@ -289,14 +280,12 @@ async fn audits_of(pool: &PgPool, sub: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_late_checkout_does_not_resurrect_a_canceled_subscription() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
+    let app = TestApp::spawn_with(&[]).await;
+    let (ctx, sandbox, pool) = (&app.ctx, &app.sandbox, app.pool.clone());
     let email = "late@example.com";
     sandbox.state.add_user(SeedUser::new(email));
-    let settings = worker_settings(&ctx, &sandbox, &[]);
+    let settings = app.settings.clone();
     let topo = rabbit::topology(&settings);
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
     let cus = format!("cus_late_{}", ctx.id);
     let t0 = webhook_core::unix_now() - 1000;
 
@@ -342,7 +331,7 @@ async fn a_late_checkout_does_not_resurrect_a_canceled_subscription() {
     );
     // The account keeps the tier of its other, still active subscription.
     assert_eq!(
-        attr(&sandbox, email, "subscription_tier").as_deref(),
+        attr(sandbox, email, "subscription_tier").as_deref(),
         Some("starter")
     );
     let details: Value = sqlx::query_scalar(
@@ -361,8 +350,7 @@ async fn a_late_checkout_does_not_resurrect_a_canceled_subscription() {
     );
     assert_eq!(details["account_email"], json!(email));
 
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 /// A cancellation of a subscription Lago has terminated already (by hand in Lago, or by an
@@ -371,14 +359,12 @@ async fn a_late_checkout_does_not_resurrect_a_canceled_subscription() {
 #[tokio::test]
 async fn a_cancellation_lago_has_terminated_already_counts_as_done_once() {
     use webhook_sandbox::Route;
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
+    let app = TestApp::spawn_with(&[("WORKER_RETRY_SCHEDULE", "1s")]).await;
+    let (ctx, sandbox, pool) = (&app.ctx, &app.sandbox, app.pool.clone());
     let email = "gone-in-lago@example.com";
     sandbox.state.add_user(SeedUser::new(email));
-    let settings = worker_settings(&ctx, &sandbox, &[("WORKER_RETRY_SCHEDULE", "1s")]);
+    let settings = app.settings.clone();
     let topo = rabbit::topology(&settings);
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
     let (sub, cus) = (format!("sub_gone_{}", ctx.id), format!("cus_gone_{}", ctx.id));
     let t0 = webhook_core::unix_now() - 100;
     let deliver = |id: &'static str, body: Vec<u8>| {
@@ -450,12 +436,9 @@ async fn a_cancellation_lago_has_terminated_already_counts_as_done_once() {
         rows[0]["lago"],
         json!({"action": "terminated", "status": "already_terminated"})
     );
+    assert_eq!(attr(sandbox, email, "subscription_tier").as_deref(), Some("free"));
     assert_eq!(
-        attr(&sandbox, email, "subscription_tier").as_deref(),
-        Some("free")
-    );
-    assert_eq!(
-        attr(&sandbox, email, "billing_status").as_deref(),
+        attr(sandbox, email, "billing_status").as_deref(),
         Some("canceled")
     );
 
@@ -490,6 +473,5 @@ async fn a_cancellation_lago_has_terminated_already_counts_as_done_once() {
     );
     assert!(rabbit::peek(&topo.dead_letter_queue).await.is_empty());
 
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }

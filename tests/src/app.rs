@@ -27,7 +27,8 @@ pub struct TestApp {
     pub topo: Topology,
     /// `None` once stopped, or for [`TestApp::without_worker`].
     pub worker: Option<TestWorker>,
-    pool: PgPool,
+    /// The test's database.
+    pub pool: PgPool,
     /// Last: dropped after the rest, it removes the database and the queues.
     pub ctx: TestContext,
 }
@@ -115,6 +116,12 @@ impl TestApp {
             event["type"].as_str().expect("the event has a type"),
         );
         crate::rabbit::publish(&self.topo.exchange, event_type, body, id).await;
+    }
+
+    /// The base URL of the running worker's health and metrics endpoints.
+    pub fn worker_url(&self) -> String {
+        let w = self.worker.as_ref().expect("the app's worker runs");
+        format!("http://127.0.0.1:{}", w.port)
     }
 
     /// Stops the worker and the sandbox; the context is cleaned up as the app drops.
