@@ -80,6 +80,30 @@ impl From<cli::DlqFilterArgs> for webhook_amqp::dead_letters::Filter {
     }
 }
 
+/// A connection for publishing (the topology is not declared), once RabbitMQ answers; else the
+/// reason and what to do, ending with `nothing` (what the command left undone, e.g. "nothing
+/// replayed"), so that an unreachable broker changes nothing.
+pub(crate) async fn publisher(
+    settings: &Settings,
+    connection_name: &str,
+    nothing: &str,
+) -> anyhow::Result<webhook_amqp::Broker> {
+    let mut config = webhook_amqp::BrokerConfig::from_settings(settings, connection_name)?;
+    config.declare_topology = false;
+    let broker = webhook_amqp::Broker::start(config);
+    if broker
+        .wait_connected(std::time::Duration::from_secs(15))
+        .await
+        .is_none()
+    {
+        broker.close().await;
+        anyhow::bail!(
+            "could not connect to RabbitMQ within 15s: check AMQP_URL and that RabbitMQ is running; {nothing}"
+        );
+    }
+    Ok(broker)
+}
+
 /// Prints a command's result: the JSON object with `--json`, else the one-line summary.
 pub fn report(json: bool, summary: &str, value: serde_json::Value) {
     if json {

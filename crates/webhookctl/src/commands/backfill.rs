@@ -18,11 +18,11 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::json;
-use webhook_amqp::{Broker, BrokerConfig};
+use webhook_amqp::Broker;
 use webhook_clients::error::InlineRetry;
 use webhook_clients::stripe::{EventQuery, ListedEvent, MAX_TYPES, StripeClient};
 use webhook_core::{Settings, VerifiedEvent};
@@ -55,7 +55,7 @@ struct Counts {
 }
 
 pub async fn run(settings: &Settings, args: BackfillArgs) -> anyhow::Result<()> {
-    let query = query(&args, unix_now())?;
+    let query = query(&args, webhook_core::unix_now())?;
     let stripe_config = settings.for_stripe_api(
         " for backfill: a restricted key with read access to events (Stripe Dashboard > Developers > API keys)",
     )?;
@@ -133,21 +133,15 @@ pub async fn run(settings: &Settings, args: BackfillArgs) -> anyhow::Result<()> 
         return Ok(());
     }
 
-    // 2. Admit them, oldest first.
-    let mut config = BrokerConfig::from_settings(settings, "webhookctl backfill")?;
-    config.declare_topology = false;
-    let broker = Broker::start(config);
-    if spool.len() > 0 && broker.wait_connected(Duration::from_secs(15)).await.is_none() {
+    // 2. Admit them, oldest first (no broker needed when nothing is new).
+    if spool.len() > 0 {
+        let broker = crate::publisher(settings, "webhookctl backfill", "nothing was backfilled").await?;
+        let bar = crate::progress::bar(spool.len() as u64, "backfilling");
+        let result = admit_all(&store, &broker, &spool, livemode, handled, &mut counts, &bar).await;
+        bar.finish_and_clear();
         broker.close().await;
-        anyhow::bail!(
-            "could not connect to RabbitMQ within 15s: check AMQP_URL and that RabbitMQ is running; nothing was backfilled"
-        );
+        result?;
     }
-    let bar = crate::progress::bar(spool.len() as u64, "backfilling");
-    let result = admit_all(&store, &broker, &spool, livemode, handled, &mut counts, &bar).await;
-    bar.finish_and_clear();
-    broker.close().await;
-    result?;
     let summary = format!(
         "backfilled {} events ({} already known, {} ignored)",
         counts.backfilled, counts.known, counts.ignored
@@ -307,13 +301,6 @@ fn format_time(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_else(|| unix.to_string())
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The events to admit, in an unlinked temporary file (mode 0600) in the order listed (newest

@@ -9,12 +9,11 @@
 //! subscription in Stripe's status, and the entitlement table which tier the account's
 //! subscriptions grant together.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
 use serde_json::{Value, json};
-use webhook_amqp::{Broker, BrokerConfig};
 use webhook_billing::entitlement::{Entitlements, lago_carries_plan};
 use webhook_billing::plans::PlanMap;
 use webhook_billing::stripe::SubscriptionChange;
@@ -159,7 +158,7 @@ pub async fn run(settings: &Settings, args: ReconcileArgs) -> anyhow::Result<()>
         }
         // The time Stripe's state was read: a reconcile job is ordered by it, so that an event
         // Stripe sends after the read wins over the job.
-        let read_at = unix_now();
+        let read_at = webhook_core::unix_now();
         let (found, stripe_sub) = match checker.check(id).await {
             Ok(checked) => checked,
             // One subscription that cannot be checked does not stop the others.
@@ -492,15 +491,7 @@ struct Fix {
 /// Queues one reconcile job per subscription (recorded and confirmed, as the ingest queues an
 /// event); returns how many were queued.
 async fn queue_fixes(settings: &Settings, store: &Store, to_fix: &[Fix]) -> anyhow::Result<usize> {
-    let mut config = BrokerConfig::from_settings(settings, "webhookctl reconcile")?;
-    config.declare_topology = false;
-    let broker = Broker::start(config);
-    if broker.wait_connected(Duration::from_secs(15)).await.is_none() {
-        broker.close().await;
-        anyhow::bail!(
-            "could not connect to RabbitMQ within 15s: check AMQP_URL and that RabbitMQ is running; nothing was queued"
-        );
-    }
+    let broker = crate::publisher(settings, "webhookctl reconcile", "nothing was queued").await?;
     let mut events = Vec::new();
     for fix in to_fix {
         let body = reconcile_event(&fix.subscription, &fix.drifts, fix.read_at);
@@ -583,11 +574,4 @@ fn downstream(service: &'static str, variable: &'static str) -> impl Fn(Downstre
             "{service} could not be read (check {variable} and its credentials)"
         ))
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }

@@ -7,10 +7,8 @@
 //! time), the mark is undone: the event gets back its previous status, unless a worker has
 //! written one since (then the worker's stands).
 
-use std::time::Duration;
-
 use anyhow::Context;
-use webhook_amqp::{Broker, BrokerConfig, Headers, Outgoing, PublishError, job_properties};
+use webhook_amqp::{Headers, Outgoing, PublishError, job_properties};
 use webhook_core::{EventType, Settings};
 use webhook_store::{Store, events, history};
 
@@ -22,21 +20,13 @@ pub async fn run(settings: &Settings, event_id: &str) -> anyhow::Result<()> {
     let event_type = event_type.ok_or_else(|| {
         anyhow::anyhow!("no event {event_id} is stored: check the id with `webhookctl events list`")
     })?;
-    let mut config = BrokerConfig::from_settings(settings, "webhookctl replay")?;
-    config.declare_topology = false;
-    if !EventType::parse(&event_type).is_some_and(|t| config.topology.handled_event_types.contains(&t)) {
+    if !EventType::parse(&event_type).is_some_and(|t| settings.stripe.handled_event_types.contains(&t)) {
         anyhow::bail!(
             "{event_id} is a {event_type} event, which no queue handles (it was ignored on receipt); nothing replayed"
         );
     }
     // Connected before anything is marked: an unreachable broker changes nothing.
-    let broker = Broker::start(config);
-    if broker.wait_connected(Duration::from_secs(15)).await.is_none() {
-        broker.close().await;
-        anyhow::bail!(
-            "could not connect to RabbitMQ within 15s: check AMQP_URL and that RabbitMQ is running; nothing replayed"
-        );
-    }
+    let broker = crate::publisher(settings, "webhookctl replay", "nothing replayed").await?;
     let mark = match events::mark_queued_for_replay(&store.pool, event_id).await {
         Ok(Some(mark)) => mark,
         Ok(None) => {
