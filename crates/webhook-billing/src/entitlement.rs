@@ -318,15 +318,7 @@ mod tests {
 
     #[test]
     fn bad_access_values_are_refused() {
-        let mut s = PlanSettings {
-            default_rule: "{tier}_{cycle}".into(),
-            default_cycle: "monthly".into(),
-            map: HashMap::new(),
-            free_tier: "free".into(),
-            prices: HashMap::new(),
-            tier_order: vec![],
-            access: HashMap::new(),
-        };
+        let mut s = crate::plans::test_settings();
         s.access.insert("active".into(), "yes".into());
         assert!(
             Entitlements::new(&s)

@@ -63,6 +63,21 @@ impl fmt::Display for PlanCode {
     }
 }
 
+/// The plan settings of the unit tests: the default rule and cycle, nothing mapped; each test
+/// sets what it is about over them.
+#[cfg(test)]
+pub(crate) fn test_settings() -> PlanSettings {
+    PlanSettings {
+        default_rule: "{tier}_{cycle}".into(),
+        default_cycle: "monthly".into(),
+        map: HashMap::new(),
+        free_tier: "free".into(),
+        prices: HashMap::new(),
+        tier_order: vec![],
+        access: HashMap::new(),
+    }
+}
+
 fn token(raw: &str) -> Option<String> {
     let v = raw.trim().to_lowercase();
     valid_token(&v).then_some(v)
@@ -161,16 +176,7 @@ mod tests {
 
     #[test]
     fn a_price_tells_its_cycle_by_its_interval() {
-        let plans = PlanMap::new(&PlanSettings {
-            default_rule: "{tier}_{cycle}".into(),
-            default_cycle: "monthly".into(),
-            map: HashMap::new(),
-            free_tier: "free".into(),
-            prices: HashMap::new(),
-            tier_order: vec![],
-            access: HashMap::new(),
-        })
-        .unwrap();
+        let plans = PlanMap::new(&crate::plans::test_settings()).unwrap();
         let price =
             |interval: Value| json!({"metadata": {"tier_id": " Pro "}, "recurring": {"interval": interval}});
         let cycle = |interval: Value| {
@@ -197,13 +203,8 @@ mod tests {
     #[test]
     fn price_map_entries_must_be_tier_colon_cycle_tokens() {
         let settings = |value: &str| PlanSettings {
-            default_rule: "{tier}_{cycle}".into(),
-            default_cycle: "monthly".into(),
-            map: HashMap::new(),
-            free_tier: "free".into(),
             prices: [("price_1".to_string(), value.to_string())].into(),
-            tier_order: vec![],
-            access: HashMap::new(),
+            ..crate::plans::test_settings()
         };
         let plans = PlanMap::new(&settings(" Pro_1 : Semi-Annual ")).unwrap();
         assert_eq!(
@@ -226,13 +227,8 @@ mod tests {
     #[test]
     fn the_default_cycle_is_read_as_a_cycle_and_a_bad_one_is_refused() {
         let settings = |cycle: &str| PlanSettings {
-            default_rule: "{tier}_{cycle}".into(),
             default_cycle: cycle.into(),
-            map: HashMap::new(),
-            free_tier: "free".into(),
-            prices: HashMap::new(),
-            tier_order: vec![],
-            access: HashMap::new(),
+            ..crate::plans::test_settings()
         };
         assert_eq!(
             PlanMap::new(&settings(" Monthly "))
@@ -250,13 +246,8 @@ mod tests {
         let mut map = HashMap::new();
         map.insert("enterprise_yearly".to_string(), "ent-annual-2026".to_string());
         let plans = PlanMap::new(&PlanSettings {
-            default_rule: "{tier}_{cycle}".into(),
-            default_cycle: "monthly".into(),
             map,
-            free_tier: "free".into(),
-            prices: HashMap::new(),
-            tier_order: vec![],
-            access: HashMap::new(),
+            ..crate::plans::test_settings()
         })
         .unwrap();
         let code = |tier, cycle| {

@@ -351,16 +351,7 @@ mod tests {
 
     #[test]
     fn the_subscriptions_metadata_is_read_as_its_checkouts_is() {
-        let plans = PlanMap::new(&PlanSettings {
-            default_rule: "{tier}_{cycle}".into(),
-            default_cycle: "monthly".into(),
-            map: HashMap::new(),
-            free_tier: "free".into(),
-            prices: HashMap::new(),
-            tier_order: vec![],
-            access: HashMap::new(),
-        })
-        .unwrap();
+        let plans = PlanMap::new(&crate::plans::test_settings()).unwrap();
         let metadata = json!({"tier_id": " Starter ", "billing_cycle": " Yearly "});
         let sub = json!({"id": "sub_1", "customer": "cus_1", "status": "active", "metadata": metadata});
         let session = json!({"id": "cs_1", "customer_email": "a@b.co", "metadata": metadata});
@@ -394,13 +385,8 @@ mod tests {
             "Enterprise:yearly".to_string(),
         );
         let settings = PlanSettings {
-            default_rule: "{tier}_{cycle}".into(),
-            default_cycle: "monthly".into(),
-            map: HashMap::new(),
-            free_tier: "free".into(),
             prices,
-            tier_order: vec![],
-            access: HashMap::new(),
+            ..crate::plans::test_settings()
         };
         let plans = PlanMap::new(&settings).unwrap();
         let sub: Value =
