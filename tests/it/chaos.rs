@@ -34,9 +34,9 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 use webhook_sandbox::{Fault, Route, SeedUser};
-use webhook_tests::worker::{TestSandbox, binary_env};
 use webhook_tests::{
-    Rng, SignedEvent, TcpProxy, TestContext, bin_path, env_num, free_port, rabbit, signed_event, wait_for,
+    Rng, SignedEvent, TcpProxy, TestApp, TestContext, bin_path, env_num, free_port, rabbit, signed_event,
+    wait_for,
 };
 
 /// The kinds of fault, in the order of the first pass (the last two only with real restarts).
@@ -253,40 +253,34 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
         "chaos: {n_events} events over {seconds}s, seed {seed}, real restarts: {real_restarts}, \
          read-only for {read_only_for:?}"
     );
-    let ctx = TestContext::new().await;
-    // Declared after the context, so dropped before it: whatever happens, both servers run
+    let app = TestApp::without_worker(&[]).await;
+    // Declared after the app, so dropped before it: whatever happens, both servers run
     // again before the context removes the test's database and queues.
     let _restore = real_restarts.then_some(RestoreServices);
-    let sandbox = TestSandbox::spawn().await;
     let emails: Vec<String> = (0..n_events).map(|i| format!("chaos{i}@example.com")).collect();
     for e in &emails {
-        sandbox.state.add_user(SeedUser::new(e.clone()));
+        app.sandbox.state.add_user(SeedUser::new(e.clone()));
     }
     let amqp_proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let pg_proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
     let port = free_port();
     let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", amqp_proxy.port);
-    let db = ctx
+    let db = app
+        .ctx
         .database_url
         .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", pg_proxy.port));
     let bind = format!("127.0.0.1:{port}");
-    let env = binary_env(
-        &ctx,
-        &sandbox,
-        &[
-            ("AMQP_URL", &amqp),
-            ("DATABASE_URL", &db),
-            ("INGEST_BIND", &bind),
-            ("WORKER_RETRY_SCHEDULE", "1s,1s,2s,2s,3s,5s,5s,10s,10s,10s"),
-            ("WORKER_CONCURRENCY", "16"),
-            ("WEBHOOK__DATABASE__ACQUIRE_TIMEOUT_SECS", "2"),
-            ("WEBHOOK__AMQP__CONFIRM_TIMEOUT_MS", "2000"),
-        ],
-    );
-    let topo = rabbit::topology(&ctx.settings());
+    let env = app.env(&[
+        ("AMQP_URL", &amqp),
+        ("DATABASE_URL", &db),
+        ("INGEST_BIND", &bind),
+        ("WORKER_RETRY_SCHEDULE", "1s,1s,2s,2s,3s,5s,5s,10s,10s,10s"),
+        ("WORKER_CONCURRENCY", "16"),
+        ("WEBHOOK__DATABASE__ACQUIRE_TIMEOUT_SECS", "2"),
+        ("WEBHOOK__AMQP__CONFIRM_TIMEOUT_MS", "2000"),
+    ]);
     let ingest = Arc::new(Mutex::new(spawn("webhook-ingest", &env)));
     let worker = Arc::new(Mutex::new(spawn("webhook-worker", &env)));
-    let pool = ctx.pool().await;
 
     // Senders: like Stripe, resend whatever did not get a 2xx.
     let events: Arc<Vec<SignedEvent>> = Arc::new(
@@ -345,14 +339,16 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
     let mut per_kind = vec![0u32; kinds as usize];
     let mut rng = Rng(seed);
     let (database_name, ctl_env, retry_queues) = (
-        ctx.database_name.clone(),
+        app.ctx.database_name.clone(),
         env.clone(),
-        topo.retry_tiers
+        app.topo
+            .retry_tiers
             .iter()
             .map(|t| t.queue.clone())
             .collect::<Vec<_>>(),
     );
     let worker_env = env.clone();
+    let sandbox = app.sandbox.state.clone();
     let chaos = {
         let sending_done = sending_done.clone();
         async move {
@@ -406,7 +402,7 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
                         ];
                         let route = routes[rng.below(routes.len() as u64) as usize];
                         if rng.below(2) == 0 {
-                            sandbox.state.inject_fault(Fault {
+                            sandbox.inject_fault(Fault {
                                 route,
                                 status: 503,
                                 count: 5,
@@ -415,17 +411,15 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
                             });
                             "sandbox fails"
                         } else {
-                            sandbox
-                                .state
-                                .set_latency(Some(route), Duration::from_millis(1500));
+                            sandbox.set_latency(Some(route), Duration::from_millis(1500));
                             tokio::time::sleep(Duration::from_millis(2000)).await;
-                            sandbox.state.clear_faults();
+                            sandbox.clear_faults();
                             "sandbox stalls"
                         }
                     }
                     5 => {
                         // Two jobs creating one new customer at once: the loser's answer.
-                        sandbox.state.inject_fault(Fault {
+                        sandbox.inject_fault(Fault {
                             route: Route::LagoCreateCustomer,
                             status: 422,
                             count: 1,
@@ -482,8 +476,8 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
                 *faults.entry(kind).or_default() += 1;
                 per_kind[pick as usize] += 1;
             }
-            sandbox.state.clear_faults();
-            (faults, per_kind, worker, ingest, sandbox)
+            sandbox.clear_faults();
+            (faults, per_kind, worker, ingest)
         }
     };
     let started = Instant::now();
@@ -499,7 +493,7 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
         "chaos: every event accepted after {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    let (faults, per_kind, worker, ingest, sandbox) = chaos.await.unwrap();
+    let (faults, per_kind, worker, ingest) = chaos.await.unwrap();
     let missing: Vec<&str> = per_kind
         .iter()
         .zip(KINDS)
@@ -513,10 +507,10 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
 
     // What a missing retry queue sent to the dead-letter queue (and only that) goes back, as an
     // operator would do once the topology is declared again.
-    let out = webhook_tests::webhookctl(&env_for_ctl(&ctx), &["setup"]).await;
+    let out = webhook_tests::webhookctl(&env_for_ctl(&app.ctx), &["setup"]).await;
     assert_eq!(out.code, 0, "webhookctl setup: {out:?}");
     let mut requeued = 0;
-    for m in rabbit::peek(&topo.dead_letter_queue).await {
+    for m in rabbit::peek(&app.topo.dead_letter_queue).await {
         let kind =
             m.1.as_ref()
                 .and_then(|h| h.inner().get("x-error-kind"))
@@ -528,7 +522,7 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
         requeued += 1;
     }
     if requeued > 0 {
-        let out = webhook_tests::webhookctl(&env_for_ctl(&ctx), &["dlq", "requeue", "--all"]).await;
+        let out = webhook_tests::webhookctl(&env_for_ctl(&app.ctx), &["dlq", "requeue", "--all"]).await;
         assert_eq!(out.code, 0, "webhookctl dlq requeue: {out:?}");
     }
     eprintln!("chaos: {requeued} infrastructure dead letters requeued");
@@ -538,8 +532,8 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
     // and nothing in flight in the worker: it is stopped, and without a consumer the queues must
     // still be empty (an unacked copy goes back to the queue); if not, the worker runs again.
     stop_gracefully(&mut *ingest.lock().await, "ingest").await;
-    let queues: Vec<String> = std::iter::once(topo.work_queue.clone())
-        .chain(topo.retry_tiers.iter().map(|t| t.queue.clone()))
+    let queues: Vec<String> = std::iter::once(app.topo.work_queue.clone())
+        .chain(app.topo.retry_tiers.iter().map(|t| t.queue.clone()))
         .collect();
     let (_conn, channel) = rabbit::channel().await;
     let rest_deadline = Instant::now() + Duration::from_secs(600);
@@ -551,7 +545,7 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
             || async {
                 let done: i64 =
                     sqlx::query_scalar("SELECT count(*) FROM webhook_events WHERE status = 'succeeded'")
-                        .fetch_one(&pool)
+                        .fetch_one(app.pool())
                         .await
                         .ok()?;
                 if done as usize != n_events {
@@ -570,7 +564,7 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
         wait_for(
             "the stopped worker's consumer to be gone",
             Duration::from_secs(30),
-            || async { (queue_state(&channel, &topo.work_queue).await.1 == 0).then_some(()) },
+            || async { (queue_state(&channel, &app.topo.work_queue).await.1 == 0).then_some(()) },
         )
         .await;
         let mut left = Vec::new();
@@ -597,11 +591,11 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
     );
     let per_subject: Vec<(String, i64)> =
         sqlx::query_as("SELECT subject, count(*) FROM audit_logs GROUP BY subject")
-            .fetch_all(&pool)
+            .fetch_all(app.pool())
             .await
             .unwrap();
     let audit: HashMap<String, i64> = per_subject.into_iter().collect();
-    let snapshot = sandbox.state.snapshot();
+    let snapshot = app.sandbox.state.snapshot();
     let subs = snapshot["subscriptions"].as_array().unwrap();
     let (mut lost, mut doubled) = (0, 0);
     for (e, email) in events.iter().zip(&emails) {
@@ -616,7 +610,7 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
             .filter(|s| s["external_id"] == format!("sub_{suffix}"))
             .collect();
         let n_audit = audit.get(email).copied().unwrap_or(0);
-        let tier = sandbox.state.user_by_email(email).and_then(|u| {
+        let tier = app.sandbox.state.user_by_email(email).and_then(|u| {
             u["attributes"]["subscription_tier"][0]
                 .as_str()
                 .map(str::to_owned)
@@ -634,7 +628,7 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
             doubled += 1;
         }
     }
-    let dlq = rabbit::depth(&topo.dead_letter_queue).await;
+    let dlq = rabbit::depth(&app.topo.dead_letter_queue).await;
     eprintln!(
         "chaos summary: events {n_events}, accepted {n_events}, resends {}, faults {:?} ({} in total), \
          lost {lost}, doubled {doubled}, dead letters {dlq}, {:.1}s",
@@ -657,5 +651,5 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
         let _ = p.start_kill();
         let _ = p.wait().await;
     }
-    sandbox.stop().await;
+    app.stop().await;
 }

@@ -9,9 +9,8 @@ use std::time::Duration;
 use serde_json::Value;
 use webhook_amqp::dead_letters::PREFETCH;
 use webhook_sandbox::SeedUser;
-use webhook_tests::worker::{TestSandbox, TestWorker, binary_env, worker_settings};
 use webhook_tests::{
-    Output, TestContext, event_status, rabbit, signed_event, wait_event_status, wait_for, webhookctl,
+    Output, TestApp, TestContext, event_status, rabbit, signed_event, wait_event_status, wait_for, webhookctl,
 };
 
 const LONG: Duration = Duration::from_secs(60);
@@ -53,31 +52,32 @@ fn json_lines(s: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn dlq_commands_filters_history_and_replay() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    let settings = worker_settings(&ctx, &sandbox, &[("WORKER_RETRY_SCHEDULE", "1s")]);
-    let topo = rabbit::topology(&settings);
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
-    let env: HashMap<String, String> = binary_env(&ctx, &sandbox, &[("WORKER_RETRY_SCHEDULE", "1s")]);
+    let mut app = TestApp::spawn_with(&[("WORKER_RETRY_SCHEDULE", "1s")]).await;
+    let env: HashMap<String, String> = app.env(&[("WORKER_RETRY_SCHEDULE", "1s")]);
 
     // Four dead letters: two for a user that does not exist yet, one for another, one garbage.
     let a1 = signed_event("checkout.session.completed", "late1@example.com");
     let a2 = signed_event("checkout.session.completed", "late1@example.com");
     let b1 = signed_event("checkout.session.completed", "late2@example.com");
     for e in [&a1, &a2, &b1] {
-        rabbit::publish(&topo.exchange, "checkout.session.completed", &e.body, &e.event_id).await;
+        rabbit::publish(
+            &app.topo.exchange,
+            "checkout.session.completed",
+            &e.body,
+            &e.event_id,
+        )
+        .await;
     }
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         b"\xff not json",
         "garbage-1",
     )
     .await;
-    wait_depth(&topo.dead_letter_queue, 4).await;
+    wait_depth(&app.topo.dead_letter_queue, 4).await;
     for e in [&a1, &a2, &b1] {
-        wait_event_status(&pool, &e.event_id, "dead_lettered").await;
+        wait_event_status(app.pool(), &e.event_id, "dead_lettered").await;
     }
 
     // list
@@ -107,7 +107,7 @@ async fn dlq_commands_filters_history_and_replay() {
     let out = webhookctl(&env, &["dlq", "list", "--limit", "2"]).await;
     assert!(out.stdout.contains("4 dead letters (2 shown)"), "{out:?}");
     assert_eq!(
-        rabbit::all_messages(&topo.dead_letter_queue).await,
+        rabbit::all_messages(&app.topo.dead_letter_queue).await,
         4,
         "listing changes nothing"
     );
@@ -125,17 +125,17 @@ async fn dlq_commands_filters_history_and_replay() {
     let out = webhookctl(&env, &["dlq", "requeue", "--event-id", &a1.event_id, "--dry-run"]).await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("would requeue 1 messages"), "{out:?}");
-    assert_eq!(rabbit::all_messages(&topo.dead_letter_queue).await, 4);
+    assert_eq!(rabbit::all_messages(&app.topo.dead_letter_queue).await, 4);
 
     // Fix the cause, requeue by error text: exactly the two late1 messages go back and succeed.
-    sandbox.state.add_user(SeedUser::new("late1@example.com"));
+    app.sandbox.state.add_user(SeedUser::new("late1@example.com"));
     let out = webhookctl(&env, &["dlq", "requeue", "--error-contains", "LATE1@example.com"]).await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("requeued 2 messages"), "{out:?}");
-    wait_event_status(&pool, &a1.event_id, "succeeded").await;
-    wait_event_status(&pool, &a2.event_id, "succeeded").await;
+    wait_event_status(app.pool(), &a1.event_id, "succeeded").await;
+    wait_event_status(app.pool(), &a2.event_id, "succeeded").await;
     assert_eq!(
-        rabbit::all_messages(&topo.dead_letter_queue).await,
+        rabbit::all_messages(&app.topo.dead_letter_queue).await,
         2,
         "non-matching dead letters untouched"
     );
@@ -154,16 +154,16 @@ async fn dlq_commands_filters_history_and_replay() {
     .await;
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(json_lines(&out.stdout)[0]["requeued"], 0);
-    assert_eq!(rabbit::all_messages(&topo.dead_letter_queue).await, 2);
+    assert_eq!(rabbit::all_messages(&app.topo.dead_letter_queue).await, 2);
 
     // Drain one by id to a file, byte for byte; then restore it (worker stopped to inspect).
-    let before: Vec<_> = rabbit::peek(&topo.dead_letter_queue).await;
+    let before: Vec<_> = rabbit::peek(&app.topo.dead_letter_queue).await;
     let (b1_body, b1_headers) = before
         .iter()
         .find(|(body, _)| body == &b1.body)
         .cloned()
         .expect("b1 dead letter");
-    let dir = std::env::temp_dir().join(format!("webhookctl-{}", ctx.id));
+    let dir = std::env::temp_dir().join(format!("webhookctl-{}", app.ctx.id));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("dlq.jsonl");
     let out = webhookctl(
@@ -180,16 +180,16 @@ async fn dlq_commands_filters_history_and_replay() {
     .await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("drained 1 messages"), "{out:?}");
-    assert_eq!(rabbit::all_messages(&topo.dead_letter_queue).await, 1);
+    assert_eq!(rabbit::all_messages(&app.topo.dead_letter_queue).await, 1);
     let out = webhookctl(&env, &["dlq", "drain", "--out", file.to_str().unwrap()]).await;
     assert_eq!(out.code, 1, "an existing archive is never overwritten: {out:?}");
-    assert_eq!(rabbit::all_messages(&topo.dead_letter_queue).await, 1);
+    assert_eq!(rabbit::all_messages(&app.topo.dead_letter_queue).await, 1);
 
-    worker.stop().await;
+    app.stop_worker().await;
     let out = webhookctl(&env, &["dlq", "restore", "--from", file.to_str().unwrap()]).await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("restored 1 messages"), "{out:?}");
-    let restored = rabbit::drain(&topo.work_queue).await;
+    let restored = rabbit::drain(&app.topo.work_queue).await;
     assert_eq!(restored.len(), 1);
     assert_eq!(restored[0].delivery.data, b1_body, "payload byte for byte");
     let restored_headers = restored[0].delivery.properties.headers().clone().unwrap();
@@ -223,7 +223,7 @@ async fn dlq_commands_filters_history_and_replay() {
     let out = webhookctl(&env, &["dlq", "purge", "--yes", "--json"]).await;
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(json_lines(&out.stdout)[0]["purged"], 1);
-    assert_eq!(rabbit::all_messages(&topo.dead_letter_queue).await, 0);
+    assert_eq!(rabbit::all_messages(&app.topo.dead_letter_queue).await, 0);
 
     // History.
     let out = webhookctl(&env, &["events", "show", &a1.event_id, "--json"]).await;
@@ -290,28 +290,26 @@ async fn dlq_commands_filters_history_and_replay() {
     );
     sqlx::query("UPDATE webhook_events SET received_at = now() - interval '40 days' WHERE event_id = $1")
         .bind(&a2.event_id)
-        .execute(&pool)
+        .execute(app.pool())
         .await
         .unwrap();
     let out = webhookctl(&env, &["events", "prune"]).await;
     assert!(out.stdout.contains("pruned 1 events"), "{out:?}");
-    assert_eq!(event_status(&pool, &a2.event_id).await, None);
+    assert_eq!(event_status(app.pool(), &a2.event_id).await, None);
 
     // Replay: published again, and the ledger makes it change nothing.
-    let worker = TestWorker::spawn(worker_settings(&ctx, &sandbox, &[]))
-        .await
-        .ready()
-        .await;
+    app.set_worker_settings(&[]);
+    app.start_worker().await;
     let out = webhookctl(&env, &["replay", &a1.event_id]).await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
         out.stdout.contains(&format!("replayed {}", a1.event_id)),
         "{out:?}"
     );
-    wait_event_status(&pool, &a1.event_id, "succeeded").await;
+    wait_event_status(app.pool(), &a1.event_id, "succeeded").await;
     let audits: i64 =
         sqlx::query_scalar("SELECT count(*) FROM audit_logs WHERE subject = 'late1@example.com'")
-            .fetch_one(&pool)
+            .fetch_one(app.pool())
             .await
             .unwrap();
     assert_eq!(
@@ -319,8 +317,7 @@ async fn dlq_commands_filters_history_and_replay() {
         "a1 and a2 are two checkout sessions: one audit row each, the replay added none"
     );
 
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -336,12 +333,8 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
     const N: usize = 1000;
     const SKIPPED: usize = 20_000;
     const CHUNKS: usize = 10;
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    let settings = worker_settings(&ctx, &sandbox, &[("WORKER_CONCURRENCY", "32")]);
-    let topo = rabbit::topology(&settings);
-    let env = binary_env(&ctx, &sandbox, &[]);
-    let pool = ctx.pool().await;
+    let mut app = TestApp::without_worker(&[("WORKER_CONCURRENCY", "32")]).await;
+    let env = app.env(&[]);
     // Topology and migrations, without a worker yet.
     assert_eq!(webhookctl(&env, &["setup"]).await.code, 0);
 
@@ -354,23 +347,23 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
         .collect();
     for (c, chunk) in messages.chunks(N / CHUNKS).enumerate() {
         rabbit::publish_dead_letters(
-            &topo.dead_letter_exchange,
+            &app.topo.dead_letter_exchange,
             chunk,
             "no Keycloak user has the email (cause now fixed)",
         )
         .await;
         let per = SKIPPED / CHUNKS;
         rabbit::publish_many_dead_letters(
-            &topo.dead_letter_exchange,
+            &app.topo.dead_letter_exchange,
             c * per..(c + 1) * per,
             512,
             |_| "invoice.paid",
         )
         .await;
     }
-    wait_depth(&topo.dead_letter_queue, (N + SKIPPED) as u32).await;
+    wait_depth(&app.topo.dead_letter_queue, (N + SKIPPED) as u32).await;
     for i in 0..N {
-        sandbox
+        app.sandbox
             .state
             .add_user(SeedUser::new(format!("bulk{i}@example.com")));
     }
@@ -386,7 +379,7 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
         .spawn()
         .unwrap();
     wait_for("half of the dead letters to be requeued", LONG, || async {
-        (rabbit::depth(&topo.work_queue).await >= (N / 2) as u32).then_some(())
+        (rabbit::depth(&app.topo.work_queue).await >= (N / 2) as u32).then_some(())
     })
     .await;
     child.start_kill().unwrap();
@@ -403,8 +396,8 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
     let mut still_since = std::time::Instant::now();
     let (moved, left) = loop {
         let now = (
-            rabbit::all_messages(&topo.work_queue).await as usize,
-            rabbit::all_messages(&topo.dead_letter_queue).await as usize,
+            rabbit::all_messages(&app.topo.work_queue).await as usize,
+            rabbit::all_messages(&app.topo.dead_letter_queue).await as usize,
         );
         if last != Some(now) {
             last = Some(now);
@@ -430,7 +423,7 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
     eprintln!("requeue killed: {moved} moved, {left} left, {doubled} in both places");
     // The first run put each message on the work queue once (a copy there twice is a doubled
     // message, whatever the counts say).
-    let on_queue: std::collections::HashSet<String> = rabbit::peek(&topo.work_queue)
+    let on_queue: std::collections::HashSet<String> = rabbit::peek(&app.topo.work_queue)
         .await
         .iter()
         .map(|(body, _)| {
@@ -439,7 +432,7 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
         })
         .collect();
     assert_eq!(on_queue.len(), moved, "each message moved once by the first run");
-    wait_depth(&topo.work_queue, moved as u32).await; // the peeked ones back
+    wait_depth(&app.topo.work_queue, moved as u32).await; // the peeked ones back
     assert!(
         doubled <= usize::from(PREFETCH),
         "{doubled} messages in both places ({moved} moved + {left} left): at most {PREFETCH} may be"
@@ -454,7 +447,7 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
     .await;
     assert_eq!(out.code, 0, "{out:?}");
     let requeued = json_lines(&out.stdout)[0]["requeued"].as_u64().unwrap() as usize;
-    let on_work_queue = rabbit::all_messages(&topo.work_queue).await as usize;
+    let on_work_queue = rabbit::all_messages(&app.topo.work_queue).await as usize;
     assert_eq!(
         on_work_queue,
         moved + requeued,
@@ -463,7 +456,7 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
 
     // The DLQ holds every skipped message (some may be there twice, copied but not yet removed
     // when the first run was killed), and nothing else.
-    let dir = std::env::temp_dir().join(format!("webhookctl-{}", ctx.id));
+    let dir = std::env::temp_dir().join(format!("webhookctl-{}", app.ctx.id));
     std::fs::create_dir_all(&dir).unwrap();
     let archive = dir.join("left.jsonl");
     let out = webhookctl(&env, &["dlq", "drain", "--out", archive.to_str().unwrap()]).await;
@@ -494,15 +487,15 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
     );
 
     // Process: every message on the work queue settled once, every event's effects once.
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let worker_url = format!("http://127.0.0.1:{}", worker.port);
+    app.start_worker().await;
+    let worker_url = app.worker_url();
     let settled = wait_for(
         "every requeued event to succeed and every message on the work queue to be settled",
         Duration::from_secs(240),
         || async {
             let done: i64 =
                 sqlx::query_scalar("SELECT count(*) FROM webhook_events WHERE status = 'succeeded'")
-                    .fetch_one(&pool)
+                    .fetch_one(app.pool())
                     .await
                     .unwrap();
             let settled = final_outcomes(&worker_url).await;
@@ -510,33 +503,33 @@ async fn a_requeue_of_1000_killed_halfway_then_rerun_processes_every_message_exa
         },
     )
     .await;
-    worker.stop().await;
+    app.stop_worker().await;
     assert_eq!(
         settled, on_work_queue,
         "one final outcome per message on the work queue, no more"
     );
     assert_eq!(
-        rabbit::all_messages(&topo.work_queue).await,
+        rabbit::all_messages(&app.topo.work_queue).await,
         0,
         "nothing left in flight"
     );
     let audits: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_logs")
-        .fetch_one(&pool)
+        .fetch_one(app.pool())
         .await
         .unwrap();
     let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT subject) FROM audit_logs")
-        .fetch_one(&pool)
+        .fetch_one(app.pool())
         .await
         .unwrap();
     assert_eq!((audits, distinct), (N as i64, N as i64));
-    let subs = sandbox.state.snapshot()["subscriptions"]
+    let subs = app.sandbox.state.snapshot()["subscriptions"]
         .as_array()
         .unwrap()
         .len();
     assert_eq!(subs, N, "one Lago subscription per event");
-    assert_eq!(rabbit::all_messages(&topo.dead_letter_queue).await, 0);
+    assert_eq!(rabbit::all_messages(&app.topo.dead_letter_queue).await, 0);
 
-    sandbox.stop().await;
+    app.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -901,20 +894,22 @@ async fn dlq_skipped_messages_are_kept_whole_and_restore_handles_a_cut_off_archi
 /// while replay waits for it, nothing may have been published yet.
 #[tokio::test]
 async fn replay_records_queued_before_it_publishes_so_a_fast_worker_s_outcome_stands() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(SeedUser::new("replay@example.com"));
-    let settings = worker_settings(&ctx, &sandbox, &[]);
-    let topo = rabbit::topology(&settings);
-    let env = binary_env(&ctx, &sandbox, &[]);
-    let pool = ctx.pool().await;
+    let mut app = TestApp::without_worker(&[]).await;
+    app.sandbox.state.add_user(SeedUser::new("replay@example.com"));
+    let env = app.env(&[]);
     let e = signed_event("checkout.session.completed", "replay@example.com");
-    let worker = TestWorker::spawn(settings.clone()).await.ready().await;
-    rabbit::publish(&topo.exchange, "checkout.session.completed", &e.body, &e.event_id).await;
-    wait_event_status(&pool, &e.event_id, "succeeded").await;
-    worker.stop().await;
+    app.start_worker().await;
+    rabbit::publish(
+        &app.topo.exchange,
+        "checkout.session.completed",
+        &e.body,
+        &e.event_id,
+    )
+    .await;
+    wait_event_status(app.pool(), &e.event_id, "succeeded").await;
+    app.stop_worker().await;
 
-    let mut row_lock = pool.begin().await.unwrap();
+    let mut row_lock = app.pool.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM webhook_events WHERE event_id = $1 FOR UPDATE")
         .bind(&e.event_id)
         .execute(&mut *row_lock)
@@ -933,14 +928,14 @@ async fn replay_records_queued_before_it_publishes_so_a_fast_worker_s_outcome_st
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
         )
-        .fetch_one(&pool)
+        .fetch_one(app.pool())
         .await
         .unwrap();
         (waiting > 0).then_some(())
     })
     .await;
     assert_eq!(
-        rabbit::depth(&topo.work_queue).await,
+        rabbit::depth(&app.topo.work_queue).await,
         0,
         "replay published before it recorded `queued`: a fast worker's outcome would be overwritten"
     );
@@ -952,33 +947,35 @@ async fn replay_records_queued_before_it_publishes_so_a_fast_worker_s_outcome_st
     );
     assert!(out.status.success(), "{stdout} {stderr}");
     assert!(stdout.contains(&format!("replayed {}", e.event_id)), "{stdout}");
-    assert_eq!(event_status(&pool, &e.event_id).await.as_deref(), Some("queued"));
-    assert_eq!(rabbit::depth(&topo.work_queue).await, 1, "published once");
+    assert_eq!(
+        event_status(app.pool(), &e.event_id).await.as_deref(),
+        Some("queued")
+    );
+    assert_eq!(rabbit::depth(&app.topo.work_queue).await, 1, "published once");
 
     // The worker's outcome is the last word, however fast it comes: with the worker running
     // during a replay too.
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    wait_event_status(&pool, &e.event_id, "succeeded").await;
+    app.start_worker().await;
+    wait_event_status(app.pool(), &e.event_id, "succeeded").await;
     let out = webhookctl(&env, &["replay", &e.event_id]).await;
     assert_eq!(out.code, 0, "{out:?}");
     wait_for("the second replay to be processed", LONG, || async {
         let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM webhook_events WHERE event_id = $1")
             .bind(&e.event_id)
-            .fetch_one(&pool)
+            .fetch_one(app.pool())
             .await
             .unwrap();
         (attempts == 3).then_some(())
     })
     .await;
-    wait_event_status(&pool, &e.event_id, "succeeded").await;
+    wait_event_status(app.pool(), &e.event_id, "succeeded").await;
     let audits: i64 =
         sqlx::query_scalar("SELECT count(*) FROM audit_logs WHERE subject = 'replay@example.com'")
-            .fetch_one(&pool)
+            .fetch_one(app.pool())
             .await
             .unwrap();
     assert_eq!(audits, 1, "the replays changed nothing downstream");
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 /// A replay whose publish fails leaves the event as it was (status and `updated_at`), and says
@@ -1179,19 +1176,16 @@ async fn migrate_creates_and_migrates_a_fresh_database_then_is_a_no_op_and_names
 /// duplicate; an ingest that refuses it or is not there makes it exit 1 saying so.
 #[tokio::test]
 async fn send_test_event_is_accepted_by_the_ingest_and_provisioned_end_to_end() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(SeedUser::new("sender@example.com"));
-    let settings = worker_settings(&ctx, &sandbox, &[]);
-    let ingest = webhook_tests::ingest::TestIngest::spawn(settings.clone())
+    let mut app = TestApp::without_worker(&[]).await;
+    app.sandbox.state.add_user(SeedUser::new("sender@example.com"));
+    let ingest = webhook_tests::ingest::TestIngest::spawn(app.settings.clone())
         .await
         .ready()
         .await;
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
-    let env = binary_env(&ctx, &sandbox, &[]);
+    app.start_worker().await;
+    let env = app.env(&[]);
     let url = format!("{}/webhooks/stripe", ingest.url);
-    let event_id = format!("evt_sendtest_{}", ctx.id);
+    let event_id = format!("evt_sendtest_{}", app.ctx.id);
     let send = [
         "send-test-event",
         "--url",
@@ -1214,14 +1208,14 @@ async fn send_test_event_is_accepted_by_the_ingest_and_provisioned_end_to_end() 
         "{out:?}"
     );
     assert!(out.stdout.contains("\"accepted\""), "{out:?}");
-    wait_event_status(&pool, &event_id, "succeeded").await;
-    let user = sandbox.state.user_by_email("sender@example.com").unwrap();
+    wait_event_status(app.pool(), &event_id, "succeeded").await;
+    let user = app.sandbox.state.user_by_email("sender@example.com").unwrap();
     assert_eq!(
         user["attributes"]["subscription_tier"],
         serde_json::json!(["enterprise"]),
         "{user}"
     );
-    let subs: Vec<Value> = sandbox.state.snapshot()["subscriptions"]
+    let subs: Vec<Value> = app.sandbox.state.snapshot()["subscriptions"]
         .as_array()
         .unwrap()
         .iter()
@@ -1233,7 +1227,7 @@ async fn send_test_event_is_accepted_by_the_ingest_and_provisioned_end_to_end() 
     let audits: Vec<Value> = sqlx::query_scalar(
         "SELECT details FROM audit_logs WHERE subject = 'sender@example.com' AND event_type = 'subscription.created'",
     )
-    .fetch_all(&pool)
+    .fetch_all(app.pool())
     .await
     .unwrap();
     assert_eq!(audits.len(), 1, "{audits:?}");
@@ -1267,14 +1261,14 @@ async fn send_test_event_is_accepted_by_the_ingest_and_provisioned_end_to_end() 
     assert!(out.stderr.contains("could not reach the ingest"), "{out:?}");
     assert_eq!(
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM webhook_events")
-            .fetch_one(&pool)
+            .fetch_one(app.pool())
             .await
             .unwrap(),
         1,
         "only the one event recorded"
     );
 
-    worker.stop().await;
+    app.stop_worker().await;
     ingest.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }

@@ -4,11 +4,10 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection};
 use webhook_sandbox::{Route, SeedUser};
-use webhook_tests::worker::{TestSandbox, TestWorker, worker_settings};
 use webhook_tests::{
-    TcpProxy, TestContext, admin_database_url, rabbit, signed_event, wait_event_done, wait_for,
+    TcpProxy, TestApp, TestContext, admin_database_url, rabbit, signed_event, wait_event_done, wait_for,
 };
 
 async fn admin() -> PgConnection {
@@ -60,25 +59,22 @@ async fn metric(port: u16, series: &str) -> f64 {
 /// again the event completes, once.
 #[tokio::test]
 async fn a_read_only_database_holds_the_message_with_backoff_then_completes_once() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(SeedUser::new("ro@example.com"));
-    let settings = worker_settings(&ctx, &sandbox, &[]);
-    let topo = rabbit::topology(&settings);
-    let worker = TestWorker::spawn(settings).await.ready().await;
+    let mut app = TestApp::without_worker(&[]).await;
+    app.sandbox.state.add_user(SeedUser::new("ro@example.com"));
+    app.start_worker().await;
 
-    set_read_only(&ctx, true).await;
-    let before = rollbacks(&ctx).await;
+    set_read_only(&app.ctx, true).await;
+    let before = rollbacks(&app.ctx).await;
     let started = Instant::now();
     let event = signed_event("checkout.session.completed", "ro@example.com");
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         &event.body,
         &event.event_id,
     )
     .await;
-    let port = worker.port;
+    let port = app.worker_port();
     let (status, body) = wait_for(
         "/readyz to say jobs are held",
         Duration::from_secs(20),
@@ -97,23 +93,22 @@ async fn a_read_only_database_holds_the_message_with_backoff_then_completes_once
     assert_eq!(metric(port, "webhook_worker_jobs_held").await, 1.0);
     // Six seconds of holding: with the delays doubling from 200 ms, a handful of tries.
     tokio::time::sleep(Duration::from_secs(6).saturating_sub(started.elapsed())).await;
-    let tries = rollbacks(&ctx).await - before;
+    let tries = rollbacks(&app.ctx).await - before;
     assert!(
         (1..=25).contains(&tries),
         "{tries} refused statements in 6 s: the hold must back off"
     );
     assert_eq!(
-        sandbox.state.calls(Route::LagoCreateSubscription),
+        app.sandbox.state.calls(Route::LagoCreateSubscription),
         0,
         "nothing downstream while held"
     );
 
-    set_read_only(&ctx, false).await;
-    let pool = ctx.pool().await;
-    assert_eq!(wait_event_done(&pool, &event.event_id).await, "succeeded");
-    assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 1, "once");
+    set_read_only(&app.ctx, false).await;
+    assert_eq!(wait_event_done(app.pool(), &event.event_id).await, "succeeded");
+    assert_eq!(app.sandbox.state.calls(Route::LagoCreateSubscription), 1, "once");
     let audits: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_logs")
-        .fetch_one(&pool)
+        .fetch_one(app.pool())
         .await
         .unwrap();
     assert_eq!(audits, 1);
@@ -124,34 +119,29 @@ async fn a_read_only_database_holds_the_message_with_backoff_then_completes_once
     )
     .await;
     assert_eq!(metric(port, "webhook_worker_jobs_held").await, 0.0);
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 /// The job's own statement refused (a worker newer than the schema: a column missing): retried
 /// through the schedule, then dead-lettered with the SQLSTATE and the fix in `x-error`.
 #[tokio::test]
 async fn a_refused_statement_goes_through_the_schedule_to_the_dead_letter_queue() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(SeedUser::new("schema@example.com"));
-    let settings = worker_settings(&ctx, &sandbox, &[("WORKER_RETRY_SCHEDULE", "1s")]);
-    let topo = rabbit::topology(&settings);
-    let pool: PgPool = ctx.pool().await;
+    let mut app = TestApp::without_worker(&[("WORKER_RETRY_SCHEDULE", "1s")]).await;
+    app.sandbox.state.add_user(SeedUser::new("schema@example.com"));
     sqlx::query("ALTER TABLE webhook_events RENAME COLUMN action_key TO action_key_renamed")
-        .execute(&pool)
+        .execute(app.pool())
         .await
         .unwrap();
-    let worker = TestWorker::spawn(settings).await.ready().await;
+    app.start_worker().await;
     let event = signed_event("checkout.session.completed", "schema@example.com");
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         &event.body,
         &event.event_id,
     )
     .await;
-    let dlq = topo.dead_letter_queue.clone();
+    let dlq = app.topo.dead_letter_queue.clone();
     let dead = wait_for("the dead letter", Duration::from_secs(30), || {
         let dlq = dlq.clone();
         async move {
@@ -170,8 +160,7 @@ async fn a_refused_statement_goes_through_the_schedule_to_the_dead_letter_queue(
         Some("1"),
         "after the schedule"
     );
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 /// A retry queue missing (the schedule changed, the topology not declared again, as in
@@ -182,37 +171,31 @@ async fn a_refused_statement_goes_through_the_schedule_to_the_dead_letter_queue(
 /// would hand back every unacked message).
 #[tokio::test]
 async fn a_missing_retry_queue_dead_letters_with_the_fix_and_shows_in_readyz() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(SeedUser::new("healthy@example.com"));
+    let mut app = TestApp::without_worker(&[
+        ("WORKER_RETRY_SCHEDULE", "7s"),
+        ("WEBHOOK__WORKER__INLINE_RETRIES", "0"),
+        ("WEBHOOK__AMQP__DECLARE_ON_START", "false"),
+    ])
+    .await;
+    app.sandbox.state.add_user(SeedUser::new("healthy@example.com"));
     // A job that takes longer than a round of the queue sampler (5 s).
-    sandbox
+    app.sandbox
         .state
         .set_latency(Some(Route::KeycloakPutUser), Duration::from_secs(7));
-    let settings = worker_settings(
-        &ctx,
-        &sandbox,
-        &[
-            ("WORKER_RETRY_SCHEDULE", "7s"),
-            ("WEBHOOK__WORKER__INLINE_RETRIES", "0"),
-            ("WEBHOOK__AMQP__DECLARE_ON_START", "false"),
-        ],
-    );
-    let topo = rabbit::topology(&settings);
-    let out = webhook_tests::webhookctl(&ctx.env, &["setup"]).await;
+    let out = webhook_tests::webhookctl(&app.ctx.env, &["setup"]).await;
     assert_eq!(out.code, 0, "{out:?}");
-    let retry_queue = topo.retry_tiers[0].queue.clone();
+    let retry_queue = app.topo.retry_tiers[0].queue.clone();
     let (_conn, channel) = rabbit::channel().await;
     channel
         .queue_delete(retry_queue.as_str().into(), Default::default())
         .await
         .unwrap();
-    let worker = TestWorker::spawn(settings).await;
-    let port = worker.port;
+    app.start_worker_unready().await;
+    let port = app.worker_port();
 
     let healthy = signed_event("checkout.session.completed", "healthy@example.com");
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         &healthy.body,
         &healthy.event_id,
@@ -221,15 +204,17 @@ async fn a_missing_retry_queue_dead_letters_with_the_fix_and_shows_in_readyz() {
     // No such Keycloak user: a transient failure, for the retry queue that is missing.
     let failing = signed_event("checkout.session.completed", "nobody@example.com");
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         &failing.body,
         &failing.event_id,
     )
     .await;
-    let pool = ctx.pool().await;
-    assert_eq!(wait_event_done(&pool, &failing.event_id).await, "dead_lettered");
-    let dead = rabbit::drain(&topo.dead_letter_queue).await;
+    assert_eq!(
+        wait_event_done(app.pool(), &failing.event_id).await,
+        "dead_lettered"
+    );
+    let dead = rabbit::drain(&app.topo.dead_letter_queue).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(
         rabbit::header(&dead[0], "x-error-kind").as_deref(),
@@ -257,39 +242,35 @@ async fn a_missing_retry_queue_dead_letters_with_the_fix_and_shows_in_readyz() {
     let gauge = format!("webhook_worker_queue_missing{{queue=\"{retry_queue}\"}}");
     assert_eq!(metric(port, &gauge).await, 1.0);
 
-    assert_eq!(wait_event_done(&pool, &healthy.event_id).await, "succeeded");
+    assert_eq!(wait_event_done(app.pool(), &healthy.event_id).await, "succeeded");
     let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM webhook_events WHERE event_id = $1")
         .bind(&healthy.event_id)
-        .fetch_one(&pool)
+        .fetch_one(app.pool())
         .await
         .unwrap();
     assert_eq!(attempts, 1, "the healthy job was not handed back by a reconnect");
-    assert_eq!(sandbox.state.calls(Route::KeycloakPutUser), 1);
-    assert!(rabbit::drain(&topo.dead_letter_queue).await.is_empty());
-    worker.stop().await;
-    sandbox.stop().await;
+    assert_eq!(app.sandbox.state.calls(Route::KeycloakPutUser), 1);
+    assert!(rabbit::drain(&app.topo.dead_letter_queue).await.is_empty());
+    app.stop().await;
 }
 
 /// The dead-letter queue refusing too (deleted): the failed message is held unacked, its
 /// publish tried again with a growing delay, and its job never run again for it.
 #[tokio::test]
 async fn a_refusing_dead_letter_queue_holds_the_message_without_rerunning_the_job() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    let settings = worker_settings(&ctx, &sandbox, &[("WEBHOOK__AMQP__DECLARE_ON_START", "false")]);
-    let topo = rabbit::topology(&settings);
-    let out = webhook_tests::webhookctl(&ctx.env, &["setup"]).await;
+    let mut app = TestApp::without_worker(&[("WEBHOOK__AMQP__DECLARE_ON_START", "false")]).await;
+    let out = webhook_tests::webhookctl(&app.ctx.env, &["setup"]).await;
     assert_eq!(out.code, 0, "{out:?}");
     let (_conn, channel) = rabbit::channel().await;
     channel
-        .queue_delete(topo.dead_letter_queue.as_str().into(), Default::default())
+        .queue_delete(app.topo.dead_letter_queue.as_str().into(), Default::default())
         .await
         .unwrap();
-    let worker = TestWorker::spawn(settings).await;
-    let port = worker.port;
+    app.start_worker_unready().await;
+    let port = app.worker_port();
     // Malformed: a permanent failure, straight to the (missing) dead-letter queue.
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         b"{not json",
         "garbage-dlq",
@@ -310,15 +291,15 @@ async fn a_refusing_dead_letter_queue_holds_the_message_without_rerunning_the_jo
     .await;
     assert_eq!(jobs, 0.0, "never handed back to run again");
     assert_eq!(
-        rabbit::depth(&topo.work_queue).await,
+        rabbit::depth(&app.topo.work_queue).await,
         0,
         "held by the worker, unacked"
     );
-    rabbit::wait_unacked(&topo.work_queue, 1, Duration::from_secs(20)).await;
+    rabbit::wait_unacked(&app.topo.work_queue, 1, Duration::from_secs(20)).await;
     // Once the topology is declared again, the dead letter lands.
-    let out = webhook_tests::webhookctl(&ctx.env, &["setup"]).await;
+    let out = webhook_tests::webhookctl(&app.ctx.env, &["setup"]).await;
     assert_eq!(out.code, 0, "{out:?}");
-    let dlq = topo.dead_letter_queue.clone();
+    let dlq = app.topo.dead_letter_queue.clone();
     let dead = wait_for("the dead letter", Duration::from_secs(40), || {
         let dlq = dlq.clone();
         async move {
@@ -329,8 +310,7 @@ async fn a_refusing_dead_letter_queue_holds_the_message_without_rerunning_the_jo
     .await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].delivery.data, b"{not json");
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 /// The outcome of a finished job cannot be written (a column missing: a worker newer than the
@@ -339,27 +319,23 @@ async fn a_refusing_dead_letter_queue_holds_the_message_without_rerunning_the_jo
 /// outcome is recorded.
 #[tokio::test]
 async fn an_outcome_that_cannot_be_written_is_held_with_backoff() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(SeedUser::new("outcome@example.com"));
-    let settings = worker_settings(&ctx, &sandbox, &[]);
-    let topo = rabbit::topology(&settings);
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
+    let mut app = TestApp::without_worker(&[]).await;
+    app.sandbox.state.add_user(SeedUser::new("outcome@example.com"));
+    app.start_worker().await;
     sqlx::query("ALTER TABLE webhook_events RENAME COLUMN completed_at TO completed_at_renamed")
-        .execute(&pool)
+        .execute(app.pool())
         .await
         .unwrap();
-    let before = rollbacks(&ctx).await;
+    let before = rollbacks(&app.ctx).await;
     let event = signed_event("checkout.session.completed", "outcome@example.com");
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         &event.body,
         &event.event_id,
     )
     .await;
-    let port = worker.port;
+    let port = app.worker_port();
     wait_for(
         "the outcome write to be held",
         Duration::from_secs(20),
@@ -370,25 +346,25 @@ async fn an_outcome_that_cannot_be_written_is_held_with_backoff() {
     assert_eq!(status, 503, "{body}");
     assert!(body["postgres"].as_str().unwrap().contains("42703"), "{body}");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let tries = rollbacks(&ctx).await - before;
+    let tries = rollbacks(&app.ctx).await - before;
     assert!(
         (1..=25).contains(&tries),
         "{tries} refused writes in about 5 s: the hold must back off"
     );
     assert_eq!(
-        rabbit::depth(&topo.work_queue).await,
+        rabbit::depth(&app.topo.work_queue).await,
         0,
         "the message is held by the worker (unacked), not requeued"
     );
-    rabbit::wait_unacked(&topo.work_queue, 1, Duration::from_secs(20)).await;
+    rabbit::wait_unacked(&app.topo.work_queue, 1, Duration::from_secs(20)).await;
 
     sqlx::query("ALTER TABLE webhook_events RENAME COLUMN completed_at_renamed TO completed_at")
-        .execute(&pool)
+        .execute(app.pool())
         .await
         .unwrap();
-    assert_eq!(wait_event_done(&pool, &event.event_id).await, "succeeded");
+    assert_eq!(wait_event_done(app.pool(), &event.event_id).await, "succeeded");
     assert_eq!(
-        sandbox.state.calls(Route::LagoCreateSubscription),
+        app.sandbox.state.calls(Route::LagoCreateSubscription),
         1,
         "the effects were not redone"
     );
@@ -396,41 +372,35 @@ async fn an_outcome_that_cannot_be_written_is_held_with_backoff() {
         (metric(port, "webhook_worker_jobs_held").await == 0.0).then_some(())
     })
     .await;
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 /// An event of the other Stripe mode that reaches the queue anyway (a replay, a publish by
 /// hand) is skipped by the worker with the reason, and changes nothing.
 #[tokio::test]
 async fn the_worker_skips_an_event_of_the_other_stripe_mode() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(SeedUser::new("mode@example.com"));
-    let settings = worker_settings(&ctx, &sandbox, &[("WEBHOOK__STRIPE__LIVEMODE", "live")]);
-    let topo = rabbit::topology(&settings);
-    let worker = TestWorker::spawn(settings).await.ready().await;
+    let mut app = TestApp::without_worker(&[("WEBHOOK__STRIPE__LIVEMODE", "live")]).await;
+    app.sandbox.state.add_user(SeedUser::new("mode@example.com"));
+    app.start_worker().await;
     // The test checkouts are test-mode events (livemode: false).
     let event = signed_event("checkout.session.completed", "mode@example.com");
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         &event.body,
         &event.event_id,
     )
     .await;
-    let pool = ctx.pool().await;
-    assert_eq!(wait_event_done(&pool, &event.event_id).await, "skipped");
+    assert_eq!(wait_event_done(app.pool(), &event.event_id).await, "skipped");
     let reason: String = sqlx::query_scalar("SELECT last_error FROM webhook_events WHERE event_id = $1")
         .bind(&event.event_id)
-        .fetch_one(&pool)
+        .fetch_one(app.pool())
         .await
         .unwrap();
     assert!(reason.contains("test-mode event"), "{reason}");
-    assert_eq!(sandbox.state.calls(Route::KeycloakSearchUsers), 0);
-    assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 0);
-    worker.stop().await;
-    sandbox.stop().await;
+    assert_eq!(app.sandbox.state.calls(Route::KeycloakSearchUsers), 0);
+    assert_eq!(app.sandbox.state.calls(Route::LagoCreateSubscription), 0);
+    app.stop().await;
 }
 
 /// Postgres unreachable (every connection cut and refused, through a proxy): the worker holds
@@ -440,26 +410,20 @@ async fn the_worker_skips_an_event_of_the_other_stripe_mode() {
 /// Keycloak were called), without doing its effects twice.
 #[tokio::test]
 async fn an_unreachable_database_holds_the_message_without_spending_a_retry_then_completes_once() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(SeedUser::new("down@example.com"));
-    sandbox.state.add_user(SeedUser::new("midway@example.com"));
+    let mut app = TestApp::without_worker(&[]).await;
+    app.sandbox.state.add_user(SeedUser::new("down@example.com"));
+    app.sandbox.state.add_user(SeedUser::new("midway@example.com"));
     let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let db_url = ctx
+    let db_url = app
+        .ctx
         .database_url
         .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
-    let settings = worker_settings(
-        &ctx,
-        &sandbox,
-        &[("DATABASE_URL", &db_url), ("WORKER_RETRY_SCHEDULE", "1s")],
-    );
-    let topo = rabbit::topology(&settings);
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let port = worker.port;
-    let pool = ctx.pool().await;
+    app.set_worker_settings(&[("DATABASE_URL", &db_url), ("WORKER_RETRY_SCHEDULE", "1s")]);
+    app.start_worker().await;
+    let port = app.worker_port();
     let publish = |email: &str| {
         let event = signed_event("checkout.session.completed", email);
-        let exchange = topo.exchange.clone();
+        let exchange = app.topo.exchange.clone();
         async move {
             rabbit::publish(
                 &exchange,
@@ -500,47 +464,47 @@ async fn an_unreachable_database_holds_the_message_without_spending_a_retry_then
     assert_eq!(held().await, 1.0, "still held");
     assert_eq!(retries().await, 0.0, "no retry tier spent");
     assert_eq!(
-        rabbit::depth(&topo.work_queue).await,
+        rabbit::depth(&app.topo.work_queue).await,
         0,
         "held unacked, not requeued"
     );
     // In flight (unacked) on the work queue, as the broker sees it.
-    rabbit::wait_unacked(&topo.work_queue, 1, Duration::from_secs(20)).await;
-    for tier in &topo.retry_tiers {
+    rabbit::wait_unacked(&app.topo.work_queue, 1, Duration::from_secs(20)).await;
+    for tier in &app.topo.retry_tiers {
         assert_eq!(rabbit::depth(&tier.queue).await, 0);
     }
     assert_eq!(
-        sandbox.state.calls(Route::KeycloakSearchUsers),
+        app.sandbox.state.calls(Route::KeycloakSearchUsers),
         0,
         "nothing downstream"
     );
     proxy.restore();
-    assert_eq!(wait_event_done(&pool, &first.event_id).await, "succeeded");
+    assert_eq!(wait_event_done(app.pool(), &first.event_id).await, "succeeded");
 
     // 2. Down in the middle of a job: its Keycloak update in flight when Postgres goes.
-    sandbox
+    app.sandbox
         .state
         .set_latency(Some(Route::KeycloakPutUser), Duration::from_secs(2));
     let second = publish("midway@example.com").await;
     wait_for(
         "the second job's Keycloak update",
         Duration::from_secs(20),
-        || async { (sandbox.state.calls(Route::KeycloakPutUser) == 2).then_some(()) },
+        || async { (app.sandbox.state.calls(Route::KeycloakPutUser) == 2).then_some(()) },
     )
     .await;
     proxy.cut();
-    let lago_before = sandbox.state.snapshot()["subscriptions"].clone();
+    let lago_before = app.sandbox.state.snapshot()["subscriptions"].clone();
     wait_for("the second job to be held", Duration::from_secs(20), || async {
         (held().await == 1.0).then_some(())
     })
     .await;
-    sandbox.state.clear_faults();
+    app.sandbox.state.clear_faults();
     proxy.restore();
-    assert_eq!(wait_event_done(&pool, &second.event_id).await, "succeeded");
+    assert_eq!(wait_event_done(app.pool(), &second.event_id).await, "succeeded");
 
     assert_eq!(retries().await, 0.0, "no retry tier spent");
     let errors: i64 = sqlx::query_scalar("SELECT count(*) FROM event_errors")
-        .fetch_one(&pool)
+        .fetch_one(app.pool())
         .await
         .unwrap();
     assert_eq!(errors, 0, "an outage is not a failure of the job");
@@ -548,26 +512,26 @@ async fn an_unreachable_database_holds_the_message_without_spending_a_retry_then
         let (status, attempts): (String, i32) =
             sqlx::query_as("SELECT status, attempts FROM webhook_events WHERE event_id = $1")
                 .bind(&event.event_id)
-                .fetch_one(&pool)
+                .fetch_one(app.pool())
                 .await
                 .unwrap();
         assert_eq!(status, "succeeded");
         assert!(attempts <= 2, "{attempts} attempts recorded");
     }
     assert_eq!(
-        sandbox.state.snapshot()["subscriptions"],
+        app.sandbox.state.snapshot()["subscriptions"],
         lago_before,
         "Lago unchanged by the job's second run: one subscription each, the same lago_id"
     );
     assert_eq!(
-        sandbox.state.snapshot()["subscriptions"]
+        app.sandbox.state.snapshot()["subscriptions"]
             .as_array()
             .unwrap()
             .len(),
         2
     );
     let audits: Vec<String> = sqlx::query_scalar("SELECT subject FROM audit_logs ORDER BY subject")
-        .fetch_all(&pool)
+        .fetch_all(app.pool())
         .await
         .unwrap();
     assert_eq!(
@@ -576,10 +540,10 @@ async fn an_unreachable_database_holds_the_message_without_spending_a_retry_then
         "one audit row each"
     );
     for email in ["down@example.com", "midway@example.com"] {
-        let kc = sandbox.state.user_by_email(email).unwrap();
+        let kc = app.sandbox.state.user_by_email(email).unwrap();
         assert_eq!(kc["attributes"]["subscription_tier"][0], "professional");
     }
-    assert!(rabbit::peek(&topo.dead_letter_queue).await.is_empty());
+    assert!(rabbit::peek(&app.topo.dead_letter_queue).await.is_empty());
     wait_for(
         "nothing held, ready again",
         Duration::from_secs(20),
@@ -589,6 +553,5 @@ async fn an_unreachable_database_holds_the_message_without_spending_a_retry_then
         },
     )
     .await;
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }

@@ -8,30 +8,27 @@ use std::time::Duration;
 use serde_json::Value;
 use webhook_sandbox::{Route, SeedUser};
 use webhook_tests::ingest::TestIngest;
-use webhook_tests::worker::{TestSandbox, TestWorker, binary_env, worker_settings};
-use webhook_tests::{TEST_SECRET, TestContext, bin_path, event_status, rabbit, sign, signed_event, wait_for};
+use webhook_tests::{
+    TEST_SECRET, TestApp, TestContext, bin_path, event_status, rabbit, sign, signed_event, wait_for,
+};
 
 #[tokio::test]
 async fn a_processed_event_resent_with_a_fresh_signature_is_a_duplicate_with_no_effects() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(SeedUser::new("again@example.com"));
-    let settings = worker_settings(&ctx, &sandbox, &[]);
-    let topo = rabbit::topology(&settings);
-    let ingest = TestIngest::spawn(settings.clone()).await.ready().await;
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
+    let mut app = TestApp::without_worker(&[]).await;
+    app.sandbox.state.add_user(SeedUser::new("again@example.com"));
+    let ingest = app.ingest().await;
+    app.start_worker().await;
 
     let event = signed_event("checkout.session.completed", "again@example.com");
     assert_eq!(ingest.post_event(&event).await.status(), 200);
     wait_for("processed", Duration::from_secs(30), || async {
-        (event_status(&pool, &event.event_id).await.as_deref() == Some("succeeded")).then_some(())
+        (event_status(app.pool(), &event.event_id).await.as_deref() == Some("succeeded")).then_some(())
     })
     .await;
-    let calls = sandbox.state.calls(Route::LagoCreateSubscription);
+    let calls = app.sandbox.state.calls(Route::LagoCreateSubscription);
     // No consumer from here on: a duplicate wrongly queued would stay in the queue to be seen
     // (a running worker would consume it, and the ledger hide it).
-    worker.stop().await;
+    app.stop_worker().await;
 
     // The captured request replayed after the tolerance: refused.
     let stale = sign(&event.body, webhook_core::unix_now() - 400);
@@ -47,23 +44,23 @@ async fn a_processed_event_resent_with_a_fresh_signature_is_a_duplicate_with_no_
         .unwrap();
     assert_eq!(body["status"], "duplicate");
     assert_eq!(
-        rabbit::all_messages(&topo.work_queue).await,
+        rabbit::all_messages(&app.topo.work_queue).await,
         0,
         "nothing queued for the duplicate"
     );
     assert_eq!(
-        sandbox.state.calls(Route::LagoCreateSubscription),
+        app.sandbox.state.calls(Route::LagoCreateSubscription),
         calls,
         "no downstream call"
     );
     let audits: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_logs")
-        .fetch_one(&pool)
+        .fetch_one(app.pool())
         .await
         .unwrap();
     assert_eq!(audits, 1);
 
     ingest.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -110,29 +107,24 @@ async fn invalid_utf8_and_a_flood_of_forged_signatures_change_nothing_and_valid_
 
 #[tokio::test]
 async fn secrets_never_appear_in_the_logs_of_a_full_run() {
-    let ctx = TestContext::new().await;
     let client_secret = "kc-client-secret-91ab44f0";
     let config = webhook_sandbox::SandboxConfig {
         client_secret: Some(client_secret.into()),
         ..Default::default()
     };
-    let sandbox = TestSandbox::spawn_with(config).await;
-    sandbox.state.add_user(SeedUser::new("logs@example.com"));
+    let app = TestApp::without_worker_in(config, &[]).await;
+    app.sandbox.state.add_user(SeedUser::new("logs@example.com"));
     let keycloak_password = "kc-pass-7f3a9c2e";
     let lago_key = "lago-key-5b1d8e40";
     // A wrong Lago key: the worker logs Lago's 401 and its advice, never the key.
-    let mut env: HashMap<String, String> = binary_env(
-        &ctx,
-        &sandbox,
-        &[
-            ("KEYCLOAK_ADMIN_PASSWORD", keycloak_password),
-            ("KEYCLOAK_CLIENT_SECRET", client_secret),
-            ("LAGO_API_KEY", lago_key),
-            ("RUST_LOG", "debug"),
-            ("LOG_FORMAT", "json"),
-            ("WORKER_RETRY_SCHEDULE", "1s"),
-        ],
-    );
+    let mut env: HashMap<String, String> = app.env(&[
+        ("KEYCLOAK_ADMIN_PASSWORD", keycloak_password),
+        ("KEYCLOAK_CLIENT_SECRET", client_secret),
+        ("LAGO_API_KEY", lago_key),
+        ("RUST_LOG", "debug"),
+        ("LOG_FORMAT", "json"),
+        ("WORKER_RETRY_SCHEDULE", "1s"),
+    ]);
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -174,12 +166,12 @@ async fn secrets_never_appear_in_the_logs_of_a_full_run() {
     );
     let forged = webhook_core::signature::sign_header("whsec_other", webhook_core::unix_now(), &event.body);
     assert_eq!(post(event.body.clone(), forged).await.unwrap().status(), 400);
-    let pool = ctx.pool().await;
     wait_for(
         "the event to be dead-lettered (Lago refuses the key)",
         Duration::from_secs(30),
         || async {
-            (event_status(&pool, &event.event_id).await.as_deref() == Some("dead_lettered")).then_some(())
+            (event_status(app.pool(), &event.event_id).await.as_deref() == Some("dead_lettered"))
+                .then_some(())
         },
     )
     .await;
@@ -222,7 +214,7 @@ async fn secrets_never_appear_in_the_logs_of_a_full_run() {
         "the worker explains the Lago failure"
     );
     assert!(
-        sandbox.state.calls(Route::KeycloakSearchUsers) >= 1,
+        app.sandbox.state.calls(Route::KeycloakSearchUsers) >= 1,
         "Keycloak (client_credentials) was used"
     );
     for secret in [
@@ -241,5 +233,5 @@ async fn secrets_never_appear_in_the_logs_of_a_full_run() {
         "{ingest_lines:?}"
     );
 
-    sandbox.stop().await;
+    app.stop().await;
 }

@@ -11,9 +11,9 @@ use webhook_sandbox::{Fault, Route, SeedUser, Stall};
 use webhook_store::events::{ErrorRecord, EventStatus, Outcome};
 use webhook_store::{Commits, Store};
 use webhook_tests::ingest::TestIngest;
-use webhook_tests::worker::{TestSandbox, TestWorker, binary_env, worker_settings};
+use webhook_tests::worker::{TestSandbox, binary_env};
 use webhook_tests::{
-    TcpProxy, TestContext, bin_path, free_port, rabbit, signed_event, signed_event_with_id,
+    TcpProxy, TestApp, TestContext, bin_path, free_port, rabbit, signed_event, signed_event_with_id,
     wait_event_status, wait_for,
 };
 use webhook_worker::outcomes::OutcomeWriter;
@@ -55,24 +55,20 @@ fn user(email: &str, attributes: &[(&str, &str)]) -> SeedUser {
 
 #[tokio::test]
 async fn paid_checkout_provisions_keycloak_lago_and_audit_and_keeps_other_attributes() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(user(
+    let mut app = TestApp::without_worker(&[]).await;
+    app.sandbox.state.add_user(user(
         "ada@example.com",
         &[("department", "R&D"), ("locale", "en")],
     ));
-    let settings = worker_settings(&ctx, &sandbox, &[]);
-    let topo = rabbit::topology(&settings);
-    let ingest = TestIngest::spawn(settings.clone()).await.ready().await;
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
+    let ingest = app.ingest().await;
+    app.start_worker().await;
 
     let event = signed_event("checkout.session.completed", "Ada@Example.com");
     assert_eq!(ingest.post_event(&event).await.status(), 200);
-    wait_event_status(&pool, &event.event_id, "succeeded").await;
+    wait_event_status(app.pool(), &event.event_id, "succeeded").await;
 
     // Keycloak: the tier is set and nothing else was lost.
-    let kc = sandbox.state.user_by_email("ada@example.com").expect("user");
+    let kc = app.sandbox.state.user_by_email("ada@example.com").expect("user");
     assert_eq!(kc["attributes"]["subscription_tier"], json!(["professional"]));
     assert_eq!(kc["attributes"]["department"], json!(["R&D"]));
     assert_eq!(kc["attributes"]["locale"], json!(["en"]));
@@ -80,7 +76,7 @@ async fn paid_checkout_provisions_keycloak_lago_and_audit_and_keeps_other_attrib
     assert_eq!(kc["firstName"], "Ada");
     assert_eq!(kc["lastName"], "Lovelace");
     // Lago: the customer (external_id = email) and the subscription on the bought plan.
-    let customers = sandbox.state.snapshot()["customers"].clone();
+    let customers = app.sandbox.state.snapshot()["customers"].clone();
     assert!(
         customers
             .as_array()
@@ -89,80 +85,74 @@ async fn paid_checkout_provisions_keycloak_lago_and_audit_and_keeps_other_attrib
             .any(|c| c["external_id"] == "ada@example.com"),
         "{customers}"
     );
-    let subs = sandbox.subscriptions(&session_subscription_id(&event.event_id));
+    let subs = app
+        .sandbox
+        .subscriptions(&session_subscription_id(&event.event_id));
     assert_eq!(subs.len(), 1, "{subs:?}");
     assert_eq!(subs[0]["plan_code"], "professional_monthly");
     assert_eq!(subs[0]["external_customer_id"], "ada@example.com");
     assert_eq!(subs[0]["status"], "active");
     // The audit row.
-    let audit = audit_rows(&pool, "ada@example.com").await;
+    let audit = audit_rows(app.pool(), "ada@example.com").await;
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0]["stripe_event_id"], event.event_id.as_str());
     assert_eq!(audit[0]["tier"], "professional");
     assert_eq!(audit[0]["plan"], "professional_monthly");
     assert_eq!(audit[0]["lago_subscription_id"], subs[0]["lago_id"]);
 
-    worker.stop().await;
+    app.stop_worker().await;
     // Nothing left on the queues, in flight included (counted once the worker is gone).
-    assert_eq!(rabbit::all_messages(&topo.work_queue).await, 0);
-    assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 0);
+    assert_eq!(rabbit::all_messages(&app.topo.work_queue).await, 0);
+    assert_eq!(rabbit::depth(&app.topo.dead_letter_queue).await, 0);
     ingest.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn the_same_event_twice_and_two_events_for_one_session_provision_once() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(user("bob@example.com", &[]));
-    let settings = worker_settings(&ctx, &sandbox, &[]);
-    let topo = rabbit::topology(&settings);
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
+    let mut app = TestApp::without_worker(&[]).await;
+    app.sandbox.state.add_user(user("bob@example.com", &[]));
+    app.start_worker().await;
 
     // The same message twice on the queue (a redelivery, or two ingests racing past the dedupe),
     // then the async_payment_succeeded event of the same session under another event id.
     let first = signed_event("checkout.session.completed", "bob@example.com");
     for _ in 0..2 {
         rabbit::publish(
-            &topo.exchange,
+            &app.topo.exchange,
             "checkout.session.completed",
             &first.body,
             &first.event_id,
         )
         .await;
     }
-    wait_event_status(&pool, &first.event_id, "succeeded").await;
+    wait_event_status(app.pool(), &first.event_id, "succeeded").await;
     let mut second: Value = serde_json::from_slice(&first.body).unwrap();
     second["id"] = json!("evt_test_second_event_same_session");
     second["type"] = json!("checkout.session.async_payment_succeeded");
     let second_body = serde_json::to_vec(&second).unwrap();
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.async_payment_succeeded",
         &second_body,
         "evt_test_second_event_same_session",
     )
     .await;
-    wait_event_status(&pool, "evt_test_second_event_same_session", "succeeded").await;
+    wait_event_status(app.pool(), "evt_test_second_event_same_session", "succeeded").await;
     // Both copies of the first event ran to the end (the second waited for the lease): two
     // attempts, the outcome terminal, and nothing left on the queue or in flight.
     wait_for("both copies of the first event processed", LONG, || async {
         let (status, attempts): (String, i32) =
             sqlx::query_as("SELECT status, attempts FROM webhook_events WHERE event_id = $1")
                 .bind(&first.event_id)
-                .fetch_one(&pool)
+                .fetch_one(app.pool())
                 .await
                 .ok()?;
-        let in_flight = webhook_tests::metric(
-            &format!("http://127.0.0.1:{}", worker.port),
-            "webhook_worker_jobs_in_flight",
-        )
-        .await;
+        let in_flight = webhook_tests::metric(&app.worker_url(), "webhook_worker_jobs_in_flight").await;
         (status == "succeeded"
             && attempts == 2
             && in_flight == 0.0
-            && rabbit::depth(&topo.work_queue).await == 0)
+            && rabbit::depth(&app.topo.work_queue).await == 0)
             .then_some(())
     })
     .await;
@@ -170,25 +160,29 @@ async fn the_same_event_twice_and_two_events_for_one_session_provision_once() {
     // The sandbox counts the calls: the Lago effects were made once for three deliveries
     // (the ledger and the billing state, not Lago's idempotency, kept them from repeating).
     assert_eq!(
-        sandbox.state.calls(Route::LagoCreateCustomer),
+        app.sandbox.state.calls(Route::LagoCreateCustomer),
         1,
         "one customer create"
     );
     assert_eq!(
-        sandbox.state.calls(Route::LagoCreateSubscription),
+        app.sandbox.state.calls(Route::LagoCreateSubscription),
         1,
         "one subscription create"
     );
-    assert_eq!(sandbox.state.calls(Route::KeycloakPutUser), 1, "one tier update");
     assert_eq!(
-        sandbox
+        app.sandbox.state.calls(Route::KeycloakPutUser),
+        1,
+        "one tier update"
+    );
+    assert_eq!(
+        app.sandbox
             .subscriptions(&session_subscription_id(&first.event_id))
             .len(),
         1
     );
-    assert_eq!(audit_rows(&pool, "bob@example.com").await.len(), 1);
+    assert_eq!(audit_rows(app.pool(), "bob@example.com").await.len(), 1);
     let steps: Vec<String> = sqlx::query_scalar("SELECT step FROM provisioning_steps ORDER BY step")
-        .fetch_all(&pool)
+        .fetch_all(app.pool())
         .await
         .unwrap();
     assert_eq!(
@@ -202,16 +196,14 @@ async fn the_same_event_twice_and_two_events_for_one_session_provision_once() {
         ]
     );
 
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn lago_failing_three_times_succeeds_after_retries() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(user("cy@example.com", &[]));
-    sandbox.state.inject_fault(Fault {
+    let mut app = TestApp::without_worker(&[("WEBHOOK__WORKER__INLINE_RETRIES", "1")]).await;
+    app.sandbox.state.add_user(user("cy@example.com", &[]));
+    app.sandbox.state.inject_fault(Fault {
         route: Route::LagoCreateSubscription,
         status: 500,
         count: 3,
@@ -219,30 +211,27 @@ async fn lago_failing_three_times_succeeds_after_retries() {
         body: None,
     });
     // One quick in-process retry, so the third failure has to go through a broker retry tier.
-    let settings = worker_settings(&ctx, &sandbox, &[("WEBHOOK__WORKER__INLINE_RETRIES", "1")]);
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
+    app.start_worker().await;
     let event = signed_event("checkout.session.completed", "cy@example.com");
-    let topo = rabbit::topology(&ctx.settings());
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         &event.body,
         &event.event_id,
     )
     .await;
 
-    wait_event_status(&pool, &event.event_id, "succeeded").await;
-    assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 4);
+    wait_event_status(app.pool(), &event.event_id, "succeeded").await;
+    assert_eq!(app.sandbox.state.calls(Route::LagoCreateSubscription), 4);
     assert_eq!(
-        sandbox
+        app.sandbox
             .subscriptions(&session_subscription_id(&event.event_id))
             .len(),
         1
     );
     let (attempts,): (i32,) = sqlx::query_as("SELECT attempts FROM webhook_events WHERE event_id = $1")
         .bind(&event.event_id)
-        .fetch_one(&pool)
+        .fetch_one(app.pool())
         .await
         .unwrap();
     // Attempt 1: the call and its one quick retry fail; attempt 2 (from the retry tier): the
@@ -250,55 +239,50 @@ async fn lago_failing_three_times_succeeds_after_retries() {
     assert_eq!(attempts, 2, "first delivery and one broker retry");
     // The failed step wrote the steps finished before it: the broker retry resumed after them.
     assert_eq!(
-        sandbox.state.calls(Route::KeycloakSearchUsers),
+        app.sandbox.state.calls(Route::KeycloakSearchUsers),
         1,
         "the lookup was not redone"
     );
     assert_eq!(
-        sandbox.state.calls(Route::LagoCreateCustomer),
+        app.sandbox.state.calls(Route::LagoCreateCustomer),
         1,
         "the customer was not redone"
     );
     let errors: Vec<(String, String)> =
         sqlx::query_as("SELECT step, action FROM event_errors WHERE event_id = $1 ORDER BY id")
             .bind(&event.event_id)
-            .fetch_all(&pool)
+            .fetch_all(app.pool())
             .await
             .unwrap();
     assert_eq!(
         errors,
         vec![("lago_subscription".to_string(), "retry_scheduled".to_string())]
     );
-    assert_eq!(audit_rows(&pool, "cy@example.com").await.len(), 1);
+    assert_eq!(audit_rows(app.pool(), "cy@example.com").await.len(), 1);
 
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn unknown_plan_is_dead_lettered_at_once_as_permanent() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(user("dee@example.com", &[]));
-    let settings = worker_settings(&ctx, &sandbox, &[]);
-    let topo = rabbit::topology(&settings);
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
+    let mut app = TestApp::without_worker(&[]).await;
+    app.sandbox.state.add_user(user("dee@example.com", &[]));
+    app.start_worker().await;
 
     let mut body: Value =
         serde_json::from_slice(&signed_event("checkout.session.completed", "dee@example.com").body).unwrap();
     body["data"]["object"]["metadata"]["tier_id"] = json!("platinum");
     let id = body["id"].as_str().unwrap().to_string();
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         &serde_json::to_vec(&body).unwrap(),
         &id,
     )
     .await;
 
-    wait_event_status(&pool, &id, "dead_lettered").await;
-    let dead = rabbit::drain(&topo.dead_letter_queue).await;
+    wait_event_status(app.pool(), &id, "dead_lettered").await;
+    let dead = rabbit::drain(&app.topo.dead_letter_queue).await;
     assert_eq!(dead.len(), 1);
     let m = &dead[0];
     assert_eq!(rabbit::header(m, "x-error-kind").as_deref(), Some("permanent"));
@@ -318,35 +302,29 @@ async fn unknown_plan_is_dead_lettered_at_once_as_permanent() {
         Some(id.as_str())
     );
     assert_eq!(
-        sandbox.state.calls(Route::LagoCreateSubscription),
+        app.sandbox.state.calls(Route::LagoCreateSubscription),
         1,
         "no retry of a permanent error"
     );
-    assert!(audit_rows(&pool, "dee@example.com").await.is_empty());
+    assert!(audit_rows(app.pool(), "dee@example.com").await.is_empty());
 
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn unknown_user_is_retried_through_the_schedule_then_dead_lettered() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    let settings = worker_settings(&ctx, &sandbox, &[("WORKER_RETRY_SCHEDULE", "1s,1s")]);
-    let topo = rabbit::topology(&settings);
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
+    let app = TestApp::spawn_with(&[("WORKER_RETRY_SCHEDULE", "1s,1s")]).await;
     let event = signed_event("checkout.session.completed", "ghost@example.com");
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         &event.body,
         &event.event_id,
     )
     .await;
 
-    wait_event_status(&pool, &event.event_id, "dead_lettered").await;
-    let dead = rabbit::drain(&topo.dead_letter_queue).await;
+    wait_event_status(app.pool(), &event.event_id, "dead_lettered").await;
+    let dead = rabbit::drain(&app.topo.dead_letter_queue).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(
         rabbit::header(&dead[0], "x-error-kind").as_deref(),
@@ -367,36 +345,36 @@ async fn unknown_user_is_retried_through_the_schedule_then_dead_lettered() {
         "the payload is dead-lettered byte for byte"
     );
     assert_eq!(
-        sandbox.state.calls(Route::KeycloakSearchUsers),
+        app.sandbox.state.calls(Route::KeycloakSearchUsers),
         3,
         "first attempt and two retries"
     );
     let actions: Vec<String> =
         sqlx::query_scalar("SELECT action FROM event_errors WHERE event_id = $1 ORDER BY id")
             .bind(&event.event_id)
-            .fetch_all(&pool)
+            .fetch_all(app.pool())
             .await
             .unwrap();
     assert_eq!(actions, ["retry_scheduled", "retry_scheduled", "dead_lettered"]);
 
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn malformed_and_unpaid_messages_never_block_the_queue() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(user("eve@example.com", &[]));
+    let mut app = TestApp::without_worker(&[("WORKER_CONCURRENCY", "1")]).await;
+    app.sandbox.state.add_user(user("eve@example.com", &[]));
     // One job at a time, the bad messages first: a bad message that blocked the queue would
     // keep the good one from ever running.
-    let settings = worker_settings(&ctx, &sandbox, &[("WORKER_CONCURRENCY", "1")]);
-    let topo = rabbit::topology(&settings);
-    let pool = ctx.pool().await;
-    let _ = TestIngest::spawn(ctx.settings()).await.ready().await.stop().await;
+    let _ = TestIngest::spawn(app.ctx.settings())
+        .await
+        .ready()
+        .await
+        .stop()
+        .await;
 
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         b"{not json",
         "garbage-1",
@@ -407,7 +385,7 @@ async fn malformed_and_unpaid_messages_never_block_the_queue() {
     unpaid["data"]["object"]["payment_status"] = json!("unpaid");
     let unpaid_id = unpaid["id"].as_str().unwrap().to_string();
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         &serde_json::to_vec(&unpaid).unwrap(),
         &unpaid_id,
@@ -415,18 +393,18 @@ async fn malformed_and_unpaid_messages_never_block_the_queue() {
     .await;
     let good = signed_event("checkout.session.completed", "eve@example.com");
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         &good.body,
         &good.event_id,
     )
     .await;
-    let worker = TestWorker::spawn(settings).await.ready().await;
+    app.start_worker().await;
 
-    wait_event_status(&pool, &good.event_id, "succeeded").await;
-    wait_event_status(&pool, &unpaid_id, "skipped").await;
+    wait_event_status(app.pool(), &good.event_id, "succeeded").await;
+    wait_event_status(app.pool(), &unpaid_id, "skipped").await;
     let dead = wait_for("the malformed message in the DLQ", LONG, || async {
-        let d = rabbit::drain(&topo.dead_letter_queue).await;
+        let d = rabbit::drain(&app.topo.dead_letter_queue).await;
         (!d.is_empty()).then_some(d)
     })
     .await;
@@ -445,29 +423,30 @@ async fn malformed_and_unpaid_messages_never_block_the_queue() {
             .contains("malformed message")
     );
     assert_eq!(dead[0].delivery.data, b"{not json");
-    assert_eq!(audit_rows(&pool, "eve@example.com").await.len(), 1);
+    assert_eq!(audit_rows(app.pool(), "eve@example.com").await.len(), 1);
 
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn worker_killed_mid_job_completes_after_restart_without_doubling() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox
+    let app = TestApp::without_worker(&[]).await;
+    app.sandbox
         .state
         .add_user(user("kim@example.com", &[("plan_note", "vip")]));
     // Slow down the Keycloak tier update so the worker is killed while the job is in flight,
     // after the Lago subscription was created.
-    sandbox
+    app.sandbox
         .state
         .set_latency(Some(Route::KeycloakPutUser), Duration::from_secs(30));
-    let env = binary_env(&ctx, &sandbox, &[]);
-    let topo = rabbit::topology(&ctx.settings());
+    let env = app.env(&[]);
     // Migrations and topology, as the binary would do them.
-    let _ = TestIngest::spawn(ctx.settings()).await.ready().await.stop().await;
-    let pool = ctx.pool().await;
+    let _ = TestIngest::spawn(app.ctx.settings())
+        .await
+        .ready()
+        .await
+        .stop()
+        .await;
 
     let spawn = || {
         std::process::Command::new(bin_path("webhook-worker"))
@@ -481,7 +460,7 @@ async fn worker_killed_mid_job_completes_after_restart_without_doubling() {
     let mut worker = spawn();
     let event = signed_event("checkout.session.completed", "kim@example.com");
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         &event.body,
         &event.event_id,
@@ -489,33 +468,33 @@ async fn worker_killed_mid_job_completes_after_restart_without_doubling() {
     .await;
     let sub_id = session_subscription_id(&event.event_id);
     wait_for("the job to reach the Keycloak tier update", LONG, || async {
-        (sandbox.state.calls(Route::KeycloakPutUser) >= 1).then_some(())
+        (app.sandbox.state.calls(Route::KeycloakPutUser) >= 1).then_some(())
     })
     .await;
-    assert_eq!(sandbox.subscriptions(&sub_id).len(), 1);
+    assert_eq!(app.sandbox.subscriptions(&sub_id).len(), 1);
     // Every Lago subscription, whatever its id, as it was when the worker died.
-    let lago_before = sandbox.state.snapshot()["subscriptions"].clone();
+    let lago_before = app.sandbox.state.snapshot()["subscriptions"].clone();
     worker.kill().expect("SIGKILL"); // kill -9: no graceful anything
     let _ = worker.wait();
 
-    sandbox.state.clear_faults();
+    app.sandbox.state.clear_faults();
     let mut worker = spawn();
-    wait_event_status(&pool, &event.event_id, "succeeded").await;
+    wait_event_status(app.pool(), &event.event_id, "succeeded").await;
     assert_eq!(
-        sandbox.state.snapshot()["subscriptions"],
+        app.sandbox.state.snapshot()["subscriptions"],
         lago_before,
         "Lago unchanged by the redelivery: not doubled, not replaced (same lago_id)"
     );
     assert_eq!(
-        audit_rows(&pool, "kim@example.com").await.len(),
+        audit_rows(app.pool(), "kim@example.com").await.len(),
         1,
         "one audit row"
     );
-    let kc = sandbox.state.user_by_email("kim@example.com").unwrap();
+    let kc = app.sandbox.state.user_by_email("kim@example.com").unwrap();
     assert_eq!(kc["attributes"]["subscription_tier"], json!(["professional"]));
     assert_eq!(kc["attributes"]["plan_note"], json!(["vip"]));
     let done: Vec<String> = sqlx::query_scalar("SELECT step FROM provisioning_steps ORDER BY completed_at")
-        .fetch_all(&pool)
+        .fetch_all(app.pool())
         .await
         .unwrap();
     assert_eq!(
@@ -541,37 +520,30 @@ async fn worker_killed_mid_job_completes_after_restart_without_doubling() {
     })
     .await;
     assert!(status.success(), "{status:?}");
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn broker_connections_lost_under_load_still_process_everything_exactly_once() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
+    let mut app = TestApp::without_worker(&[]).await;
     let emails: Vec<String> = (0..40).map(|i| format!("load{i}@example.com")).collect();
     for e in &emails {
-        sandbox.state.add_user(user(e, &[]));
+        app.sandbox.state.add_user(user(e, &[]));
     }
-    sandbox.state.set_latency(None, Duration::from_millis(20));
+    app.sandbox.state.set_latency(None, Duration::from_millis(20));
     // Both services reach RabbitMQ through a proxy that the test cuts, as a broker restart would.
     let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
-    let settings = worker_settings(
-        &ctx,
-        &sandbox,
-        &[("AMQP_URL", &amqp), ("WORKER_CONCURRENCY", "8")],
-    );
-    let topo = rabbit::topology(&settings);
-    let ingest = TestIngest::spawn(settings.clone()).await.ready().await;
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
+    app.set_worker_settings(&[("AMQP_URL", &amqp), ("WORKER_CONCURRENCY", "8")]);
+    let ingest = app.ingest().await;
+    app.start_worker().await;
 
     let events: Vec<_> = emails
         .iter()
         .enumerate()
         .map(|(i, e)| {
             signed_event_with_id(
-                &format!("evt_test_load_{}_{i}", ctx.id),
+                &format!("evt_test_load_{}_{i}", app.ctx.id),
                 "checkout.session.completed",
                 e,
             )
@@ -613,21 +585,23 @@ async fn broker_connections_lost_under_load_still_process_everything_exactly_onc
         }
     }
     for e in &events {
-        wait_event_status(&pool, &e.event_id, "succeeded").await;
+        wait_event_status(app.pool(), &e.event_id, "succeeded").await;
     }
     for (e, email) in events.iter().zip(&emails) {
         assert_eq!(
-            sandbox.subscriptions(&session_subscription_id(&e.event_id)).len(),
+            app.sandbox
+                .subscriptions(&session_subscription_id(&e.event_id))
+                .len(),
             1,
             "{email}"
         );
-        assert_eq!(audit_rows(&pool, email).await.len(), 1, "{email}");
+        assert_eq!(audit_rows(app.pool(), email).await.len(), 1, "{email}");
     }
-    assert_eq!(rabbit::depth(&topo.dead_letter_queue).await, 0);
+    assert_eq!(rabbit::depth(&app.topo.dead_letter_queue).await, 0);
 
-    worker.stop().await;
+    app.stop_worker().await;
     ingest.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -948,20 +922,14 @@ async fn two_worker_processes_applying_one_subscriptions_events_end_as_in_order_
 
     // In order, one at a time, through one worker: what the history must end in.
     let expected = {
-        let ctx = TestContext::new().await;
-        let sandbox = TestSandbox::spawn().await;
-        sandbox.state.add_user(user(email, &[]));
-        let settings = worker_settings(&ctx, &sandbox, &[("WORKER_CONCURRENCY", "1")]);
-        let topo = rabbit::topology(&settings);
-        let worker = TestWorker::spawn(settings).await.ready().await;
-        let pool = ctx.pool().await;
+        let app = TestApp::spawn_with(&[("WORKER_CONCURRENCY", "1")]).await;
+        app.sandbox.state.add_user(user(email, &[]));
         for (id, body) in &history {
-            rabbit::publish(&topo.exchange, &webhook_tests::stripe::event_type(body), body, id).await;
-            webhook_tests::wait_event_done(&pool, id).await;
+            app.publish(body).await;
+            webhook_tests::wait_event_done(app.pool(), id).await;
         }
-        let end = end_state(&sandbox, &pool, email, sub).await;
-        worker.stop().await;
-        sandbox.stop().await;
+        let end = end_state(&app.sandbox, app.pool(), email, sub).await;
+        app.stop().await;
         end
     };
     assert_eq!(
@@ -970,15 +938,12 @@ async fn two_worker_processes_applying_one_subscriptions_events_end_as_in_order_
         "{expected}"
     );
 
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(user(email, &[]));
+    let app = TestApp::without_worker(&[]).await;
+    app.sandbox.state.add_user(user(email, &[]));
     // Every call takes a moment, so that the jobs of the two processes overlap.
-    sandbox.state.set_latency(None, Duration::from_millis(50));
-    declare(&ctx).await;
-    let topo = rabbit::topology(&ctx.settings());
-    let pool = ctx.pool().await;
-    let env = binary_env(&ctx, &sandbox, &[("WORKER_CONCURRENCY", "4")]);
+    app.sandbox.state.set_latency(None, Duration::from_millis(50));
+    declare(&app.ctx).await;
+    let env = app.env(&[("WORKER_CONCURRENCY", "4")]);
     let workers = [
         WorkerProcess::start(&env).ready().await,
         WorkerProcess::start(&env).ready().await,
@@ -986,8 +951,7 @@ async fn two_worker_processes_applying_one_subscriptions_events_end_as_in_order_
     // Newest first, then every event again in order: RabbitMQ hands them out to both.
     let order = [5, 2, 4, 0, 3, 1, 0, 1, 2, 3, 4, 5];
     for i in order {
-        let (id, body) = &history[i];
-        rabbit::publish(&topo.exchange, &webhook_tests::stripe::event_type(body), body, id).await;
+        app.publish(&history[i].1).await;
     }
     wait_for("all twelve deliveries to finish", LONG * 2, || async {
         let mut finished = 0.0;
@@ -1004,7 +968,7 @@ async fn two_worker_processes_applying_one_subscriptions_events_end_as_in_order_
     })
     .await;
 
-    assert_eq!(end_state(&sandbox, &pool, email, sub).await, expected);
+    assert_eq!(end_state(&app.sandbox, app.pool(), email, sub).await, expected);
     for w in &workers {
         assert!(
             w.metric_sum("webhook_worker_jobs_total", &[]).await > 0.0,
@@ -1017,21 +981,21 @@ async fn two_worker_processes_applying_one_subscriptions_events_end_as_in_order_
         );
     }
     assert_eq!(
-        sandbox.state.calls(Route::LagoCreateCustomer),
+        app.sandbox.state.calls(Route::LagoCreateCustomer),
         1,
         "one customer upsert"
     );
     let doubled: Vec<(String, i64)> = sqlx::query_as(
         "SELECT details->>'stripe_event_id', count(*) FROM audit_logs GROUP BY 1 HAVING count(*) > 1",
     )
-    .fetch_all(&pool)
+    .fetch_all(app.pool())
     .await
     .unwrap();
     assert_eq!(doubled, [], "one audit row per event at most");
     // Each call the sandbox received is an effect one audit row records: no call was made by a
     // job that did not finish, or twice by two jobs at once.
     let audited = |condition: &'static str| {
-        let pool = pool.clone();
+        let pool = app.pool.clone();
         async move {
             sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
                 "SELECT count(*) FROM audit_logs WHERE {condition}"
@@ -1042,22 +1006,22 @@ async fn two_worker_processes_applying_one_subscriptions_events_end_as_in_order_
         }
     };
     assert_eq!(
-        sandbox.state.calls(Route::LagoCreateSubscription),
+        app.sandbox.state.calls(Route::LagoCreateSubscription),
         audited("details->'lago'->>'action' = 'assigned'").await,
         "Lago subscription calls = plans assigned in the audit log"
     );
     assert_eq!(
-        sandbox.state.calls(Route::KeycloakPutUser),
+        app.sandbox.state.calls(Route::KeycloakPutUser),
         audited("jsonb_path_exists(details, '$.keycloak[*] ? (@.written == true)')").await,
         "Keycloak writes = writes in the audit log"
     );
-    assert!(rabbit::peek(&topo.dead_letter_queue).await.is_empty());
+    assert!(rabbit::peek(&app.topo.dead_letter_queue).await.is_empty());
 
     for w in workers {
         let (status, _) = w.terminate().await;
         assert!(status.success(), "{status:?}");
     }
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 /// A job that waits for a lease another worker process holds goes to the first retry tier
@@ -1068,45 +1032,38 @@ async fn waiting_for_another_processs_lease_spends_no_retry() {
     use webhook_tests::stripe::{checkout, subscription};
     let email = "turns@example.com";
     let (sub, cus, t0) = ("sub_turns", "cus_turns", webhook_core::unix_now() - 1000);
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(user(email, &[]));
-    declare(&ctx).await;
-    let topo = rabbit::topology(&ctx.settings());
-    let pool = ctx.pool().await;
+    let app = TestApp::without_worker(&[]).await;
+    app.sandbox.state.add_user(user(email, &[]));
+    declare(&app.ctx).await;
     // One job per process (so a second job goes to the other process); a lease of 1 s, so a
     // waiting job gives up after 6 s; one retry tier; no quick retries.
-    let env = binary_env(
-        &ctx,
-        &sandbox,
-        &[
-            ("WORKER_CONCURRENCY", "1"),
-            ("WEBHOOK__WORKER__LEASE_SECS", "1"),
-            ("WORKER_RETRY_SCHEDULE", "1s"),
-            ("WEBHOOK__WORKER__INLINE_RETRIES", "0"),
-        ],
-    );
+    let env = app.env(&[
+        ("WORKER_CONCURRENCY", "1"),
+        ("WEBHOOK__WORKER__LEASE_SECS", "1"),
+        ("WORKER_RETRY_SCHEDULE", "1s"),
+        ("WEBHOOK__WORKER__INLINE_RETRIES", "0"),
+    ]);
     let workers = [
         WorkerProcess::start(&env).ready().await,
         WorkerProcess::start(&env).ready().await,
     ];
     let publish = |id: &'static str, body: Vec<u8>| {
-        let exchange = topo.exchange.clone();
+        let exchange = app.topo.exchange.clone();
         async move {
             rabbit::publish(&exchange, &webhook_tests::stripe::event_type(&body), &body, id).await;
         }
     };
     publish("evt_tn1", checkout("evt_tn1", t0, sub, cus, email, "starter")).await;
     assert_eq!(
-        webhook_tests::wait_event_done(&pool, "evt_tn1").await,
+        webhook_tests::wait_event_done(app.pool(), "evt_tn1").await,
         "succeeded"
     );
 
     // The first update holds the lease for 8 s (a slow Keycloak), after its Lago call.
-    sandbox
+    app.sandbox
         .state
         .set_latency(Some(Route::KeycloakPutUser), Duration::from_secs(8));
-    let puts = sandbox.state.calls(Route::KeycloakPutUser);
+    let puts = app.sandbox.state.calls(Route::KeycloakPutUser);
     let updated = "customer.subscription.updated";
     publish(
         "evt_tn2",
@@ -1114,7 +1071,7 @@ async fn waiting_for_another_processs_lease_spends_no_retry() {
     )
     .await;
     wait_for("the first update to hold the lease", LONG, || async {
-        (sandbox.state.calls(Route::KeycloakPutUser) > puts).then_some(())
+        (app.sandbox.state.calls(Route::KeycloakPutUser) > puts).then_some(())
     })
     .await;
     let mut busy = None;
@@ -1125,8 +1082,8 @@ async fn waiting_for_another_processs_lease_spends_no_retry() {
     }
     let other = &workers[1 - busy.expect("one process runs the first update")];
     // The next Lago call fails once: the second update's own failure, after its wait.
-    sandbox.state.clear_faults();
-    sandbox.state.inject_fault(Fault {
+    app.sandbox.state.clear_faults();
+    app.sandbox.state.inject_fault(Fault {
         route: Route::LagoCreateSubscription,
         status: 500,
         count: 1,
@@ -1148,17 +1105,17 @@ async fn waiting_for_another_processs_lease_spends_no_retry() {
     .await;
 
     assert_eq!(
-        webhook_tests::wait_event_done(&pool, "evt_tn2").await,
+        webhook_tests::wait_event_done(app.pool(), "evt_tn2").await,
         "succeeded"
     );
     assert_eq!(
-        webhook_tests::wait_event_done(&pool, "evt_tn3").await,
+        webhook_tests::wait_event_done(app.pool(), "evt_tn3").await,
         "succeeded"
     );
     let errors: Vec<(i32, String, String)> = sqlx::query_as(
         "SELECT attempt, step, action FROM event_errors WHERE event_id = 'evt_tn3' ORDER BY id",
     )
-    .fetch_all(&pool)
+    .fetch_all(app.pool())
     .await
     .unwrap();
     assert!(
@@ -1177,21 +1134,22 @@ async fn waiting_for_another_processs_lease_spends_no_retry() {
         Some(("lago_subscription", "retry_scheduled")),
         "{errors:?}"
     );
-    let kc = sandbox.state.user_by_email(email).unwrap();
+    let kc = app.sandbox.state.user_by_email(email).unwrap();
     assert_eq!(kc["attributes"]["subscription_tier"], json!(["enterprise"]));
-    let live: Vec<Value> = sandbox
+    let live: Vec<Value> = app
+        .sandbox
         .subscriptions(sub)
         .into_iter()
         .filter(|s| s["status"] == "active")
         .collect();
     assert_eq!(live.len(), 1);
     assert_eq!(live[0]["plan_code"], "enterprise_monthly");
-    assert!(rabbit::peek(&topo.dead_letter_queue).await.is_empty());
+    assert!(rabbit::peek(&app.topo.dead_letter_queue).await.is_empty());
     for w in workers {
         let (status, _) = w.terminate().await;
         assert!(status.success(), "{status:?}");
     }
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 /// SIGTERM with jobs in flight: the process stops taking messages, lets its jobs finish and
@@ -1199,40 +1157,40 @@ async fn waiting_for_another_processs_lease_spends_no_retry() {
 /// queue unacked, and the next worker completes it once. Nothing is lost or done twice.
 #[tokio::test]
 async fn sigterm_lets_jobs_in_flight_finish_returns_the_rest_and_exits_0_in_time() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
+    let app = TestApp::without_worker(&[]).await;
     let emails: Vec<String> = (0..5).map(|i| format!("term{i}@example.com")).collect();
     for e in &emails {
-        sandbox.state.add_user(user(e, &[]));
+        app.sandbox.state.add_user(user(e, &[]));
     }
-    declare(&ctx).await;
-    let topo = rabbit::topology(&ctx.settings());
-    let pool = ctx.pool().await;
+    declare(&app.ctx).await;
+    let pool = app.pool.clone();
     let events: Vec<_> = emails
         .iter()
         .map(|e| signed_event("checkout.session.completed", e))
         .collect();
     for e in &events {
-        rabbit::publish(&topo.exchange, "checkout.session.completed", &e.body, &e.event_id).await;
+        rabbit::publish(
+            &app.topo.exchange,
+            "checkout.session.completed",
+            &e.body,
+            &e.event_id,
+        )
+        .await;
     }
     let status_of = |i: usize| {
         let (pool, id) = (pool.clone(), events[i].event_id.clone());
         async move { webhook_tests::event_status(&pool, &id).await }
     };
-    let puts = || sandbox.state.calls(Route::KeycloakPutUser);
+    let puts = || app.sandbox.state.calls(Route::KeycloakPutUser);
 
     // 1. Three jobs in flight (each 1.5 s in its Keycloak update), two waiting in the queue.
-    sandbox
+    app.sandbox
         .state
         .set_latency(Some(Route::KeycloakPutUser), Duration::from_millis(1500));
-    let worker = WorkerProcess::start(&binary_env(
-        &ctx,
-        &sandbox,
-        &[
-            ("WORKER_CONCURRENCY", "3"),
-            ("WEBHOOK__WORKER__SHUTDOWN_TIMEOUT_SECS", "5"),
-        ],
-    ));
+    let worker = WorkerProcess::start(&app.env(&[
+        ("WORKER_CONCURRENCY", "3"),
+        ("WEBHOOK__WORKER__SHUTDOWN_TIMEOUT_SECS", "5"),
+    ]));
     wait_for("three jobs in flight", LONG, || async {
         (puts() == 3).then_some(())
     })
@@ -1254,28 +1212,24 @@ async fn sigterm_lets_jobs_in_flight_finish_returns_the_rest_and_exits_0_in_time
     }
     assert_eq!(finished.len(), 3, "the jobs in flight finished");
     assert_eq!(untouched.len(), 2, "the others were never taken");
-    assert_eq!(rabbit::depth(&topo.work_queue).await, 2, "still queued");
-    assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 3);
+    assert_eq!(rabbit::depth(&app.topo.work_queue).await, 2, "still queued");
+    assert_eq!(app.sandbox.state.calls(Route::LagoCreateSubscription), 3);
 
     // 2. Two jobs that cannot finish within the shutdown timeout (2 s): returned unacked.
-    sandbox
+    app.sandbox
         .state
         .set_latency(Some(Route::KeycloakPutUser), Duration::from_secs(30));
-    let worker = WorkerProcess::start(&binary_env(
-        &ctx,
-        &sandbox,
-        &[
-            ("WORKER_CONCURRENCY", "3"),
-            ("WEBHOOK__WORKER__SHUTDOWN_TIMEOUT_SECS", "2"),
-            // The aborted jobs' leases are not given back: they expire after 2 s.
-            ("WEBHOOK__WORKER__LEASE_SECS", "2"),
-        ],
-    ));
+    let worker = WorkerProcess::start(&app.env(&[
+        ("WORKER_CONCURRENCY", "3"),
+        ("WEBHOOK__WORKER__SHUTDOWN_TIMEOUT_SECS", "2"),
+        // The aborted jobs' leases are not given back: they expire after 2 s.
+        ("WEBHOOK__WORKER__LEASE_SECS", "2"),
+    ]));
     wait_for("the two others in flight", LONG, || async {
         (puts() == 5).then_some(())
     })
     .await;
-    let lago_before = sandbox.state.snapshot()["subscriptions"].clone();
+    let lago_before = app.sandbox.state.snapshot()["subscriptions"].clone();
     let (status, took) = worker.terminate().await;
     assert!(status.success(), "{status:?}");
     assert!(
@@ -1285,38 +1239,36 @@ async fn sigterm_lets_jobs_in_flight_finish_returns_the_rest_and_exits_0_in_time
     for &i in &untouched {
         assert_ne!(status_of(i).await.as_deref(), Some("succeeded"));
     }
-    let work_queue = topo.work_queue.clone();
+    let work_queue = app.topo.work_queue.clone();
     wait_for("the unfinished jobs back on the work queue", LONG, || async {
         (rabbit::depth(&work_queue).await == 2).then_some(())
     })
     .await;
-    for tier in &topo.retry_tiers {
+    for tier in &app.topo.retry_tiers {
         assert_eq!(rabbit::depth(&tier.queue).await, 0, "not sent to a retry tier");
     }
 
     // 3. The next worker completes them, once.
-    sandbox.state.clear_faults();
-    let worker = WorkerProcess::start(&binary_env(
-        &ctx,
-        &sandbox,
-        &[("WEBHOOK__WORKER__LEASE_SECS", "2")],
-    ));
+    app.sandbox.state.clear_faults();
+    let worker = WorkerProcess::start(&app.env(&[("WEBHOOK__WORKER__LEASE_SECS", "2")]));
     for &i in &untouched {
         webhook_tests::wait_event_status(&pool, &events[i].event_id, "succeeded").await;
     }
     assert_eq!(
-        sandbox.state.snapshot()["subscriptions"],
+        app.sandbox.state.snapshot()["subscriptions"],
         lago_before,
         "Lago unchanged by the redelivery: not doubled, not replaced (same lago_id)"
     );
     for (e, email) in events.iter().zip(&emails) {
         assert_eq!(
-            sandbox.subscriptions(&session_subscription_id(&e.event_id)).len(),
+            app.sandbox
+                .subscriptions(&session_subscription_id(&e.event_id))
+                .len(),
             1,
             "{email}"
         );
         assert_eq!(audit_rows(&pool, email).await.len(), 1, "{email}");
-        let kc = sandbox.state.user_by_email(email).unwrap();
+        let kc = app.sandbox.state.user_by_email(email).unwrap();
         assert_eq!(kc["attributes"]["subscription_tier"], json!(["professional"]));
     }
     let errors: i64 = sqlx::query_scalar("SELECT count(*) FROM event_errors")
@@ -1324,19 +1276,23 @@ async fn sigterm_lets_jobs_in_flight_finish_returns_the_rest_and_exits_0_in_time
         .await
         .unwrap();
     assert_eq!(errors, 0, "no failure recorded: a shutdown is not a failure");
-    assert!(rabbit::peek(&topo.dead_letter_queue).await.is_empty());
+    assert!(rabbit::peek(&app.topo.dead_letter_queue).await.is_empty());
     let (status, _) = worker.terminate().await;
     assert!(status.success(), "{status:?}");
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 /// Keycloak and Lago calls that time out (the sandbox holds them past the worker's 500 ms
 /// timeout) are retried: in process first, then through a retry tier; the job completes once.
 #[tokio::test]
 async fn keycloak_and_lago_timeouts_are_retried_and_the_job_completes_once() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(user("slow@example.com", &[]));
+    let mut app = TestApp::without_worker(&[
+        ("WEBHOOK__KEYCLOAK__TIMEOUT_MS", "500"),
+        ("WEBHOOK__LAGO__TIMEOUT_MS", "500"),
+        ("WEBHOOK__WORKER__INLINE_RETRIES", "1"),
+    ])
+    .await;
+    app.sandbox.state.add_user(user("slow@example.com", &[]));
     let stall = |route, count| Stall {
         route,
         count,
@@ -1344,26 +1300,17 @@ async fn keycloak_and_lago_timeouts_are_retried_and_the_job_completes_once() {
     };
     // The lookup and the tier update time out once (the quick retry recovers); the Lago
     // subscription twice (the quick retry times out too: a broker retry tier).
-    sandbox.state.inject_stall(stall(Route::KeycloakSearchUsers, 1));
-    sandbox
+    app.sandbox
+        .state
+        .inject_stall(stall(Route::KeycloakSearchUsers, 1));
+    app.sandbox
         .state
         .inject_stall(stall(Route::LagoCreateSubscription, 2));
-    sandbox.state.inject_stall(stall(Route::KeycloakPutUser, 1));
-    let settings = worker_settings(
-        &ctx,
-        &sandbox,
-        &[
-            ("WEBHOOK__KEYCLOAK__TIMEOUT_MS", "500"),
-            ("WEBHOOK__LAGO__TIMEOUT_MS", "500"),
-            ("WEBHOOK__WORKER__INLINE_RETRIES", "1"),
-        ],
-    );
-    let topo = rabbit::topology(&settings);
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
+    app.sandbox.state.inject_stall(stall(Route::KeycloakPutUser, 1));
+    app.start_worker().await;
     let event = signed_event("checkout.session.completed", "slow@example.com");
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         &event.body,
         &event.event_id,
@@ -1371,19 +1318,19 @@ async fn keycloak_and_lago_timeouts_are_retried_and_the_job_completes_once() {
     .await;
 
     assert_eq!(
-        webhook_tests::wait_event_done(&pool, &event.event_id).await,
+        webhook_tests::wait_event_done(app.pool(), &event.event_id).await,
         "succeeded"
     );
     let (attempts,): (i32,) = sqlx::query_as("SELECT attempts FROM webhook_events WHERE event_id = $1")
         .bind(&event.event_id)
-        .fetch_one(&pool)
+        .fetch_one(app.pool())
         .await
         .unwrap();
     assert_eq!(attempts, 2, "the first delivery and one broker retry");
     let errors: Vec<(String, String, String)> =
         sqlx::query_as("SELECT step, action, error FROM event_errors WHERE event_id = $1 ORDER BY id")
             .bind(&event.event_id)
-            .fetch_all(&pool)
+            .fetch_all(app.pool())
             .await
             .unwrap();
     assert_eq!(errors.len(), 1, "{errors:?}");
@@ -1393,21 +1340,21 @@ async fn keycloak_and_lago_timeouts_are_retried_and_the_job_completes_once() {
     );
     assert!(errors[0].2.contains("timed out"), "{errors:?}");
     assert_eq!(
-        sandbox.state.calls(Route::KeycloakSearchUsers),
+        app.sandbox.state.calls(Route::KeycloakSearchUsers),
         2,
         "one timeout, one answer"
     );
     assert_eq!(
-        sandbox.state.calls(Route::LagoCreateSubscription),
+        app.sandbox.state.calls(Route::LagoCreateSubscription),
         3,
         "two timeouts, one answer"
     );
     assert_eq!(
-        sandbox.state.calls(Route::KeycloakPutUser),
+        app.sandbox.state.calls(Route::KeycloakPutUser),
         2,
         "one timeout, one answer"
     );
-    let url = format!("http://127.0.0.1:{}", worker.port);
+    let url = app.worker_url();
     assert_eq!(
         webhook_tests::metric(
             &url,
@@ -1417,16 +1364,15 @@ async fn keycloak_and_lago_timeouts_are_retried_and_the_job_completes_once() {
         2.0
     );
     assert_eq!(
-        sandbox
+        app.sandbox
             .subscriptions(&session_subscription_id(&event.event_id))
             .len(),
         1
     );
-    assert_eq!(audit_rows(&pool, "slow@example.com").await.len(), 1);
-    let kc = sandbox.state.user_by_email("slow@example.com").unwrap();
+    assert_eq!(audit_rows(app.pool(), "slow@example.com").await.len(), 1);
+    let kc = app.sandbox.state.user_by_email("slow@example.com").unwrap();
     assert_eq!(kc["attributes"]["subscription_tier"], json!(["professional"]));
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 /// `429` with `Retry-After`, through the real worker: a short one is waited in process (no
@@ -1434,23 +1380,17 @@ async fn keycloak_and_lago_timeouts_are_retried_and_the_job_completes_once() {
 /// tier at least that long. The sandbox's arrival times show each wait; each job completes once.
 #[tokio::test]
 async fn a_429_retry_after_is_waited_in_process_or_through_a_long_enough_tier() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(user("rate@example.com", &[]));
-    sandbox.state.add_user(user("limit@example.com", &[]));
+    let mut app = TestApp::without_worker(&[
+        ("WEBHOOK__WORKER__INLINE_RETRIES", "2"),
+        ("WEBHOOK__WORKER__INLINE_RETRY_MAX_MS", "3000"),
+        ("WORKER_RETRY_SCHEDULE", "1s,5s"),
+    ])
+    .await;
+    app.sandbox.state.add_user(user("rate@example.com", &[]));
+    app.sandbox.state.add_user(user("limit@example.com", &[]));
     // Quick retries wait up to 3 s; the broker tiers are 1 s and 5 s.
-    let settings = worker_settings(
-        &ctx,
-        &sandbox,
-        &[
-            ("WEBHOOK__WORKER__INLINE_RETRIES", "2"),
-            ("WEBHOOK__WORKER__INLINE_RETRY_MAX_MS", "3000"),
-            ("WORKER_RETRY_SCHEDULE", "1s,5s"),
-        ],
-    );
-    let topo = rabbit::topology(&settings);
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let pool = ctx.pool().await;
+    app.start_worker().await;
+    let pool = app.pool.clone();
     let too_many = |route, secs| Fault {
         route,
         status: 429,
@@ -1476,19 +1416,19 @@ async fn a_429_retry_after_is_waited_in_process_or_through_a_long_enough_tier() 
         }
     };
     let gap = |route| {
-        let arrivals = sandbox.state.arrivals(route);
+        let arrivals = app.sandbox.state.arrivals(route);
         let n = arrivals.len();
         assert!(n >= 2, "{route:?} called {n} times");
         arrivals[n - 1] - arrivals[n - 2]
     };
 
     // Keycloak: Retry-After 1 s, within the quick retries' bound.
-    sandbox
+    app.sandbox
         .state
         .inject_fault(too_many(Route::KeycloakSearchUsers, 1));
     let first = signed_event("checkout.session.completed", "rate@example.com");
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         &first.body,
         &first.event_id,
@@ -1507,12 +1447,12 @@ async fn a_429_retry_after_is_waited_in_process_or_through_a_long_enough_tier() 
     );
 
     // Lago: Retry-After 4 s, longer than the quick retries may wait: the 5 s tier, not the 1 s.
-    sandbox
+    app.sandbox
         .state
         .inject_fault(too_many(Route::LagoCreateSubscription, 4));
     let second = signed_event("checkout.session.completed", "limit@example.com");
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         &second.body,
         &second.event_id,
@@ -1533,17 +1473,18 @@ async fn a_429_retry_after_is_waited_in_process_or_through_a_long_enough_tier() 
         "one broker retry"
     );
 
-    assert_eq!(sandbox.state.calls(Route::KeycloakSearchUsers), 3);
-    assert_eq!(sandbox.state.calls(Route::LagoCreateSubscription), 3);
+    assert_eq!(app.sandbox.state.calls(Route::KeycloakSearchUsers), 3);
+    assert_eq!(app.sandbox.state.calls(Route::LagoCreateSubscription), 3);
     for (e, email) in [(&first, "rate@example.com"), (&second, "limit@example.com")] {
         assert_eq!(
-            sandbox.subscriptions(&session_subscription_id(&e.event_id)).len(),
+            app.sandbox
+                .subscriptions(&session_subscription_id(&e.event_id))
+                .len(),
             1
         );
         assert_eq!(audit_rows(&pool, email).await.len(), 1);
     }
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 /// The worker's `/readyz` names the dependency that is down (each cut in turn through a proxy)
@@ -1551,23 +1492,18 @@ async fn a_429_retry_after_is_waited_in_process_or_through_a_long_enough_tier() 
 /// its counters move with a processed job.
 #[tokio::test]
 async fn readyz_names_the_dependency_that_is_down_and_metrics_move_with_a_job() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(user("ready@example.com", &[]));
+    let mut app = TestApp::without_worker(&[]).await;
+    app.sandbox.state.add_user(user("ready@example.com", &[]));
     let pg = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
     let amqp = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
-    let db_url = ctx
+    let db_url = app
+        .ctx
         .database_url
         .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", pg.port));
     let amqp_url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", amqp.port);
-    let settings = worker_settings(
-        &ctx,
-        &sandbox,
-        &[("DATABASE_URL", &db_url), ("AMQP_URL", &amqp_url)],
-    );
-    let topo = rabbit::topology(&settings);
-    let worker = TestWorker::spawn(settings).await.ready().await;
-    let url = format!("http://127.0.0.1:{}", worker.port);
+    app.set_worker_settings(&[("DATABASE_URL", &db_url), ("AMQP_URL", &amqp_url)]);
+    app.start_worker().await;
+    let url = app.worker_url();
     let readyz = || {
         let url = url.clone();
         async move {
@@ -1605,13 +1541,13 @@ async fn readyz_names_the_dependency_that_is_down_and_metrics_move_with_a_job() 
     }
     let event = signed_event("checkout.session.completed", "ready@example.com");
     rabbit::publish(
-        &topo.exchange,
+        &app.topo.exchange,
         "checkout.session.completed",
         &event.body,
         &event.event_id,
     )
     .await;
-    wait_event_status(&ctx.pool().await, &event.event_id, "succeeded").await;
+    wait_event_status(app.pool(), &event.event_id, "succeeded").await;
     wait_for("the job's counters", LONG, || async {
         (webhook_tests::metric(&url, &job).await == 1.0).then_some(())
     })
@@ -1619,7 +1555,7 @@ async fn readyz_names_the_dependency_that_is_down_and_metrics_move_with_a_job() 
     for s in [&lago_call, &duration, &step] {
         assert_eq!(webhook_tests::metric(&url, s).await, 1.0, "{s} after the job");
     }
-    let depth = format!("webhook_worker_queue_depth{{queue=\"{}\"}}", topo.work_queue);
+    let depth = format!("webhook_worker_queue_depth{{queue=\"{}\"}}", app.topo.work_queue);
     wait_for("the sampled work queue depth", LONG, || async {
         let text = reqwest::get(format!("{url}/metrics"))
             .await
@@ -1692,8 +1628,7 @@ async fn readyz_names_the_dependency_that_is_down_and_metrics_move_with_a_job() 
     amqp.restore();
     ready_as((200, "up", "up")).await;
 
-    worker.stop().await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 /// The spans an OTLP/HTTP (`http/json`) receiver was sent: each with the `service.name` of its
@@ -1863,15 +1798,13 @@ async fn post_signed(url: &str, event: &webhook_tests::SignedEvent) {
 
 #[tokio::test]
 async fn one_checkout_is_one_trace_from_the_ingest_request_through_the_queue_to_the_downstream_calls() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(user("trace@example.com", &[]));
+    let app = TestApp::without_worker(&[]).await;
+    app.sandbox.state.add_user(user("trace@example.com", &[]));
     let (receiver, otlp_url, otlp) = OtlpReceiver::spawn();
-    let (ingest, worker, url) = traced_binaries(&ctx, &sandbox, &otlp_url, &[]).await;
+    let (ingest, worker, url) = traced_binaries(&app.ctx, &app.sandbox, &otlp_url, &[]).await;
     let event = signed_event("checkout.session.completed", "trace@example.com");
     post_signed(&url, &event).await;
-    let pool = ctx.pool().await;
-    wait_event_status(&pool, &event.event_id, "succeeded").await;
+    wait_event_status(app.pool(), &event.event_id, "succeeded").await;
 
     // The ingest's request span names the event; its trace holds everything else.
     const STEPS: [&str; 5] = [
@@ -1899,7 +1832,7 @@ async fn one_checkout_is_one_trace_from_the_ingest_request_through_the_queue_to_
         let names: Vec<&str> = trace.iter().filter_map(|(_, s)| s["name"].as_str()).collect();
         // The job's span ends after its steps (once the outcome is settled): it may reach the
         // receiver in a later export batch than they do.
-        let job = format!("{}billing.provisioning process", ctx.prefix);
+        let job = format!("{}billing.provisioning process", app.ctx.prefix);
         let complete = STEPS.iter().all(|step| names.contains(step))
             && names.contains(&"lago create_subscription")
             && names.contains(&"keycloak put_user")
@@ -1929,11 +1862,11 @@ async fn one_checkout_is_one_trace_from_the_ingest_request_through_the_queue_to_
     );
     assert_eq!(request["kind"], json!(2), "SERVER");
     let request_id = request["spanId"].as_str().unwrap();
-    let (service, publish) = one(&format!("{}billing.events publish", ctx.prefix));
+    let (service, publish) = one(&format!("{}billing.events publish", app.ctx.prefix));
     assert_eq!(service, "webhook-ingest");
     assert_eq!(publish["parentSpanId"], request_id);
     // The job continues the trace across the queue: its parent is the ingest's publish.
-    let (service, job) = one(&format!("{}billing.provisioning process", ctx.prefix));
+    let (service, job) = one(&format!("{}billing.provisioning process", app.ctx.prefix));
     assert_eq!(service, "webhook-worker");
     assert_eq!(job["kind"], json!(5), "CONSUMER");
     assert_eq!(job["parentSpanId"], publish["spanId"]);
@@ -2017,18 +1950,17 @@ async fn one_checkout_is_one_trace_from_the_ingest_request_through_the_queue_to_
     assert!(!started.is_empty() && started.iter().all(|l| l.get("trace_id").is_none()));
 
     otlp.stop(true).await;
-    sandbox.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn a_retried_dead_lettered_and_requeued_job_stays_in_its_events_trace() {
-    let ctx = TestContext::new().await;
-    let sandbox = TestSandbox::spawn().await;
-    sandbox.state.add_user(user("retrace@example.com", &[]));
+    let app = TestApp::without_worker(&[]).await;
+    app.sandbox.state.add_user(user("retrace@example.com", &[]));
     // Attempt 1: Lago fails twice (the call and its one quick retry): a broker retry tier.
     // Attempt 2: Lago refuses (400): the dead-letter queue. Attempt 3 (requeued): succeeds.
     for (status, count) in [(500, 2), (400, 1)] {
-        sandbox.state.inject_fault(Fault {
+        app.sandbox.state.inject_fault(Fault {
             route: Route::LagoCreateSubscription,
             status,
             count,
@@ -2038,22 +1970,21 @@ async fn a_retried_dead_lettered_and_requeued_job_stays_in_its_events_trace() {
     }
     let (receiver, otlp_url, otlp) = OtlpReceiver::spawn();
     let (ingest, worker, url) = traced_binaries(
-        &ctx,
-        &sandbox,
+        &app.ctx,
+        &app.sandbox,
         &otlp_url,
         &[("WEBHOOK__WORKER__INLINE_RETRIES", "1")],
     )
     .await;
     let event = signed_event("checkout.session.completed", "retrace@example.com");
     post_signed(&url, &event).await;
-    let pool = ctx.pool().await;
-    wait_event_status(&pool, &event.event_id, "dead_lettered").await;
-    let out = webhook_tests::webhookctl(&ctx.env, &["dlq", "requeue", "--all"]).await;
+    wait_event_status(app.pool(), &event.event_id, "dead_lettered").await;
+    let out = webhook_tests::webhookctl(&app.ctx.env, &["dlq", "requeue", "--all"]).await;
     assert_eq!(out.code, 0, "webhookctl dlq requeue: {out:?}");
-    wait_event_status(&pool, &event.event_id, "succeeded").await;
+    wait_event_status(app.pool(), &event.event_id, "succeeded").await;
 
-    let publish_name = format!("{}billing.events publish", ctx.prefix);
-    let job_name = format!("{}billing.provisioning process", ctx.prefix);
+    let publish_name = format!("{}billing.events publish", app.ctx.prefix);
+    let job_name = format!("{}billing.provisioning process", app.ctx.prefix);
     let (publish, jobs, trace) = wait_for("the three jobs' spans", LONG, || async {
         let spans = receiver.spans();
         let (_, publish) = spans
@@ -2104,5 +2035,5 @@ async fn a_retried_dead_lettered_and_requeued_job_stays_in_its_events_trace() {
 
     drop((ingest, worker));
     otlp.stop(true).await;
-    sandbox.stop().await;
+    app.stop().await;
 }

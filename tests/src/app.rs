@@ -18,6 +18,7 @@ use webhook_core::Settings;
 use webhook_sandbox::SandboxConfig;
 
 use crate::TestContext;
+use crate::ingest::TestIngest;
 use crate::worker::{TestSandbox, TestWorker, binary_env, worker_settings};
 
 pub struct TestApp {
@@ -60,6 +61,11 @@ impl TestApp {
         Self::build(SandboxConfig::default(), extra).await
     }
 
+    /// [`TestApp::without_worker`] on a sandbox of this configuration.
+    pub async fn without_worker_in(sandbox: SandboxConfig, extra: &[(&str, &str)]) -> Self {
+        Self::build(sandbox, extra).await
+    }
+
     async fn build(sandbox: SandboxConfig, extra: &[(&str, &str)]) -> Self {
         let ctx = TestContext::new().await;
         let sandbox = TestSandbox::spawn_with(sandbox).await;
@@ -87,6 +93,13 @@ impl TestApp {
     pub async fn start_worker(&mut self) {
         assert!(self.worker.is_none(), "the app's worker runs already");
         self.worker = Some(TestWorker::spawn(self.settings.clone()).await.ready().await);
+    }
+
+    /// Starts a worker with the app's settings without waiting for it to be ready (for what a
+    /// worker does while it cannot be: a missing queue, an unreachable dependency).
+    pub async fn start_worker_unready(&mut self) {
+        assert!(self.worker.is_none(), "the app's worker runs already");
+        self.worker = Some(TestWorker::spawn(self.settings.clone()).await);
     }
 
     /// Stops the worker gracefully (asserting that it stopped in time and without an error).
@@ -118,10 +131,20 @@ impl TestApp {
         crate::rabbit::publish(&self.topo.exchange, event_type, body, id).await;
     }
 
+    /// Starts an ingest `Application` on the app's settings (its database, prefix and
+    /// secret) and waits until it is ready.
+    pub async fn ingest(&self) -> TestIngest {
+        TestIngest::spawn(self.settings.clone()).await.ready().await
+    }
+
     /// The base URL of the running worker's health and metrics endpoints.
     pub fn worker_url(&self) -> String {
-        let w = self.worker.as_ref().expect("the app's worker runs");
-        format!("http://127.0.0.1:{}", w.port)
+        format!("http://127.0.0.1:{}", self.worker_port())
+    }
+
+    /// The port of the running worker's health and metrics endpoints.
+    pub fn worker_port(&self) -> u16 {
+        self.worker.as_ref().expect("the app's worker runs").port
     }
 
     /// Stops the worker and the sandbox; the context is cleaned up as the app drops.
