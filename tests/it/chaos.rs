@@ -253,9 +253,12 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
         "chaos: {n_events} events over {seconds}s, seed {seed}, real restarts: {real_restarts}, \
          read-only for {read_only_for:?}"
     );
-    let app = TestApp::without_worker(&[]).await;
-    // Declared after the app, so dropped before it: whatever happens, both servers run
-    // again before the context removes the test's database and queues.
+    // The binaries' retry schedule, so that `app.topo` names every retry queue they use.
+    const SCHEDULE: &str = "1s,1s,2s,2s,3s,5s,5s,10s,10s,10s";
+    let app = TestApp::without_worker(&[("WORKER_RETRY_SCHEDULE", SCHEDULE)]).await;
+    // Declared after the app, so dropped before it if the test fails (and dropped by hand
+    // before `app.stop()` if it passes): whatever happens, both servers run again before the
+    // context removes the test's database and queues.
     let _restore = real_restarts.then_some(RestoreServices);
     let emails: Vec<String> = (0..n_events).map(|i| format!("chaos{i}@example.com")).collect();
     for e in &emails {
@@ -274,7 +277,7 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
         ("AMQP_URL", &amqp),
         ("DATABASE_URL", &db),
         ("INGEST_BIND", &bind),
-        ("WORKER_RETRY_SCHEDULE", "1s,1s,2s,2s,3s,5s,5s,10s,10s,10s"),
+        ("WORKER_RETRY_SCHEDULE", SCHEDULE),
         ("WORKER_CONCURRENCY", "16"),
         ("WEBHOOK__DATABASE__ACQUIRE_TIMEOUT_SECS", "2"),
         ("WEBHOOK__AMQP__CONFIRM_TIMEOUT_MS", "2000"),
@@ -651,5 +654,6 @@ async fn chaos_every_accepted_event_is_provisioned_exactly_once() {
         let _ = p.start_kill();
         let _ = p.wait().await;
     }
+    drop(_restore);
     app.stop().await;
 }

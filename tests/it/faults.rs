@@ -105,10 +105,12 @@ async fn a_read_only_database_holds_the_message_with_backoff_then_completes_once
     );
 
     set_read_only(&app.ctx, false).await;
-    assert_eq!(wait_event_done(app.pool(), &event.event_id).await, "succeeded");
+    // A new pool: set_read_only ended every session of the database, the app's pool's too.
+    let pool = app.ctx.pool().await;
+    assert_eq!(wait_event_done(&pool, &event.event_id).await, "succeeded");
     assert_eq!(app.sandbox.state.calls(Route::LagoCreateSubscription), 1, "once");
     let audits: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_logs")
-        .fetch_one(app.pool())
+        .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(audits, 1);
@@ -182,9 +184,16 @@ async fn a_missing_retry_queue_dead_letters_with_the_fix_and_shows_in_readyz() {
     app.sandbox
         .state
         .set_latency(Some(Route::KeycloakPutUser), Duration::from_secs(7));
-    let out = webhook_tests::webhookctl(&app.ctx.env, &["setup"]).await;
+    // The topology of the worker's schedule, so that its retry queue exists before it is deleted.
+    let out = webhook_tests::webhookctl(&app.env(&[("WORKER_RETRY_SCHEDULE", "7s")]), &["setup"]).await;
     assert_eq!(out.code, 0, "{out:?}");
     let retry_queue = app.topo.retry_tiers[0].queue.clone();
+    assert!(retry_queue.ends_with(".retry.7s"), "{retry_queue}");
+    assert_eq!(
+        rabbit::depth(&retry_queue).await,
+        0,
+        "setup declared {retry_queue}"
+    );
     let (_conn, channel) = rabbit::channel().await;
     channel
         .queue_delete(retry_queue.as_str().into(), Default::default())

@@ -922,8 +922,9 @@ async fn two_worker_processes_applying_one_subscriptions_events_end_as_in_order_
 
     // In order, one at a time, through one worker: what the history must end in.
     let expected = {
-        let app = TestApp::spawn_with(&[("WORKER_CONCURRENCY", "1")]).await;
+        let mut app = TestApp::without_worker(&[("WORKER_CONCURRENCY", "1")]).await;
         app.sandbox.state.add_user(user(email, &[]));
+        app.start_worker().await;
         for (id, body) in &history {
             app.publish(body).await;
             webhook_tests::wait_event_done(app.pool(), id).await;

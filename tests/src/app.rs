@@ -82,9 +82,15 @@ impl TestApp {
         }
     }
 
-    /// Replaces the worker's settings overrides (for those that name the sandbox, e.g. its URL
-    /// as `STRIPE_API_URL`); before [`TestApp::start_worker`].
+    /// Replaces the worker's settings overrides, those given to the constructor included (for
+    /// overrides that name the sandbox or a proxy, e.g. its URL as `STRIPE_API_URL`); before
+    /// [`TestApp::start_worker`]. `topo` follows; an [`TestApp::ingest`] started after takes
+    /// these settings too.
     pub fn set_worker_settings(&mut self, extra: &[(&str, &str)]) {
+        assert!(
+            self.worker.is_none(),
+            "set the worker's settings before it starts (it would not see them)"
+        );
         self.settings = worker_settings(&self.ctx, &self.sandbox, extra);
         self.topo = crate::rabbit::topology(&self.settings);
     }
@@ -147,7 +153,8 @@ impl TestApp {
         self.worker.as_ref().expect("the app's worker runs").port
     }
 
-    /// Stops the worker and the sandbox; the context is cleaned up as the app drops.
+    /// Stops the worker and the sandbox, then drops the app, which removes the database and the
+    /// queues: whatever must go before them (a guard that restarts a server) is dropped first.
     pub async fn stop(mut self) {
         self.stop_worker().await;
         self.sandbox.stop().await;

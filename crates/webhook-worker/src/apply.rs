@@ -25,6 +25,7 @@ use crate::job::{Done, Summary};
 use crate::ledger::{Steps, traced};
 use crate::ordering::lease::Lease;
 use crate::ordering::{self, BoundBy, Change};
+use crate::plans::{PlanCode, Tier};
 use crate::step::Step;
 use crate::stripe::{CheckoutOrder, Email};
 
@@ -238,8 +239,8 @@ async fn converge_and_finish(
         .finish_with_audit(job.audit_type, &subject, &details, Some(lease.fence()))
         .await?;
     Ok(Done::Succeeded(Summary {
-        tier: r.tier.clone(),
-        plan: r.plan_code.clone(),
+        tier: r.tier.as_deref().and_then(Tier::parse),
+        plan: r.plan_code.as_deref().map(PlanCode::new),
     }))
 }
 

@@ -8,6 +8,7 @@ use webhook_core::message::RECONCILE_KEY;
 use webhook_core::{Envelope, EventType};
 
 use crate::failure::{Failure, JobError};
+use crate::plans::{PlanCode, Tier};
 use crate::step::Step;
 
 /// One message, decoded: a Stripe event of a type the worker handles.
@@ -110,8 +111,8 @@ pub enum Done {
 /// rest).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
-    pub tier: Option<String>,
-    pub plan: Option<String>,
+    pub tier: Option<Tier>,
+    pub plan: Option<PlanCode>,
 }
 
 /// The result of processing one message.

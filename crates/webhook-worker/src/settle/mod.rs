@@ -15,6 +15,7 @@ use crate::context::WorkerContext;
 use crate::failure::{Failure, JobError, Unavailable};
 use crate::health::{self, Hold, wait_for_store};
 use crate::job::{Done, Processed};
+use crate::plans::{PlanCode, Tier};
 use retry::Next;
 
 /// What became of a message (the `outcome` label of `webhook_worker_jobs_total`).
@@ -75,8 +76,8 @@ pub async fn settle(
                 event_id = event_id.as_deref().unwrap_or("-"),
                 event_type,
                 outcome = "succeeded",
-                tier = summary.tier.as_deref().unwrap_or(""),
-                plan = summary.plan.as_deref().unwrap_or(""),
+                tier = summary.tier.as_ref().map_or("", Tier::as_str),
+                plan = summary.plan.as_ref().map_or("", PlanCode::as_str),
                 "job done"
             );
             ack().await;
