@@ -60,13 +60,7 @@ async fn dlq_commands_filters_history_and_replay() {
     let a2 = signed_event("checkout.session.completed", "late1@example.com");
     let b1 = signed_event("checkout.session.completed", "late2@example.com");
     for e in [&a1, &a2, &b1] {
-        rabbit::publish(
-            &app.topo.exchange,
-            "checkout.session.completed",
-            &e.body,
-            &e.event_id,
-        )
-        .await;
+        app.publish(&e.body).await;
     }
     rabbit::publish(
         &app.topo.exchange,
@@ -899,13 +893,7 @@ async fn replay_records_queued_before_it_publishes_so_a_fast_worker_s_outcome_st
     let env = app.env(&[]);
     let e = signed_event("checkout.session.completed", "replay@example.com");
     app.start_worker().await;
-    rabbit::publish(
-        &app.topo.exchange,
-        "checkout.session.completed",
-        &e.body,
-        &e.event_id,
-    )
-    .await;
+    app.publish(&e.body).await;
     wait_event_status(app.pool(), &e.event_id, "succeeded").await;
     app.stop_worker().await;
 

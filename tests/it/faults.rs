@@ -67,13 +67,7 @@ async fn a_read_only_database_holds_the_message_with_backoff_then_completes_once
     let before = rollbacks(&app.ctx).await;
     let started = Instant::now();
     let event = signed_event("checkout.session.completed", "ro@example.com");
-    rabbit::publish(
-        &app.topo.exchange,
-        "checkout.session.completed",
-        &event.body,
-        &event.event_id,
-    )
-    .await;
+    app.publish(&event.body).await;
     let port = app.worker_port();
     let (status, body) = wait_for(
         "/readyz to say jobs are held",
@@ -136,13 +130,7 @@ async fn a_refused_statement_goes_through_the_schedule_to_the_dead_letter_queue(
         .unwrap();
     app.start_worker().await;
     let event = signed_event("checkout.session.completed", "schema@example.com");
-    rabbit::publish(
-        &app.topo.exchange,
-        "checkout.session.completed",
-        &event.body,
-        &event.event_id,
-    )
-    .await;
+    app.publish(&event.body).await;
     let dlq = app.topo.dead_letter_queue.clone();
     let dead = wait_for("the dead letter", Duration::from_secs(30), || {
         let dlq = dlq.clone();
@@ -203,22 +191,10 @@ async fn a_missing_retry_queue_dead_letters_with_the_fix_and_shows_in_readyz() {
     let port = app.worker_port();
 
     let healthy = signed_event("checkout.session.completed", "healthy@example.com");
-    rabbit::publish(
-        &app.topo.exchange,
-        "checkout.session.completed",
-        &healthy.body,
-        &healthy.event_id,
-    )
-    .await;
+    app.publish(&healthy.body).await;
     // No such Keycloak user: a transient failure, for the retry queue that is missing.
     let failing = signed_event("checkout.session.completed", "nobody@example.com");
-    rabbit::publish(
-        &app.topo.exchange,
-        "checkout.session.completed",
-        &failing.body,
-        &failing.event_id,
-    )
-    .await;
+    app.publish(&failing.body).await;
     assert_eq!(
         wait_event_done(app.pool(), &failing.event_id).await,
         "dead_lettered"
@@ -337,13 +313,7 @@ async fn an_outcome_that_cannot_be_written_is_held_with_backoff() {
         .unwrap();
     let before = rollbacks(&app.ctx).await;
     let event = signed_event("checkout.session.completed", "outcome@example.com");
-    rabbit::publish(
-        &app.topo.exchange,
-        "checkout.session.completed",
-        &event.body,
-        &event.event_id,
-    )
-    .await;
+    app.publish(&event.body).await;
     let port = app.worker_port();
     wait_for(
         "the outcome write to be held",
@@ -393,13 +363,7 @@ async fn the_worker_skips_an_event_of_the_other_stripe_mode() {
     app.start_worker().await;
     // The test checkouts are test-mode events (livemode: false).
     let event = signed_event("checkout.session.completed", "mode@example.com");
-    rabbit::publish(
-        &app.topo.exchange,
-        "checkout.session.completed",
-        &event.body,
-        &event.event_id,
-    )
-    .await;
+    app.publish(&event.body).await;
     assert_eq!(wait_event_done(app.pool(), &event.event_id).await, "skipped");
     let reason: String = sqlx::query_scalar("SELECT last_error FROM webhook_events WHERE event_id = $1")
         .bind(&event.event_id)

@@ -118,13 +118,7 @@ async fn the_same_event_twice_and_two_events_for_one_session_provision_once() {
     // then the async_payment_succeeded event of the same session under another event id.
     let first = signed_event("checkout.session.completed", "bob@example.com");
     for _ in 0..2 {
-        rabbit::publish(
-            &app.topo.exchange,
-            "checkout.session.completed",
-            &first.body,
-            &first.event_id,
-        )
-        .await;
+        app.publish(&first.body).await;
     }
     wait_event_status(app.pool(), &first.event_id, "succeeded").await;
     let mut second: Value = serde_json::from_slice(&first.body).unwrap();
@@ -213,13 +207,7 @@ async fn lago_failing_three_times_succeeds_after_retries() {
     // One quick in-process retry, so the third failure has to go through a broker retry tier.
     app.start_worker().await;
     let event = signed_event("checkout.session.completed", "cy@example.com");
-    rabbit::publish(
-        &app.topo.exchange,
-        "checkout.session.completed",
-        &event.body,
-        &event.event_id,
-    )
-    .await;
+    app.publish(&event.body).await;
 
     wait_event_status(app.pool(), &event.event_id, "succeeded").await;
     assert_eq!(app.sandbox.state.calls(Route::LagoCreateSubscription), 4);
@@ -315,13 +303,7 @@ async fn unknown_plan_is_dead_lettered_at_once_as_permanent() {
 async fn unknown_user_is_retried_through_the_schedule_then_dead_lettered() {
     let app = TestApp::spawn_with(&[("WORKER_RETRY_SCHEDULE", "1s,1s")]).await;
     let event = signed_event("checkout.session.completed", "ghost@example.com");
-    rabbit::publish(
-        &app.topo.exchange,
-        "checkout.session.completed",
-        &event.body,
-        &event.event_id,
-    )
-    .await;
+    app.publish(&event.body).await;
 
     wait_event_status(app.pool(), &event.event_id, "dead_lettered").await;
     let dead = rabbit::drain(&app.topo.dead_letter_queue).await;
@@ -392,13 +374,7 @@ async fn malformed_and_unpaid_messages_never_block_the_queue() {
     )
     .await;
     let good = signed_event("checkout.session.completed", "eve@example.com");
-    rabbit::publish(
-        &app.topo.exchange,
-        "checkout.session.completed",
-        &good.body,
-        &good.event_id,
-    )
-    .await;
+    app.publish(&good.body).await;
     app.start_worker().await;
 
     wait_event_status(app.pool(), &good.event_id, "succeeded").await;
@@ -459,13 +435,7 @@ async fn worker_killed_mid_job_completes_after_restart_without_doubling() {
     };
     let mut worker = spawn();
     let event = signed_event("checkout.session.completed", "kim@example.com");
-    rabbit::publish(
-        &app.topo.exchange,
-        "checkout.session.completed",
-        &event.body,
-        &event.event_id,
-    )
-    .await;
+    app.publish(&event.body).await;
     let sub_id = session_subscription_id(&event.event_id);
     wait_for("the job to reach the Keycloak tier update", LONG, || async {
         (app.sandbox.state.calls(Route::KeycloakPutUser) >= 1).then_some(())
@@ -1170,13 +1140,7 @@ async fn sigterm_lets_jobs_in_flight_finish_returns_the_rest_and_exits_0_in_time
         .map(|e| signed_event("checkout.session.completed", e))
         .collect();
     for e in &events {
-        rabbit::publish(
-            &app.topo.exchange,
-            "checkout.session.completed",
-            &e.body,
-            &e.event_id,
-        )
-        .await;
+        app.publish(&e.body).await;
     }
     let status_of = |i: usize| {
         let (pool, id) = (pool.clone(), events[i].event_id.clone());
@@ -1310,13 +1274,7 @@ async fn keycloak_and_lago_timeouts_are_retried_and_the_job_completes_once() {
     app.sandbox.state.inject_stall(stall(Route::KeycloakPutUser, 1));
     app.start_worker().await;
     let event = signed_event("checkout.session.completed", "slow@example.com");
-    rabbit::publish(
-        &app.topo.exchange,
-        "checkout.session.completed",
-        &event.body,
-        &event.event_id,
-    )
-    .await;
+    app.publish(&event.body).await;
 
     assert_eq!(
         webhook_tests::wait_event_done(app.pool(), &event.event_id).await,
@@ -1428,13 +1386,7 @@ async fn a_429_retry_after_is_waited_in_process_or_through_a_long_enough_tier() 
         .state
         .inject_fault(too_many(Route::KeycloakSearchUsers, 1));
     let first = signed_event("checkout.session.completed", "rate@example.com");
-    rabbit::publish(
-        &app.topo.exchange,
-        "checkout.session.completed",
-        &first.body,
-        &first.event_id,
-    )
-    .await;
+    app.publish(&first.body).await;
     assert_eq!(
         webhook_tests::wait_event_done(&pool, &first.event_id).await,
         "succeeded"
@@ -1452,13 +1404,7 @@ async fn a_429_retry_after_is_waited_in_process_or_through_a_long_enough_tier() 
         .state
         .inject_fault(too_many(Route::LagoCreateSubscription, 4));
     let second = signed_event("checkout.session.completed", "limit@example.com");
-    rabbit::publish(
-        &app.topo.exchange,
-        "checkout.session.completed",
-        &second.body,
-        &second.event_id,
-    )
-    .await;
+    app.publish(&second.body).await;
     assert_eq!(
         webhook_tests::wait_event_done(&pool, &second.event_id).await,
         "succeeded"
@@ -1541,13 +1487,7 @@ async fn readyz_names_the_dependency_that_is_down_and_metrics_move_with_a_job() 
         assert_eq!(webhook_tests::metric(&url, s).await, 0.0, "{s} before the job");
     }
     let event = signed_event("checkout.session.completed", "ready@example.com");
-    rabbit::publish(
-        &app.topo.exchange,
-        "checkout.session.completed",
-        &event.body,
-        &event.event_id,
-    )
-    .await;
+    app.publish(&event.body).await;
     wait_event_status(app.pool(), &event.event_id, "succeeded").await;
     wait_for("the job's counters", LONG, || async {
         (webhook_tests::metric(&url, &job).await == 1.0).then_some(())
