@@ -48,7 +48,7 @@ impl Env {
     /// Publishes and waits until the event is finished; returns its status.
     async fn deliver(&self, event_id: &str, body: &[u8]) -> String {
         self.publish(event_id, body).await;
-        wait_event_done(&self.pool, event_id).await
+        wait_event_done(self.pool(), event_id).await
     }
 
     fn attr(&self, email: &str, key: &str) -> Option<String> {
@@ -74,7 +74,7 @@ impl Env {
     async fn audit(&self, event_id: &str) -> Value {
         sqlx::query_scalar("SELECT details FROM audit_logs WHERE details->>'stripe_event_id' = $1")
             .bind(event_id)
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await
             .unwrap()
     }
@@ -216,7 +216,7 @@ async fn a_cancellation_reaches_lago_when_the_account_is_gone_or_renamed() {
     let row = env.audit("evt_g2").await;
     assert_eq!(row["keycloak"][0]["missing"], json!(true), "{row}");
     let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM webhook_events WHERE event_id = 'evt_g2'")
-        .fetch_one(&env.pool)
+        .fetch_one(env.pool())
         .await
         .unwrap();
     assert_eq!(attempts, 1, "recorded, not retried");
@@ -472,7 +472,7 @@ async fn a_half_done_cancellation_is_never_undone_by_a_late_update() {
         "professional",
     );
     env.publish("evt_h2", &del).await;
-    let pool = env.pool.clone();
+    let pool = env.pool().clone();
     wait_for(
         "the deletion's first attempt to fail",
         Duration::from_secs(30),
@@ -504,7 +504,7 @@ async fn a_half_done_cancellation_is_never_undone_by_a_late_update() {
         "enterprise",
     );
     assert_eq!(env.deliver("evt_h3", &late).await, "skipped");
-    assert_eq!(wait_event_done(&env.pool, "evt_h2").await, "succeeded");
+    assert_eq!(wait_event_done(env.pool(), "evt_h2").await, "succeeded");
     let lago = env.lago(&sub);
     assert!(
         lago.iter().all(|(s, _)| s == "terminated"),
@@ -589,7 +589,7 @@ async fn leases_are_fenced_per_delivery_and_renewed() {
     );
     env.publish("evt_l2", &up).await;
     env.publish("evt_l2", &up).await;
-    let pool = env.pool.clone();
+    let pool = env.pool().clone();
     wait_for("both copies to finish", Duration::from_secs(60), || {
         let pool = pool.clone();
         async move {
@@ -639,13 +639,13 @@ async fn leases_are_fenced_per_delivery_and_renewed() {
         "enterprise",
     );
     env.publish("evt_l4", &newer).await;
-    assert_eq!(wait_event_done(&env.pool, "evt_l3").await, "succeeded");
+    assert_eq!(wait_event_done(env.pool(), "evt_l3").await, "succeeded");
     env.sandbox.state.clear_faults();
-    assert_eq!(wait_event_done(&env.pool, "evt_l4").await, "succeeded");
+    assert_eq!(wait_event_done(env.pool(), "evt_l4").await, "succeeded");
     let order: Vec<String> = sqlx::query_scalar(
         "SELECT details->>'stripe_event_id' FROM audit_logs WHERE event_type = 'subscription.updated' ORDER BY id",
     )
-    .fetch_all(&env.pool)
+    .fetch_all(env.pool())
     .await
     .unwrap();
     assert_eq!(
@@ -701,9 +701,9 @@ async fn same_second_events_apply_in_the_documented_order() {
         env.publish(id, body).await;
     }
     let statuses = [
-        wait_event_done(&env.pool, "evt_z3").await,
-        wait_event_done(&env.pool, "evt_z2").await,
-        wait_event_done(&env.pool, "evt_z1").await,
+        wait_event_done(env.pool(), "evt_z3").await,
+        wait_event_done(env.pool(), "evt_z2").await,
+        wait_event_done(env.pool(), "evt_z1").await,
     ];
     assert_eq!(statuses, ["succeeded", "skipped", "succeeded"]);
     assert_eq!(
@@ -748,7 +748,7 @@ async fn an_operator_rebinds_a_subscription_to_another_account() {
         "{}",
         out.stdout
     );
-    let pool = env.pool.clone();
+    let pool = env.pool().clone();
     wait_for(
         "the replayed checkout to be applied",
         Duration::from_secs(60),
@@ -1065,7 +1065,7 @@ async fn a_downgrade_is_scheduled_by_lago_while_keycloak_follows_stripe_at_once(
         Some("starter"),
         "Keycloak follows Stripe at once"
     );
-    let record = webhook_store::billing::subscription(&env.pool, &sub)
+    let record = webhook_store::billing::subscription(env.pool(), &sub)
         .await
         .unwrap()
         .unwrap();
@@ -1159,7 +1159,7 @@ async fn a_price_mapped_by_its_lookup_key_provisions_the_mapped_plan() {
         env.attr(email, "subscription_tier").as_deref(),
         Some("enterprise")
     );
-    let record = webhook_store::billing::subscription(&env.pool, &sub)
+    let record = webhook_store::billing::subscription(env.pool(), &sub)
         .await
         .unwrap()
         .unwrap();

@@ -897,7 +897,7 @@ async fn replay_records_queued_before_it_publishes_so_a_fast_worker_s_outcome_st
     wait_event_status(app.pool(), &e.event_id, "succeeded").await;
     app.stop_worker().await;
 
-    let mut row_lock = app.pool.begin().await.unwrap();
+    let mut row_lock = app.pool().begin().await.unwrap();
     sqlx::query("SELECT 1 FROM webhook_events WHERE event_id = $1 FOR UPDATE")
         .bind(&e.event_id)
         .execute(&mut *row_lock)

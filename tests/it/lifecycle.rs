@@ -35,7 +35,7 @@ fn attr(sandbox: &TestSandbox, email: &str, key: &str) -> Option<String> {
 #[tokio::test]
 async fn checkout_upgrade_payment_failed_paid_cancel() {
     let app = TestApp::spawn_with(&[]).await;
-    let (ctx, sandbox, pool) = (&app.ctx, &app.sandbox, app.pool.clone());
+    let (ctx, sandbox, pool) = (&app.ctx, &app.sandbox, app.pool().clone());
     let email = "life@example.com";
     sandbox.state.add_user(SeedUser::new(email));
     let settings = app.settings.clone();
@@ -167,7 +167,7 @@ async fn checkout_upgrade_payment_failed_paid_cancel() {
 #[tokio::test]
 async fn every_delivery_order_of_checkout_update_and_delete_ends_canceled() {
     let app = TestApp::spawn_with(&[("WORKER_CONCURRENCY", "1")]).await;
-    let (ctx, sandbox, pool) = (&app.ctx, &app.sandbox, app.pool.clone());
+    let (ctx, sandbox, pool) = (&app.ctx, &app.sandbox, app.pool().clone());
     // One job at a time: the worker takes the events in the order they are published.
     let settings = app.settings.clone();
     let topo = rabbit::topology(&settings);
@@ -281,7 +281,7 @@ async fn audits_of(pool: &PgPool, sub: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_late_checkout_does_not_resurrect_a_canceled_subscription() {
     let app = TestApp::spawn_with(&[]).await;
-    let (ctx, sandbox, pool) = (&app.ctx, &app.sandbox, app.pool.clone());
+    let (ctx, sandbox, pool) = (&app.ctx, &app.sandbox, app.pool().clone());
     let email = "late@example.com";
     sandbox.state.add_user(SeedUser::new(email));
     let settings = app.settings.clone();
@@ -360,7 +360,7 @@ async fn a_late_checkout_does_not_resurrect_a_canceled_subscription() {
 async fn a_cancellation_lago_has_terminated_already_counts_as_done_once() {
     use webhook_sandbox::Route;
     let app = TestApp::spawn_with(&[("WORKER_RETRY_SCHEDULE", "1s")]).await;
-    let (ctx, sandbox, pool) = (&app.ctx, &app.sandbox, app.pool.clone());
+    let (ctx, sandbox, pool) = (&app.ctx, &app.sandbox, app.pool().clone());
     let email = "gone-in-lago@example.com";
     sandbox.state.add_user(SeedUser::new(email));
     let settings = app.settings.clone();

@@ -966,7 +966,7 @@ async fn two_worker_processes_applying_one_subscriptions_events_end_as_in_order_
     // Each call the sandbox received is an effect one audit row records: no call was made by a
     // job that did not finish, or twice by two jobs at once.
     let audited = |condition: &'static str| {
-        let pool = app.pool.clone();
+        let pool = app.pool().clone();
         async move {
             sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
                 "SELECT count(*) FROM audit_logs WHERE {condition}"
@@ -1134,7 +1134,6 @@ async fn sigterm_lets_jobs_in_flight_finish_returns_the_rest_and_exits_0_in_time
         app.sandbox.state.add_user(user(e, &[]));
     }
     declare(&app.ctx).await;
-    let pool = app.pool.clone();
     let events: Vec<_> = emails
         .iter()
         .map(|e| signed_event("checkout.session.completed", e))
@@ -1143,7 +1142,7 @@ async fn sigterm_lets_jobs_in_flight_finish_returns_the_rest_and_exits_0_in_time
         app.publish(&e.body).await;
     }
     let status_of = |i: usize| {
-        let (pool, id) = (pool.clone(), events[i].event_id.clone());
+        let (pool, id) = (app.pool().clone(), events[i].event_id.clone());
         async move { webhook_tests::event_status(&pool, &id).await }
     };
     let puts = || app.sandbox.state.calls(Route::KeycloakPutUser);
@@ -1217,7 +1216,7 @@ async fn sigterm_lets_jobs_in_flight_finish_returns_the_rest_and_exits_0_in_time
     app.sandbox.state.clear_faults();
     let worker = WorkerProcess::start(&app.env(&[("WEBHOOK__WORKER__LEASE_SECS", "2")]));
     for &i in &untouched {
-        webhook_tests::wait_event_status(&pool, &events[i].event_id, "succeeded").await;
+        webhook_tests::wait_event_status(app.pool(), &events[i].event_id, "succeeded").await;
     }
     assert_eq!(
         app.sandbox.state.snapshot()["subscriptions"],
@@ -1232,12 +1231,12 @@ async fn sigterm_lets_jobs_in_flight_finish_returns_the_rest_and_exits_0_in_time
             1,
             "{email}"
         );
-        assert_eq!(audit_rows(&pool, email).await.len(), 1, "{email}");
+        assert_eq!(audit_rows(app.pool(), email).await.len(), 1, "{email}");
         let kc = app.sandbox.state.user_by_email(email).unwrap();
         assert_eq!(kc["attributes"]["subscription_tier"], json!(["professional"]));
     }
     let errors: i64 = sqlx::query_scalar("SELECT count(*) FROM event_errors")
-        .fetch_one(&pool)
+        .fetch_one(app.pool())
         .await
         .unwrap();
     assert_eq!(errors, 0, "no failure recorded: a shutdown is not a failure");
@@ -1349,7 +1348,6 @@ async fn a_429_retry_after_is_waited_in_process_or_through_a_long_enough_tier() 
     app.sandbox.state.add_user(user("limit@example.com", &[]));
     // Quick retries wait up to 3 s; the broker tiers are 1 s and 5 s.
     app.start_worker().await;
-    let pool = app.pool.clone();
     let too_many = |route, secs| Fault {
         route,
         status: 429,
@@ -1358,7 +1356,7 @@ async fn a_429_retry_after_is_waited_in_process_or_through_a_long_enough_tier() 
         body: None,
     };
     let attempts_and_errors = |id: String| {
-        let pool = pool.clone();
+        let pool = app.pool().clone();
         async move {
             let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM webhook_events WHERE event_id = $1")
                 .bind(&id)
@@ -1388,7 +1386,7 @@ async fn a_429_retry_after_is_waited_in_process_or_through_a_long_enough_tier() 
     let first = signed_event("checkout.session.completed", "rate@example.com");
     app.publish(&first.body).await;
     assert_eq!(
-        webhook_tests::wait_event_done(&pool, &first.event_id).await,
+        webhook_tests::wait_event_done(app.pool(), &first.event_id).await,
         "succeeded"
     );
     let waited = gap(Route::KeycloakSearchUsers);
@@ -1406,7 +1404,7 @@ async fn a_429_retry_after_is_waited_in_process_or_through_a_long_enough_tier() 
     let second = signed_event("checkout.session.completed", "limit@example.com");
     app.publish(&second.body).await;
     assert_eq!(
-        webhook_tests::wait_event_done(&pool, &second.event_id).await,
+        webhook_tests::wait_event_done(app.pool(), &second.event_id).await,
         "succeeded"
     );
     let waited = gap(Route::LagoCreateSubscription);
@@ -1429,7 +1427,7 @@ async fn a_429_retry_after_is_waited_in_process_or_through_a_long_enough_tier() 
                 .len(),
             1
         );
-        assert_eq!(audit_rows(&pool, email).await.len(), 1);
+        assert_eq!(audit_rows(app.pool(), email).await.len(), 1);
     }
     app.stop().await;
 }

@@ -28,8 +28,7 @@ pub struct TestApp {
     pub topo: Topology,
     /// `None` once stopped, or for [`TestApp::without_worker`].
     pub worker: Option<TestWorker>,
-    /// The test's database.
-    pub pool: PgPool,
+    pool: PgPool,
     /// Last: dropped after the rest, it removes the database and the queues.
     pub ctx: TestContext,
 }
@@ -51,22 +50,18 @@ impl TestApp {
     /// [`TestApp::spawn_with`] on a sandbox of this configuration (seed users and plans, the
     /// unmanaged-attribute policy, …).
     pub async fn spawn_in(sandbox: SandboxConfig, extra: &[(&str, &str)]) -> Self {
-        let mut app = Self::build(sandbox, extra).await;
+        let mut app = Self::without_worker_in(sandbox, extra).await;
         app.start_worker().await;
         app
     }
 
     /// The context and the sandbox; no worker yet ([`TestApp::start_worker`]).
     pub async fn without_worker(extra: &[(&str, &str)]) -> Self {
-        Self::build(SandboxConfig::default(), extra).await
+        Self::without_worker_in(SandboxConfig::default(), extra).await
     }
 
     /// [`TestApp::without_worker`] on a sandbox of this configuration.
     pub async fn without_worker_in(sandbox: SandboxConfig, extra: &[(&str, &str)]) -> Self {
-        Self::build(sandbox, extra).await
-    }
-
-    async fn build(sandbox: SandboxConfig, extra: &[(&str, &str)]) -> Self {
         let ctx = TestContext::new().await;
         let sandbox = TestSandbox::spawn_with(sandbox).await;
         let settings = worker_settings(&ctx, &sandbox, extra);
