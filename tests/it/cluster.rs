@@ -29,6 +29,8 @@ use webhook_tests::{Rng, TestContext, bin_path, env_num, free_port, rabbit, sign
 
 /// How long the workers get to finish a job again after a node is lost (it stays down meanwhile).
 const RESUME_WITHIN: Duration = Duration::from_secs(30);
+/// The workers' retry schedule (it names their retry queues).
+const SCHEDULE: &str = "1s,1s,2s,2s,3s,5s,5s,10s,10s,10s";
 
 /// A process of the run, its log in the run's folder.
 fn spawn(bin: &str, env: &HashMap<String, String>, log: &std::path::Path) -> Child {
@@ -173,7 +175,7 @@ async fn every_accepted_event_survives_node_losses_exactly_once() {
             ("AMQP_URL", &cluster.url),
             ("WEBHOOK__AMQP__QUORUM_GROUP_SIZE", "3"),
             ("WEBHOOK__AMQP__CONFIRM_TIMEOUT_MS", "3000"),
-            ("WORKER_RETRY_SCHEDULE", "1s,1s,2s,2s,3s,5s,5s,10s,10s,10s"),
+            ("WORKER_RETRY_SCHEDULE", SCHEDULE),
             ("WORKER_CONCURRENCY", "8"),
             ("WEBHOOK__DATABASE__MAX_CONNECTIONS", "10"),
             ("RUST_LOG", "info"),
@@ -209,7 +211,11 @@ async fn every_accepted_event_survives_node_losses_exactly_once() {
             ))
         })
         .collect();
-    let topo = rabbit::topology(&ctx.settings_with(&[("WEBHOOK__AMQP__QUORUM_GROUP_SIZE", "3")]));
+    // The workers' schedule, so that the at-rest check below covers every retry queue they use.
+    let topo = rabbit::topology(&ctx.settings_with(&[
+        ("WEBHOOK__AMQP__QUORUM_GROUP_SIZE", "3"),
+        ("WORKER_RETRY_SCHEDULE", SCHEDULE),
+    ]));
     let pool = ctx.pool().await;
 
     // Senders, like Stripe: resend until 2xx; each subscription's events in order. A tenth of
